@@ -1,0 +1,34 @@
+# PubSubKafka: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+STACK_DIR ?= .stack
+
+.PHONY: demo test tools up down env fmt lint crds
+
+## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
+demo: tools
+	scripts/demo.sh
+
+## test: install what is missing, lint, start a fresh stack, run every test, stop the stack
+test:
+	scripts/test.sh
+
+## tools: install Kafka, kube-apiserver, etcd, kubectl, helm and Debian packages (cached)
+tools:
+	scripts/install-tools.sh
+
+## up: start the local stack for a person and print how to reach it; down: stop it
+up: tools
+	cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --dir $(STACK_DIR)
+
+down:
+	cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir $(STACK_DIR)
+
+env:
+	@cargo run -q --locked -p pubsubkafka-tests --bin stack -- env --dir $(STACK_DIR)
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings

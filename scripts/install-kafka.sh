@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Fetches Apache Kafka's jars from Maven Central into the tool cache (once per version).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+dest="$PSK_CACHE/kafka-$KAFKA_VERSION"
+[[ -f $dest/.complete ]] && exit 0
+command -v mvn >/dev/null || die "Maven (mvn) is required to fetch Kafka's jars"
+command -v java >/dev/null || die "Java 17 is required to run Kafka"
+log "fetching Apache Kafka $KAFKA_VERSION from Maven Central"
+rm -rf "$dest" && mkdir -p "$dest/lib"
+mvn -q -B -f "$(dirname "$0")/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+  dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dest/lib"
+unzip -l "$dest/lib/kafka_2.13-$KAFKA_VERSION.jar" | grep -q 'kafka/Kafka.class' \
+  || die "kafka_2.13-$KAFKA_VERSION.jar has no kafka.Kafka main class"
+touch "$dest/.complete"

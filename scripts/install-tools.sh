@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the tests, the demo and the local stack need on a fresh machine:
+# Debian packages (only those missing), Apache Kafka's jars from Maven Central, and
+# kube-apiserver, kubectl, etcd and helm built from the Go module proxy. Results are cached in
+# $PSK_CACHE (default ~/.cache/pubsubkafka), so a second run takes a second.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/lib.sh"
+
+# Debian package -> a file or command that shows it is installed.
+apt_wanted=(
+  "openjdk-17-jre-headless:java"
+  "maven:mvn"
+  "postgresql:/usr/lib/postgresql"
+  "postgresql-client:psql"
+  "openssl:openssl"
+  "libssl-dev:/usr/include/openssl/ssl.h"
+  "pkg-config:pkg-config"
+  "build-essential:cc"
+  "cmake:cmake"
+  "unzip:unzip"
+  "curl:curl"
+)
+missing=()
+for entry in "${apt_wanted[@]}"; do
+  pkg="${entry%%:*}" probe="${entry#*:}"
+  if [[ $probe == /* ]]; then [[ -e $probe ]] && continue; else command -v "$probe" >/dev/null && continue; fi
+  missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || die "Go is required to build kube-apiserver, etcd and helm (this machine kind ships it in /usr/local/go)"
+command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+command -v cargo >/dev/null || die "Rust (cargo) is required"
+
+"$here/install-kafka.sh"
+"$here/install-kube.sh" all
+log "tools ready in $PSK_CACHE"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it: install what is missing, check formatting,
+# lints and generated files, start a fresh local stack, run every test against it, stop it.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+. "$here/lib.sh"
+cd "$root"
+
+start=$SECONDS
+"$here/install-tools.sh"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "building the tests"
+cargo test --workspace --locked --no-run
+
+stack_dir="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-stack.XXXXXX")"
+cleanup() { cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir" || true; }
+trap cleanup EXIT
+log "starting the local stack in $stack_dir"
+cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --quiet --dir "$stack_dir" >/dev/null
+export PSK_STACK_DIR="$stack_dir"
+
+log "running the tests"
+cargo test --workspace --locked -- "$@"
+log "all tests passed in $((SECONDS - start))s"

@@ -1,0 +1,422 @@
+//! Apache Kafka in KRaft mode, from the jars in the tool cache: one combined broker/controller
+//! node for most tests, three for failure tests.
+//!
+//! Every node has three listeners on loopback: `CONTROLLER` (PLAINTEXT, KRaft quorum),
+//! `PLAINTEXT` (tests that do not exercise security) and `SASL_SSL` (SCRAM-SHA-512 over TLS with
+//! a CA made per stack). The StandardAuthorizer denies whatever no ACL allows; `admin` is a super
+//! user, `guest` has no ACLs at all and exists so tests can prove that denial.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::Ca;
+use crate::process::{Lifetime, Proc, wait_until};
+use crate::{Error, free_port, random_token, tools, write_private};
+
+/// A SCRAM-SHA-512 user known to the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScramUser {
+    pub username: String,
+    pub password: String,
+}
+
+/// Where a running cluster is and how to log in to it; what tests and `stack up` hand around.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaInfo {
+    /// PLAINTEXT bootstrap servers (no authentication, no authorization for tests of behaviour).
+    pub bootstrap: String,
+    /// SASL_SSL bootstrap servers (SCRAM-SHA-512, the authorizer applies).
+    pub sasl_bootstrap: String,
+    /// The CA that signed the brokers' certificates.
+    pub ca_file: PathBuf,
+    /// A super user.
+    pub admin: ScramUser,
+    /// A user with no ACLs.
+    pub guest: ScramUser,
+    /// librdkafka client properties for `admin` over SASL_SSL (mode 0600).
+    pub admin_properties: PathBuf,
+    pub nodes: usize,
+}
+
+impl KafkaInfo {
+    /// A client configuration for the PLAINTEXT listener.
+    pub fn plaintext_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        config
+    }
+
+    /// A client configuration for the SASL_SSL listener as `user`.
+    pub fn sasl_config(&self, username: &str, password: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.sasl_bootstrap)
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanisms", "SCRAM-SHA-512")
+            .set("sasl.username", username)
+            .set("sasl.password", password)
+            .set("ssl.ca.location", self.ca_file.to_string_lossy())
+            // Certificates name 127.0.0.1 and localhost; check them.
+            .set("ssl.endpoint.identification.algorithm", "https");
+        config
+    }
+
+    pub fn admin_config(&self) -> ClientConfig {
+        self.sasl_config(&self.admin.username, &self.admin.password)
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    id: usize,
+    dir: PathBuf,
+    properties: PathBuf,
+    log: PathBuf,
+    proc_: Option<Proc>,
+}
+
+/// A Kafka cluster whose processes this value owns (or has detached).
+#[derive(Debug)]
+pub struct Kafka {
+    pub info: KafkaInfo,
+    nodes: Vec<Node>,
+    lifetime: Lifetime,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+impl Kafka {
+    /// Formats and starts a cluster of `nodes` (1 or 3) combined nodes under `dir`.
+    pub fn start(dir: &Path, nodes: usize, lifetime: Lifetime) -> Result<Self, Error> {
+        assert!(nodes >= 1, "a cluster needs a node");
+        let lib = tools::kafka_lib()?;
+        let java = tools::java()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the Kafka dir", e))?;
+
+        let ca = Ca::create(dir, "kafka-ca")?;
+        let server = ca.issue(
+            dir,
+            "kafka-server",
+            "/CN=localhost",
+            &["IP:127.0.0.1", "DNS:localhost"],
+        )?;
+        // Kafka's PEM key store reads the key and its chain from one file.
+        let keystore = dir.join("kafka-server.pem");
+        let pem = [
+            std::fs::read_to_string(&server.key),
+            std::fs::read_to_string(&server.cert),
+            std::fs::read_to_string(&ca.cert),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io("reading the Kafka server certificate", e))?
+        .concat();
+        write_private(&keystore, &pem)?;
+
+        let admin = ScramUser {
+            username: "admin".into(),
+            password: random_token(24),
+        };
+        let guest = ScramUser {
+            username: "guest".into(),
+            password: random_token(24),
+        };
+
+        let ports: Vec<[u16; 3]> = (0..nodes)
+            .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
+            .collect::<Result<_, Error>>()?;
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, [controller, ..])| format!("{}@127.0.0.1:{controller}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log4j = dir.join("log4j2.properties");
+        std::fs::write(&log4j, LOG4J2).map_err(|e| Error::io("writing log4j2.properties", e))?;
+
+        let cluster_id = cluster_id();
+        let internal_rf = nodes.min(3);
+        let min_isr = if nodes >= 3 { 2 } else { 1 };
+        let mut cluster_nodes = Vec::new();
+        for (i, [controller, plain, sasl]) in ports.iter().enumerate() {
+            let id = i + 1;
+            let node_dir = dir.join(format!("node-{id}"));
+            std::fs::create_dir_all(node_dir.join("data"))
+                .map_err(|e| Error::io("creating a Kafka node dir", e))?;
+            let properties = node_dir.join("server.properties");
+            let text = format!(
+                include_str!("kafka-server.properties.in"),
+                node_id = id,
+                voters = voters,
+                controller = controller,
+                plain = plain,
+                sasl = sasl,
+                data = node_dir.join("data").display(),
+                keystore = keystore.display(),
+                internal_rf = internal_rf,
+                min_isr = min_isr,
+            );
+            std::fs::write(&properties, text)
+                .map_err(|e| Error::io("writing server.properties", e))?;
+            let log = node_dir.join("kafka.log");
+            format_storage(
+                &java,
+                &lib,
+                &properties,
+                &cluster_id,
+                &[&admin, &guest],
+                &log,
+            )?;
+            cluster_nodes.push(Node {
+                id,
+                dir: node_dir,
+                properties,
+                log,
+                proc_: None,
+            });
+        }
+
+        let bootstrap = ports
+            .iter()
+            .map(|[_, plain, _]| format!("127.0.0.1:{plain}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sasl_bootstrap = ports
+            .iter()
+            .map(|[_, _, sasl]| format!("localhost:{sasl}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let admin_properties = dir.join("admin.properties");
+        write_private(
+            &admin_properties,
+            &format!(
+                "bootstrap.servers={sasl_bootstrap}\nsecurity.protocol=SASL_SSL\n\
+                 sasl.mechanisms=SCRAM-SHA-512\nsasl.username={}\nsasl.password={}\n\
+                 ssl.ca.location={}\n",
+                admin.username,
+                admin.password,
+                ca.cert.display()
+            ),
+        )?;
+
+        let mut kafka = Self {
+            info: KafkaInfo {
+                bootstrap,
+                sasl_bootstrap,
+                ca_file: ca.cert,
+                admin,
+                guest,
+                admin_properties,
+                nodes,
+            },
+            nodes: cluster_nodes,
+            lifetime,
+        };
+        for i in 0..nodes {
+            kafka.spawn_node(i, &java, &lib, &log4j)?;
+        }
+        kafka.wait_ready()?;
+        Ok(kafka)
+    }
+
+    fn spawn_node(
+        &mut self,
+        index: usize,
+        java: &Path,
+        lib: &Path,
+        log4j: &Path,
+    ) -> Result<(), Error> {
+        let node = &mut self.nodes[index];
+        let mut cmd = Command::new(java);
+        cmd.args([
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+        .arg(format!("-Dkafka.logs.dir={}", node.dir.display()))
+        .arg("-cp")
+        .arg(format!("{}/*", lib.display()))
+        .arg("kafka.Kafka")
+        .arg(&node.properties)
+        .current_dir(&node.dir);
+        let name = format!("kafka node {}", node.id);
+        node.proc_ = Some(Proc::spawn(&name, cmd, &node.log, self.lifetime, None)?);
+        Ok(())
+    }
+
+    /// Waits until every running node answers a metadata request on both client listeners.
+    pub fn wait_ready(&mut self) -> Result<(), Error> {
+        let expected = self.nodes.iter().filter(|n| n.proc_.is_some()).count();
+        let plain = self.info.plaintext_config();
+        let sasl = self.info.admin_config();
+        let Some(first) = self.nodes.iter_mut().find_map(|n| n.proc_.as_mut()) else {
+            return Ok(());
+        };
+        wait_until(
+            first,
+            "a metadata request listing every broker",
+            READY_TIMEOUT,
+            || {
+                for (listener, config) in [("PLAINTEXT", &plain), ("SASL_SSL", &sasl)] {
+                    let brokers =
+                        metadata_brokers(config).map_err(|e| format!("{listener}: {e}"))?;
+                    if brokers < expected {
+                        return Err(format!(
+                            "{listener}: {brokers} of {expected} brokers registered"
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        for node in self.nodes.iter_mut() {
+            if let Some(p) = node.proc_.as_mut() {
+                p.check_alive()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops node `index` (0-based) cleanly.
+    pub fn stop_node(&mut self, index: usize) {
+        if let Some(mut p) = self.nodes[index].proc_.take() {
+            p.stop(Duration::from_secs(30));
+        }
+    }
+
+    /// SIGKILLs node `index`, as a crash would.
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut p) = self.nodes[index].proc_.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts node `index` again with its data; does not wait.
+    pub fn start_node(&mut self, index: usize) -> Result<(), Error> {
+        if self.nodes[index].proc_.is_some() {
+            return Ok(());
+        }
+        let lib = tools::kafka_lib()?;
+        let java = tools::java()?;
+        let log4j = self.nodes[index]
+            .dir
+            .parent()
+            .expect("node dirs sit in the cluster dir")
+            .join("log4j2.properties");
+        self.spawn_node(index, &java, &lib, &log4j)
+    }
+
+    /// Stops every node.
+    pub fn stop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i);
+        }
+    }
+
+    /// Starts every stopped node and waits for the cluster.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        self.wait_ready()
+    }
+
+    /// Gives up ownership of the processes (for `stack up`), returning their pids.
+    pub fn detach(mut self) -> Vec<u32> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.proc_.take())
+            .map(Proc::detach)
+            .collect()
+    }
+}
+
+fn metadata_brokers(config: &ClientConfig) -> Result<usize, String> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("log_level", "0")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    Ok(metadata.brokers().len())
+}
+
+fn format_storage(
+    java: &Path,
+    lib: &Path,
+    properties: &Path,
+    cluster_id: &str,
+    users: &[&ScramUser],
+    log: &Path,
+) -> Result<(), Error> {
+    let mut cmd = Command::new(java);
+    cmd.args(["-Xmx256m", "-cp"])
+        .arg(format!("{}/*", lib.display()))
+        .args([
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            cluster_id,
+            "-c",
+        ])
+        .arg(properties);
+    for user in users {
+        cmd.arg("--add-scram").arg(format!(
+            "SCRAM-SHA-512=[name={},password={}]",
+            user.username, user.password
+        ));
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io("running Kafka's StorageTool", e))?;
+    // The command line carries passwords: keep only the tool's own output.
+    let _ = std::fs::write(log, [&out.stdout[..], &out.stderr[..]].concat());
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Component {
+            component: "kafka storage format".into(),
+            reason: format!("StorageTool exited with {}", out.status),
+            log_tail: String::from_utf8_lossy(&[&out.stdout[..], &out.stderr[..]].concat())
+                .into_owned(),
+        })
+    }
+}
+
+/// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, not starting with '-'
+/// (which the storage tool's argument parser would take for a flag).
+fn cluster_id() -> String {
+    loop {
+        let mut bytes = [0u8; 16];
+        crate::fill_random(&mut bytes);
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+const LOG4J2: &str = "\
+status = error
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+";

@@ -1,0 +1,241 @@
+//! A real Kubernetes control plane for tests: etcd and kube-apiserver built from the Go module
+//! proxy, with RBAC authorization, as controller-runtime's envtest runs them.
+//!
+//! There is no kubelet, scheduler or controller-manager: objects are stored and validated,
+//! nothing runs them. Tests assert on what the controller writes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::pki::{self, Ca};
+use crate::process::{Lifetime, Proc, wait_until};
+use crate::{Error, free_port, tools};
+
+/// How to reach a running API server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KubeInfo {
+    /// An admin kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub kubectl: PathBuf,
+}
+
+impl KubeInfo {
+    /// A `kube::Client` built from the admin kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// A `kubectl` command with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+}
+
+/// A `kube::Client` from a kubeconfig file, as a user's tool would build it.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| Error::Kube(format!("reading {}: {e}", path.display())))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| Error::Kube(format!("loading {}: {e}", path.display())))?;
+    kube::Client::try_from(config).map_err(|e| Error::Kube(format!("building a client: {e}")))
+}
+
+/// etcd and kube-apiserver owned by this value (or detached).
+#[derive(Debug)]
+pub struct KubeApi {
+    pub info: KubeInfo,
+    etcd: Option<Proc>,
+    apiserver: Option<Proc>,
+    apiserver_cmd: Vec<String>,
+    apiserver_log: PathBuf,
+    lifetime: Lifetime,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl KubeApi {
+    pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        let etcd_bin = tools::etcd()?;
+        let apiserver_bin = tools::kube_apiserver()?;
+        let kubectl = tools::kubectl()?;
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir).map_err(|e| Error::io("creating the pki dir", e))?;
+
+        let serving_ca = Ca::create(&pki_dir, "serving-ca")?;
+        let serving = serving_ca.issue(
+            &pki_dir,
+            "apiserver",
+            "/CN=kube-apiserver",
+            &[
+                "IP:127.0.0.1",
+                "DNS:localhost",
+                "DNS:kubernetes.default.svc",
+                "IP:10.0.0.1",
+            ],
+        )?;
+        let client_ca = Ca::create(&pki_dir, "client-ca")?;
+        let admin = client_ca.issue(&pki_dir, "admin", "/CN=admin/O=system:masters", &[])?;
+        let sa = pki::rsa_key_pair(&pki_dir, "service-account")?;
+
+        let etcd_port = free_port()?;
+        let etcd_dir = dir.join("etcd");
+        let etcd_log = dir.join("etcd.log");
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let mut cmd = Command::new(&etcd_bin);
+        cmd.arg(format!("--data-dir={}", etcd_dir.display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg("--listen-peer-urls=http://127.0.0.1:0")
+            .arg("--unsafe-no-fsync")
+            .arg("--quota-backend-bytes=8589934592")
+            .arg("--log-level=warn");
+        let mut etcd = Proc::spawn("etcd", cmd, &etcd_log, lifetime, None)?;
+        wait_until(&mut etcd, "etcd's client port", READY_TIMEOUT, || {
+            std::net::TcpStream::connect(("127.0.0.1", etcd_port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })?;
+
+        let port = free_port()?;
+        let server = format!("https://127.0.0.1:{port}");
+        let cert_dir = dir.join("apiserver");
+        std::fs::create_dir_all(&cert_dir)
+            .map_err(|e| Error::io("creating the apiserver dir", e))?;
+        let p = |path: &Path| path.display().to_string();
+        let apiserver_cmd = vec![
+            p(&apiserver_bin),
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", cert_dir.display()),
+            format!("--tls-cert-file={}", p(&serving.cert)),
+            format!("--tls-private-key-file={}", p(&serving.key)),
+            format!("--client-ca-file={}", p(&client_ca.cert)),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer={server}/"),
+            format!("--service-account-key-file={}", p(&sa.cert)),
+            format!("--service-account-signing-key-file={}", p(&sa.key)),
+            "--api-audiences=https://kubernetes.default.svc".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--watch-cache=true".into(),
+            "--v=1".into(),
+        ];
+
+        let kubeconfig = dir.join("kubeconfig");
+        let b64 = |path: &Path| -> Result<String, Error> {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let kubeconfig_text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: pubsubkafka-local\n  cluster:\n    \
+             server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  \
+             user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n\
+             contexts:\n- name: pubsubkafka-local\n  context:\n    cluster: pubsubkafka-local\n    \
+             user: admin\n    namespace: default\ncurrent-context: pubsubkafka-local\n",
+            ca = b64(&serving_ca.cert)?,
+            cert = b64(&admin.cert)?,
+            key = b64(&admin.key)?,
+        );
+        crate::write_private(&kubeconfig, &kubeconfig_text)?;
+
+        let mut api = Self {
+            info: KubeInfo {
+                kubeconfig,
+                server,
+                kubectl,
+            },
+            etcd: Some(etcd),
+            apiserver: None,
+            apiserver_cmd,
+            apiserver_log: dir.join("kube-apiserver.log"),
+            lifetime,
+        };
+        api.start_apiserver()?;
+        api.wait_ready()?;
+        Ok(api)
+    }
+
+    fn start_apiserver(&mut self) -> Result<(), Error> {
+        let mut cmd = Command::new(&self.apiserver_cmd[0]);
+        cmd.args(&self.apiserver_cmd[1..]);
+        self.apiserver = Some(Proc::spawn(
+            "kube-apiserver",
+            cmd,
+            &self.apiserver_log,
+            self.lifetime,
+            None,
+        )?);
+        Ok(())
+    }
+
+    /// Waits for `/readyz`, asked with the admin kubeconfig through kubectl.
+    pub fn wait_ready(&mut self) -> Result<(), Error> {
+        let info = self.info.clone();
+        let Some(apiserver) = self.apiserver.as_mut() else {
+            return Ok(());
+        };
+        wait_until(apiserver, "GET /readyz", READY_TIMEOUT, || {
+            let out = info
+                .kubectl()
+                .args(["get", "--raw=/readyz", "--request-timeout=5s"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        })
+    }
+
+    /// Stops the API server (etcd keeps the data).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut p) = self.apiserver.take() {
+            p.stop(Duration::from_secs(20));
+        }
+    }
+
+    /// Starts the API server again and waits for it.
+    pub fn restart_apiserver(&mut self) -> Result<(), Error> {
+        if self.apiserver.is_none() {
+            self.start_apiserver()?;
+        }
+        self.wait_ready()
+    }
+
+    /// Gives up ownership of the processes (for `stack up`), returning their pids.
+    pub fn detach(mut self) -> Vec<u32> {
+        // The API server first, so `stack down` stops it before etcd.
+        [self.apiserver.take(), self.etcd.take()]
+            .into_iter()
+            .flatten()
+            .map(Proc::detach)
+            .collect()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        // The API server before its storage.
+        self.stop_apiserver();
+        if let Some(mut p) = self.etcd.take() {
+            p.stop(Duration::from_secs(10));
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The whole local stack (Kafka, API server, PostgreSQL) in one directory, and its description
+//! (`stack.json`, `stack.env`) so that other processes can attach to it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::kafka::{Kafka, KafkaInfo};
+use crate::kube_api::{KubeApi, KubeInfo};
+use crate::postgres::{Postgres, PostgresInfo};
+use crate::process::{self, Lifetime};
+
+/// Everything a test or a person needs to reach a running stack.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackInfo {
+    pub dir: PathBuf,
+    pub kafka: KafkaInfo,
+    pub kube: KubeInfo,
+    pub postgres: PostgresInfo,
+    /// Processes to stop, in order (`stack down`); empty while this process owns them.
+    #[serde(default)]
+    pub pids: Vec<u32>,
+}
+
+/// A running stack whose processes this value owns.
+#[derive(Debug)]
+pub struct Stack {
+    pub info: StackInfo,
+    pub kafka: Kafka,
+    pub kube: KubeApi,
+    pub postgres: Postgres,
+}
+
+impl Stack {
+    /// Starts the three components in parallel under `dir`.
+    pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the stack dir", e))?;
+        let (kafka, kube, postgres) = std::thread::scope(|s| {
+            let kafka = s.spawn(|| Kafka::start(&dir.join("kafka"), 1, lifetime));
+            let kube = s.spawn(|| KubeApi::start(&dir.join("kube"), lifetime));
+            let postgres = s.spawn(|| Postgres::start(&dir.join("postgres"), lifetime));
+            (
+                kafka.join().expect("kafka start panicked"),
+                kube.join().expect("kube start panicked"),
+                postgres.join().expect("postgres start panicked"),
+            )
+        });
+        // Any failure stops the components that did start (their handles drop here).
+        let (kafka, kube, postgres) = (kafka?, kube?, postgres?);
+        let info = StackInfo {
+            dir: dir.to_owned(),
+            kafka: kafka.info.clone(),
+            kube: kube.info.clone(),
+            postgres: postgres.info.clone(),
+            pids: Vec::new(),
+        };
+        Ok(Self {
+            info,
+            kafka,
+            kube,
+            postgres,
+        })
+    }
+
+    /// Lets the processes outlive this process and writes the description files.
+    pub fn detach(self) -> Result<StackInfo, Error> {
+        let mut info = self.info;
+        // Stop order for `stack down`: API server and etcd, then Kafka, then PostgreSQL.
+        info.pids.extend(self.kube.detach());
+        info.pids.extend(self.kafka.detach());
+        info.pids.extend(self.postgres.detach());
+        info.write()?;
+        Ok(info)
+    }
+}
+
+impl StackInfo {
+    pub fn json_path(dir: &Path) -> PathBuf {
+        dir.join("stack.json")
+    }
+
+    /// Reads the description of the stack in `dir`.
+    pub fn read(dir: &Path) -> Result<Self, Error> {
+        let path = Self::json_path(dir);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Description {
+            path: path.display().to_string(),
+            reason: format!("{e} (is a stack running there? `make up` starts one)"),
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::Description {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes `stack.json` and `stack.env` (shell exports) into the stack dir.
+    pub fn write(&self) -> Result<(), Error> {
+        let json = serde_json::to_string_pretty(self).expect("stack info serializes");
+        crate::write_private(&Self::json_path(&self.dir), &json)?;
+        crate::write_private(&self.dir.join("stack.env"), &self.env_exports())
+    }
+
+    /// `export NAME=value` lines for a shell (no secrets: those stay in the files they name).
+    pub fn env_exports(&self) -> String {
+        let vars = [
+            ("PSK_STACK_DIR", self.dir.display().to_string()),
+            ("KUBECONFIG", self.kube.kubeconfig.display().to_string()),
+            ("PSK_KAFKA_BOOTSTRAP", self.kafka.bootstrap.clone()),
+            (
+                "PSK_KAFKA_SASL_BOOTSTRAP",
+                self.kafka.sasl_bootstrap.clone(),
+            ),
+            (
+                "PSK_KAFKA_CA_FILE",
+                self.kafka.ca_file.display().to_string(),
+            ),
+            (
+                "PSK_KAFKA_ADMIN_PROPERTIES",
+                self.kafka.admin_properties.display().to_string(),
+            ),
+            ("DATABASE_URL", self.postgres.url.clone()),
+        ];
+        vars.iter()
+            .map(|(k, v)| format!("export {k}='{v}'\n"))
+            .collect()
+    }
+
+    /// Stops the processes of a detached stack, in order, and removes its directory.
+    pub fn stop_detached(&self) {
+        for pid in &self.pids {
+            process::terminate_pid(*pid, Duration::from_secs(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The stack shared by every test of this process.
+///
+/// With `PSK_STACK_DIR` set (as `make test` does), attaches to that stack. Otherwise starts one
+/// in a temporary directory; its processes die with this process, and the directories of dead
+/// runs are swept at the next start.
+pub fn shared() -> &'static StackInfo {
+    static SHARED: OnceLock<StackInfo> = OnceLock::new();
+    static OWNED: OnceLock<Stack> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PSK_STACK_DIR") {
+            return StackInfo::read(Path::new(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        sweep_dead_runs();
+        let dir = std::env::temp_dir().join(format!("pubsubkafka-test-{}", std::process::id()));
+        let stack = Stack::start(&dir, Lifetime::Owned).unwrap_or_else(|e| panic!("{e}"));
+        let info = stack.info.clone();
+        let _ = OWNED.set(stack);
+        info
+    })
+}
+
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pubsubkafka-test-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !process::pid_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
