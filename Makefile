@@ -26,6 +26,10 @@ down:
 env:
 	@cargo run -q --locked -p pubsubkafka-tests --bin stack -- env --dir $(STACK_DIR)
 
+## crds: regenerate crds/ (and the chart's copy) from the Rust types
+crds:
+	cargo run -q --locked -p pubsubkafka-controller --bin crdgen
+
 fmt:
 	cargo fmt --all
 

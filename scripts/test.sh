@@ -14,6 +14,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "checking the generated CRDs are current"
+cargo run -q --locked -p pubsubkafka-controller --bin crdgen -- --check
 log "building the tests"
 cargo test --workspace --locked --no-run
 

@@ -1,2 +1,14 @@
 //! PubSubKafka's control plane: the custom resource types, one reconciler per kind, and the
 //! Kafka admin adapter they share.
+
+pub mod context;
+pub mod crd;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod operator;
+pub mod settings;
+pub mod topic;
+
+/// The field manager of every object and status the operator writes (server-side apply).
+pub const FIELD_MANAGER: &str = "pubsubkafka-controller";

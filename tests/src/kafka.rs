@@ -41,6 +41,8 @@ pub struct KafkaInfo {
     pub guest: ScramUser,
     /// librdkafka client properties for `admin` over SASL_SSL (mode 0600).
     pub admin_properties: PathBuf,
+    /// `admin`'s password alone, as a mounted Secret key would hold it (mode 0600).
+    pub admin_password_file: PathBuf,
     pub nodes: usize,
 }
 
@@ -69,6 +71,17 @@ impl KafkaInfo {
 
     pub fn admin_config(&self) -> ClientConfig {
         self.sasl_config(&self.admin.username, &self.admin.password)
+    }
+
+    /// The operator's connection settings: `admin` over SASL_SSL.
+    pub fn admin_connection(&self) -> pubsubkafka_worker::config::KafkaConnection {
+        pubsubkafka_worker::config::KafkaConnection {
+            bootstrap_servers: self.sasl_bootstrap.clone(),
+            security_protocol: pubsubkafka_worker::config::SecurityProtocol::SaslSsl,
+            username: Some(self.admin.username.clone()),
+            password_file: Some(self.admin_password_file.clone()),
+            ca_file: Some(self.ca_file.clone()),
+        }
     }
 }
 
@@ -205,6 +218,9 @@ impl Kafka {
             ),
         )?;
 
+        let admin_password_file = dir.join("admin.password");
+        write_private(&admin_password_file, &admin.password)?;
+
         let mut kafka = Self {
             info: KafkaInfo {
                 bootstrap,
@@ -213,6 +229,7 @@ impl Kafka {
                 admin,
                 guest,
                 admin_properties,
+                admin_password_file,
                 nodes,
             },
             nodes: cluster_nodes,

@@ -9,6 +9,7 @@
 
 pub mod kafka;
 pub mod kube_api;
+pub mod operator;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -1,0 +1,92 @@
+//! What every reconciler shares: API and Kafka clients, the event recorder, metrics, settings
+//! and per-object retry backoff.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use crate::crd::KafkaTopic;
+use crate::kafka::KafkaAdmin;
+use crate::metrics::Metrics;
+
+/// Operator-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often a converged resource is checked again (config drift, lost ACLs).
+    pub resync: Duration,
+}
+
+/// Shared reconciler state.
+pub struct Context {
+    pub client: kube::Client,
+    pub admin: KafkaAdmin,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    pub backoff: Backoff,
+    /// Every KafkaTopic the operator sees (for conflicts and topic lookups).
+    pub topics: Store<KafkaTopic>,
+}
+
+/// Exponential retry delays per object: 1 s, 2 s, 4 s ... capped, reset on success.
+#[derive(Debug)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+    base: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            failures: Mutex::default(),
+            base,
+            max,
+        }
+    }
+
+    /// The delay before retrying `key` after one more failure.
+    pub fn next(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        let delay = self.base.saturating_mul(1u32 << (*count).min(16));
+        *count = count.saturating_add(1);
+        delay.min(self.max)
+    }
+
+    /// Forgets `key`'s failures.
+    pub fn reset(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_reset() {
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        let delays: Vec<u64> = (0..6).map(|_| backoff.next("a").as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(
+            backoff.next("b").as_secs(),
+            1,
+            "objects back off independently"
+        );
+        backoff.reset("a");
+        assert_eq!(backoff.next("a").as_secs(), 1);
+    }
+}

@@ -1,0 +1,131 @@
+//! Status conditions shared by every kind: the condition types and reasons are constants here,
+//! and conditions are merged so that `lastTransitionTime` only moves when the status does.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The condition every resource reports.
+pub const READY: &str = "Ready";
+/// OrderConsumer: replicas were limited by the partition count.
+pub const CAPPED: &str = "Capped";
+
+/// Reasons, stable and machine-readable (alerts and runbooks key on them).
+pub mod reason {
+    pub const RECONCILED: &str = "Reconciled";
+    pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
+    pub const INVALID_REPLICATION_FACTOR: &str = "InvalidReplicationFactor";
+    pub const REPLICATION_FACTOR_CHANGE_UNSUPPORTED: &str = "ReplicationFactorChangeUnsupported";
+    pub const PARTITIONS_DECREASE_UNSUPPORTED: &str = "PartitionsDecreaseUnsupported";
+    pub const RESOURCE_CONFLICT: &str = "ResourceConflict";
+    pub const NOT_AUTHORIZED: &str = "NotAuthorized";
+    pub const KAFKA_ERROR: &str = "KafkaError";
+    pub const TOPIC_NOT_READY: &str = "TopicNotReady";
+    pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    pub const DELETING: &str = "Deleting";
+}
+
+/// A condition observed now for `generation`.
+pub fn new(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
+    }
+}
+
+/// Puts `update` into `conditions`, keeping the old transition time when the status is unchanged.
+pub fn merge(conditions: &[Condition], mut update: Condition) -> Vec<Condition> {
+    let mut out: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != update.type_)
+        .cloned()
+        .collect();
+    if let Some(old) = conditions.iter().find(|c| c.type_ == update.type_)
+        && old.status == update.status
+    {
+        update.last_transition_time = old.last_transition_time.clone();
+    }
+    out.push(update);
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// Equal in everything but the transition time.
+pub fn same(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.type_ == y.type_
+                && x.status == y.status
+                && x.reason == y.reason
+                && x.message == y.message
+                && x.observed_generation == y.observed_generation
+        })
+}
+
+/// The `Ready` condition, if any.
+pub fn ready(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == READY)
+}
+
+/// True when `Ready` is `True`.
+pub fn is_ready(conditions: &[Condition]) -> bool {
+    ready(conditions).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut first = new(READY, false, reason::KAFKA_UNAVAILABLE, "down", Some(1));
+        first.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        let merged = merge(
+            &[first.clone()],
+            new(
+                READY,
+                false,
+                reason::KAFKA_UNAVAILABLE,
+                "still down",
+                Some(1),
+            ),
+        );
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].last_transition_time, first.last_transition_time);
+        assert_eq!(merged[0].message, "still down");
+
+        let merged = merge(&merged, new(READY, true, reason::RECONCILED, "ok", Some(1)));
+        assert_ne!(merged[0].last_transition_time, first.last_transition_time);
+    }
+
+    #[test]
+    fn same_ignores_only_the_time() {
+        let a = vec![new(READY, true, reason::RECONCILED, "ok", Some(2))];
+        let mut b = a.clone();
+        b[0].last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        assert!(same(&a, &b));
+        b[0].observed_generation = Some(3);
+        assert!(!same(&a, &b));
+    }
+
+    #[test]
+    fn other_condition_types_are_kept_and_sorted() {
+        let capped = new(CAPPED, true, "PartitionCap", "3 partitions", Some(1));
+        let merged = merge(
+            &[capped],
+            new(READY, true, reason::RECONCILED, "ok", Some(1)),
+        );
+        let types: Vec<_> = merged.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Capped", "Ready"]);
+    }
+}

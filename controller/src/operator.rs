@@ -1,0 +1,100 @@
+//! Starting the operator: connect to Kafka and the API server, check the CRDs, serve metrics,
+//! and run every reconciler until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::FutureExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use tracing::{error, info};
+
+use crate::context::{Backoff, Context, Settings};
+use crate::crd::KafkaTopic;
+use crate::kafka::{AdminError, KafkaAdmin};
+use crate::metrics::Metrics;
+use crate::settings::Args;
+use crate::{FIELD_MANAGER, http, topic};
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("Kafka connection settings: {0}")]
+    KafkaConfig(#[from] pubsubkafka_worker::config::ConfigError),
+    #[error("Kafka admin client: {0}")]
+    KafkaAdmin(#[from] AdminError),
+    #[error(
+        "the PubSubKafka CRDs are not installed in this cluster ({0}); install them with \
+         `kubectl apply -f crds/` or `helm install pubsubkafka charts/pubsubkafka`"
+    )]
+    CrdsMissing(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(
+    args: Args,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let admin = KafkaAdmin::new(&args.kafka().client_config()?, args.kafka_timeout)?;
+    let topics: Api<KafkaTopic> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    check_crds(&topics).await?;
+
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| StartError::Metrics {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(http::serve(listener, metrics.clone(), Arc::clone(&ready)));
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let (controller, store) = topic::controller(topics);
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        admin,
+        metrics,
+        settings: Settings {
+            resync: args.resync_interval,
+        },
+        backoff: Backoff::default(),
+        topics: store,
+    });
+    ready.store(true, Ordering::Relaxed);
+    info!(resync = ?args.resync_interval, namespace = ?args.watch_namespace, "operator started");
+    let shutdown = shutdown.shared();
+    topic::run(ctx, controller, shutdown).await;
+    info!("operator stopped");
+    Ok(())
+}
+
+async fn check_crds(topics: &Api<KafkaTopic>) -> Result<(), StartError> {
+    match topics.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            error!("KafkaTopic CRD missing");
+            Err(StartError::CrdsMissing(
+                "kafkatopics.pubsubkafka.io is not served".into(),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,97 @@
+//! The controller's command line (each flag also reads an environment variable, as the Helm
+//! chart sets them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pubsubkafka_worker::config::{KafkaConnection, SecurityProtocol};
+
+/// PubSubKafka operator: reconciles KafkaTopic, DLQPolicy and OrderConsumer resources.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pubsubkafka-controller", version)]
+pub struct Args {
+    /// Kafka bootstrap servers (host:port, comma-separated).
+    #[arg(long, env = "PSK_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+    /// Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512).
+    #[arg(long, env = "PSK_KAFKA_SECURITY_PROTOCOL", default_value = "SASL_SSL")]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// SASL user of the operator (needs to manage topics, ACLs and SCRAM credentials).
+    #[arg(long, env = "PSK_KAFKA_USERNAME")]
+    pub kafka_username: Option<String>,
+    /// File holding that user's password (a mounted Secret key).
+    #[arg(long, env = "PSK_KAFKA_PASSWORD_FILE")]
+    pub kafka_password_file: Option<PathBuf>,
+    /// PEM CA bundle that signed the brokers' certificates.
+    #[arg(long, env = "PSK_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// Give up on one Kafka admin request after this long (e.g. 15s).
+    #[arg(long, env = "PSK_KAFKA_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+    /// Check converged resources again this often: reverts config drift (e.g. 2m).
+    #[arg(long, env = "PSK_RESYNC_INTERVAL", default_value = "2m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Watch only this namespace (all namespaces when absent).
+    #[arg(long, env = "PSK_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "PSK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
+    #[arg(long, env = "PSK_LOG_FORMAT", default_value = "auto")]
+    pub log_format: String,
+}
+
+impl Args {
+    pub fn kafka(&self) -> KafkaConnection {
+        KafkaConnection {
+            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
+            security_protocol: self.kafka_security_protocol,
+            username: self.kafka_username.clone(),
+            password_file: self.kafka_password_file.clone(),
+            ca_file: self.kafka_ca_file.clone(),
+        }
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 2m or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "h" => Ok(Duration::from_secs(value * 3600)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("30s", Duration::from_secs(30)),
+            ("45", Duration::from_secs(45)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for bad in ["", "s", "1.5s", "2d", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}

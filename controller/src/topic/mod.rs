@@ -1,0 +1,533 @@
+//! The KafkaTopic reconciler: gather what Kafka has (I/O), decide what to change ([`plan`],
+//! pure), apply it in a fixed order (create, partitions, configs, ACLs), then write status.
+//!
+//! A `Retain` topic carries no finalizer, so deleting it (or uninstalling the operator) never
+//! blocks. A `Delete` topic carries [`FINALIZER`] until its Kafka topic and ACLs are gone.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use rdkafka::error::RDKafkaErrorCode;
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::context::Context;
+use crate::crd::conditions::{self, reason};
+use crate::crd::kafka_topic::{DeletionPolicy, FINALIZER};
+use crate::crd::{KafkaTopic, KafkaTopicStatus};
+use crate::kafka::{AclFilter, AdminError, KafkaAdmin, ResourceKind, TopicDescription};
+use plan::{Desired, Observed, Plan, Problem};
+
+const KIND: &str = "KafkaTopic";
+
+/// Why a reconcile pass failed. Each error maps to a condition reason and decides how soon to
+/// try again: transient failures back off, a refused spec waits for a change (or the resync).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kafka(#[from] AdminError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the topic is owned by KafkaTopic {owner}")]
+    Conflict { owner: String },
+}
+
+impl Error {
+    /// The condition reason (and metric label) for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kafka(AdminError::Unavailable(_)) => reason::KAFKA_UNAVAILABLE,
+            Self::Kafka(AdminError::InvalidRequest(_)) => reason::INVALID_CONFIG,
+            Self::Kafka(AdminError::Rejected { code, .. }) => match code {
+                RDKafkaErrorCode::InvalidConfig
+                | RDKafkaErrorCode::InvalidRequest
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidPartitions => reason::INVALID_CONFIG,
+                RDKafkaErrorCode::InvalidReplicationFactor => reason::INVALID_REPLICATION_FACTOR,
+                RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SecurityDisabled => reason::NOT_AUTHORIZED,
+                _ => reason::KAFKA_ERROR,
+            },
+            Self::Kube(_) => reason::KUBERNETES_ERROR,
+            Self::Conflict { .. } => reason::RESOURCE_CONFLICT,
+        }
+    }
+
+    /// True when retrying soon may help (the cluster or API server was unreachable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Kafka(e) => e.is_unavailable() || self.reason() == reason::KAFKA_ERROR,
+            Self::Kube(_) => true,
+            Self::Conflict { .. } => false,
+        }
+    }
+}
+
+/// Runs the reconciler until shutdown.
+pub async fn run(
+    ctx: Arc<Context>,
+    controller: Controller<KafkaTopic>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "KafkaTopic reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// A controller over every KafkaTopic the API allows, with its store.
+pub fn controller(api: Api<KafkaTopic>) -> (Controller<KafkaTopic>, Store<KafkaTopic>) {
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    (controller, store)
+}
+
+async fn reconcile(topic: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = topic.namespace().unwrap_or_default(),
+        name = topic.name_any()
+    );
+    async move {
+        let timer = ctx.metrics.reconcile_timer(KIND);
+        let result = reconcile_inner(&topic, &ctx).await;
+        timer.finish(result.as_ref().err().map(Error::reason));
+        match &result {
+            Ok(_) => ctx.backoff.reset(&key(&topic)),
+            Err(Error::Kafka(k)) if k.is_unavailable() => ctx.metrics.set_kafka_up(false),
+            Err(_) => {}
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn key(topic: &KafkaTopic) -> String {
+    format!(
+        "{KIND}/{}/{}",
+        topic.namespace().unwrap_or_default(),
+        topic.name_any()
+    )
+}
+
+fn error_policy(topic: Arc<KafkaTopic>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_transient() {
+        let delay = ctx.backoff.next(&key(&topic));
+        warn!(error = %error, retry_in = ?delay, "transient failure, backing off");
+        Action::requeue(delay)
+    } else {
+        // The spec must change (or the periodic resync notices the cluster did).
+        Action::requeue(ctx.settings.resync)
+    }
+}
+
+async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Error> {
+    let api: Api<KafkaTopic> =
+        Api::namespaced(ctx.client.clone(), &topic.namespace().unwrap_or_default());
+    if topic.metadata.deletion_timestamp.is_some() {
+        return cleanup(topic, ctx, &api).await;
+    }
+    let wants_finalizer = topic.spec.deletion_policy == DeletionPolicy::Delete;
+    let has_finalizer = topic.finalizers().iter().any(|f| f == FINALIZER);
+    if wants_finalizer != has_finalizer {
+        set_finalizer(&api, topic, wants_finalizer).await?;
+        if wants_finalizer {
+            // The patch wakes the reconciler again with the finalizer in place.
+            return Ok(Action::await_change());
+        }
+    }
+
+    let store: Vec<Arc<KafkaTopic>> = ctx.topics.state();
+    if let Some(owner) = plan::conflicting_owner(topic, store.iter().map(Arc::as_ref)) {
+        let message = format!(
+            "Kafka topic {:?} is already managed by KafkaTopic {owner}; this resource changes \
+             nothing until that one is deleted",
+            topic.topic_name()
+        );
+        let status = failed_status(topic, reason::RESOURCE_CONFLICT, &message);
+        write_status(topic, ctx, &api, status).await?;
+        return Err(Error::Conflict { owner });
+    }
+
+    let desired = Desired::of(topic);
+    match converge(topic, &desired, ctx).await {
+        Ok((description, problems)) => {
+            ctx.metrics.set_kafka_up(true);
+            let status = converged_status(topic, &description, &problems);
+            write_status(topic, ctx, &api, status).await?;
+            Ok(Action::requeue(ctx.settings.resync))
+        }
+        Err(error) => {
+            let message = match &error {
+                Error::Kafka(AdminError::Rejected { message, .. }) if !message.is_empty() => {
+                    format!("Kafka refused the change: {message}")
+                }
+                other => other.to_string(),
+            };
+            write_status(
+                topic,
+                ctx,
+                &api,
+                failed_status(topic, error.reason(), &message),
+            )
+            .await?;
+            Err(error)
+        }
+    }
+}
+
+/// Gathers Kafka's view, applies the plan, and returns the topic as it now is.
+async fn converge(
+    topic: &KafkaTopic,
+    desired: &Desired,
+    ctx: &Context,
+) -> Result<(TopicDescription, Vec<Problem>), Error> {
+    let admin = &ctx.admin;
+    let observed = gather(admin, &desired.topic_name).await?;
+    let plan = plan::plan(desired, &observed);
+    apply(topic, desired, &plan, ctx).await?;
+    let description = match observed.topic {
+        Some(d) if !plan.create && plan.grow_partitions_to.is_none() => d,
+        _ => describe_settled(admin, desired).await?,
+    };
+    Ok((description, plan.problems))
+}
+
+async fn gather(admin: &KafkaAdmin, topic: &str) -> Result<Observed, AdminError> {
+    let Some(description) = admin.describe_topic(topic).await? else {
+        return Ok(Observed::default());
+    };
+    let config = admin.describe_topic_config(topic).await?;
+    let acls = admin
+        .describe_acls(&AclFilter {
+            resource: Some((ResourceKind::Topic, topic.to_owned())),
+            ..AclFilter::default()
+        })
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Observed {
+        topic: Some(description),
+        config,
+        acls,
+    })
+}
+
+async fn apply(
+    topic: &KafkaTopic,
+    desired: &Desired,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let admin = &ctx.admin;
+    let name = &desired.topic_name;
+    if plan.create {
+        match admin
+            .create_topic(
+                name,
+                desired.partitions,
+                desired.replication_factor,
+                &desired.config,
+            )
+            .await
+        {
+            // Created meanwhile (another pass, or someone else): adopt it next pass.
+            Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {}
+            other => other?,
+        }
+        info!(topic = %name, partitions = desired.partitions, "created topic");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "Created",
+            format!(
+                "created Kafka topic {name} with {} partitions, replication factor {}",
+                desired.partitions, desired.replication_factor
+            ),
+        )
+        .await;
+    }
+    if let Some(total) = plan.grow_partitions_to {
+        admin.create_partitions(name, total).await?;
+        info!(topic = %name, partitions = total, "grew partitions");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "PartitionsIncreased",
+            format!("increased the partitions of {name} to {total}"),
+        )
+        .await;
+    }
+    if plan.changes_config() {
+        admin
+            .alter_topic_config(name, &plan.set_config, &plan.delete_config)
+            .await?;
+        let mut changed: Vec<String> = plan.set_config.keys().map(|k| format!("set {k}")).collect();
+        changed.extend(plan.delete_config.iter().map(|k| format!("reset {k}")));
+        info!(topic = %name, changes = ?changed, "corrected config");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "ConfigUpdated",
+            changed.join(", "),
+        )
+        .await;
+    }
+    if !plan.create_acls.is_empty() || !plan.delete_acls.is_empty() {
+        admin.create_acls(&plan.create_acls).await?;
+        let filters: Vec<AclFilter> = plan.delete_acls.iter().map(AclFilter::from).collect();
+        admin.delete_acls(&filters).await?;
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "AclsUpdated",
+            format!(
+                "{} ACLs written, {} removed on topic {name}",
+                plan.create_acls.len(),
+                plan.delete_acls.len()
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Describes the topic after a change; new metadata can take a moment to show on every broker.
+async fn describe_settled(
+    admin: &KafkaAdmin,
+    desired: &Desired,
+) -> Result<TopicDescription, Error> {
+    let mut last = None;
+    for _ in 0..40 {
+        if let Some(d) = admin.describe_topic(&desired.topic_name).await? {
+            if d.partition_count() >= desired.partitions {
+                return Ok(d);
+            }
+            last = Some(d);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last.ok_or_else(|| {
+        Error::Kafka(AdminError::Unavailable(format!(
+            "topic {} does not show in the cluster's metadata yet",
+            desired.topic_name
+        )))
+    })
+}
+
+fn converged_status(
+    topic: &KafkaTopic,
+    description: &TopicDescription,
+    problems: &[Problem],
+) -> KafkaTopicStatus {
+    let old = topic.status.clone().unwrap_or_default();
+    let generation = topic.metadata.generation;
+    let ready = match problems.first() {
+        None => conditions::new(
+            conditions::READY,
+            true,
+            reason::RECONCILED,
+            format!(
+                "topic {} has {} partitions, replication factor {}",
+                description.name,
+                description.partition_count(),
+                description.replication_factor()
+            ),
+            generation,
+        ),
+        Some(problem) => conditions::new(
+            conditions::READY,
+            false,
+            problem.reason(),
+            problems
+                .iter()
+                .map(Problem::message)
+                .collect::<Vec<_>>()
+                .join("; "),
+            generation,
+        ),
+    };
+    KafkaTopicStatus {
+        observed_generation: generation,
+        topic_name: Some(description.name.clone()),
+        topic_id: Some(description.id.clone()).filter(|id| !id.is_empty()),
+        partitions: Some(description.partition_count()),
+        replication_factor: Some(description.replication_factor()),
+        applied_access: topic.spec.access.clone(),
+        conditions: conditions::merge(&old.conditions, ready),
+    }
+}
+
+/// The status after a failed pass: what was known stays, Ready says why it failed.
+fn failed_status(topic: &KafkaTopic, why: &str, message: &str) -> KafkaTopicStatus {
+    let mut status = topic.status.clone().unwrap_or_default();
+    status.observed_generation = topic.metadata.generation;
+    status.topic_name = Some(topic.topic_name());
+    let ready = conditions::new(
+        conditions::READY,
+        false,
+        why,
+        message,
+        topic.metadata.generation,
+    );
+    status.conditions = conditions::merge(&status.conditions, ready);
+    status
+}
+
+/// Writes `status` with server-side apply when it differs from what is stored, and records a
+/// Warning event when Ready turns False or changes its reason.
+async fn write_status(
+    topic: &KafkaTopic,
+    ctx: &Context,
+    api: &Api<KafkaTopic>,
+    status: KafkaTopicStatus,
+) -> Result<(), kube::Error> {
+    let old = topic.status.clone().unwrap_or_default();
+    let unchanged = KafkaTopicStatus {
+        conditions: Vec::new(),
+        ..old.clone()
+    } == KafkaTopicStatus {
+        conditions: Vec::new(),
+        ..status.clone()
+    } && conditions::same(&old.conditions, &status.conditions);
+    if unchanged {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": KafkaTopic::api_version(&()),
+        "kind": KafkaTopic::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &topic.name_any(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    let before = conditions::ready(&old.conditions);
+    if let Some(now) = conditions::ready(&status.conditions)
+        && now.status == "False"
+        && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
+    {
+        ctx.event(topic, EventType::Warning, &now.reason, now.message.clone())
+            .await;
+    }
+    Ok(())
+}
+
+async fn set_finalizer(
+    api: &Api<KafkaTopic>,
+    topic: &KafkaTopic,
+    present: bool,
+) -> Result<(), kube::Error> {
+    let mut finalizers: Vec<String> = topic
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": topic.resource_version(),
+        }
+    });
+    api.patch(
+        &topic.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion of a resource carrying the finalizer: remove the ACLs it wrote and, with
+/// `deletionPolicy: Delete`, the topic, unless another resource owns that topic.
+async fn cleanup(
+    topic: &KafkaTopic,
+    ctx: &Context,
+    api: &Api<KafkaTopic>,
+) -> Result<Action, Error> {
+    if !topic.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let store: Vec<Arc<KafkaTopic>> = ctx.topics.state();
+    let owned = plan::conflicting_owner(topic, store.iter().map(Arc::as_ref)).is_none();
+    if owned {
+        let name = topic.topic_name();
+        let result = async {
+            let applied = Desired::of(topic).applied_acls;
+            let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
+            ctx.admin.delete_acls(&filters).await?;
+            if topic.spec.deletion_policy == DeletionPolicy::Delete {
+                ctx.admin.delete_topic(&name).await?;
+            }
+            Ok::<_, AdminError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let error = Error::from(e);
+            let message = format!("cannot delete Kafka topic {name} yet: {error}");
+            write_status(
+                topic,
+                ctx,
+                api,
+                failed_status(topic, error.reason(), &message),
+            )
+            .await?;
+            return Err(error);
+        }
+        if topic.spec.deletion_policy == DeletionPolicy::Delete {
+            info!(topic = %name, "deleted topic");
+            ctx.event(
+                topic,
+                EventType::Normal,
+                "Deleted",
+                format!("deleted Kafka topic {name}"),
+            )
+            .await;
+        }
+    }
+    set_finalizer(api, topic, false).await?;
+    Ok(Action::await_change())
+}
+
+impl Context {
+    /// Publishes a Kubernetes Event about `topic`; failures to publish are logged only.
+    pub async fn event<K>(&self, object: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(error = %e, "could not publish an event");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The operator under test: its CRDs installed in the stack's API server, and the operator
+//! itself run in-process against the stack's Kafka (SASL_SSL as `admin`), scoped to one
+//! namespace so tests running side by side do not reconcile each other's resources.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use pubsubkafka_controller::settings::Args;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{KafkaInfo, KubeInfo};
+
+/// Applies every CRD the operator serves and waits until the API server serves them.
+pub async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in pubsubkafka_controller::crd::all() {
+        let name = crd.metadata.name.clone().expect("CRDs are named");
+        crds.patch(
+            &name,
+            &PatchParams::apply("pubsubkafka-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+        crate::eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    established
+                        .then_some(())
+                        .ok_or_else(|| "not established".to_owned())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Creates namespace `name`.
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .expect("namespace object");
+    Api::<Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+/// A running operator; stopped when dropped.
+pub struct Operator {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// The operator's settings for a test: admin over SASL_SSL, one namespace, a short resync.
+pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
+    let conn = kafka.admin_connection();
+    Args {
+        kafka_bootstrap_servers: conn.bootstrap_servers,
+        kafka_security_protocol: conn.security_protocol,
+        kafka_username: conn.username,
+        kafka_password_file: conn.password_file,
+        kafka_ca_file: conn.ca_file,
+        kafka_timeout: Duration::from_secs(5),
+        resync_interval: resync,
+        watch_namespace: Some(namespace.to_owned()),
+        metrics_addr: "127.0.0.1:0".parse().expect("address"),
+        log_format: "text".into(),
+    }
+}
+
+impl Operator {
+    /// Starts the operator with `args` against the API server of `kube`.
+    pub async fn start(kube: &KubeInfo, args: Args) -> Self {
+        init_test_logging();
+        let client = kube.client().await.expect("kube client");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pubsubkafka_controller::operator::run(args, client, async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        });
+        Self {
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the operator and returns how its run ended.
+    pub async fn stop(mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .map_err(|_| "the operator did not stop within 30s".to_owned())?
+                .map_err(|e| e.to_string())?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the operator to end on its own (a start-up failure).
+    pub async fn finished(mut self) -> Result<(), String> {
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .map_err(|_| "the operator is still running".to_owned())?
+            .map_err(|e| e.to_string())?
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Shows the code under test's logs in failing tests' output.
+pub fn init_test_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_runtime=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

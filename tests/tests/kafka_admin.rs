@@ -1,0 +1,370 @@
+//! The controller's Kafka admin adapter, every call against the real broker's SASL_SSL listener
+//! with the StandardAuthorizer on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pubsubkafka_controller::kafka::{
+    Acl, AclFilter, AclOperation, AdminError, KafkaAdmin, ResourceKind,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use testenv::KafkaInfo;
+
+fn admin(kafka: &KafkaInfo) -> KafkaAdmin {
+    let config = kafka
+        .admin_connection()
+        .client_config()
+        .expect("admin config");
+    KafkaAdmin::new(&config, Duration::from_secs(10)).expect("admin client")
+}
+
+fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn topics_are_created_described_grown_reconfigured_and_deleted() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let topic = testenv::unique_name("admin-topic");
+
+    assert_eq!(admin.describe_topic(&topic).await.unwrap(), None);
+    admin
+        .create_topic(&topic, 3, 1, &strings(&[("retention.ms", "3600000")]))
+        .await
+        .expect("create");
+    let described =
+        testenv::eventually("the topic to be described", Duration::from_secs(10), || {
+            let admin = admin.clone();
+            let topic = topic.clone();
+            async move {
+                admin
+                    .describe_topic(&topic)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("absent".to_owned())
+            }
+        })
+        .await;
+    assert_eq!(described.partition_count(), 3);
+    assert_eq!(described.replication_factor(), 1);
+    assert_eq!(
+        described.id.len(),
+        22,
+        "a base64 topic id: {:?}",
+        described.id
+    );
+
+    let config = admin
+        .describe_topic_config(&topic)
+        .await
+        .expect("describe config");
+    let retention = &config["retention.ms"];
+    assert_eq!(retention.value.as_deref(), Some("3600000"));
+    assert!(retention.dynamic, "set on the topic");
+    assert!(
+        !config["segment.bytes"].dynamic,
+        "inherited from the broker"
+    );
+
+    admin
+        .alter_topic_config(
+            &topic,
+            &strings(&[("cleanup.policy", "compact")]),
+            &["retention.ms".to_owned()],
+        )
+        .await
+        .expect("incremental alter");
+    let config = admin.describe_topic_config(&topic).await.unwrap();
+    assert_eq!(config["cleanup.policy"].value.as_deref(), Some("compact"));
+    assert!(config["cleanup.policy"].dynamic);
+    assert!(
+        !config["retention.ms"].dynamic,
+        "deleted back to the default"
+    );
+
+    admin.create_partitions(&topic, 6).await.expect("grow");
+    let grown = testenv::eventually("6 partitions", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        let topic = topic.clone();
+        async move {
+            let d = admin
+                .describe_topic(&topic)
+                .await
+                .map_err(|e| e.to_string())?;
+            d.filter(|d| d.partition_count() == 6)
+                .ok_or("not yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(grown.id, described.id, "same topic");
+
+    admin.delete_topic(&topic).await.expect("delete");
+    admin
+        .delete_topic(&topic)
+        .await
+        .expect("deleting a deleted topic is fine");
+    testenv::eventually("the topic to be gone", Duration::from_secs(10), || {
+        let admin = admin.clone();
+        let topic = topic.clone();
+        async move {
+            match admin.describe_topic(&topic).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refusals_carry_the_brokers_message() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let topic = testenv::unique_name("admin-invalid");
+
+    let err = admin
+        .create_topic(&topic, 1, 1, &strings(&[("retention.ms", "forever")]))
+        .await
+        .expect_err("a non-numeric retention is refused");
+    match &err {
+        AdminError::Rejected { code, message } => {
+            assert_eq!(*code, RDKafkaErrorCode::InvalidConfig);
+            assert!(message.contains("retention.ms"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    let err = admin
+        .create_topic(&topic, 1, 3, &BTreeMap::new())
+        .await
+        .expect_err("RF 3 on one broker is refused");
+    assert_eq!(
+        err.code(),
+        Some(RDKafkaErrorCode::InvalidReplicationFactor),
+        "{err}"
+    );
+
+    admin
+        .create_topic(&topic, 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let err = admin
+        .alter_topic_config(&topic, &strings(&[("no.such.config", "1")]), &[])
+        .await
+        .expect_err("an unknown key is refused");
+    assert!(matches!(err, AdminError::Rejected { .. }), "{err:?}");
+    admin.delete_topic(&topic).await.unwrap();
+}
+
+/// Produces one record as `user`; `Ok` when the broker acknowledged it.
+async fn produce_as(
+    kafka: &KafkaInfo,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    let producer: FutureProducer = kafka
+        .sasl_config(user, password)
+        .set("message.timeout.ms", "8000")
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::to(topic).key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(drop)
+        .map_err(|(e, _)| e)
+}
+
+#[tokio::test]
+async fn scram_users_and_acls_grant_and_revoke_access() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let topic = testenv::unique_name("admin-acl");
+    let user = testenv::unique_name("producer");
+    let password = testenv::random_token(24);
+    admin
+        .create_topic(&topic, 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    admin
+        .upsert_scram_user(&user, &password)
+        .await
+        .expect("create SCRAM user");
+
+    // Authenticated, but no ACL yet.
+    let denied = produce_as(kafka, &user, &password, &topic).await;
+    assert!(
+        matches!(
+            denied,
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+            ))
+        ),
+        "{denied:?}"
+    );
+
+    let principal = format!("User:{user}");
+    let acls: Vec<Acl> = [AclOperation::Write, AclOperation::Describe]
+        .into_iter()
+        .map(|operation| Acl {
+            resource: ResourceKind::Topic,
+            name: topic.clone(),
+            principal: principal.clone(),
+            operation,
+        })
+        .collect();
+    admin.create_acls(&acls).await.expect("create ACLs");
+    let mut described = admin
+        .describe_acls(&AclFilter {
+            resource: Some((ResourceKind::Topic, topic.clone())),
+            ..Default::default()
+        })
+        .await
+        .expect("describe ACLs");
+    described.sort();
+    let mut expected = acls.clone();
+    expected.sort();
+    assert_eq!(described, expected);
+
+    testenv::eventually(
+        "the write to be allowed",
+        Duration::from_secs(15),
+        || async {
+            produce_as(kafka, &user, &password, &topic)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+
+    let deleted = admin
+        .delete_acls(&[AclFilter {
+            resource: Some((ResourceKind::Topic, topic.clone())),
+            principal: Some(principal.clone()),
+            operation: None,
+        }])
+        .await
+        .expect("delete ACLs");
+    assert_eq!(deleted, 2);
+    testenv::eventually(
+        "the write to be denied again",
+        Duration::from_secs(15),
+        || async {
+            match produce_as(kafka, &user, &password, &topic).await {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)) => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // Without its credential the user cannot log in at all.
+    admin
+        .delete_scram_user(&user)
+        .await
+        .expect("delete SCRAM user");
+    admin
+        .delete_scram_user(&user)
+        .await
+        .expect("deleting twice is fine");
+    testenv::eventually("the login to fail", Duration::from_secs(15), || async {
+        let consumer: BaseConsumer = kafka
+            .sasl_config(&user, &password)
+            .create()
+            .map_err(|e| e.to_string())?;
+        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(3)) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still logs in".to_owned()),
+        }
+    })
+    .await;
+    admin.delete_topic(&topic).await.unwrap();
+}
+
+#[tokio::test]
+async fn group_offsets_and_end_offsets_measure_lag() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let topic = testenv::unique_name("admin-lag");
+    let group = testenv::unique_name("admin-group");
+    admin
+        .create_topic(&topic, 3, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+
+    let producer: FutureProducer = kafka.admin_config().create().unwrap();
+    for i in 0..30 {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(i % 3)
+                    .key("k")
+                    .payload("v"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("delivered");
+    }
+    let ends = admin.end_offsets(&topic, 3).await.expect("end offsets");
+    assert_eq!(ends, BTreeMap::from([(0, 10), (1, 10), (2, 10)]));
+
+    let nothing = admin
+        .group_offsets(&group, &topic, 3)
+        .await
+        .expect("group offsets");
+    assert_eq!(nothing, BTreeMap::from([(0, None), (1, None), (2, None)]));
+
+    let consumer: BaseConsumer = kafka
+        .admin_config()
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut commits = TopicPartitionList::new();
+    commits
+        .add_partition_offset(&topic, 0, Offset::Offset(4))
+        .unwrap();
+    commits
+        .add_partition_offset(&topic, 2, Offset::Offset(10))
+        .unwrap();
+    consumer.commit(&commits, CommitMode::Sync).expect("commit");
+
+    let committed = admin
+        .group_offsets(&group, &topic, 3)
+        .await
+        .expect("group offsets");
+    assert_eq!(
+        committed,
+        BTreeMap::from([(0, Some(4)), (1, None), (2, Some(10))])
+    );
+    admin.delete_topic(&topic).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_reported_as_unavailable() {
+    let port = testenv::free_port().unwrap();
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", format!("127.0.0.1:{port}"));
+    let admin = KafkaAdmin::new(&config, Duration::from_secs(2)).unwrap();
+    let started = std::time::Instant::now();
+    let err = admin
+        .describe_topic("orders")
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in time"
+    );
+}

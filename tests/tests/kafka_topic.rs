@@ -1,0 +1,546 @@
+//! The KafkaTopic controller against the real API server and the real secured Kafka: each test
+//! gets its own namespace, its own topic names and its own operator scoped to that namespace.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams};
+use pubsubkafka_controller::crd::KafkaTopic;
+use pubsubkafka_controller::kafka::KafkaAdmin;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use testenv::operator::{self, Operator};
+use testenv::{KafkaInfo, KubeInfo, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    kube: KubeInfo,
+    client: kube::Client,
+    ns: String,
+    topics: Api<KafkaTopic>,
+    admin: KafkaAdmin,
+    _operator: Option<Operator>,
+}
+
+async fn env_with(kafka: &KafkaInfo, with_operator: bool) -> Env {
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.expect("client");
+    operator::install_crds(&client).await;
+    let ns = testenv::unique_name("topics");
+    operator::create_namespace(&client, &ns).await;
+    let operator = if with_operator {
+        let args = operator::args(kafka, &ns, Duration::from_secs(3));
+        Some(Operator::start(&stack.kube, args).await)
+    } else {
+        None
+    };
+    let admin = KafkaAdmin::new(
+        &kafka.admin_connection().client_config().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    Env {
+        kube: stack.kube.clone(),
+        topics: Api::namespaced(client.clone(), &ns),
+        client,
+        ns,
+        admin,
+        _operator: operator,
+    }
+}
+
+async fn env() -> Env {
+    env_with(&testenv::shared().kafka, true).await
+}
+
+impl Env {
+    /// `kubectl apply` of `yaml` in the test namespace: Ok(stdout) or Err(stderr).
+    fn kubectl_apply(&self, yaml: &str) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = self
+            .kube
+            .kubectl()
+            .args(["apply", "-n", &self.ns, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn apply_ok(&self, yaml: &str) {
+        if let Err(e) = self.kubectl_apply(yaml) {
+            panic!("kubectl apply failed: {e}\n{yaml}");
+        }
+    }
+
+    /// Waits until the resource's Ready condition has `reason` for its current generation.
+    async fn wait_reason(&self, name: &str, reason: &str) -> KafkaTopic {
+        eventually(&format!("{name} to report {reason}"), WAIT, || async {
+            let topic = self.topics.get(name).await.map_err(|e| e.to_string())?;
+            let status = topic.status.clone().unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            match ready {
+                Some(c)
+                    if c.reason == reason
+                        && status.observed_generation == topic.metadata.generation =>
+                {
+                    Ok(topic)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
+    async fn wait_ready(&self, name: &str) -> KafkaTopic {
+        let topic = self.wait_reason(name, "Reconciled").await;
+        assert!(topic.is_ready());
+        topic
+    }
+
+    async fn kafka_partitions(&self, topic: &str) -> i32 {
+        self.admin
+            .describe_topic(topic)
+            .await
+            .unwrap()
+            .map(|d| d.partition_count())
+            .unwrap_or(0)
+    }
+
+    async fn dynamic_config(&self, topic: &str) -> BTreeMap<String, String> {
+        self.admin
+            .describe_topic_config(topic)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| e.dynamic)
+            .map(|(k, e)| (k, e.value.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn topic_yaml(name: &str, partitions: i32, extra: &str) -> String {
+    format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {name}\nspec:\n  \
+         partitions: {partitions}\n  replicationFactor: 1\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn a_declared_topic_is_created_then_grown() {
+    let env = env().await;
+    let name = testenv::unique_name("orders");
+    env.apply_ok(&topic_yaml(
+        &name,
+        3,
+        "  config:\n    retention.ms: 3600000\n    cleanup.policy: delete\n",
+    ));
+    let topic = env.wait_ready(&name).await;
+    let status = topic.status.unwrap();
+    assert_eq!(status.topic_name.as_deref(), Some(name.as_str()));
+    assert_eq!(status.partitions, Some(3));
+    assert_eq!(status.replication_factor, Some(1));
+    let described = env
+        .admin
+        .describe_topic(&name)
+        .await
+        .unwrap()
+        .expect("topic exists in Kafka");
+    assert_eq!(described.partition_count(), 3);
+    assert_eq!(status.topic_id.as_deref(), Some(described.id.as_str()));
+    let config = env.dynamic_config(&name).await;
+    assert_eq!(
+        config.get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
+    assert_eq!(
+        config.get("cleanup.policy").map(String::as_str),
+        Some("delete")
+    );
+
+    env.apply_ok(&topic_yaml(
+        &name,
+        6,
+        "  config:\n    retention.ms: 3600000\n    cleanup.policy: delete\n",
+    ));
+    eventually("6 partitions in status", WAIT, || async {
+        let t = env.topics.get(&name).await.map_err(|e| e.to_string())?;
+        (t.status.as_ref().and_then(|s| s.partitions) == Some(6) && t.is_ready())
+            .then_some(())
+            .ok_or(format!("{:?}", t.status))
+    })
+    .await;
+    assert_eq!(env.kafka_partitions(&name).await, 6);
+
+    // Kubernetes Events tell what happened.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually("Created and PartitionsIncreased events", WAIT, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        (reasons.iter().any(|r| r == "Created")
+            && reasons.iter().any(|r| r == "PartitionsIncreased"))
+        .then_some(())
+        .ok_or(format!("{reasons:?}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_bad_manifests_naming_the_field() {
+    let env = env_with(&testenv::shared().kafka, false).await;
+    let name = testenv::unique_name("guarded");
+    env.apply_ok(&topic_yaml(&name, 6, ""));
+
+    let err = env
+        .kubectl_apply(&topic_yaml(&name, 3, ""))
+        .expect_err("a partition decrease is refused");
+    assert!(
+        err.contains("spec.partitions") && err.contains("may not decrease"),
+        "{err}"
+    );
+
+    let err = env
+        .kubectl_apply(&topic_yaml(&name, 6, "  topicName: renamed\n"))
+        .expect_err("a rename is refused");
+    assert!(
+        err.contains("spec.topicName") && err.contains("immutable"),
+        "{err}"
+    );
+
+    let bad = testenv::unique_name("bad");
+    for (extra, partitions, field) in [
+        ("  topicName: \"bad name!\"\n", 1, "spec.topicName"),
+        ("  topicName: \"..\"\n", 1, "spec.topicName"),
+        ("", 0, "spec.partitions"),
+        ("  deletionPolicy: Sometimes\n", 1, "spec.deletionPolicy"),
+        (
+            "  access:\n  - principal: order-gateway\n    operations: [Write]\n",
+            1,
+            "spec.access[0].principal",
+        ),
+    ] {
+        let err = env
+            .kubectl_apply(&topic_yaml(&bad, partitions, extra))
+            .expect_err("refused");
+        assert!(err.contains(field), "expected {field} in: {err}");
+    }
+    let err = env
+        .kubectl_apply(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {bad}\nspec:\n  \
+             partitions: 1\n  replicationFactor: 0\n"
+        ))
+        .expect_err("replication factor 0 is refused");
+    assert!(err.contains("spec.replicationFactor"), "{err}");
+}
+
+#[tokio::test]
+async fn out_of_band_config_changes_are_reverted() {
+    let env = env().await;
+    let name = testenv::unique_name("drift");
+    env.apply_ok(&topic_yaml(
+        &name,
+        1,
+        "  config:\n    retention.ms: 3600000\n",
+    ));
+    env.wait_ready(&name).await;
+
+    env.admin
+        .alter_topic_config(
+            &name,
+            &BTreeMap::from([
+                ("retention.ms".to_owned(), "1000".to_owned()),
+                ("max.message.bytes".to_owned(), "2000000".to_owned()),
+            ]),
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually("the drift to be reverted", WAIT, || async {
+        let config = env.dynamic_config(&name).await;
+        let expected = BTreeMap::from([("retention.ms".to_owned(), "3600000".to_owned())]);
+        (config == expected)
+            .then_some(())
+            .ok_or(format!("{config:?}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_existing_topic_is_adopted_and_a_second_claim_is_refused() {
+    let env = env().await;
+    let name = testenv::unique_name("existing");
+    env.admin
+        .create_topic(&name, 2, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let existing = eventually("the topic", WAIT, || async {
+        env.admin
+            .describe_topic(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())
+    })
+    .await;
+
+    env.apply_ok(&topic_yaml(&name, 2, ""));
+    let adopted = env.wait_ready(&name).await;
+    assert_eq!(
+        adopted.status.unwrap().topic_id,
+        Some(existing.id.clone()),
+        "same topic, adopted"
+    );
+
+    let rival = testenv::unique_name("rival");
+    env.apply_ok(&topic_yaml(&rival, 4, &format!("  topicName: {name}\n")));
+    let refused = env.wait_reason(&rival, "ResourceConflict").await;
+    let ready = refused
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains(&format!("{}/{name}", env.ns)),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        env.kafka_partitions(&name).await,
+        2,
+        "the rival changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn retain_keeps_the_topic_and_delete_removes_it() {
+    let env = env().await;
+    let kept = testenv::unique_name("kept");
+    let doomed = testenv::unique_name("doomed");
+    env.apply_ok(&topic_yaml(&kept, 1, ""));
+    env.apply_ok(&topic_yaml(&doomed, 1, "  deletionPolicy: Delete\n"));
+    let kept_obj = env.wait_ready(&kept).await;
+    let doomed_obj = env.wait_ready(&doomed).await;
+    assert!(
+        kept_obj.metadata.finalizers.unwrap_or_default().is_empty(),
+        "Retain adds no finalizer"
+    );
+    assert_eq!(
+        doomed_obj.metadata.finalizers.unwrap_or_default(),
+        ["pubsubkafka.io/topic-cleanup"]
+    );
+
+    env.topics
+        .delete(&kept, &DeleteParams::default())
+        .await
+        .unwrap();
+    env.topics
+        .delete(&doomed, &DeleteParams::default())
+        .await
+        .unwrap();
+    for name in [&kept, &doomed] {
+        eventually(&format!("{name} to be gone"), WAIT, || async {
+            match env.topics.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        })
+        .await;
+    }
+    assert!(
+        env.admin.describe_topic(&kept).await.unwrap().is_some(),
+        "retained in Kafka"
+    );
+    eventually("the Delete topic to leave Kafka", WAIT, || async {
+        match env.admin.describe_topic(&doomed).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+async fn can_produce(
+    kafka: &KafkaInfo,
+    user: &str,
+    password: &str,
+    topic: &str,
+) -> Result<(), KafkaError> {
+    let producer: FutureProducer = kafka
+        .sasl_config(user, password)
+        .set("message.timeout.ms", "8000")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(topic).key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(drop)
+        .map_err(|(e, _)| e)
+}
+
+#[tokio::test]
+async fn access_acls_allow_the_named_principal_and_deny_others() {
+    let env = env().await;
+    let kafka = &testenv::shared().kafka;
+    let name = testenv::unique_name("guarded-topic");
+    let (gateway, other) = (
+        testenv::unique_name("gateway"),
+        testenv::unique_name("other"),
+    );
+    let password = testenv::random_token(24);
+    for user in [&gateway, &other] {
+        env.admin.upsert_scram_user(user, &password).await.unwrap();
+    }
+    let access =
+        format!("  access:\n  - principal: User:{gateway}\n    operations: [Write, Describe]\n");
+    env.apply_ok(&topic_yaml(&name, 1, &access));
+    env.wait_ready(&name).await;
+
+    eventually("the named principal to write", WAIT, || async {
+        can_produce(kafka, &gateway, &password, &name)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let denied = can_produce(kafka, &other, &password, &name).await;
+    assert!(
+        matches!(
+            denied,
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::TopicAuthorizationFailed
+            ))
+        ),
+        "{denied:?}"
+    );
+
+    // Taking the entry out of spec.access removes its ACLs.
+    env.apply_ok(&topic_yaml(&name, 1, ""));
+    eventually("the removed principal to be denied", WAIT, || async {
+        match can_produce(kafka, &gateway, &password, &name).await {
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)) => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    for user in [&gateway, &other] {
+        env.admin.delete_scram_user(user).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn refused_configs_are_reported_with_the_brokers_message() {
+    let env = env().await;
+    let name = testenv::unique_name("badconfig");
+    env.apply_ok(&topic_yaml(
+        &name,
+        1,
+        "  config:\n    retention.ms: forever\n",
+    ));
+    let topic = env.wait_reason(&name, "InvalidConfig").await;
+    let ready = topic
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("retention.ms"), "{}", ready.message);
+
+    let too_many = testenv::unique_name("rf");
+    env.apply_ok(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {too_many}\nspec:\n  \
+         partitions: 1\n  replicationFactor: 3\n"
+    ));
+    env.wait_reason(&too_many, "InvalidReplicationFactor").await;
+
+    // Fixing the spec makes it Ready.
+    env.apply_ok(&topic_yaml(
+        &name,
+        1,
+        "  config:\n    retention.ms: 60000\n",
+    ));
+    env.wait_ready(&name).await;
+}
+
+#[tokio::test]
+async fn a_kafka_outage_is_reported_and_recovered_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka =
+        testenv::Kafka::start(dir.path(), 1, testenv::Lifetime::Owned).expect("own Kafka");
+    let env = env_with(&kafka.info, true).await;
+    let name = testenv::unique_name("outage");
+    env.apply_ok(&topic_yaml(&name, 1, ""));
+    env.wait_ready(&name).await;
+
+    kafka.stop();
+    env.wait_reason(&name, "KafkaUnavailable").await;
+
+    kafka.restart().expect("Kafka restarts");
+    env.wait_ready(&name).await;
+    // A change made after the outage goes through.
+    env.apply_ok(&topic_yaml(&name, 2, ""));
+    eventually("2 partitions", WAIT, || async {
+        let t = env.topics.get(&name).await.map_err(|e| e.to_string())?;
+        (t.status.as_ref().and_then(|s| s.partitions) == Some(2))
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_operator_refuses_to_start_without_its_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    let api =
+        testenv::KubeApi::start(dir.path(), testenv::Lifetime::Owned).expect("own API server");
+    let kafka = &testenv::shared().kafka;
+    let args = operator::args(kafka, "default", Duration::from_secs(60));
+    let err = Operator::start(&api.info, args)
+        .await
+        .finished()
+        .await
+        .expect_err("no CRDs, no start");
+    assert!(
+        err.contains("not installed") && err.contains("kubectl apply -f crds/"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn status_is_written_only_when_it_changes() {
+    let env = env().await;
+    let name = testenv::unique_name("quiet");
+    env.apply_ok(&topic_yaml(&name, 1, ""));
+    let first = env.wait_ready(&name).await;
+    // Several resyncs (every 3 s) later, nothing has been rewritten.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let later = env.topics.get(&name).await.unwrap();
+    assert_eq!(
+        first.metadata.resource_version,
+        later.metadata.resource_version
+    );
+}

@@ -1,0 +1,190 @@
+//! Configuration shared by the control plane and the data plane. The controller renders these
+//! types into what it deploys and the worker reads them back: one definition, no drift.
+
+use std::path::PathBuf;
+
+use rdkafka::ClientConfig;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How a client reaches and authenticates to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaConnection {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// SASL user name (SASL protocols only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the SASL password (a mounted Secret key), never the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the brokers' certificates (TLS protocols only); the
+    /// system trust store when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Kafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    #[default]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_kafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+impl std::str::FromStr for SecurityProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Ok(Self::Plaintext),
+            "SSL" => Ok(Self::Ssl),
+            "SASL_PLAINTEXT" => Ok(Self::SaslPlaintext),
+            "SASL_SSL" => Ok(Self::SaslSsl),
+            other => Err(format!(
+                "unknown security protocol {other:?} (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)"
+            )),
+        }
+    }
+}
+
+/// A connection setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{protocol} needs a SASL {what}")]
+    MissingCredential {
+        protocol: &'static str,
+        what: &'static str,
+    },
+    #[error("reading the Kafka password file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Kafka password file {0} is empty")]
+    EmptyPassword(PathBuf),
+}
+
+impl KafkaConnection {
+    /// A librdkafka configuration for this connection (SCRAM-SHA-512 for SASL).
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("security.protocol", self.security_protocol.as_kafka());
+        let protocol = self.security_protocol.as_kafka();
+        if self.security_protocol.uses_sasl() {
+            let username = self
+                .username
+                .as_deref()
+                .ok_or(ConfigError::MissingCredential {
+                    protocol,
+                    what: "username",
+                })?;
+            let path = self
+                .password_file
+                .as_ref()
+                .ok_or(ConfigError::MissingCredential {
+                    protocol,
+                    what: "password file",
+                })?;
+            let password =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                return Err(ConfigError::EmptyPassword(path.clone()));
+            }
+            config
+                .set("sasl.mechanisms", "SCRAM-SHA-512")
+                .set("sasl.username", username)
+                .set("sasl.password", password);
+        }
+        if self.security_protocol.uses_tls()
+            && let Some(ca) = &self.ca_file
+        {
+            config.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(protocol: SecurityProtocol) -> KafkaConnection {
+        KafkaConnection {
+            bootstrap_servers: "broker:9093".into(),
+            security_protocol: protocol,
+            username: None,
+            password_file: None,
+            ca_file: Some("/etc/kafka/ca.crt".into()),
+        }
+    }
+
+    #[test]
+    fn plaintext_needs_no_credentials_and_sets_no_tls() {
+        let config = connection(SecurityProtocol::Plaintext)
+            .client_config()
+            .unwrap();
+        assert_eq!(config.get("security.protocol"), Some("PLAINTEXT"));
+        assert_eq!(config.get("ssl.ca.location"), None);
+        assert_eq!(config.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn sasl_without_a_username_is_refused_with_the_reason() {
+        let err = connection(SecurityProtocol::SaslSsl)
+            .client_config()
+            .unwrap_err();
+        assert_eq!(err.to_string(), "SASL_SSL needs a SASL username");
+    }
+
+    #[test]
+    fn sasl_ssl_reads_the_password_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("psk-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut conn = connection(SecurityProtocol::SaslSsl);
+        conn.username = Some("orders".into());
+        conn.password_file = Some(file.clone());
+        let config = conn.client_config().unwrap();
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("ssl.ca.location"), Some("/etc/kafka/ca.crt"));
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            conn.client_config(),
+            Err(ConfigError::EmptyPassword(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
