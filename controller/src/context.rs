@@ -8,6 +8,8 @@ use std::time::Duration;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use pubsubkafka_worker::config::SecurityProtocol;
+
 use crate::crd::KafkaTopic;
 use crate::kafka::KafkaAdmin;
 use crate::metrics::Metrics;
@@ -15,8 +17,15 @@ use crate::metrics::Metrics;
 /// Operator-wide settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How often a converged resource is checked again (config drift, lost ACLs).
+    /// How often a converged resource is checked again (config drift, lost ACLs, lag).
     pub resync: Duration,
+    /// Worker image when an OrderConsumer names none.
+    pub worker_image: String,
+    /// Bootstrap servers as worker pods reach them.
+    pub worker_bootstrap_servers: String,
+    pub worker_security_protocol: SecurityProtocol,
+    /// The brokers' CA (PEM), handed to workers in their credentials Secret.
+    pub kafka_ca_pem: Option<String>,
 }
 
 /// Shared reconciler state.

@@ -1,8 +1,11 @@
 //! PubSubKafka's control plane: the custom resource types, one reconciler per kind, and the
 //! Kafka admin adapter they share.
 
+pub mod consumer;
 pub mod context;
 pub mod crd;
+pub mod duration;
+pub mod error;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -15,7 +15,7 @@ use crate::crd::KafkaTopic;
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::metrics::Metrics;
 use crate::settings::Args;
-use crate::{FIELD_MANAGER, http, topic};
+use crate::{FIELD_MANAGER, consumer, http, topic};
 
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,11 @@ pub enum StartError {
     CrdsMissing(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("reading the Kafka CA file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -66,7 +71,18 @@ pub async fn run(
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let (controller, store) = topic::controller(topics);
+    let kafka_ca_pem = match &args.kafka_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|source| StartError::CaFile {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let (topic_controller, store) = topic::controller(topics);
+    let (consumer_controller, _consumers) =
+        consumer::controller(&client, args.watch_namespace.as_deref());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -74,6 +90,13 @@ pub async fn run(
         metrics,
         settings: Settings {
             resync: args.resync_interval,
+            worker_image: args.worker_image.clone(),
+            worker_bootstrap_servers: args
+                .worker_bootstrap_servers
+                .clone()
+                .unwrap_or_else(|| args.kafka_bootstrap_servers.clone()),
+            worker_security_protocol: args.kafka_security_protocol,
+            kafka_ca_pem,
         },
         backoff: Backoff::default(),
         topics: store,
@@ -81,7 +104,10 @@ pub async fn run(
     ready.store(true, Ordering::Relaxed);
     info!(resync = ?args.resync_interval, namespace = ?args.watch_namespace, "operator started");
     let shutdown = shutdown.shared();
-    topic::run(ctx, controller, shutdown).await;
+    tokio::join!(
+        topic::run(Arc::clone(&ctx), topic_controller, shutdown.clone()),
+        consumer::run(ctx, consumer_controller, shutdown),
+    );
     info!("operator stopped");
     Ok(())
 }

@@ -33,6 +33,12 @@ pub struct Args {
     /// Check converged resources again this often: reverts config drift (e.g. 2m).
     #[arg(long, env = "PSK_RESYNC_INTERVAL", default_value = "2m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// Worker image for OrderConsumers that name none.
+    #[arg(long, env = "PSK_WORKER_IMAGE", default_value = concat!("pubsubkafka/worker:", env!("CARGO_PKG_VERSION")))]
+    pub worker_image: String,
+    /// Bootstrap servers as worker pods reach them (the operator's own when absent).
+    #[arg(long, env = "PSK_WORKER_BOOTSTRAP_SERVERS")]
+    pub worker_bootstrap_servers: Option<String>,
     /// Watch only this namespace (all namespaces when absent).
     #[arg(long, env = "PSK_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -56,42 +62,6 @@ impl Args {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30s, 2m or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m or h)")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_refuse_nonsense() {
-        for (text, expected) in [
-            ("500ms", Duration::from_millis(500)),
-            ("30s", Duration::from_secs(30)),
-            ("45", Duration::from_secs(45)),
-            ("2m", Duration::from_secs(120)),
-            ("1h", Duration::from_secs(3600)),
-        ] {
-            assert_eq!(parse_duration(text), Ok(expected), "{text}");
-        }
-        for bad in ["", "s", "1.5s", "2d", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
-        }
-    }
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::duration::parse(text)
 }

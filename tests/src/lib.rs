@@ -13,6 +13,7 @@ pub mod operator;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod scenario;
 pub mod stack;
 pub mod tools;
 

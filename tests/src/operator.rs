@@ -79,6 +79,8 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         kafka_timeout: Duration::from_secs(5),
         resync_interval: resync,
         watch_namespace: Some(namespace.to_owned()),
+        worker_image: "pubsubkafka/worker:test".into(),
+        worker_bootstrap_servers: None,
         metrics_addr: "127.0.0.1:0".parse().expect("address"),
         log_format: "text".into(),
     }

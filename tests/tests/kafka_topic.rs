@@ -7,47 +7,31 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use pubsubkafka_controller::crd::KafkaTopic;
-use pubsubkafka_controller::kafka::KafkaAdmin;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use testenv::operator::{self, Operator};
-use testenv::{KafkaInfo, KubeInfo, eventually};
+use testenv::scenario::Scenario;
+use testenv::{KafkaInfo, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Env {
-    kube: KubeInfo,
-    client: kube::Client,
-    ns: String,
+    scenario: Scenario,
     topics: Api<KafkaTopic>,
-    admin: KafkaAdmin,
-    _operator: Option<Operator>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Scenario;
+    fn deref(&self) -> &Scenario {
+        &self.scenario
+    }
 }
 
 async fn env_with(kafka: &KafkaInfo, with_operator: bool) -> Env {
-    let stack = testenv::shared();
-    let client = stack.kube.client().await.expect("client");
-    operator::install_crds(&client).await;
-    let ns = testenv::unique_name("topics");
-    operator::create_namespace(&client, &ns).await;
-    let operator = if with_operator {
-        let args = operator::args(kafka, &ns, Duration::from_secs(3));
-        Some(Operator::start(&stack.kube, args).await)
-    } else {
-        None
-    };
-    let admin = KafkaAdmin::new(
-        &kafka.admin_connection().client_config().unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let scenario = Scenario::with("topics", kafka, with_operator).await;
     Env {
-        kube: stack.kube.clone(),
-        topics: Api::namespaced(client.clone(), &ns),
-        client,
-        ns,
-        admin,
-        _operator: operator,
+        topics: Api::namespaced(scenario.client.clone(), &scenario.ns),
+        scenario,
     }
 }
 
@@ -56,38 +40,6 @@ async fn env() -> Env {
 }
 
 impl Env {
-    /// `kubectl apply` of `yaml` in the test namespace: Ok(stdout) or Err(stderr).
-    fn kubectl_apply(&self, yaml: &str) -> Result<String, String> {
-        use std::io::Write;
-        let mut child = self
-            .kube
-            .kubectl()
-            .args(["apply", "-n", &self.ns, "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn apply_ok(&self, yaml: &str) {
-        if let Err(e) = self.kubectl_apply(yaml) {
-            panic!("kubectl apply failed: {e}\n{yaml}");
-        }
-    }
-
     /// Waits until the resource's Ready condition has `reason` for its current generation.
     async fn wait_reason(&self, name: &str, reason: &str) -> KafkaTopic {
         eventually(&format!("{name} to report {reason}"), WAIT, || async {

@@ -188,3 +188,132 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Everything one worker process needs, as the controller renders it into the worker's
+/// ConfigMap (`worker.json`) and the worker reads it back. Paths refer to files mounted in the
+/// pod (credentials, CA, database URL), never to secret values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerConfig {
+    /// The consumer's own principal.
+    pub kafka: KafkaConnection,
+    pub source_topic: String,
+    pub group_id: String,
+    pub dead_letter_topic: String,
+    pub retry: RetryPolicy,
+    pub handler: HandlerConfig,
+    /// Port of /metrics, /healthz and /readyz.
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// Seconds to finish in-flight records after SIGTERM (below the pod's grace period).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_http_port() -> u16 {
+    9090
+}
+
+fn default_shutdown_grace() -> u64 {
+    25
+}
+
+/// How failures are retried and when a record goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Retries after the first attempt; a record is attempted at most `maxRetries + 1` times.
+    pub max_retries: u32,
+    pub initial_backoff_ms: u64,
+    pub multiplier: f64,
+    pub max_backoff_ms: u64,
+    /// Each delay is spread uniformly by +/- this fraction.
+    pub jitter: f64,
+    /// Error classes that go to the dead-letter topic without retries.
+    pub permanent_errors: Vec<ErrorClass>,
+    pub mode: RetryMode,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            initial_backoff_ms: 1000,
+            multiplier: 2.0,
+            max_backoff_ms: 30_000,
+            jitter: 0.2,
+            permanent_errors: ErrorClass::DEFAULT_PERMANENT.to_vec(),
+            mode: RetryMode::Blocking,
+        }
+    }
+}
+
+/// Why handling a record failed; the dead-letter header `x-dlq-error-class` carries it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum ErrorClass {
+    /// The record is not a decodable message (bad JSON, invalid UTF-8, unknown content type).
+    Deserialization,
+    /// The message decodes but breaks the order contract (missing or invalid fields, too big).
+    Validation,
+    /// The handler refused the record (an HTTP handler's 4xx answer).
+    Rejected,
+    /// The handler failed in a way that may pass on retry (HTTP 5xx, a timeout, a database
+    /// error other than an outage).
+    Transient,
+}
+
+impl ErrorClass {
+    /// Permanent unless a policy says otherwise.
+    pub const DEFAULT_PERMANENT: [ErrorClass; 3] = [
+        ErrorClass::Deserialization,
+        ErrorClass::Validation,
+        ErrorClass::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deserialization => "Deserialization",
+            Self::Validation => "Validation",
+            Self::Rejected => "Rejected",
+            Self::Transient => "Transient",
+        }
+    }
+}
+
+/// Where retries happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RetryMode {
+    /// Retry in place: the partition waits, per-key order is kept.
+    #[default]
+    Blocking,
+    /// Retry through delay topics without blocking the partition.
+    RetryTopics,
+}
+
+/// What the worker does with each record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HandlerConfig {
+    /// Persist orders in PostgreSQL, idempotently on `order_id`.
+    EventStore {
+        /// File holding the PostgreSQL connection URL (a mounted Secret key).
+        database_url_file: PathBuf,
+    },
+    /// POST each record to a URL: 2xx done, 4xx rejected, 5xx or timeout retried.
+    Http { url: String, timeout_ms: u64 },
+    /// Accept every valid record and do nothing (benchmarks).
+    Noop,
+}
+
+impl WorkerConfig {
+    /// The canonical JSON the controller writes and hashes (stable key order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("worker config serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}

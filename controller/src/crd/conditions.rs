@@ -22,7 +22,10 @@ pub mod reason {
     pub const TOPIC_NOT_READY: &str = "TopicNotReady";
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
-    pub const DELETING: &str = "Deleting";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const RETRY_TOPICS_UNSUPPORTED: &str = "RetryTopicsUnsupported";
+    pub const PARTITION_CAP: &str = "PartitionCap";
+    pub const WITHIN_PARTITIONS: &str = "WithinPartitions";
 }
 
 /// A condition observed now for `generation`.

@@ -1,6 +1,10 @@
 //! `KafkaTopic`: a topic declared in Kubernetes and kept true in Kafka by the topic reconciler.
 //! The doc comments here are what `kubectl explain kafkatopic.spec` prints.
 
+// kube's printcolumn(...) entries repeat `type_ = ...`, which clippy mistakes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

@@ -2,16 +2,20 @@
 //! `crdgen` binary) and of what the reconcilers read.
 
 pub mod conditions;
+pub mod dlq_policy;
 pub mod kafka_topic;
+pub mod order_consumer;
 
+pub use dlq_policy::{DLQPolicy, DLQPolicySpec};
 pub use kafka_topic::{KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
+pub use order_consumer::{OrderConsumer, OrderConsumerSpec, OrderConsumerStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
 /// Every CRD the operator serves, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![KafkaTopic::crd()]
+    vec![KafkaTopic::crd(), DLQPolicy::crd(), OrderConsumer::crd()]
 }
 
 /// A CRD as the YAML file `crds/<plural>.yaml` holds it.

@@ -323,6 +323,13 @@ impl KafkaAdmin {
             .await
     }
 
+    /// True when `user` has a SCRAM credential.
+    pub async fn scram_user_exists(&self, user: &str) -> Result<bool> {
+        let user = cstring(user)?;
+        self.call(move |n| unsafe { n.scram_user_exists(&user) })
+            .await
+    }
+
     /// Removes `user`'s SCRAM-SHA-512 credential; an unknown user is not an error.
     pub async fn delete_scram_user(&self, user: &str) -> Result<()> {
         let user = cstring(user)?;
@@ -992,6 +999,42 @@ impl Native {
                 }
             }
             Ok(())
+        }
+    }
+
+    unsafe fn scram_user_exists(&self, user: &CString) -> Result<bool> {
+        unsafe {
+            let request =
+                self.request(RDKafkaAdminOp::RD_KAFKA_ADMIN_OP_DESCRIBEUSERSCRAMCREDENTIALS)?;
+            let mut users = [user.as_ptr()];
+            sys::rd_kafka_DescribeUserScramCredentials(
+                self.rk,
+                users.as_mut_ptr(),
+                1,
+                request.options,
+                request.queue,
+            );
+            let event = request.wait()?;
+            let result = sys::rd_kafka_event_DescribeUserScramCredentials_result(event.0);
+            let mut count = 0;
+            let descriptions = array(
+                sys::rd_kafka_DescribeUserScramCredentials_result_descriptions(result, &mut count),
+                count,
+            );
+            let Some(&description) = descriptions.first() else {
+                return Ok(false);
+            };
+            match error_object(sys::rd_kafka_UserScramCredentialsDescription_error(
+                description,
+            )) {
+                Some(e) if e.code() == Some(RDKafkaErrorCode::ResourceNotFound) => Ok(false),
+                Some(e) => Err(e),
+                None => Ok(
+                    sys::rd_kafka_UserScramCredentialsDescription_scramcredentialinfo_count(
+                        description,
+                    ) > 0,
+                ),
+            }
         }
     }
 

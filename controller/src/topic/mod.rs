@@ -24,55 +24,11 @@ use crate::context::Context;
 use crate::crd::conditions::{self, reason};
 use crate::crd::kafka_topic::{DeletionPolicy, FINALIZER};
 use crate::crd::{KafkaTopic, KafkaTopicStatus};
+use crate::error::Error;
 use crate::kafka::{AclFilter, AdminError, KafkaAdmin, ResourceKind, TopicDescription};
 use plan::{Desired, Observed, Plan, Problem};
 
 const KIND: &str = "KafkaTopic";
-
-/// Why a reconcile pass failed. Each error maps to a condition reason and decides how soon to
-/// try again: transient failures back off, a refused spec waits for a change (or the resync).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Kafka(#[from] AdminError),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the topic is owned by KafkaTopic {owner}")]
-    Conflict { owner: String },
-}
-
-impl Error {
-    /// The condition reason (and metric label) for this failure.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Kafka(AdminError::Unavailable(_)) => reason::KAFKA_UNAVAILABLE,
-            Self::Kafka(AdminError::InvalidRequest(_)) => reason::INVALID_CONFIG,
-            Self::Kafka(AdminError::Rejected { code, .. }) => match code {
-                RDKafkaErrorCode::InvalidConfig
-                | RDKafkaErrorCode::InvalidRequest
-                | RDKafkaErrorCode::PolicyViolation
-                | RDKafkaErrorCode::InvalidTopic
-                | RDKafkaErrorCode::InvalidPartitions => reason::INVALID_CONFIG,
-                RDKafkaErrorCode::InvalidReplicationFactor => reason::INVALID_REPLICATION_FACTOR,
-                RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::ClusterAuthorizationFailed
-                | RDKafkaErrorCode::SecurityDisabled => reason::NOT_AUTHORIZED,
-                _ => reason::KAFKA_ERROR,
-            },
-            Self::Kube(_) => reason::KUBERNETES_ERROR,
-            Self::Conflict { .. } => reason::RESOURCE_CONFLICT,
-        }
-    }
-
-    /// True when retrying soon may help (the cluster or API server was unreachable).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Kafka(e) => e.is_unavailable() || self.reason() == reason::KAFKA_ERROR,
-            Self::Kube(_) => true,
-            Self::Conflict { .. } => false,
-        }
-    }
-}
 
 /// Runs the reconciler until shutdown.
 pub async fn run(

@@ -1,0 +1,662 @@
+//! The OrderConsumer reconciler: gather (the KafkaTopic, the DLQPolicy, the credentials, the
+//! principal's ACLs, the lag), decide ([`plan`], pure), apply in order (dead-letter topic,
+//! credentials Secret, SCRAM principal, ACLs, worker ConfigMap and Deployment), then status.
+//!
+//! Deleting a consumer removes its principal and ACLs (finalizer); its Secret, ConfigMap and
+//! Deployment go with it through their owner references.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::FIELD_MANAGER;
+use crate::context::Context;
+use crate::crd::conditions::{self, reason};
+use crate::crd::dlq_policy::DLQPolicySpec;
+use crate::crd::order_consumer::FINALIZER;
+use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
+use crate::error::Error;
+use crate::kafka::{AclFilter, AdminError};
+use plan::Names;
+use pubsubkafka_worker::config::RetryMode;
+
+const KIND: &str = "OrderConsumer";
+
+/// A controller over OrderConsumers, woken by their KafkaTopic, their DLQPolicy and the objects
+/// they own.
+pub fn controller(
+    client: &kube::Client,
+    namespace: Option<&str>,
+) -> (Controller<OrderConsumer>, Store<OrderConsumer>) {
+    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let config = watcher::Config::default().any_semantic();
+    let controller = Controller::new(api::<OrderConsumer>(client, namespace), config.clone());
+    let store = controller.store();
+    let by_topic = store.clone();
+    let by_policy = store.clone();
+    let controller = controller
+        .owns(api::<Deployment>(client, namespace), config.clone())
+        .owns(api::<Secret>(client, namespace), config.clone())
+        .owns(api::<ConfigMap>(client, namespace), config.clone())
+        .watches(
+            api::<KafkaTopic>(client, namespace),
+            config.clone(),
+            move |topic| {
+                users(&by_topic, &topic.namespace().unwrap_or_default(), |c| {
+                    c.spec.topic_ref.name == topic.name_any()
+                })
+            },
+        )
+        .watches(api::<DLQPolicy>(client, namespace), config, move |policy| {
+            users(&by_policy, &policy.namespace().unwrap_or_default(), |c| {
+                c.spec
+                    .dlq_policy_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == policy.name_any())
+            })
+        });
+    (controller, store)
+}
+
+/// The consumers in `namespace` matching `uses`.
+fn users(
+    store: &Store<OrderConsumer>,
+    namespace: &str,
+    uses: impl Fn(&OrderConsumer) -> bool,
+) -> Vec<ObjectRef<OrderConsumer>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace) && uses(c))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Runs the reconciler until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    controller: Controller<OrderConsumer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "OrderConsumer reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn key(consumer: &OrderConsumer) -> String {
+    format!(
+        "{KIND}/{}/{}",
+        consumer.namespace().unwrap_or_default(),
+        consumer.name_any()
+    )
+}
+
+async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = consumer.namespace().unwrap_or_default(),
+        name = consumer.name_any()
+    );
+    async move {
+        let timer = ctx.metrics.reconcile_timer(KIND);
+        let api: Api<OrderConsumer> = Api::namespaced(
+            ctx.client.clone(),
+            &consumer.namespace().unwrap_or_default(),
+        );
+        let result = finalizer::finalizer(&api, FINALIZER, consumer, |event| async {
+            match event {
+                Finalizer::Apply(c) => apply(&c, &ctx, &api).await,
+                Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+                Error::Kube(e)
+            }
+            finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => {
+                Error::InvalidSpec(e.to_string())
+            }
+        });
+        timer.finish(result.as_ref().err().map(Error::reason));
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn error_policy(consumer: Arc<OrderConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_transient() {
+        let delay = ctx.backoff.next(&key(&consumer));
+        warn!(error = %error, retry_in = ?delay, "transient failure, backing off");
+        Action::requeue(delay)
+    } else {
+        Action::requeue(ctx.settings.resync)
+    }
+}
+
+/// Everything gathered before deciding.
+struct Gathered {
+    topic: Arc<KafkaTopic>,
+    partitions: i32,
+    policy: Option<DLQPolicySpec>,
+}
+
+async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<Gathered, Error> {
+    let ns = consumer.namespace().unwrap_or_default();
+    let topic_name = &consumer.spec.topic_ref.name;
+    let topic = ctx
+        .topics
+        .get(&ObjectRef::new(topic_name).within(&ns))
+        .filter(|t| t.is_ready())
+        .ok_or_else(|| Error::Waiting {
+            reason: reason::TOPIC_NOT_READY,
+            message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
+        })?;
+    let partitions = topic
+        .status
+        .as_ref()
+        .and_then(|s| s.partitions)
+        .unwrap_or(topic.spec.partitions);
+    let policy = match &consumer.spec.dlq_policy_ref {
+        None => None,
+        Some(r) => {
+            let policies: Api<DLQPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+            let policy = policies
+                .get_opt(&r.name)
+                .await?
+                .ok_or_else(|| Error::Waiting {
+                    reason: reason::POLICY_NOT_FOUND,
+                    message: format!("waiting for DLQPolicy {} to exist", r.name),
+                })?;
+            Some(policy.spec)
+        }
+    };
+    if policy
+        .as_ref()
+        .is_some_and(|p| p.mode == RetryMode::RetryTopics)
+    {
+        return Err(Error::Waiting {
+            reason: reason::RETRY_TOPICS_UNSUPPORTED,
+            message: "mode RetryTopics is not supported by this operator version; use Blocking"
+                .into(),
+        });
+    }
+    Ok(Gathered {
+        topic,
+        partitions,
+        policy,
+    })
+}
+
+async fn apply(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    api: &Api<OrderConsumer>,
+) -> Result<Action, Error> {
+    match converge(consumer, ctx).await {
+        Ok(outcome) => {
+            ctx.backoff.reset(&key(consumer));
+            ctx.metrics.set_kafka_up(true);
+            write_status(consumer, ctx, api, outcome).await?;
+            Ok(Action::requeue(ctx.settings.resync))
+        }
+        Err(error) => {
+            if matches!(&error, Error::Kafka(e) if e.is_unavailable()) {
+                ctx.metrics.set_kafka_up(false);
+            }
+            let mut status = consumer.status.clone().unwrap_or_default();
+            status.observed_generation = consumer.metadata.generation;
+            let ready = conditions::new(
+                conditions::READY,
+                false,
+                error.reason(),
+                error.to_string(),
+                consumer.metadata.generation,
+            );
+            status.conditions = conditions::merge(&status.conditions, ready);
+            write_status(consumer, ctx, api, status).await?;
+            Err(error)
+        }
+    }
+}
+
+/// Applies the consumer's desired state and returns the status to write.
+async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsumerStatus, Error> {
+    let gathered = gather(consumer, ctx).await?;
+    let ns = consumer.namespace().unwrap_or_default();
+    let names = Names::of(consumer);
+    let source = gathered.topic.topic_name();
+    let policy = gathered.policy.as_ref();
+    let dead_letter = plan::dead_letter_topic(&source, policy);
+    let group = consumer.group_id();
+
+    ensure_dead_letter_topic(consumer, ctx, &gathered, &dead_letter).await?;
+    ensure_principal(consumer, ctx, &names).await?;
+    let desired_acls = plan::consumer_acls(&names.principal, &source, &dead_letter, &group);
+    ensure_acls(consumer, ctx, &names, &desired_acls).await?;
+
+    let lag = measure_lag(ctx, &group, &source, gathered.partitions).await?;
+    let old = consumer.status.clone().unwrap_or_default();
+    let (desired, recommendations) = match &consumer.spec.autoscaling {
+        None => (consumer.spec.replicas, Vec::new()),
+        Some(autoscaling) => {
+            let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
+                .map_err(Error::InvalidSpec)?;
+            plan::stabilize(
+                jiff::Timestamp::now(),
+                &old.recommendations,
+                plan::lag_replicas(lag, autoscaling),
+                window,
+            )
+        }
+    };
+    let (replicas, capped) = plan::partition_cap(desired, gathered.partitions);
+
+    let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
+    let config = plan::worker_config(&plan::RenderInput {
+        consumer,
+        names: &names,
+        source_topic: &source,
+        dead_letter_topic: &dead_letter,
+        retry,
+        bootstrap_servers: &ctx.settings.worker_bootstrap_servers,
+        security_protocol: ctx.settings.worker_security_protocol,
+        with_ca: ctx.settings.kafka_ca_pem.is_some(),
+    })
+    .map_err(Error::InvalidSpec)?
+    .to_json();
+    let hash = plan::config_hash(&config);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let config_map = ConfigMap {
+        metadata: plan::child_meta(consumer, &names.config_map),
+        data: Some(BTreeMap::from([(plan::CONFIG_KEY.to_owned(), config)])),
+        ..Default::default()
+    };
+    config_maps
+        .patch(&names.config_map, &params, &Patch::Apply(&config_map))
+        .await?;
+
+    let image = consumer
+        .spec
+        .image
+        .clone()
+        .unwrap_or_else(|| ctx.settings.worker_image.clone());
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let before = deployments.get_opt(&names.deployment).await?;
+    let deployment = plan::deployment(consumer, &names, replicas, &image, &hash);
+    let applied = deployments
+        .patch(&names.deployment, &params, &Patch::Apply(&deployment))
+        .await?;
+    let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
+    if before_replicas != Some(replicas) {
+        info!(replicas, capped, "scaled the worker Deployment");
+        let note = match before_replicas {
+            None => format!("deployed {replicas} worker replicas"),
+            Some(b) => format!("scaled workers from {b} to {replicas}"),
+        };
+        ctx.event(consumer, EventType::Normal, "Scaled", note).await;
+    }
+
+    let generation = consumer.metadata.generation;
+    let ready = conditions::new(
+        conditions::READY,
+        true,
+        reason::RECONCILED,
+        format!(
+            "{replicas} worker replicas consume {source} as {}; dead letters go to {dead_letter}",
+            names.principal
+        ),
+        generation,
+    );
+    let capped_condition = if capped {
+        conditions::new(
+            conditions::CAPPED,
+            true,
+            reason::PARTITION_CAP,
+            format!(
+                "{desired} replicas wanted, capped at the {} partitions of topic {source}: \
+                 an extra consumer would sit idle",
+                gathered.partitions
+            ),
+            generation,
+        )
+    } else {
+        conditions::new(
+            conditions::CAPPED,
+            false,
+            reason::WITHIN_PARTITIONS,
+            format!(
+                "{desired} replicas fit in the {} partitions",
+                gathered.partitions
+            ),
+            generation,
+        )
+    };
+    let merged = conditions::merge(&conditions::merge(&old.conditions, ready), capped_condition);
+    Ok(OrderConsumerStatus {
+        observed_generation: generation,
+        replicas: Some(replicas),
+        desired_replicas: Some(desired),
+        ready_replicas: Some(
+            applied
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        ),
+        partitions: Some(gathered.partitions),
+        max_replicas: Some(gathered.partitions),
+        lag: Some(lag),
+        group_id: Some(group),
+        dead_letter_topic: Some(dead_letter),
+        principal: Some(names.principal.clone()),
+        credentials_secret: Some(names.credentials_secret.clone()),
+        selector: Some(plan::selector(consumer)),
+        recommendations,
+        conditions: merged,
+    })
+}
+
+/// Creates the dead-letter topic, or grows it to the partitions it needs.
+async fn ensure_dead_letter_topic(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    gathered: &Gathered,
+    topic: &str,
+) -> Result<(), Error> {
+    let policy = gathered.policy.as_ref();
+    let partitions = plan::dead_letter_partitions(gathered.partitions, policy);
+    match ctx.admin.describe_topic(topic).await? {
+        None => {
+            let replication = policy
+                .and_then(|p| p.dead_letter.replication_factor)
+                .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
+                .unwrap_or(gathered.topic.spec.replication_factor);
+            let mut configs = BTreeMap::new();
+            if let Some(retention) = policy.and_then(|p| p.dead_letter.retention.as_deref()) {
+                let ms = crate::duration::parse(retention).map_err(Error::InvalidSpec)?;
+                configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
+            }
+            match ctx
+                .admin
+                .create_topic(topic, partitions, replication, &configs)
+                .await
+            {
+                Err(e)
+                    if e.code() == Some(rdkafka::error::RDKafkaErrorCode::TopicAlreadyExists) => {}
+                other => other?,
+            }
+            ctx.event(
+                consumer,
+                EventType::Normal,
+                "DeadLetterTopicCreated",
+                format!("created dead-letter topic {topic} with {partitions} partitions"),
+            )
+            .await;
+        }
+        Some(existing) if existing.partition_count() < partitions => {
+            ctx.admin.create_partitions(topic, partitions).await?;
+            ctx.event(
+                consumer,
+                EventType::Normal,
+                "DeadLetterTopicGrown",
+                format!("grew dead-letter topic {topic} to {partitions} partitions"),
+            )
+            .await;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// The credentials Secret (password generated once and kept) and the SCRAM credential.
+async fn ensure_principal(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    names: &Names,
+) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let existing = secrets.get_opt(&names.credentials_secret).await?;
+    let kept = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok())
+        .filter(|p| !p.is_empty());
+    let fresh = kept.is_none();
+    let password = kept.unwrap_or_else(generate_password);
+    let settings = &ctx.settings;
+    let mut data = BTreeMap::from([
+        ("username".to_owned(), names.user.clone()),
+        ("password".to_owned(), password.clone()),
+        (
+            "sasl.jaas.config".to_owned(),
+            plan::jaas_config(&names.user, &password),
+        ),
+        ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
+        (
+            "security.protocol".to_owned(),
+            settings.worker_security_protocol.as_kafka().to_owned(),
+        ),
+        (
+            "bootstrap.servers".to_owned(),
+            settings.worker_bootstrap_servers.clone(),
+        ),
+    ]);
+    if let Some(ca) = &settings.kafka_ca_pem {
+        data.insert("ca.crt".to_owned(), ca.clone());
+    }
+    let secret = Secret {
+        metadata: plan::child_meta(consumer, &names.credentials_secret),
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .patch(
+            &names.credentials_secret,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    if fresh || !ctx.admin.scram_user_exists(&names.user).await? {
+        ctx.admin.upsert_scram_user(&names.user, &password).await?;
+        info!(principal = %names.principal, "created the consumer's SCRAM credential");
+        ctx.event(
+            consumer,
+            EventType::Normal,
+            "PrincipalCreated",
+            format!(
+                "created Kafka principal {} (credentials in Secret {})",
+                names.principal, names.credentials_secret
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Makes the principal's ACLs exactly `desired`.
+async fn ensure_acls(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    names: &Names,
+    desired: &BTreeSet<crate::kafka::Acl>,
+) -> Result<(), Error> {
+    let actual: BTreeSet<_> = ctx
+        .admin
+        .describe_acls(&AclFilter {
+            principal: Some(names.principal.clone()),
+            ..AclFilter::default()
+        })
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<_> = desired.difference(&actual).cloned().collect();
+    let extra: Vec<AclFilter> = actual.difference(desired).map(AclFilter::from).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    ctx.admin.create_acls(&missing).await?;
+    ctx.admin.delete_acls(&extra).await?;
+    ctx.event(
+        consumer,
+        EventType::Normal,
+        "AclsUpdated",
+        format!(
+            "{} ACLs written, {} removed for {}",
+            missing.len(),
+            extra.len(),
+            names.principal
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Records the group has not committed, summed over the source's partitions.
+async fn measure_lag(
+    ctx: &Context,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<i64, AdminError> {
+    let ends = ctx.admin.end_offsets(topic, partitions).await?;
+    let committed = ctx.admin.group_offsets(group, topic, partitions).await?;
+    Ok(ends
+        .iter()
+        .map(|(p, end)| {
+            let done = committed.get(p).copied().flatten().unwrap_or(0);
+            (end - done).max(0)
+        })
+        .sum())
+}
+
+async fn write_status(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    api: &Api<OrderConsumer>,
+    status: OrderConsumerStatus,
+) -> Result<(), kube::Error> {
+    let old = consumer.status.clone().unwrap_or_default();
+    let strip = |s: &OrderConsumerStatus| OrderConsumerStatus {
+        conditions: Vec::new(),
+        recommendations: Vec::new(),
+        ..s.clone()
+    };
+    let same_recommendations = old
+        .recommendations
+        .iter()
+        .map(|r| r.replicas)
+        .eq(status.recommendations.iter().map(|r| r.replicas))
+        && old.recommendations.len() == status.recommendations.len();
+    if strip(&old) == strip(&status)
+        && conditions::same(&old.conditions, &status.conditions)
+        && (same_recommendations || consumer.spec.autoscaling.is_none())
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": OrderConsumer::api_version(&()),
+        "kind": OrderConsumer::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &consumer.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    for condition_type in [conditions::READY, conditions::CAPPED] {
+        let before = old.conditions.iter().find(|c| c.type_ == condition_type);
+        let now = status.conditions.iter().find(|c| c.type_ == condition_type);
+        let warn_now = match condition_type {
+            conditions::READY => now.is_some_and(|c| c.status == "False"),
+            _ => now.is_some_and(|c| c.status == "True"),
+        };
+        if let Some(now) = now
+            && warn_now
+            && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
+        {
+            ctx.event(
+                consumer,
+                EventType::Warning,
+                &now.reason,
+                now.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the consumer's ACLs and SCRAM credential from Kafka.
+async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
+    let names = Names::of(consumer);
+    ctx.admin
+        .delete_acls(&[AclFilter {
+            principal: Some(names.principal.clone()),
+            ..AclFilter::default()
+        }])
+        .await?;
+    ctx.admin.delete_scram_user(&names.user).await?;
+    info!(principal = %names.principal, "removed the consumer's principal and ACLs");
+    Ok(Action::await_change())
+}
+
+/// 32 random alphanumeric characters from the kernel's random source.
+fn generate_password() -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    let mut file = std::fs::File::open("/dev/urandom").expect("the kernel's random source");
+    while out.len() < 32 {
+        let mut byte = [0u8; 1];
+        file.read_exact(&mut byte).expect("reading /dev/urandom");
+        // 62 * 4 = 248: reject the top of the range so every character is equally likely.
+        if byte[0] < 248 {
+            out.push(ALPHABET[(byte[0] % 62) as usize] as char);
+        }
+    }
+    out
+}

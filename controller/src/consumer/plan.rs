@@ -1,0 +1,654 @@
+//! The OrderConsumer reconciler's decisions, as pure functions: names, the principal's exact
+//! ACLs, the replica arithmetic (partition cap, lag autoscaling, scale-down stabilization), the
+//! rendered worker configuration and the Deployment that runs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use pubsubkafka_worker::config::{
+    HandlerConfig, KafkaConnection, RetryPolicy, SecurityProtocol, WorkerConfig,
+};
+
+use crate::crd::OrderConsumer;
+use crate::crd::dlq_policy::DLQPolicySpec;
+use crate::crd::order_consumer::{Autoscaling, Recommendation};
+use crate::duration;
+use crate::kafka::{Acl, AclOperation, ResourceKind};
+
+/// Where the worker pod mounts what the operator gives it.
+pub const CONFIG_DIR: &str = "/etc/pubsubkafka/config";
+pub const KAFKA_DIR: &str = "/etc/pubsubkafka/kafka";
+pub const DATABASE_DIR: &str = "/etc/pubsubkafka/database";
+pub const CONFIG_KEY: &str = "worker.json";
+/// Annotation on the pod template whose change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "pubsubkafka.io/config-hash";
+pub const CONSUMER_LABEL: &str = "pubsubkafka.io/consumer";
+
+/// Names of everything the operator creates for one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// SCRAM user name.
+    pub user: String,
+    /// `User:<user>`.
+    pub principal: String,
+    pub credentials_secret: String,
+    pub config_map: String,
+    pub deployment: String,
+}
+
+impl Names {
+    pub fn of(consumer: &OrderConsumer) -> Self {
+        let name = consumer.name_any();
+        let user = format!(
+            "pubsubkafka.{}.{}",
+            consumer.namespace().unwrap_or_default(),
+            name
+        );
+        Self {
+            principal: format!("User:{user}"),
+            user,
+            credentials_secret: format!("{name}-kafka-credentials"),
+            config_map: format!("{name}-worker"),
+            deployment: format!("{name}-worker"),
+        }
+    }
+}
+
+/// The dead-letter topic: the policy's, else `<source>-dlq`.
+pub fn dead_letter_topic(source: &str, policy: Option<&DLQPolicySpec>) -> String {
+    policy
+        .and_then(|p| p.dead_letter_topic.clone())
+        .unwrap_or_else(|| format!("{source}-dlq"))
+}
+
+/// Partitions the dead-letter topic needs: at least the source's, so a record can keep its
+/// partition number.
+pub fn dead_letter_partitions(source_partitions: i32, policy: Option<&DLQPolicySpec>) -> i32 {
+    policy
+        .and_then(|p| p.dead_letter.partitions)
+        .unwrap_or(1)
+        .max(source_partitions)
+}
+
+/// Exactly the seed architecture's ACLs: READ and DESCRIBE on the source topic, WRITE and
+/// DESCRIBE on the dead-letter topic, READ on the consumer group.
+pub fn consumer_acls(
+    principal: &str,
+    source: &str,
+    dead_letter: &str,
+    group: &str,
+) -> BTreeSet<Acl> {
+    let acl = |resource, name: &str, operation| Acl {
+        resource,
+        name: name.to_owned(),
+        principal: principal.to_owned(),
+        operation,
+    };
+    BTreeSet::from([
+        acl(ResourceKind::Topic, source, AclOperation::Read),
+        acl(ResourceKind::Topic, source, AclOperation::Describe),
+        acl(ResourceKind::Topic, dead_letter, AclOperation::Write),
+        acl(ResourceKind::Topic, dead_letter, AclOperation::Describe),
+        acl(ResourceKind::Group, group, AclOperation::Read),
+    ])
+}
+
+/// Replicas after the partition cap, and whether the cap applied.
+pub fn partition_cap(desired: i32, partitions: i32) -> (i32, bool) {
+    let cap = partitions.max(0);
+    (desired.min(cap).max(0), desired > cap)
+}
+
+/// Replicas for `lag`: ceil(lag / target), clamped to [min, max].
+pub fn lag_replicas(lag: i64, autoscaling: &Autoscaling) -> i32 {
+    let target = autoscaling.target_lag_per_replica.max(1);
+    let wanted = (lag.max(0) + target - 1) / target;
+    let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
+    wanted.clamp(
+        autoscaling.min_replicas,
+        autoscaling.max_replicas.max(autoscaling.min_replicas),
+    )
+}
+
+/// HPA-style stabilization: scale up at once, scale down only to the highest recommendation of
+/// the last `window`. Returns the replicas to use and the recommendations to keep.
+pub fn stabilize(
+    now: jiff::Timestamp,
+    history: &[Recommendation],
+    recommended: i32,
+    window: Duration,
+) -> (i32, Vec<Recommendation>) {
+    let since = now - jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::ZERO);
+    let mut kept: Vec<Recommendation> = history
+        .iter()
+        .filter(|r| {
+            r.time
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t >= since && t <= now)
+        })
+        .cloned()
+        .collect();
+    kept.push(Recommendation {
+        time: now.to_string(),
+        replicas: recommended,
+    });
+    // Bounded: a short window at a fast resync must not grow the status without limit.
+    if kept.len() > 64 {
+        kept.drain(..kept.len() - 64);
+    }
+    let replicas = kept.iter().map(|r| r.replicas).max().unwrap_or(recommended);
+    (replicas, kept)
+}
+
+/// The retry policy the workers get: the DLQPolicy's, or the defaults.
+pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, String> {
+    let Some(policy) = policy else {
+        return Ok(RetryPolicy::default());
+    };
+    let ms = |text: &str, field: &str| {
+        duration::parse(text)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| format!("{field}: {e}"))
+    };
+    Ok(RetryPolicy {
+        max_retries: policy.max_retries.clamp(0, 100) as u32,
+        initial_backoff_ms: ms(&policy.backoff.initial, "backoff.initial")?,
+        multiplier: policy.backoff.multiplier.max(1.0),
+        max_backoff_ms: ms(&policy.backoff.max, "backoff.max")?,
+        jitter: policy.backoff.jitter.clamp(0.0, 1.0),
+        permanent_errors: policy.permanent_errors.clone(),
+        mode: policy.mode,
+    })
+}
+
+/// Everything the rendered configuration depends on besides the consumer itself.
+#[derive(Debug, Clone)]
+pub struct RenderInput<'a> {
+    pub consumer: &'a OrderConsumer,
+    pub names: &'a Names,
+    pub source_topic: &'a str,
+    pub dead_letter_topic: &'a str,
+    pub retry: RetryPolicy,
+    /// Bootstrap servers as the workers reach them.
+    pub bootstrap_servers: &'a str,
+    pub security_protocol: SecurityProtocol,
+    /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
+    pub with_ca: bool,
+}
+
+/// The worker configuration, with paths of the pod's mounts.
+pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
+    let spec = &input.consumer.spec;
+    let handler = match (&spec.handler.event_store, &spec.handler.http) {
+        (Some(store), None) => HandlerConfig::EventStore {
+            database_url_file: format!("{DATABASE_DIR}/{}", store.connection_secret.key).into(),
+        },
+        (None, Some(http)) => HandlerConfig::Http {
+            url: http.url.clone(),
+            timeout_ms: duration::parse(&http.timeout)
+                .map_err(|e| format!("handler.http.timeout: {e}"))?
+                .as_millis() as u64,
+        },
+        _ => return Err("set exactly one handler: eventStore or http".into()),
+    };
+    Ok(WorkerConfig {
+        kafka: KafkaConnection {
+            bootstrap_servers: input.bootstrap_servers.to_owned(),
+            security_protocol: input.security_protocol,
+            username: Some(input.names.user.clone()),
+            password_file: Some(format!("{KAFKA_DIR}/password").into()),
+            ca_file: input.with_ca.then(|| format!("{KAFKA_DIR}/ca.crt").into()),
+        },
+        source_topic: input.source_topic.to_owned(),
+        group_id: input.consumer.group_id(),
+        dead_letter_topic: input.dead_letter_topic.to_owned(),
+        retry: input.retry.clone(),
+        handler,
+        http_port: 9090,
+        shutdown_grace_seconds: 25,
+    })
+}
+
+/// A stable 64-bit FNV-1a hash, hex: the same config gives the same hash across releases.
+pub fn config_hash(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Labels of every object of one consumer; the first two select its pods.
+pub fn labels(consumer: &OrderConsumer) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (CONSUMER_LABEL.to_owned(), consumer.name_any()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "pubsubkafka-worker".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), consumer.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "pubsubkafka-controller".to_owned(),
+        ),
+    ])
+}
+
+/// The pod selector as a label query string (status.selector).
+pub fn selector(consumer: &OrderConsumer) -> String {
+    format!(
+        "{CONSUMER_LABEL}={},app.kubernetes.io/name=pubsubkafka-worker",
+        consumer.name_any()
+    )
+}
+
+fn selector_labels(consumer: &OrderConsumer) -> BTreeMap<String, String> {
+    labels(consumer)
+        .into_iter()
+        .filter(|(k, _)| k == CONSUMER_LABEL || k == "app.kubernetes.io/name")
+        .collect()
+}
+
+pub fn owner_reference(consumer: &OrderConsumer) -> OwnerReference {
+    consumer
+        .controller_owner_ref(&())
+        .expect("a stored OrderConsumer has a name and uid")
+}
+
+/// Metadata of a child object named `name`, owned by the consumer.
+pub fn child_meta(consumer: &OrderConsumer, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: consumer.namespace(),
+        labels: Some(labels(consumer)),
+        owner_references: Some(vec![owner_reference(consumer)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The worker Deployment running `replicas` pods of `image` with the rendered config.
+pub fn deployment(
+    consumer: &OrderConsumer,
+    names: &Names,
+    replicas: i32,
+    image: &str,
+    config_hash: &str,
+) -> Deployment {
+    let spec = &consumer.spec;
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config_map.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "kafka-credentials".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.credentials_secret.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "kafka-credentials".into(),
+            mount_path: KAFKA_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    if let Some(store) = &spec.handler.event_store {
+        volumes.push(Volume {
+            name: "database".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(store.connection_secret.name.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "database".into(),
+            mount_path: DATABASE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let probe = |path: &str, period| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    let mut template_annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned())]);
+    template_annotations.insert("prometheus.io/scrape".into(), "true".into());
+    template_annotations.insert("prometheus.io/port".into(), "9090".into());
+    Deployment {
+        metadata: child_meta(consumer, &names.deployment),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(consumer)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(consumer)),
+                    annotations: Some(template_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    termination_grace_period_seconds: Some(30),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: "worker".into(),
+                        image: Some(image.to_owned()),
+                        args: Some(vec![
+                            "consume".into(),
+                            "--config".into(),
+                            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+                        ]),
+                        env: Some(vec![EnvVar {
+                            name: "POD_NAME".into(),
+                            value_from: Some(EnvVarSource {
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.name".into(),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".into()),
+                            container_port: 9090,
+                            ..Default::default()
+                        }]),
+                        liveness_probe: Some(probe("/healthz", 10)),
+                        readiness_probe: Some(probe("/readyz", 5)),
+                        resources: spec.resources.clone(),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(mounts),
+                        ..Default::default()
+                    }],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The SASL JAAS line a Java client needs for this principal.
+pub fn jaas_config(user: &str, password: &str) -> String {
+    format!(
+        "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" \
+         password=\"{password}\";"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::order_consumer::OrderConsumerSpec;
+
+    fn consumer(yaml: &str) -> OrderConsumer {
+        let mut c: OrderConsumer = serde_yaml::from_str(yaml).expect("fixture parses");
+        c.metadata.uid = Some("0b1c".into());
+        c
+    }
+
+    const ORDERS: &str = r#"
+apiVersion: pubsubkafka.io/v1alpha1
+kind: OrderConsumer
+metadata: {name: order-store, namespace: shop}
+spec:
+  topicRef: {name: orders}
+  replicas: 10
+  handler:
+    eventStore:
+      connectionSecret: {name: orders-db, key: url}
+"#;
+
+    fn autoscaling(min: i32, max: i32, target: i64) -> Autoscaling {
+        Autoscaling {
+            min_replicas: min,
+            max_replicas: max,
+            target_lag_per_replica: target,
+            scale_down_stabilization: "5m".into(),
+        }
+    }
+
+    #[test]
+    fn replicas_never_exceed_the_partitions() {
+        for (desired, partitions, expected) in [
+            (10, 3, (3, true)),
+            (3, 3, (3, false)),
+            (2, 6, (2, false)),
+            (0, 3, (0, false)),
+            (5, 0, (0, true)),
+        ] {
+            assert_eq!(
+                partition_cap(desired, partitions),
+                expected,
+                "{desired} on {partitions}"
+            );
+        }
+    }
+
+    #[test]
+    fn lag_sets_replicas_within_bounds() {
+        let a = autoscaling(1, 10, 1000);
+        for (lag, expected) in [
+            (0, 1),
+            (1, 1),
+            (1000, 1),
+            (1001, 2),
+            (5000, 5),
+            (1_000_000, 10),
+        ] {
+            assert_eq!(lag_replicas(lag, &a), expected, "lag {lag}");
+        }
+        assert_eq!(lag_replicas(0, &autoscaling(2, 4, 100)), 2);
+    }
+
+    #[test]
+    fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let window = Duration::from_secs(300);
+        let (up, history) = stabilize(t0, &[], 5, window);
+        assert_eq!(up, 5);
+        let later = t0 + jiff::SignedDuration::from_secs(60);
+        let (held, history) = stabilize(later, &history, 2, window);
+        assert_eq!(
+            held, 5,
+            "a lower recommendation inside the window does not scale down"
+        );
+        let after = t0 + jiff::SignedDuration::from_secs(301);
+        let (down, history) = stabilize(after, &history, 2, window);
+        assert_eq!(down, 2, "once the high recommendation leaves the window");
+        assert_eq!(history.len(), 2);
+    }
+
+    #[test]
+    fn the_principal_gets_exactly_the_seed_acls() {
+        let acls = consumer_acls("User:c", "orders", "orders-dlq", "shop.c");
+        let rendered: Vec<String> = acls
+            .iter()
+            .map(|a| format!("{:?} {} {:?}", a.resource, a.name, a.operation))
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                "Topic orders Read",
+                "Topic orders Describe",
+                "Topic orders-dlq Write",
+                "Topic orders-dlq Describe",
+                "Group shop.c Read",
+            ]
+        );
+    }
+
+    #[test]
+    fn dead_letter_topic_defaults_per_domain_and_keeps_partitions() {
+        assert_eq!(dead_letter_topic("orders", None), "orders-dlq");
+        let policy: DLQPolicySpec =
+            serde_yaml::from_str("deadLetterTopic: shop-dlq\ndeadLetter: {partitions: 12}")
+                .unwrap();
+        assert_eq!(dead_letter_topic("orders", Some(&policy)), "shop-dlq");
+        assert_eq!(dead_letter_partitions(3, Some(&policy)), 12);
+        assert_eq!(dead_letter_partitions(6, None), 6);
+    }
+
+    #[test]
+    fn the_policy_becomes_the_workers_retry_settings() {
+        let policy: DLQPolicySpec = serde_yaml::from_str(
+            "maxRetries: 5\nbackoff: {initial: 250ms, multiplier: 3, max: 1m, jitter: 0.1}\n\
+             permanentErrors: [Deserialization]\n",
+        )
+        .unwrap();
+        let retry = retry_policy(Some(&policy)).unwrap();
+        assert_eq!(retry.max_retries, 5);
+        assert_eq!(retry.initial_backoff_ms, 250);
+        assert_eq!(retry.max_backoff_ms, 60_000);
+        assert_eq!(retry.multiplier, 3.0);
+        assert_eq!(retry.permanent_errors.len(), 1);
+        assert_eq!(retry_policy(None).unwrap(), RetryPolicy::default());
+    }
+
+    #[test]
+    fn rendering_points_at_the_pods_mounts_and_hashes_stably() {
+        let c = consumer(ORDERS);
+        let names = Names::of(&c);
+        assert_eq!(names.principal, "User:pubsubkafka.shop.order-store");
+        let input = RenderInput {
+            consumer: &c,
+            names: &names,
+            source_topic: "orders",
+            dead_letter_topic: "orders-dlq",
+            retry: RetryPolicy::default(),
+            bootstrap_servers: "kafka:9093",
+            security_protocol: SecurityProtocol::SaslSsl,
+            with_ca: true,
+        };
+        let config = worker_config(&input).unwrap();
+        assert_eq!(config.group_id, "shop.order-store");
+        assert_eq!(
+            config.kafka.password_file.unwrap().to_str(),
+            Some("/etc/pubsubkafka/kafka/password")
+        );
+        assert_eq!(
+            config.handler,
+            HandlerConfig::EventStore {
+                database_url_file: "/etc/pubsubkafka/database/url".into()
+            }
+        );
+        let json = worker_config(&input).unwrap().to_json();
+        assert_eq!(config_hash(&json), config_hash(&json));
+        assert_ne!(
+            config_hash(&json),
+            config_hash(&json.replace("orders-dlq", "x-dlq"))
+        );
+        assert_eq!(config_hash(""), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn the_deployment_is_locked_down_and_probed() {
+        let c = consumer(ORDERS);
+        let names = Names::of(&c);
+        let d = deployment(&c, &names, 3, "pubsubkafka/worker:test", "abc");
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+        assert_eq!(
+            spec.template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION],
+            "abc"
+        );
+        assert_eq!(
+            d.metadata.owner_references.unwrap()[0].kind,
+            "OrderConsumer"
+        );
+        assert_eq!(
+            pod.volumes.unwrap().len(),
+            3,
+            "config, credentials and database"
+        );
+    }
+
+    #[test]
+    fn an_http_consumer_mounts_no_database() {
+        let mut c = consumer(ORDERS);
+        c.spec = OrderConsumerSpec {
+            handler: serde_yaml::from_str("http: {url: 'http://users:8080/events', timeout: 2s}")
+                .unwrap(),
+            ..c.spec
+        };
+        let names = Names::of(&c);
+        let d = deployment(&c, &names, 1, "img", "h");
+        assert_eq!(
+            d.spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .volumes
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
