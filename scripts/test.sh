@@ -18,6 +18,7 @@ log "checking the generated CRDs are current"
 cargo run -q --locked -p pubsubkafka-controller --bin crdgen -- --check
 log "building the tests"
 cargo test --workspace --locked --no-run
+cargo build --workspace --locked --bins
 
 stack_dir="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-stack.XXXXXX")"
 cleanup() { cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir" || true; }

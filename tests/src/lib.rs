@@ -16,6 +16,7 @@ pub mod process;
 pub mod scenario;
 pub mod stack;
 pub mod tools;
+pub mod worker;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

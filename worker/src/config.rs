@@ -208,6 +208,14 @@ pub struct WorkerConfig {
     /// Seconds to finish in-flight records after SIGTERM (below the pod's grace period).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
+    /// How long the group waits for a silent member (a killed pod) before moving its
+    /// partitions.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u64,
+}
+
+fn default_session_timeout() -> u64 {
+    30_000
 }
 
 fn default_http_port() -> u16 {

@@ -2,3 +2,10 @@
 //! outbox relay and dead-letter replay.
 
 pub mod config;
+pub mod consumer;
+pub mod handler;
+pub mod headers;
+pub mod http;
+pub mod metrics;
+pub mod order;
+pub mod retry;

@@ -1,5 +1,115 @@
 //! The worker binary: one subcommand per data-plane role.
 
-fn main() {
-    println!("pubsubkafka-worker {}", env!("CARGO_PKG_VERSION"));
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use pubsubkafka_worker::config::WorkerConfig;
+use pubsubkafka_worker::handler::Handler;
+use pubsubkafka_worker::http::{self, Health};
+use pubsubkafka_worker::metrics::Metrics;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "pubsubkafka-worker", version, about = "PubSubKafka data plane")]
+struct Cli {
+    /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
+    #[arg(long, env = "PSK_LOG_FORMAT", default_value = "auto", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume a topic with retries and a dead-letter topic (what OrderConsumer pods run).
+    Consume {
+        /// The worker configuration the operator renders (worker.json).
+        #[arg(long, env = "PSK_WORKER_CONFIG")]
+        config: PathBuf,
+        /// Serve /metrics, /healthz and /readyz here (default: 0.0.0.0:<httpPort>).
+        #[arg(long, env = "PSK_HTTP_ADDR")]
+        http_addr: Option<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Consume { config, http_addr } => consume(config, http_addr).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "the worker stopped on an error");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn consume(config_path: PathBuf, http_addr: Option<SocketAddr>) -> Result<(), String> {
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
+    let config = WorkerConfig::from_json(&text).map_err(|e| {
+        format!(
+            "{} is not a worker configuration: {e}",
+            config_path.display()
+        )
+    })?;
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding the HTTP endpoint {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz and /readyz");
+    let routes = http::routes(metrics.clone(), Arc::clone(&health));
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    let handler = Handler::connect(&config.handler).await?;
+    pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(format: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

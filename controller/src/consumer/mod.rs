@@ -407,6 +407,10 @@ async fn ensure_dead_letter_topic(
                 .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
                 .unwrap_or(gathered.topic.spec.replication_factor);
             let mut configs = BTreeMap::new();
+            // Whatever fits the source must fit its dead letters.
+            if let Some(limit) = gathered.topic.config_strings().get("max.message.bytes") {
+                configs.insert("max.message.bytes".to_owned(), limit.clone());
+            }
             if let Some(retention) = policy.and_then(|p| p.dead_letter.retention.as_deref()) {
                 let ms = crate::duration::parse(retention).map_err(Error::InvalidSpec)?;
                 configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());

@@ -215,6 +215,7 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         handler,
         http_port: 9090,
         shutdown_grace_seconds: 25,
+        session_timeout_ms: 30_000,
     })
 }
 

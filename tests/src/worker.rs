@@ -1,0 +1,327 @@
+//! The worker binary as a process, as a pod would run it, plus helpers to feed it orders and
+//! read what it produced (the event store, the dead-letter topic, its metrics).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use pubsubkafka_worker::config::{HandlerConfig, KafkaConnection, RetryPolicy, WorkerConfig};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::process::{Lifetime, Proc};
+use crate::{Error, KafkaInfo};
+
+/// The worker binary next to this test executable (`target/<profile>/pubsubkafka-worker`).
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = profile_dir.join("pubsubkafka-worker");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A worker configuration for tests: SASL_SSL as the stack's admin.
+pub fn config(kafka: &KafkaInfo, topic: &str, group: &str, handler: HandlerConfig) -> WorkerConfig {
+    WorkerConfig {
+        kafka: kafka.admin_connection(),
+        source_topic: topic.to_owned(),
+        group_id: group.to_owned(),
+        dead_letter_topic: format!("{topic}-dlq"),
+        retry: RetryPolicy {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 2000,
+            ..RetryPolicy::default()
+        },
+        handler,
+        http_port: 0,
+        shutdown_grace_seconds: 10,
+        // The broker's minimum: a killed worker's partitions move on quickly.
+        session_timeout_ms: 6_000,
+    }
+}
+
+/// An event store handler whose URL file is written into `dir`.
+pub fn event_store(dir: &Path, database_url: &str) -> HandlerConfig {
+    let file = dir.join("database-url");
+    crate::write_private(&file, database_url).expect("writing the database URL file");
+    HandlerConfig::EventStore {
+        database_url_file: file,
+    }
+}
+
+/// A running worker process.
+pub struct WorkerProcess {
+    proc_: std::sync::Mutex<Option<Proc>>,
+    pub http_port: u16,
+    pub log: PathBuf,
+    config_path: PathBuf,
+    name: String,
+}
+
+impl WorkerProcess {
+    /// Writes `config` into `dir` and starts `pubsubkafka-worker consume` on it.
+    pub fn start(dir: &Path, name: &str, config: &WorkerConfig) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the worker dir", e))?;
+        let config_path = dir.join(format!("{name}.json"));
+        std::fs::write(&config_path, config.to_json())
+            .map_err(|e| Error::io("writing the worker config", e))?;
+        let mut worker = Self {
+            proc_: std::sync::Mutex::new(None),
+            http_port: crate::free_port()?,
+            log: dir.join(format!("{name}.log")),
+            config_path,
+            name: name.to_owned(),
+        };
+        worker.spawn()?;
+        Ok(worker)
+    }
+
+    fn spawn(&mut self) -> Result<(), Error> {
+        let mut cmd = Command::new(binary());
+        cmd.args(["--log-format", "text", "consume", "--config"])
+            .arg(&self.config_path)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .env("RUST_LOG", "info,rdkafka=warn");
+        let proc_ = Proc::spawn(&self.name, cmd, &self.log, Lifetime::Owned, None)?;
+        *self.lock() = Some(proc_);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Proc>> {
+        self.proc_.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the same worker again after a kill or a stop.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        if self.lock().is_none() {
+            self.spawn()?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as an OOM kill or a node loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.lock().take() {
+            p.kill();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; the error says how it ended otherwise.
+    pub fn terminate(&mut self, within: Duration) -> Result<(), String> {
+        let mut guard = self.lock();
+        let Some(p) = guard.as_mut() else {
+            return Ok(());
+        };
+        let pid = p.pid() as libc::pid_t;
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Err(e) = p.check_alive() {
+                let text = e.to_string();
+                *guard = None;
+                return if text.contains("exit status: 0") {
+                    Ok(())
+                } else {
+                    Err(text)
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "{} did not exit within {within:?} of SIGTERM",
+            self.name
+        ))
+    }
+
+    /// Fails with the log tail if the process died.
+    pub fn check_alive(&self) -> Result<(), String> {
+        match self.lock().as_mut() {
+            Some(p) => p.check_alive().map_err(|e| e.to_string()),
+            None => Err(format!("{} is not running", self.name)),
+        }
+    }
+
+    /// GET `path` on the worker's HTTP port: (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(self.http_port, path)
+    }
+
+    /// The value of metric `name` with all of `labels` (summed over other labels).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.get("/metrics").unwrap_or_default();
+        metric_value(&body, name, labels)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:.80}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sums the samples of `name` whose labels include all of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Produces `value` records keyed by `key` with JSON content type; waits for each ack.
+pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
+    let sends = records.iter().map(|(key, value)| {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "x-correlation-id",
+                value: Some(&format!("corr-{key}")),
+            });
+        producer.send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("the broker acknowledged the record");
+    }
+}
+
+/// `count` valid orders `<prefix>-0..count` of about 1 KiB, JSON-encoded.
+pub fn orders(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let event = pubsubkafka_worker::order::sample(&id, 1024);
+            (id, serde_json::to_vec(&event).expect("serializes"))
+        })
+        .collect()
+}
+
+/// A producer for tests (admin over SASL_SSL, large records allowed).
+pub fn producer(kafka: &KafkaInfo) -> FutureProducer {
+    kafka
+        .admin_config()
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "4194304")
+        .create()
+        .expect("producer")
+}
+
+/// Reads every record of `topic` from the beginning until `expected` arrived (or `timeout`).
+pub async fn read_all(
+    kafka: &KafkaInfo,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = kafka
+        .admin_config()
+        .set("group.id", crate::unique_name("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut stream = consumer.stream();
+    while out.len() < expected {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(m))) => out.push(m.detach()),
+            Ok(Some(Err(e))) => panic!("reading {topic}: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Count of stored orders (and of distinct order ids, which must be equal).
+pub async fn stored(client: &tokio_postgres::Client) -> (i64, i64) {
+    match client
+        .query_one("SELECT count(*), count(DISTINCT order_id) FROM orders", &[])
+        .await
+    {
+        Ok(row) => (row.get(0), row.get(1)),
+        // Before the worker migrated the schema.
+        Err(_) => (0, 0),
+    }
+}
+
+/// Connection settings as the operator renders them for a consumer principal.
+pub fn sasl(kafka: &KafkaInfo, user: &str, password_file: &Path) -> KafkaConnection {
+    KafkaConnection {
+        username: Some(user.to_owned()),
+        password_file: Some(password_file.to_owned()),
+        ..kafka.admin_connection()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.lock().take() {
+            p.kill();
+        }
+    }
+}
+
+/// Message key as text.
+pub fn key_of(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
+}

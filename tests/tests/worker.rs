@@ -1,0 +1,547 @@
+//! The worker runtime as a process against real Kafka (SASL_SSL) and real PostgreSQL:
+//! at-least-once with idempotent storage, retries, dead letters with the documented headers,
+//! crashes, a database outage and a rebalance.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use pubsubkafka_controller::kafka::KafkaAdmin;
+use pubsubkafka_worker::config::{ErrorClass, HandlerConfig, RetryPolicy};
+use pubsubkafka_worker::headers as h;
+use rdkafka::Message;
+use testenv::worker::{self, WorkerProcess};
+use testenv::{KafkaInfo, PostgresInfo, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn admin(kafka: &KafkaInfo) -> KafkaAdmin {
+    KafkaAdmin::new(
+        &kafka.admin_connection().client_config().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+/// A source topic and its dead-letter topic (both taking records up to 4 MiB).
+async fn topics(kafka: &KafkaInfo, prefix: &str, partitions: i32) -> String {
+    let admin = admin(kafka);
+    let topic = testenv::unique_name(prefix);
+    let big = BTreeMap::from([("max.message.bytes".to_owned(), "4194304".to_owned())]);
+    admin
+        .create_topic(&topic, partitions, 1, &big)
+        .await
+        .unwrap();
+    admin
+        .create_topic(&format!("{topic}-dlq"), partitions, 1, &big)
+        .await
+        .unwrap();
+    topic
+}
+
+async fn database(pg: &PostgresInfo) -> (String, tokio_postgres::Client) {
+    let db = pg.fresh_database("worker").await.unwrap();
+    let client = pg.connect(&db).await.unwrap();
+    (pg.database_url(&db), client)
+}
+
+async fn wait_stored(db: &tokio_postgres::Client, expected: i64, worker: &WorkerProcess) {
+    eventually(&format!("{expected} orders stored"), WAIT, || async {
+        worker.check_alive()?;
+        let (rows, distinct) = worker::stored(db).await;
+        assert_eq!(rows, distinct, "an order stored twice");
+        (rows == expected)
+            .then_some(())
+            .ok_or(format!("{rows} stored"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn valid_orders_are_stored_once_and_poison_records_are_dead_lettered() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "orders", 3).await;
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = testenv::unique_name("store");
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &group,
+        worker::event_store(dir.path(), &url),
+    );
+    let mut worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+
+    let producer = worker::producer(&stack.kafka);
+    let mut records = worker::orders("order", 200);
+    // The same order twice is stored once.
+    records.push(records[7].clone());
+    let mut missing_id = serde_json::to_value(pubsubkafka_worker::order::sample("x", 0)).unwrap();
+    missing_id.as_object_mut().unwrap().remove("order_id");
+    let mut wrong_type =
+        serde_json::to_value(pubsubkafka_worker::order::sample("wrong-type", 0)).unwrap();
+    wrong_type["items"][0]["quantity"] = serde_json::json!("two");
+    let mut invalid = pubsubkafka_worker::order::sample("invalid-email", 0);
+    invalid.customer_info.email = "nobody".into();
+    let poison: Vec<(String, Vec<u8>, &str)> = vec![
+        (
+            "poison-not-json".into(),
+            b"this is not json".to_vec(),
+            "Deserialization",
+        ),
+        (
+            "poison-utf8".into(),
+            vec![0xff, 0xfe, 0xfd],
+            "Deserialization",
+        ),
+        (
+            "poison-truncated".into(),
+            br#"{"order_id": "t-1", "customer_info": {"#.to_vec(),
+            "Deserialization",
+        ),
+        (
+            "poison-missing-id".into(),
+            serde_json::to_vec(&missing_id).unwrap(),
+            "Deserialization",
+        ),
+        (
+            "poison-wrong-type".into(),
+            serde_json::to_vec(&wrong_type).unwrap(),
+            "Deserialization",
+        ),
+        (
+            "poison-invalid".into(),
+            serde_json::to_vec(&invalid).unwrap(),
+            "Validation",
+        ),
+        (
+            "poison-oversized".into(),
+            vec![b' '; 2 * 1024 * 1024],
+            "Validation",
+        ),
+    ];
+    // Poison in the middle of the stream: later records must still be processed.
+    worker::produce(&producer, &topic, &records[..100]).await;
+    let poison_records: Vec<(String, Vec<u8>)> = poison
+        .iter()
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    worker::produce(&producer, &topic, &poison_records).await;
+    worker::produce(&producer, &topic, &records[100..]).await;
+
+    wait_stored(&db, 200, &worker).await;
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), poison.len(), WAIT).await;
+    assert_eq!(
+        dead.len(),
+        poison.len(),
+        "every poison record dead-lettered"
+    );
+    for (key, value, class) in &poison {
+        let m = dead
+            .iter()
+            .find(|m| worker::key_of(m) == *key)
+            .unwrap_or_else(|| panic!("{key} missing"));
+        let headers = m.headers();
+        assert_eq!(
+            m.payload(),
+            Some(value.as_slice()),
+            "{key}: value unchanged"
+        );
+        assert_eq!(h::get(headers, h::DLQ_ERROR_CLASS), Some(*class), "{key}");
+        assert_eq!(h::get(headers, h::DLQ_ORIGINAL_TOPIC), Some(topic.as_str()));
+        assert_eq!(h::get(headers, h::DLQ_CONSUMER_GROUP), Some(group.as_str()));
+        assert_eq!(
+            h::get(headers, h::DLQ_ATTEMPTS),
+            Some("1"),
+            "permanent: no retries"
+        );
+        assert_eq!(
+            h::get(headers, h::CONTENT_TYPE),
+            Some("application/json"),
+            "original headers kept"
+        );
+        assert_eq!(
+            h::get(headers, h::DLQ_CORRELATION_ID),
+            Some(format!("corr-{key}").as_str())
+        );
+        let original_partition: i32 = h::get(headers, h::DLQ_ORIGINAL_PARTITION)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            m.partition(),
+            original_partition,
+            "kept on its source partition"
+        );
+        assert!(
+            h::get(headers, h::DLQ_ORIGINAL_OFFSET)
+                .unwrap()
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert!(
+            h::get(headers, h::DLQ_ORIGINAL_TIMESTAMP)
+                .unwrap()
+                .parse::<i64>()
+                .is_ok()
+        );
+        assert!(
+            h::get(headers, h::DLQ_FAILED_AT)
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .is_ok()
+        );
+        assert!(!h::get(headers, h::DLQ_ERROR_MESSAGE).unwrap().is_empty());
+    }
+    eventually("the metrics to count them", WAIT, || async {
+        let dlq = worker.metric("kafka_dlq_messages_total", &[]);
+        let handled = worker.metric("kafka_consumer_records_total", &[("outcome", "handled")]);
+        (dlq == poison.len() as f64 && handled == 201.0)
+            .then_some(())
+            .ok_or(format!("dlq {dlq}, handled {handled}"))
+    })
+    .await;
+    assert_eq!(worker.get("/readyz").unwrap().0, 200);
+    let body = worker.get("/metrics").unwrap().1;
+    assert!(
+        body.contains("kafka_processing_duration_seconds_bucket"),
+        "histogram exported"
+    );
+    worker
+        .terminate(Duration::from_secs(30))
+        .expect("clean shutdown");
+}
+
+/// A receiver whose answers are scripted per order id: a list of statuses, the last repeating.
+#[derive(Clone, Default)]
+struct Receiver {
+    script: Arc<Mutex<BTreeMap<String, Vec<u16>>>>,
+    seen: Arc<Mutex<Vec<(String, Instant, Option<String>)>>>,
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap) -> StatusCode {
+    let order = headers
+        .get("x-order-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let correlation = headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let attempt = {
+        let mut seen = r.seen.lock().unwrap();
+        seen.push((order.clone(), Instant::now(), correlation));
+        seen.iter().filter(|(o, _, _)| *o == order).count()
+    };
+    let script = r.script.lock().unwrap();
+    let statuses = script.get(&order).cloned().unwrap_or_else(|| vec![200]);
+    let status = statuses
+        .get(attempt - 1)
+        .or(statuses.last())
+        .copied()
+        .unwrap_or(200);
+    StatusCode::from_u16(status).unwrap()
+}
+
+#[tokio::test]
+async fn retries_follow_the_policy_and_exhausted_records_are_dead_lettered() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "users", 1).await;
+    let receiver = Receiver::default();
+    receiver.script.lock().unwrap().extend([
+        ("flaky".to_owned(), vec![500, 503, 200]),
+        ("broken".to_owned(), vec![500]),
+        ("refused".to_owned(), vec![422]),
+    ]);
+    let app = axum::Router::new()
+        .route("/events", axum::routing::post(receive))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("http"),
+        HandlerConfig::Http {
+            url: format!("http://127.0.0.1:{port}/events"),
+            timeout_ms: 2000,
+        },
+    );
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        initial_backoff_ms: 200,
+        multiplier: 2.0,
+        max_backoff_ms: 10_000,
+        jitter: 0.0,
+        permanent_errors: ErrorClass::DEFAULT_PERMANENT.to_vec(),
+        ..RetryPolicy::default()
+    };
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    let producer = worker::producer(&stack.kafka);
+    let records: Vec<(String, Vec<u8>)> = ["flaky", "broken", "refused", "fine"]
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                serde_json::to_vec(&pubsubkafka_worker::order::sample(id, 0)).unwrap(),
+            )
+        })
+        .collect();
+    worker::produce(&producer, &topic, &records).await;
+
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), 2, WAIT).await;
+    let classes: BTreeMap<String, (String, String)> = dead
+        .iter()
+        .map(|m| {
+            let hs = m.headers();
+            (
+                worker::key_of(m),
+                (
+                    h::get(hs, h::DLQ_ERROR_CLASS).unwrap().to_owned(),
+                    h::get(hs, h::DLQ_ATTEMPTS).unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        BTreeMap::from([
+            (
+                "broken".to_owned(),
+                ("Transient".to_owned(), "4".to_owned())
+            ),
+            (
+                "refused".to_owned(),
+                ("Rejected".to_owned(), "1".to_owned())
+            ),
+        ])
+    );
+    eventually("every record handled or dead-lettered", WAIT, || async {
+        worker.check_alive()?;
+        let handled = worker.metric("kafka_consumer_records_total", &[("outcome", "handled")]);
+        (handled == 2.0)
+            .then_some(())
+            .ok_or(format!("{handled} handled"))
+    })
+    .await;
+
+    let seen = receiver.seen.lock().unwrap().clone();
+    let attempts = |id: &str| {
+        seen.iter()
+            .filter(|(o, _, _)| o == id)
+            .map(|(_, t, _)| *t)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attempts("flaky").len(), 3, "failed twice, then stored");
+    assert_eq!(attempts("broken").len(), 4, "maxRetries + 1 attempts");
+    assert_eq!(attempts("refused").len(), 1, "4xx is permanent");
+    let gaps: Vec<u128> = attempts("broken")
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    for (gap, expected) in gaps.iter().zip([200u128, 400, 800]) {
+        assert!(
+            *gap >= expected && *gap < expected + 400,
+            "backoff gaps {gaps:?} should be about 200, 400, 800 ms"
+        );
+    }
+    assert!(
+        seen.iter().all(|(_, _, c)| c.is_some()),
+        "the correlation id is forwarded"
+    );
+    assert_eq!(
+        worker.metric(
+            "kafka_consumer_retries_total",
+            &[("error_class", "Transient")]
+        ),
+        5.0,
+        "2 retries of flaky + 3 of broken"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "crash", 3).await;
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("crash"),
+        worker::event_store(dir.path(), &url),
+    );
+    let producer = worker::producer(&stack.kafka);
+    let total = 6000;
+    let records = worker::orders("crash", total);
+    // Orders keep arriving while the worker is killed: each kill lands mid-stream.
+    let feeder = tokio::spawn({
+        let topic = topic.clone();
+        async move {
+            for chunk in records.chunks(150) {
+                worker::produce(&producer, &topic, chunk).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+
+    let mut worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    for kill in 1..=3 {
+        let target = (kill * total / 5) as i64;
+        let now = eventually("progress before the kill", WAIT, || async {
+            worker.check_alive()?;
+            let (rows, _) = worker::stored(&db).await;
+            (rows >= target)
+                .then_some(rows)
+                .ok_or(format!("{rows} stored"))
+        })
+        .await;
+        assert!(
+            now < total as i64,
+            "kill {kill} must land mid-stream ({now} stored)"
+        );
+        worker.kill();
+        println!("SIGKILL {kill}: {now} of {total} orders stored");
+        worker.restart().unwrap();
+    }
+    feeder.await.unwrap();
+    wait_stored(&db, total as i64, &worker).await;
+    let dead = worker::read_all(
+        &stack.kafka,
+        &format!("{topic}-dlq"),
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(dead.is_empty(), "valid orders are never dead-lettered");
+    println!("after 3 SIGKILLs: {total} produced, {total} stored exactly once, 0 dead letters");
+}
+
+#[tokio::test]
+async fn a_database_outage_pauses_consumption_without_dead_letters() {
+    let stack = testenv::shared();
+    let pg_dir = tempfile::tempdir().unwrap();
+    let mut pg =
+        testenv::Postgres::start(pg_dir.path(), testenv::Lifetime::Owned).expect("own PostgreSQL");
+    let topic = topics(&stack.kafka, "outage", 2).await;
+    let (url, _) = database(&pg.info).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("outage"),
+        worker::event_store(dir.path(), &url),
+    );
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    let producer = worker::producer(&stack.kafka);
+    let records = worker::orders("outage", 600);
+    worker::produce(&producer, &topic, &records[..200]).await;
+    {
+        let db = pg
+            .info
+            .connect(&url.rsplit('/').next().unwrap().to_owned())
+            .await
+            .unwrap();
+        wait_stored(&db, 200, &worker).await;
+    }
+
+    pg.stop();
+    worker::produce(&producer, &topic, &records[200..400]).await;
+    eventually("the worker to report not ready", WAIT, || async {
+        match worker.get("/readyz") {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(worker.metric("pubsubkafka_worker_sink_up", &[]), 0.0);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    worker::produce(&producer, &topic, &records[400..]).await;
+    pg.restart().expect("PostgreSQL restarts");
+
+    let db = pg
+        .info
+        .connect(url.rsplit('/').next().unwrap())
+        .await
+        .unwrap();
+    wait_stored(&db, 600, &worker).await;
+    eventually("ready again", WAIT, || async {
+        match worker.get("/readyz") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let dead = worker::read_all(
+        &stack.kafka,
+        &format!("{topic}-dlq"),
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        dead.is_empty(),
+        "an outage must not dead-letter valid orders: {} found",
+        dead.len()
+    );
+    assert_eq!(
+        worker.metric("kafka_consumer_retries_total", &[]),
+        0.0,
+        "no retry budget spent"
+    );
+    println!("PostgreSQL down 20 s: 600 produced, 600 stored, 0 dead letters");
+}
+
+#[tokio::test]
+async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "rebalance", 4).await;
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = testenv::unique_name("pair");
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &group,
+        worker::event_store(dir.path(), &url),
+    );
+    let producer = worker::producer(&stack.kafka);
+    let records = worker::orders("pair", 2000);
+
+    let mut first = WorkerProcess::start(dir.path(), "first", &config).unwrap();
+    worker::produce(&producer, &topic, &records[..700]).await;
+    let mut second = WorkerProcess::start(dir.path(), "second", &config).unwrap();
+    worker::produce(&producer, &topic, &records[700..1400]).await;
+    // The first leaves cleanly: its partitions move to the second.
+    first
+        .terminate(Duration::from_secs(40))
+        .expect("the first worker stops cleanly on SIGTERM");
+    worker::produce(&producer, &topic, &records[1400..]).await;
+    wait_stored(&db, 2000, &second).await;
+    second
+        .terminate(Duration::from_secs(40))
+        .expect("clean stop");
+
+    // Everything was committed: the group has no lag left.
+    let admin = admin(&stack.kafka);
+    let ends = admin.end_offsets(&topic, 4).await.unwrap();
+    let committed = admin.group_offsets(&group, &topic, 4).await.unwrap();
+    for (partition, end) in ends {
+        assert_eq!(
+            committed[&partition],
+            Some(end),
+            "partition {partition} fully committed"
+        );
+    }
+    assert!(
+        first.log_text().contains("partitions revoked")
+            || second.log_text().contains("partitions revoked"),
+        "a rebalance happened"
+    );
+}

@@ -1,0 +1,109 @@
+//! The HTTP handler: POSTs each record to a URL with its headers. 2xx means done, 4xx means the
+//! receiver refuses it (Rejected), 5xx and timeouts may pass on retry (Transient), and a
+//! refused connection is an outage.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Delivery, HandlerError};
+use crate::config::ErrorClass;
+use crate::headers;
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+pub struct HttpHandler {
+    client: Client<Https, Full<Bytes>>,
+    url: http::Uri,
+    timeout: Duration,
+}
+
+impl HttpHandler {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("the handler URL {url:?} is invalid: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!(
+                "the handler URL {url:?} must be http:// or https://"
+            ));
+        }
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| format!("loading the system's CA certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https);
+        Ok(Self {
+            client,
+            url: uri,
+            timeout,
+        })
+    }
+
+    pub async fn post(&self, d: &Delivery<'_>) -> Result<(), HandlerError> {
+        let mut request = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, d.content_type)
+            .header("x-kafka-topic", d.topic)
+            .header("x-kafka-partition", d.partition.to_string())
+            .header("x-kafka-offset", d.offset.to_string())
+            .header("x-order-id", d.event.order_id.as_str());
+        if let Some(c) = d.correlation_id {
+            request = request.header(headers::CORRELATION_ID, c);
+        }
+        if let Some(t) = d.traceparent {
+            request = request.header(headers::TRACEPARENT, t);
+        }
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(d.value)))
+            .map_err(|e| HandlerError::Failed {
+                class: ErrorClass::Transient,
+                message: format!("building the request: {e}"),
+            })?;
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Err(_) => {
+                return Err(HandlerError::Failed {
+                    class: ErrorClass::Transient,
+                    message: format!("no answer from {} within {:?}", self.url, self.timeout),
+                });
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(HandlerError::Unavailable(format!("{}: {e}", self.url)));
+            }
+            Ok(Err(e)) => {
+                return Err(HandlerError::Failed {
+                    class: ErrorClass::Transient,
+                    message: format!("{}: {e}", self.url),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        // Drain the body so the connection can be reused.
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        if status.is_success() {
+            Ok(())
+        } else if status.is_client_error()
+            && status != http::StatusCode::REQUEST_TIMEOUT
+            && status != http::StatusCode::TOO_MANY_REQUESTS
+        {
+            Err(HandlerError::Failed {
+                class: ErrorClass::Rejected,
+                message: format!("{} answered {status}", self.url),
+            })
+        } else {
+            Err(HandlerError::Failed {
+                class: ErrorClass::Transient,
+                message: format!("{} answered {status}", self.url),
+            })
+        }
+    }
+}

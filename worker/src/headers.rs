@@ -1,0 +1,232 @@
+//! Record headers: the ones the gateway writes (content type, correlation id, W3C
+//! traceparent) and the dead-letter contract the worker adds. The names here are a stable,
+//! documented contract (README, "Dead-letter records"); replay tooling reads them.
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+pub const CONTENT_TYPE: &str = "content-type";
+pub const CORRELATION_ID: &str = "x-correlation-id";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Topic the record was first consumed from.
+pub const DLQ_ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
+/// Partition it was consumed from (decimal).
+pub const DLQ_ORIGINAL_PARTITION: &str = "x-dlq-original-partition";
+/// Its offset there (decimal).
+pub const DLQ_ORIGINAL_OFFSET: &str = "x-dlq-original-offset";
+/// Its record timestamp, milliseconds since the Unix epoch (decimal).
+pub const DLQ_ORIGINAL_TIMESTAMP: &str = "x-dlq-original-timestamp";
+/// The consumer group that gave up on it.
+pub const DLQ_CONSUMER_GROUP: &str = "x-dlq-consumer-group";
+/// Deserialization, Validation, Rejected or Transient.
+pub const DLQ_ERROR_CLASS: &str = "x-dlq-error-class";
+/// The last error, human readable (truncated to 1 KiB).
+pub const DLQ_ERROR_MESSAGE: &str = "x-dlq-error-message";
+/// How many times the handler was tried (decimal).
+pub const DLQ_ATTEMPTS: &str = "x-dlq-attempts";
+/// When the worker gave up, RFC 3339.
+pub const DLQ_FAILED_AT: &str = "x-dlq-failed-at";
+/// The correlation id, copied out of the message when no header carried it.
+pub const DLQ_CORRELATION_ID: &str = "x-dlq-correlation-id";
+/// The W3C trace id of the record's trace.
+pub const DLQ_TRACE_ID: &str = "x-dlq-trace-id";
+/// Set (to the value's size in bytes) when the value was too large for the dead-letter topic
+/// and was left out; the original coordinates locate it.
+pub const DLQ_VALUE_OMITTED: &str = "x-dlq-value-omitted";
+/// How many times the record was replayed from the dead-letter topic (decimal).
+pub const DLQ_REPLAY_COUNT: &str = "x-dlq-replay-count";
+
+/// The first value of header `name` as UTF-8.
+pub fn get<'a, H: Headers>(headers: Option<&'a H>, name: &str) -> Option<&'a str> {
+    let headers = headers?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+/// A parsed W3C `traceparent`: version 00, trace id, parent span id, flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent<'a> {
+    pub trace_id: &'a str,
+    pub span_id: &'a str,
+    pub flags: u8,
+}
+
+/// Parses `00-<32 hex>-<16 hex>-<2 hex>`; ids of all zeros are invalid.
+pub fn parse_traceparent(value: &str) -> Option<TraceParent<'_>> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || version != "00" {
+        return None;
+    }
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && !s.bytes().all(|b| b == b'0')
+    };
+    if !hex(trace_id, 32) || !hex(span_id, 16) || flags.len() != 2 {
+        return None;
+    }
+    Some(TraceParent {
+        trace_id,
+        span_id,
+        flags: u8::from_str_radix(flags, 16).ok()?,
+    })
+}
+
+/// Formats a `traceparent` for a trace and span.
+pub fn format_traceparent(trace_id: &str, span_id: &str, sampled: bool) -> String {
+    format!(
+        "00-{trace_id}-{span_id}-{}",
+        if sampled { "01" } else { "00" }
+    )
+}
+
+/// Where a dead letter came from and why it failed.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub group: &'a str,
+    pub error_class: &'a str,
+    pub error_message: &'a str,
+    pub attempts: u32,
+    pub failed_at: String,
+    pub correlation_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+}
+
+/// The original headers, unchanged and in order, followed by the dead-letter headers. Any
+/// `x-dlq-*` header of an earlier failure is replaced, except the replay count.
+pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(original.map_or(0, |h| h.count()) + 11);
+    if let Some(original) = original {
+        for h in original.iter() {
+            let ours = h.key.starts_with("x-dlq-") && h.key != DLQ_REPLAY_COUNT;
+            if !ours {
+                out = out.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+    }
+    let message: String = dl.error_message.chars().take(1024).collect();
+    let partition = dl.partition.to_string();
+    let offset = dl.offset.to_string();
+    let timestamp = dl.timestamp_ms.map(|t| t.to_string());
+    let attempts = dl.attempts.to_string();
+    let mut fields: Vec<(&str, &str)> = vec![
+        (DLQ_ORIGINAL_TOPIC, dl.topic),
+        (DLQ_ORIGINAL_PARTITION, &partition),
+        (DLQ_ORIGINAL_OFFSET, &offset),
+        (DLQ_CONSUMER_GROUP, dl.group),
+        (DLQ_ERROR_CLASS, dl.error_class),
+        (DLQ_ERROR_MESSAGE, &message),
+        (DLQ_ATTEMPTS, &attempts),
+        (DLQ_FAILED_AT, &dl.failed_at),
+    ];
+    if let Some(t) = &timestamp {
+        fields.push((DLQ_ORIGINAL_TIMESTAMP, t));
+    }
+    if let Some(c) = dl.correlation_id {
+        fields.push((DLQ_CORRELATION_ID, c));
+    }
+    if let Some(t) = dl.trace_id {
+        fields.push((DLQ_TRACE_ID, t));
+    }
+    for (key, value) in fields {
+        out = out.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parses_only_the_w3c_form() {
+        let tp =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(tp.span_id, "00f067aa0ba902b7");
+        assert_eq!(tp.flags, 1);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+        let formatted =
+            format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true);
+        assert!(parse_traceparent(&formatted).is_some());
+    }
+
+    #[test]
+    fn dead_letter_headers_keep_the_originals_and_add_the_contract() {
+        let original = OwnedHeaders::new()
+            .insert(Header {
+                key: CONTENT_TYPE,
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: DLQ_ERROR_CLASS,
+                value: Some("Transient"),
+            })
+            .insert(Header {
+                key: DLQ_REPLAY_COUNT,
+                value: Some("1"),
+            })
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            });
+        let dl = DeadLetter {
+            topic: "orders",
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(1_700_000_000_000),
+            group: "shop.store",
+            error_class: "Validation",
+            error_message: "items[0].quantity: must be between 1 and 10000",
+            attempts: 1,
+            failed_at: "2026-11-24T08:00:00Z".into(),
+            correlation_id: Some("corr-1"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        };
+        let headers = dead_letter_headers(Some(&original), &dl);
+        let keys: Vec<&str> = headers.iter().map(|h| h.key).collect();
+        assert_eq!(
+            &keys[..3],
+            [CONTENT_TYPE, DLQ_REPLAY_COUNT, TRACEPARENT],
+            "originals first, old class dropped"
+        );
+        assert_eq!(get(Some(&headers), DLQ_ERROR_CLASS), Some("Validation"));
+        assert_eq!(get(Some(&headers), DLQ_ORIGINAL_OFFSET), Some("41"));
+        assert_eq!(get(Some(&headers), DLQ_ORIGINAL_PARTITION), Some("2"));
+        assert_eq!(
+            get(Some(&headers), DLQ_ORIGINAL_TIMESTAMP),
+            Some("1700000000000")
+        );
+        assert_eq!(get(Some(&headers), DLQ_CORRELATION_ID), Some("corr-1"));
+        assert_eq!(
+            headers.iter().filter(|h| h.key == DLQ_ERROR_CLASS).count(),
+            1
+        );
+    }
+}

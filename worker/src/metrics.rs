@@ -1,0 +1,137 @@
+//! The worker's Prometheus metrics, with the seed architecture's names so its dashboards and
+//! alerts apply as they are.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// kafka_consumer_lag{topic,partition}: records behind the high watermark.
+    pub consumer_lag: IntGaugeVec,
+    /// kafka_dlq_messages_total{topic,error_class}: records published to a dead-letter topic.
+    pub dlq_messages: IntCounterVec,
+    /// kafka_processing_duration_seconds{topic}: from first attempt to final outcome.
+    pub processing_duration: HistogramVec,
+    /// kafka_producer_messages_total{topic,outcome}: this process's own produces.
+    pub producer_messages: IntCounterVec,
+    /// kafka_consumer_records_total{topic,outcome}: handled or dead_lettered.
+    pub records: IntCounterVec,
+    /// kafka_consumer_retries_total{topic,error_class}: handler attempts that will be retried.
+    pub retries: IntCounterVec,
+    /// pubsubkafka_worker_sink_up: 0 while the handler's sink is unreachable.
+    pub sink_up: IntGauge,
+    /// http_request_duration_seconds{route,status}: the gateway's request latency.
+    pub request_duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "kafka_consumer_lag",
+                "Records behind the partition's high watermark.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let dlq_messages = IntCounterVec::new(
+            Opts::new(
+                "kafka_dlq_messages_total",
+                "Records published to a dead-letter topic.",
+            ),
+            &["topic", "error_class"],
+        )
+        .expect("valid metric");
+        let processing_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kafka_processing_duration_seconds",
+                "Time from a record's first attempt to its final outcome (retries included).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["topic"],
+        )
+        .expect("valid metric");
+        let producer_messages = IntCounterVec::new(
+            Opts::new(
+                "kafka_producer_messages_total",
+                "Records this process produced, by outcome.",
+            ),
+            &["topic", "outcome"],
+        )
+        .expect("valid metric");
+        let records = IntCounterVec::new(
+            Opts::new(
+                "kafka_consumer_records_total",
+                "Consumed records by final outcome.",
+            ),
+            &["topic", "outcome"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "kafka_consumer_retries_total",
+                "Handler attempts that failed and will be retried.",
+            ),
+            &["topic", "error_class"],
+        )
+        .expect("valid metric");
+        let sink_up = IntGauge::new(
+            "pubsubkafka_worker_sink_up",
+            "1 while the handler's sink answers, 0 during an outage.",
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "Gateway request latency.")
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        sink_up.set(1);
+        for c in [
+            Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dlq_messages.clone()),
+            Box::new(processing_duration.clone()),
+            Box::new(producer_messages.clone()),
+            Box::new(records.clone()),
+            Box::new(retries.clone()),
+            Box::new(sink_up.clone()),
+            Box::new(request_duration.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            consumer_lag,
+            dlq_messages,
+            processing_duration,
+            producer_messages,
+            records,
+            retries,
+            sink_up,
+            request_duration,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text encoding is UTF-8")
+    }
+}
