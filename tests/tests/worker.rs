@@ -215,10 +215,13 @@ async fn valid_orders_are_stored_once_and_poison_records_are_dead_lettered() {
 }
 
 /// A receiver whose answers are scripted per order id: a list of statuses, the last repeating.
+/// One request the receiver saw: order id, arrival, correlation id.
+type Seen = (String, Instant, Option<String>);
+
 #[derive(Clone, Default)]
 struct Receiver {
     script: Arc<Mutex<BTreeMap<String, Vec<u16>>>>,
-    seen: Arc<Mutex<Vec<(String, Instant, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap) -> StatusCode {
@@ -445,7 +448,7 @@ async fn a_database_outage_pauses_consumption_without_dead_letters() {
     {
         let db = pg
             .info
-            .connect(&url.rsplit('/').next().unwrap().to_owned())
+            .connect(url.rsplit('/').next().unwrap())
             .await
             .unwrap();
         wait_stored(&db, 200, &worker).await;
