@@ -382,21 +382,28 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once
     );
     let producer = worker::producer(&stack.kafka);
     let total = 6000;
+    let stages = 4;
     let records = worker::orders("crash", total);
-    // Orders keep arriving while the worker is killed: each kill lands mid-stream.
+    // Orders arrive in paced stages; each kill lands while a stage is still being produced and
+    // consumed, and more orders follow it.
+    let (go, mut stage_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let feeder = tokio::spawn({
         let topic = topic.clone();
         async move {
-            for chunk in records.chunks(150) {
-                worker::produce(&producer, &topic, chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Some(stage) = stage_rx.recv().await {
+                let size = total / stages;
+                for chunk in records[stage * size..(stage + 1) * size].chunks(100) {
+                    worker::produce(&producer, &topic, chunk).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         }
     });
 
     let mut worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
-    for kill in 1..=3 {
-        let target = (kill * total / 5) as i64;
+    for kill in 0..3 {
+        go.send(kill).unwrap();
+        let target = (kill * total / stages + 300) as i64;
         let now = eventually("progress before the kill", WAIT, || async {
             worker.check_alive()?;
             let (rows, _) = worker::stored(&db).await;
@@ -407,12 +414,15 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once
         .await;
         assert!(
             now < total as i64,
-            "kill {kill} must land mid-stream ({now} stored)"
+            "kill {} must land mid-stream ({now} stored)",
+            kill + 1
         );
         worker.kill();
-        println!("SIGKILL {kill}: {now} of {total} orders stored");
+        println!("SIGKILL {}: {now} of {total} orders stored", kill + 1);
         worker.restart().unwrap();
     }
+    go.send(stages - 1).unwrap();
+    drop(go);
     feeder.await.unwrap();
     wait_stored(&db, total as i64, &worker).await;
     let dead = worker::read_all(
