@@ -11,6 +11,7 @@ log "fetching Apache Kafka $KAFKA_VERSION from Maven Central"
 rm -rf "$dest" && mkdir -p "$dest/lib"
 mvn -q -B -f "$(dirname "$0")/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
   dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dest/lib"
-unzip -l "$dest/lib/kafka_2.13-$KAFKA_VERSION.jar" | grep -q 'kafka/Kafka.class' \
+# Listing one member fails when it is absent (no pipe: grep -q would SIGPIPE unzip).
+unzip -l "$dest/lib/kafka_2.13-$KAFKA_VERSION.jar" kafka/Kafka.class >/dev/null 2>&1 \
   || die "kafka_2.13-$KAFKA_VERSION.jar has no kafka.Kafka main class"
 touch "$dest/.complete"

@@ -4,7 +4,7 @@
 pub mod consumer;
 pub mod context;
 pub mod crd;
-pub mod duration;
+pub use pubsubkafka_worker::duration;
 pub mod error;
 pub mod http;
 pub mod kafka;

@@ -290,6 +290,23 @@ impl ErrorClass {
     }
 }
 
+impl std::str::FromStr for ErrorClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Deserialization,
+            Self::Validation,
+            Self::Rejected,
+            Self::Transient,
+        ]
+        .into_iter()
+        .find(|c| c.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            format!("unknown error class {s:?} (Deserialization, Validation, Rejected, Transient)")
+        })
+    }
+}
+
 /// Where retries happen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RetryMode {

@@ -3,9 +3,14 @@
 
 pub mod config;
 pub mod consumer;
+pub mod duration;
+pub mod gateway;
 pub mod handler;
 pub mod headers;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod order;
+pub mod outbox;
+pub mod replay;
 pub mod retry;

@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use pubsubkafka_worker::config::WorkerConfig;
+use pubsubkafka_worker::gateway::GatewayArgs;
 use pubsubkafka_worker::handler::Handler;
 use pubsubkafka_worker::http::{self, Health};
 use pubsubkafka_worker::metrics::Metrics;
+use pubsubkafka_worker::outbox::RelayArgs;
+use pubsubkafka_worker::replay::ReplayArgs;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +38,12 @@ enum Command {
         #[arg(long, env = "PSK_HTTP_ADDR")]
         http_addr: Option<SocketAddr>,
     },
+    /// Accept orders and users over HTTP and publish them (202 after the broker's ack).
+    Gateway(GatewayArgs),
+    /// Publish the gateway's pending outbox rows.
+    OutboxRelay(RelayArgs),
+    /// Republish dead letters to their original topics.
+    Replay(ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +56,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Consume { config, http_addr } => consume(config, http_addr).await,
+            Command::Gateway(args) => {
+                let metrics = Metrics::new();
+                let health = Arc::new(Health::default());
+                pubsubkafka_worker::gateway::run(args, metrics, health, shutdown_signal()).await
+            }
+            Command::OutboxRelay(args) => {
+                let metrics = Metrics::new();
+                let health = Arc::new(Health::default());
+                serve_probes(args.http_addr, metrics.clone(), Arc::clone(&health)).await?;
+                pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown_signal()).await
+            }
+            Command::Replay(args) => {
+                let summary = pubsubkafka_worker::replay::run(args).await?;
+                println!("{}", serde_json::to_string(&summary).expect("serializes"));
+                Ok(())
+            }
         }
     });
     match result {
@@ -71,16 +96,26 @@ async fn consume(config_path: PathBuf, http_addr: Option<SocketAddr>) -> Result<
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("binding the HTTP endpoint {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz and /readyz");
-    let routes = http::routes(metrics.clone(), Arc::clone(&health));
-    tokio::spawn(async move { axum::serve(listener, routes).await });
+    serve_probes(addr, metrics.clone(), Arc::clone(&health)).await?;
     let handler = Handler::connect(&config.handler).await?;
     pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Serves /metrics, /healthz and /readyz on `addr` in the background.
+async fn serve_probes(
+    addr: SocketAddr,
+    metrics: Metrics,
+    health: Arc<Health>,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding the HTTP endpoint {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz and /readyz");
+    let routes = http::routes(metrics, health);
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    Ok(())
 }
 
 fn init_logging(format: &str) {

@@ -1,4 +1,4 @@
-//! Durations as Kubernetes and CEL write them (Go's syntax: `500ms`, `30s`, `1m30s`, `1.5h`).
+//! Durations as Kubernetes, CEL and the command lines write them (Go's syntax: `500ms`, `30s`, `1m30s`, `1.5h`).
 //! The CRDs store them as strings, the API server checks them with CEL's `duration()`, and the
 //! controller converts them here.
 

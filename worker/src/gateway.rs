@@ -1,0 +1,618 @@
+//! The gateway (the seed's Producer Service): `POST /orders` and `POST /users` validate a
+//! request, enrich it into a complete ECST event, and publish it keyed by its id with an
+//! idempotent producer. `202 Accepted` is answered only once the broker acknowledged the record
+//! (or, in outbox mode, once PostgreSQL committed it for the relay to publish); a broker that
+//! does not acknowledge within the delivery timeout gets `503`, never a false `202`.
+//!
+//! Bad requests are answered with the field at fault: 400 malformed JSON, 415 unsupported
+//! content type, 413 too large, 422 with every invalid field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::{KafkaConnection, SecurityProtocol};
+use crate::headers;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
+use crate::outbox::Outbox;
+use crate::{duration, ids};
+
+/// Kafka connection flags, shared by the gateway, the relay and replay.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Bootstrap servers (host:port, comma-separated).
+    #[arg(long, env = "PSK_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512).
+    #[arg(long, env = "PSK_KAFKA_SECURITY_PROTOCOL", default_value = "SASL_SSL")]
+    pub kafka_security_protocol: SecurityProtocol,
+    #[arg(long, env = "PSK_KAFKA_USERNAME")]
+    pub kafka_username: Option<String>,
+    /// File holding the SASL password (a mounted Secret key).
+    #[arg(long, env = "PSK_KAFKA_PASSWORD_FILE")]
+    pub kafka_password_file: Option<PathBuf>,
+    /// PEM CA bundle of the brokers.
+    #[arg(long, env = "PSK_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    pub fn connection(&self) -> KafkaConnection {
+        KafkaConnection {
+            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
+            security_protocol: self.kafka_security_protocol,
+            username: self.kafka_username.clone(),
+            password_file: self.kafka_password_file.clone(),
+            ca_file: self.kafka_ca_file.clone(),
+        }
+    }
+}
+
+/// `pubsubkafka-worker gateway` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Address of the API and of /metrics, /healthz, /readyz.
+    #[arg(long, env = "PSK_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[arg(long, env = "PSK_ORDERS_TOPIC", default_value = "orders")]
+    pub orders_topic: String,
+    #[arg(long, env = "PSK_USERS_TOPIC", default_value = "users")]
+    pub users_topic: String,
+    /// Answer 503 when the broker has not acknowledged within this long.
+    #[arg(long, env = "PSK_DELIVERY_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
+    pub delivery_timeout: Duration,
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, env = "PSK_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Write each event and an outbox row in one PostgreSQL transaction instead of producing;
+    /// `outbox-relay` publishes them.
+    #[arg(long, env = "PSK_OUTBOX")]
+    pub outbox: bool,
+    /// File holding the PostgreSQL URL (outbox mode).
+    #[arg(long, env = "PSK_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+}
+
+/// An order as a client submits it; the gateway adds the metadata.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    /// Generated when absent.
+    #[serde(default)]
+    pub order_id: Option<String>,
+    pub customer_info: CustomerInfo,
+    pub items: Vec<Item>,
+    #[serde(default)]
+    pub inventory_status: Vec<InventoryStatus>,
+}
+
+/// A user registration, the seed's second domain.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    #[serde(default)]
+    pub user_id: Option<String>,
+    pub name: String,
+    pub email: String,
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+}
+
+/// The event published to `users`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct UserEvent {
+    pub user_id: String,
+    pub name: String,
+    pub email: String,
+    pub country: String,
+    pub metadata: Metadata,
+}
+
+/// Where accepted events go.
+enum Sink {
+    Kafka(FutureProducer),
+    Outbox(Outbox),
+}
+
+struct Gateway {
+    sink: Sink,
+    orders_topic: String,
+    users_topic: String,
+    delivery_timeout: Duration,
+    metrics: Metrics,
+}
+
+/// Serves the gateway until `shutdown`.
+pub async fn run(
+    args: GatewayArgs,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let sink = if args.outbox {
+        let file = args
+            .database_url_file
+            .as_ref()
+            .ok_or("--outbox needs --database-url-file")?;
+        let url = std::fs::read_to_string(file)
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let outbox = Outbox::new(url.trim())?;
+        outbox.migrate().await?;
+        Sink::Outbox(outbox)
+    } else {
+        Sink::Kafka(producer(&args.kafka.connection(), args.delivery_timeout)?)
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", args.listen))?;
+    info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, outbox = args.outbox, "gateway listening");
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Sink::Kafka(producer) = &sink {
+        tokio::spawn(watch_broker(
+            producer.clone(),
+            Arc::clone(&health),
+            Arc::clone(&ready),
+        ));
+    } else {
+        health.set_started(true);
+    }
+    let gateway = Arc::new(Gateway {
+        sink,
+        orders_topic: args.orders_topic,
+        users_topic: args.users_topic,
+        delivery_timeout: args.delivery_timeout,
+        metrics: metrics.clone(),
+    });
+    let app = router(gateway, args.max_body_bytes).merge(crate::http::routes(metrics, health));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The idempotent producer: acks from every in-sync replica, ordered retries, compression.
+pub fn producer(
+    connection: &KafkaConnection,
+    delivery_timeout: Duration,
+) -> Result<FutureProducer, String> {
+    connection
+        .client_config()
+        .map_err(|e| e.to_string())?
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("retry.backoff.ms", "100")
+        .set("retry.backoff.max.ms", "1000")
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|e| format!("creating the Kafka producer: {e}"))
+}
+
+/// Readiness follows the broker: a metadata request every 5 s.
+async fn watch_broker(producer: FutureProducer, health: Arc<Health>, ready: Arc<AtomicBool>) {
+    loop {
+        let p = producer.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if up != ready.swap(up, Ordering::Relaxed) {
+            info!(broker_reachable = up, "broker reachability changed");
+        }
+        health.set_started(up);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
+    Router::new()
+        .route("/orders", post(post_order))
+        .route("/users", post(post_user))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(gateway)
+}
+
+/// A rejected request: status and a JSON body naming what is wrong.
+struct Rejection {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    fn fields(errors: Vec<FieldError>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({ "error": "invalid fields", "errors": errors }),
+        }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// Parses a JSON body: 415 for another content type, 400 when it is not JSON, 422 naming the
+/// field when the JSON does not have the request's shape.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Rejection> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let media = content_type
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if media != order::CONTENT_TYPE_JSON {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content type {media:?}: send application/json"),
+            ));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => v,
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+                return Err(Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed JSON: {inner}"),
+                ));
+            }
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "(body)".to_owned()
+            } else {
+                path
+            };
+            // serde's message ends with a position; the field path says more.
+            let message = inner.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return Err(Rejection::fields(vec![FieldError { field, message }]));
+        }
+    };
+    de.end()
+        .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    Ok(value)
+}
+
+/// Correlation id from `X-Correlation-ID` (or a new one), and the trace context: the caller's
+/// trace with a new span for this request, or a new trace.
+fn trace_context(headers: &HeaderMap) -> (String, String, String) {
+    let correlation = headers
+        .get(headers::CORRELATION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(ids::uuid_v4);
+    let trace_id = headers
+        .get(headers::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(headers::parse_traceparent)
+        .map(|t| t.trace_id.to_owned())
+        .unwrap_or_else(ids::trace_id);
+    (correlation, trace_id, ids::span_id())
+}
+
+fn metadata(correlation_id: String, trace_id: String, span_id: String) -> Metadata {
+    Metadata {
+        correlation_id,
+        trace_id,
+        span_id,
+        created_at: jiff::Timestamp::now().to_string(),
+        schema_version: order::SCHEMA_VERSION,
+        source: "order-gateway".into(),
+    }
+}
+
+async fn post_order(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = accept_order(&gw, &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    observe(&gw.metrics, "/orders", response.status(), started);
+    response
+}
+
+async fn accept_order(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Rejection> {
+    let request: OrderRequest = parse_json(headers, body)?;
+    let (correlation_id, trace_id, span_id) = trace_context(headers);
+    let event = OrderEvent {
+        order_id: request.order_id.unwrap_or_else(ids::uuid_v4),
+        customer_info: request.customer_info,
+        items: request.items,
+        inventory_status: request.inventory_status,
+        metadata: metadata(correlation_id, trace_id, span_id),
+    };
+    let errors = event.validate();
+    if !errors.is_empty() {
+        return Err(Rejection::fields(errors));
+    }
+    let value = serde_json::to_vec(&event).expect("an order event serializes");
+    let span = info_span!("order", order_id = %event.order_id, correlation_id = %event.metadata.correlation_id, trace_id = %event.metadata.trace_id);
+    let placed = publish(
+        gw,
+        &gw.orders_topic,
+        &event.order_id,
+        &value,
+        &event.metadata,
+    )
+    .instrument(span)
+    .await?;
+    Ok(accepted(json!({
+        "order_id": event.order_id,
+        "correlation_id": event.metadata.correlation_id,
+        "trace_id": event.metadata.trace_id,
+        "topic": gw.orders_topic,
+        "partition": placed.0,
+        "offset": placed.1,
+    })))
+}
+
+async fn post_user(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = accept_user(&gw, &headers, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    observe(&gw.metrics, "/users", response.status(), started);
+    response
+}
+
+async fn accept_user(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Rejection> {
+    let request: UserRequest = parse_json(headers, body)?;
+    let (correlation_id, trace_id, span_id) = trace_context(headers);
+    let event = UserEvent {
+        user_id: request.user_id.unwrap_or_else(ids::uuid_v4),
+        name: request.name,
+        email: request.email,
+        country: request.country,
+        metadata: metadata(correlation_id, trace_id, span_id),
+    };
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, message: &str| {
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        })
+    };
+    if event.user_id.is_empty() || event.user_id.len() > 64 {
+        fail("user_id", "must be 1 to 64 characters");
+    }
+    if event.name.trim().is_empty() || event.name.len() > 256 {
+        fail("name", "must be 1 to 256 characters");
+    }
+    if !event
+        .email
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+    {
+        fail("email", "must be an email address");
+    }
+    if event.country.len() != 2 || !event.country.bytes().all(|b| b.is_ascii_uppercase()) {
+        fail("country", "must be an ISO 3166-1 alpha-2 code such as FR");
+    }
+    if !errors.is_empty() {
+        return Err(Rejection::fields(errors));
+    }
+    let value = serde_json::to_vec(&event).expect("a user event serializes");
+    let placed = publish(gw, &gw.users_topic, &event.user_id, &value, &event.metadata).await?;
+    Ok(accepted(json!({
+        "user_id": event.user_id,
+        "correlation_id": event.metadata.correlation_id,
+        "trace_id": event.metadata.trace_id,
+        "topic": gw.users_topic,
+        "partition": placed.0,
+        "offset": placed.1,
+    })))
+}
+
+fn accepted(body: serde_json::Value) -> Response {
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+fn observe(metrics: &Metrics, route: &str, status: StatusCode, started: Instant) {
+    metrics
+        .request_duration
+        .with_label_values(&[route, status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// The record headers every event carries.
+pub fn event_headers(meta: &Metadata) -> OwnedHeaders {
+    let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(order::CONTENT_TYPE_JSON),
+        })
+        .insert(Header {
+            key: headers::CORRELATION_ID,
+            value: Some(&meta.correlation_id),
+        })
+        .insert(Header {
+            key: headers::TRACEPARENT,
+            value: Some(&traceparent),
+        })
+}
+
+/// Publishes (or stores in the outbox) and returns the record's partition and offset (-1, -1
+/// for the outbox: the relay assigns them).
+async fn publish(
+    gw: &Gateway,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    meta: &Metadata,
+) -> Result<(i32, i64), Rejection> {
+    match &gw.sink {
+        Sink::Kafka(producer) => {
+            let record = FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .headers(event_headers(meta));
+            match producer.send(record, gw.delivery_timeout).await {
+                Ok(delivery) => {
+                    gw.metrics
+                        .producer_messages
+                        .with_label_values(&[topic, "acked"])
+                        .inc();
+                    Ok((delivery.partition, delivery.offset))
+                }
+                Err((e, _)) => {
+                    gw.metrics
+                        .producer_messages
+                        .with_label_values(&[topic, "failed"])
+                        .inc();
+                    warn!(error = %e, topic, "the broker did not acknowledge the record");
+                    Err(Rejection::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "Kafka did not acknowledge the event within {:?} ({e}); nothing was accepted, retry later",
+                            gw.delivery_timeout
+                        ),
+                    ))
+                }
+            }
+        }
+        Sink::Outbox(outbox) => match outbox.append(topic, key, value, meta).await {
+            Ok(()) => {
+                gw.metrics
+                    .producer_messages
+                    .with_label_values(&[topic, "outboxed"])
+                    .inc();
+                Ok((-1, -1))
+            }
+            Err(e) => {
+                warn!(error = %e, "the outbox write failed");
+                Err(Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the event could not be stored ({e}); nothing was accepted, retry later"
+                    ),
+                ))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_and_wrong_shapes_name_the_field() {
+        let err = parse_json::<OrderRequest>(&json_headers(), b"{\"items\": [").unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+
+        let body = br#"{"customer_info": {"customer_id": "c", "name": "n", "email": "e@x.io",
+            "shipping_address": {"line1": "l", "city": "c", "postal_code": "1", "country": "FR"}},
+            "items": [{"sku": "s", "name": "n", "quantity": "two", "unit_price": 1, "currency": "EUR"}]}"#;
+        let err = parse_json::<OrderRequest>(&json_headers(), body).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.body["errors"][0]["field"], "items[0].quantity");
+
+        let err = parse_json::<OrderRequest>(&json_headers(), br#"{"items": []}"#).unwrap_err();
+        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            err.body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("customer_info")
+        );
+    }
+
+    #[test]
+    fn other_content_types_are_a_415() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let err = parse_json::<OrderRequest>(&h, b"{}").unwrap_err();
+        assert_eq!(err.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn the_callers_trace_is_continued_with_a_new_span() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("x-correlation-id", "req-7".parse().unwrap());
+        let (correlation, trace, span) = trace_context(&h);
+        assert_eq!(correlation, "req-7");
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span, "00f067aa0ba902b7");
+        let (correlation, trace, _) = trace_context(&HeaderMap::new());
+        assert_eq!(correlation.len(), 36);
+        assert_eq!(trace.len(), 32);
+    }
+}

@@ -1,0 +1,296 @@
+//! The transactional outbox: the gateway writes an accepted event and its outbox row in one
+//! PostgreSQL transaction; `outbox-relay` publishes pending rows and marks them sent.
+//!
+//! Several relays can run at once. Each claims rows with `FOR UPDATE SKIP LOCKED`, and takes a
+//! transaction-scoped advisory lock per key, so all pending events of one key (one order) are
+//! published by a single relay, in id order. A relay killed mid-batch loses nothing: its
+//! transaction rolls back and the rows are published again (duplicates, which the idempotent
+//! consumer absorbs).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_postgres::NoTls;
+use tracing::{info, warn};
+
+use crate::gateway::KafkaArgs;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::order::Metadata;
+use crate::{duration, headers, retry};
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE gateway_events (
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        event JSONB NOT NULL,
+        accepted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (topic, key)
+    );
+    CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        correlation_id TEXT NOT NULL,
+        traceparent TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        sent_at TIMESTAMPTZ
+    );
+    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL;"];
+
+const MIGRATION_LOCK: i64 = 0x5053_4b5f_4f55_5442;
+
+pub struct Outbox {
+    pool: Pool,
+}
+
+impl Outbox {
+    pub fn new(url: &str) -> Result<Self, String> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("the database URL is invalid: {e}"))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(32)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("building the database pool: {e}"))?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))
+    }
+
+    /// Creates or migrates the outbox schema.
+    pub async fn migrate(&self) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS pubsubkafka_outbox_migrations (
+                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM pubsubkafka_outbox_migrations",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await.map_err(|e| e.to_string())?;
+            tx.execute(
+                "INSERT INTO pubsubkafka_outbox_migrations (version) VALUES ($1)",
+                &[&(index as i32 + 1)],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+
+    /// Stores the event and its outbox row in one transaction.
+    pub async fn append(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        meta: &Metadata,
+    ) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let event = std::str::from_utf8(value).map_err(|e| e.to_string())?;
+        tx.execute(
+            "INSERT INTO gateway_events (topic, key, event) VALUES ($1, $2, $3::TEXT::JSONB)
+             ON CONFLICT (topic, key) DO NOTHING",
+            &[&topic, &key, &event],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
+        tx.execute(
+            "INSERT INTO outbox (topic, key, payload, correlation_id, traceparent)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&topic, &key, &value, &meta.correlation_id, &traceparent],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+}
+
+/// `pubsubkafka-worker outbox-relay` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// File holding the PostgreSQL URL of the gateway's database.
+    #[arg(long, env = "PSK_DATABASE_URL_FILE")]
+    pub database_url_file: PathBuf,
+    /// Rows published per transaction.
+    #[arg(long, env = "PSK_RELAY_BATCH", default_value_t = 500)]
+    pub batch: i64,
+    /// Wait between polls when nothing is pending.
+    #[arg(long, env = "PSK_RELAY_IDLE", default_value = "200ms", value_parser = duration::parse)]
+    pub idle: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "PSK_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: std::net::SocketAddr,
+}
+
+const CLAIM: &str = "SELECT id, topic, key, payload, correlation_id, traceparent FROM outbox
+    WHERE sent_at IS NULL AND pg_try_advisory_xact_lock(hashtext(key))
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Publishes pending outbox rows until `shutdown`.
+pub async fn relay(
+    args: RelayArgs,
+    metrics: Metrics,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let url = std::fs::read_to_string(&args.database_url_file)
+        .map_err(|e| format!("reading {}: {e}", args.database_url_file.display()))?;
+    let outbox = Outbox::new(url.trim())?;
+    let producer = crate::gateway::producer(&args.kafka.connection(), Duration::from_secs(30))?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut failures = 0;
+    // The relay may start before the gateway created the schema.
+    while let Err(e) = outbox.migrate().await {
+        warn!(error = %e, "the outbox database is not reachable yet");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(retry::outage_delay(failures)) => failures += 1,
+        }
+    }
+    failures = 0;
+    loop {
+        let published = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            result = relay_once(&outbox, &producer, &metrics, args.batch) => result,
+        };
+        match published {
+            Ok(0) => {
+                health.set_started(true);
+                failures = 0;
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(args.idle) => {}
+                }
+            }
+            Ok(n) => {
+                health.set_started(true);
+                failures = 0;
+                info!(published = n, "relayed outbox rows");
+            }
+            Err(e) => {
+                health.set_started(false);
+                warn!(error = %e, "relay pass failed; its rows stay pending");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(retry::outage_delay(failures)) => failures += 1,
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: claim, publish, mark sent. Returns how many rows were published.
+async fn relay_once(
+    outbox: &Outbox,
+    producer: &FutureProducer,
+    metrics: &Metrics,
+    batch: i64,
+) -> Result<usize, String> {
+    let mut client = outbox.client().await?;
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let rows = tx
+        .query(CLAIM, &[&batch])
+        .await
+        .map_err(|e| e.to_string())?;
+    if rows.is_empty() {
+        tx.commit().await.map_err(|e| e.to_string())?;
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut sends = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let topic: &str = row.get(1);
+        let key: &str = row.get(2);
+        let payload: &[u8] = row.get(3);
+        let correlation: &str = row.get(4);
+        let traceparent: &str = row.get(5);
+        ids.push(id);
+        let record_headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: headers::CONTENT_TYPE,
+                value: Some(crate::order::CONTENT_TYPE_JSON),
+            })
+            .insert(Header {
+                key: headers::CORRELATION_ID,
+                value: Some(correlation),
+            })
+            .insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(traceparent),
+            });
+        // Sent in id order on one idempotent producer: one key's events stay in order.
+        sends.push(
+            producer.send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(record_headers),
+                Duration::from_secs(30),
+            ),
+        );
+    }
+    let results = futures::future::join_all(sends).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    for (row, result) in rows.iter().zip(&results) {
+        let topic: &str = row.get(1);
+        let outcome = if result.is_ok() { "acked" } else { "failed" };
+        metrics
+            .producer_messages
+            .with_label_values(&[topic, outcome])
+            .inc();
+    }
+    if failed > 0 {
+        // Rolled back on drop: every row of the batch stays pending and is published again.
+        return Err(format!(
+            "{failed} of {} records were not acknowledged",
+            rows.len()
+        ));
+    }
+    tx.execute(
+        "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    Ok(ids.len())
+}
