@@ -66,7 +66,7 @@ pub struct WorkerProcess {
     proc_: std::sync::Mutex<Option<Proc>>,
     pub http_port: u16,
     pub log: PathBuf,
-    config_path: PathBuf,
+    args: Vec<String>,
     name: String,
 }
 
@@ -77,11 +77,25 @@ impl WorkerProcess {
         let config_path = dir.join(format!("{name}.json"));
         std::fs::write(&config_path, config.to_json())
             .map_err(|e| Error::io("writing the worker config", e))?;
+        let port = crate::free_port()?;
+        let args = vec![
+            "consume".to_owned(),
+            "--config".to_owned(),
+            config_path.display().to_string(),
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ];
+        Self::run(dir, name, args, port)
+    }
+
+    /// Starts `pubsubkafka-worker <args>`; `http_port` is where it serves HTTP.
+    pub fn run(dir: &Path, name: &str, args: Vec<String>, http_port: u16) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the worker dir", e))?;
         let mut worker = Self {
             proc_: std::sync::Mutex::new(None),
-            http_port: crate::free_port()?,
+            http_port,
             log: dir.join(format!("{name}.log")),
-            config_path,
+            args,
             name: name.to_owned(),
         };
         worker.spawn()?;
@@ -90,10 +104,8 @@ impl WorkerProcess {
 
     fn spawn(&mut self) -> Result<(), Error> {
         let mut cmd = Command::new(binary());
-        cmd.args(["--log-format", "text", "consume", "--config"])
-            .arg(&self.config_path)
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", self.http_port))
+        cmd.args(["--log-format", "text"])
+            .args(&self.args)
             .env("RUST_LOG", "info,rdkafka=warn");
         let proc_ = Proc::spawn(&self.name, cmd, &self.log, Lifetime::Owned, None)?;
         *self.lock() = Some(proc_);
@@ -162,6 +174,16 @@ impl WorkerProcess {
         http_get(self.http_port, path)
     }
 
+    /// POST `body` to `path` with `headers`: (status, body).
+    pub fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String), String> {
+        http_request(self.http_port, "POST", path, headers, body)
+    }
+
     /// The value of metric `name` with all of `labels` (summed over other labels).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let (_, body) = self.get("/metrics").unwrap_or_default();
@@ -175,12 +197,35 @@ impl WorkerProcess {
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1:`port`.
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    http_request(port, "GET", path, &[], b"")
+}
+
+/// A minimal HTTP/1.0 request on 127.0.0.1:`port`: (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
     let mut stream =
         std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| e.to_string())?;
+    // A server may answer (413) before reading the whole body.
+    let _ = stream.write_all(body);
     let mut response = String::new();
     stream
         .read_to_string(&mut response)

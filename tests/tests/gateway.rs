@@ -1,0 +1,583 @@
+//! The gateway, the outbox relay and dead-letter replay as processes, against real Kafka
+//! (SASL_SSL) and real PostgreSQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use pubsubkafka_controller::kafka::KafkaAdmin;
+use pubsubkafka_worker::config::{HandlerConfig, RetryPolicy};
+use pubsubkafka_worker::headers as h;
+use pubsubkafka_worker::order::OrderEvent;
+use rdkafka::Message;
+use serde_json::{Value, json};
+use testenv::worker::{self, WorkerProcess};
+use testenv::{KafkaInfo, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn admin(kafka: &KafkaInfo) -> KafkaAdmin {
+    KafkaAdmin::new(
+        &kafka.admin_connection().client_config().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+async fn topic(kafka: &KafkaInfo, prefix: &str, partitions: i32) -> String {
+    let name = testenv::unique_name(prefix);
+    admin(kafka)
+        .create_topic(&name, partitions, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    name
+}
+
+fn kafka_args(kafka: &KafkaInfo) -> Vec<String> {
+    let c = kafka.admin_connection();
+    vec![
+        "--kafka-bootstrap-servers".into(),
+        c.bootstrap_servers,
+        "--kafka-security-protocol".into(),
+        "SASL_SSL".into(),
+        "--kafka-username".into(),
+        c.username.unwrap(),
+        "--kafka-password-file".into(),
+        c.password_file.unwrap().display().to_string(),
+        "--kafka-ca-file".into(),
+        c.ca_file.unwrap().display().to_string(),
+    ]
+}
+
+fn start_gateway(
+    dir: &Path,
+    name: &str,
+    kafka: &KafkaInfo,
+    orders: &str,
+    users: &str,
+    extra: &[&str],
+) -> WorkerProcess {
+    let port = testenv::free_port().unwrap();
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(kafka_args(kafka));
+    args.extend([
+        "--orders-topic".into(),
+        orders.to_owned(),
+        "--users-topic".into(),
+        users.to_owned(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    WorkerProcess::run(dir, name, args, port).unwrap()
+}
+
+async fn ready(process: &WorkerProcess) {
+    eventually("the process to be ready", WAIT, || async {
+        process.check_alive()?;
+        match process.get("/readyz") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+fn order_body(order_id: &str) -> Vec<u8> {
+    let sample = pubsubkafka_worker::order::sample(order_id, 0);
+    serde_json::to_vec(&json!({
+        "order_id": order_id,
+        "customer_info": sample.customer_info,
+        "items": sample.items,
+        "inventory_status": sample.inventory_status,
+    }))
+    .unwrap()
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+#[tokio::test]
+async fn an_accepted_order_is_already_in_kafka_with_its_key_and_headers() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-orders", 3).await;
+    let users = topic(&stack.kafka, "gw-users", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(dir.path(), "gateway", &stack.kafka, &orders, &users, &[]);
+    ready(&gateway).await;
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, body) = gateway
+        .post(
+            "/orders",
+            &[
+                JSON,
+                ("X-Correlation-ID", "req-42"),
+                ("traceparent", traceparent),
+            ],
+            &order_body("gw-1"),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["order_id"], "gw-1");
+    assert_eq!(answer["correlation_id"], "req-42");
+    let (partition, offset) = (
+        answer["partition"].as_i64().unwrap() as i32,
+        answer["offset"].as_i64().unwrap(),
+    );
+
+    // Readable at once: 202 came after the broker's acknowledgement.
+    let records = worker::read_all(&stack.kafka, &orders, 1, Duration::from_secs(10)).await;
+    let record = &records[0];
+    assert_eq!((record.partition(), record.offset()), (partition, offset));
+    assert_eq!(worker::key_of(record), "gw-1");
+    let hs = record.headers();
+    assert_eq!(h::get(hs, h::CONTENT_TYPE), Some("application/json"));
+    assert_eq!(h::get(hs, h::CORRELATION_ID), Some("req-42"));
+    let tp = h::parse_traceparent(h::get(hs, h::TRACEPARENT).unwrap()).unwrap();
+    assert_eq!(
+        tp.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the caller's trace continues"
+    );
+    assert_ne!(
+        tp.span_id, "00f067aa0ba902b7",
+        "under the gateway's own span"
+    );
+    let event: OrderEvent = serde_json::from_slice(record.payload().unwrap()).unwrap();
+    assert_eq!(event.metadata.correlation_id, "req-42");
+    assert_eq!(event.metadata.span_id, tp.span_id);
+    assert!(
+        event.validate().is_empty(),
+        "the enriched event is a complete ECST order"
+    );
+
+    // An order without an id gets one.
+    let (status, body) = gateway
+        .post("/orders", &[JSON], &order_body("x").replace_order_id())
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let minted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(minted["order_id"].as_str().unwrap().len(), 36);
+
+    let (status, body) = gateway
+        .post("/users", &[JSON], br#"{"user_id": "u-1", "name": "Grace", "email": "grace@example.com", "country": "US"}"#)
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let user = &worker::read_all(&stack.kafka, &users, 1, Duration::from_secs(10)).await[0];
+    assert_eq!(worker::key_of(user), "u-1");
+
+    let acked = gateway.metric(
+        "kafka_producer_messages_total",
+        &[("topic", orders.as_str()), ("outcome", "acked")],
+    );
+    assert_eq!(acked, 2.0);
+    assert!(
+        gateway.metric(
+            "http_request_duration_seconds_count",
+            &[("route", "/orders"), ("status", "202")]
+        ) >= 2.0
+    );
+}
+
+/// Removes `order_id` from a JSON order body.
+trait ReplaceOrderId {
+    fn replace_order_id(self) -> Vec<u8>;
+}
+
+impl ReplaceOrderId for Vec<u8> {
+    fn replace_order_id(self) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&self).unwrap();
+        v.as_object_mut().unwrap().remove("order_id");
+        serde_json::to_vec(&v).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_naming_the_field_and_produce_nothing() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-bad", 1).await;
+    let users = topic(&stack.kafka, "gw-bad-users", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(
+        dir.path(),
+        "gateway",
+        &stack.kafka,
+        &orders,
+        &users,
+        &["--max-body-bytes", "65536"],
+    );
+    ready(&gateway).await;
+
+    let mut missing_email: Value = serde_json::from_slice(&order_body("o-1")).unwrap();
+    missing_email["customer_info"]
+        .as_object_mut()
+        .unwrap()
+        .remove("email");
+    let mut zero_quantity: Value = serde_json::from_slice(&order_body("o-2")).unwrap();
+    zero_quantity["items"][0]["quantity"] = json!(0);
+    zero_quantity["customer_info"]["shipping_address"]["country"] = json!("France");
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, Vec<&str>)> = vec![
+        (
+            "/orders",
+            vec![JSON],
+            b"{\"customer_info\": ".to_vec(),
+            400,
+            vec![],
+        ),
+        (
+            "/orders",
+            vec![("Content-Type", "text/plain")],
+            order_body("o-3"),
+            415,
+            vec![],
+        ),
+        ("/orders", vec![JSON], vec![b' '; 100_000], 413, vec![]),
+        (
+            "/orders",
+            vec![JSON],
+            serde_json::to_vec(&missing_email).unwrap(),
+            422,
+            vec!["customer_info"],
+        ),
+        (
+            "/orders",
+            vec![JSON],
+            serde_json::to_vec(&zero_quantity).unwrap(),
+            422,
+            vec![
+                "items[0].quantity",
+                "customer_info.shipping_address.country",
+            ],
+        ),
+        (
+            "/users",
+            vec![JSON],
+            br#"{"name": "x", "email": "nope", "country": "fr"}"#.to_vec(),
+            422,
+            vec!["email", "country"],
+        ),
+    ];
+    for (path, headers, body, expected, fields) in cases {
+        let (status, answer) = gateway.post(path, &headers, &body).unwrap();
+        assert_eq!(status, expected, "{path}: {answer}");
+        for field in fields {
+            assert!(
+                answer.contains(&format!("\"field\":\"{field}\"")),
+                "{field} not named in {answer}"
+            );
+        }
+    }
+    let ends = admin(&stack.kafka).end_offsets(&orders, 1).await.unwrap();
+    assert_eq!(ends[&0], 0, "nothing was produced");
+    assert_eq!(
+        admin(&stack.kafka).end_offsets(&users, 1).await.unwrap()[&0],
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_broker_outage_answers_503_and_recovers() {
+    let kafka_dir = tempfile::tempdir().unwrap();
+    let mut kafka = testenv::Kafka::start(kafka_dir.path(), 1, testenv::Lifetime::Owned).unwrap();
+    let orders = topic(&kafka.info, "gw-outage", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(
+        dir.path(),
+        "gateway",
+        &kafka.info,
+        &orders,
+        "users",
+        &["--delivery-timeout", "3s"],
+    );
+    ready(&gateway).await;
+    let (status, _) = gateway
+        .post("/orders", &[JSON], &order_body("before"))
+        .unwrap();
+    assert_eq!(status, 202);
+
+    kafka.stop();
+    let started = std::time::Instant::now();
+    let (status, body) = gateway
+        .post("/orders", &[JSON], &order_body("during"))
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered after the delivery timeout"
+    );
+    assert!(body.contains("nothing was accepted"));
+
+    kafka.restart().unwrap();
+    eventually("202 again", WAIT, || async {
+        match gateway.post("/orders", &[JSON], &order_body("after")) {
+            Ok((202, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let records = worker::read_all(&kafka.info, &orders, 3, Duration::from_secs(10)).await;
+    let keys: BTreeSet<String> = records.iter().map(worker::key_of).collect();
+    assert!(
+        keys.contains("before") && keys.contains("after"),
+        "every 202 order is in Kafka: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-outbox", 3).await;
+    let db = stack.postgres.fresh_database("outbox").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    testenv::write_private(&url_file, &stack.postgres.database_url(&db)).unwrap();
+    let url_arg = url_file.display().to_string();
+    let gateway = start_gateway(
+        dir.path(),
+        "gateway",
+        &stack.kafka,
+        &orders,
+        "users",
+        &["--outbox", "--database-url-file", &url_arg],
+    );
+    ready(&gateway).await;
+
+    let total = 1000;
+    let port = gateway.http_port;
+    let posts: Vec<_> = (0..4)
+        .map(|lane| {
+            tokio::task::spawn_blocking(move || {
+                for i in (lane..total).step_by(4) {
+                    let (status, body) = worker::http_request(
+                        port,
+                        "POST",
+                        "/orders",
+                        &[JSON],
+                        &order_body(&format!("ob-{i}")),
+                    )
+                    .unwrap();
+                    assert_eq!(status, 202, "{body}");
+                }
+            })
+        })
+        .collect();
+    let relay_port = testenv::free_port().unwrap();
+    let mut relay_args = vec![
+        "outbox-relay".to_owned(),
+        "--database-url-file".into(),
+        url_arg.clone(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{relay_port}"),
+        "--batch".into(),
+        "50".into(),
+    ];
+    relay_args.extend(kafka_args(&stack.kafka));
+    let mut relay = WorkerProcess::run(dir.path(), "relay", relay_args, relay_port).unwrap();
+    let pg = stack.postgres.connect(&db).await.unwrap();
+    for kill in 1..=2 {
+        let target = kill * 250;
+        eventually("the relay to make progress", WAIT, || async {
+            relay.check_alive()?;
+            let sent: i64 = pg
+                .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            (sent >= target).then_some(()).ok_or(format!("{sent} sent"))
+        })
+        .await;
+        relay.kill();
+        relay.restart().unwrap();
+    }
+    for p in posts {
+        p.await.unwrap();
+    }
+    eventually("every outbox row sent", WAIT, || async {
+        let pending: i64 = pg
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        (pending == 0)
+            .then_some(())
+            .ok_or(format!("{pending} pending"))
+    })
+    .await;
+    let records = worker::read_all(&stack.kafka, &orders, total, WAIT).await;
+    let keys: BTreeSet<String> = records.iter().map(worker::key_of).collect();
+    assert_eq!(
+        keys.len(),
+        total,
+        "all {total} orders delivered ({} records with duplicates)",
+        records.len()
+    );
+    println!(
+        "outbox: {total} accepted, {} records published (duplicates allowed), {} distinct",
+        records.len(),
+        keys.len()
+    );
+}
+
+/// A receiver that fails every request until switched on.
+#[derive(Clone, Default)]
+struct Switch {
+    on: Arc<Mutex<bool>>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+async fn switched(
+    axum::extract::State(s): axum::extract::State<Switch>,
+    headers: HeaderMap,
+) -> StatusCode {
+    if !*s.on.lock().unwrap() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let order = headers
+        .get("x-order-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    s.received.lock().unwrap().push(order);
+    StatusCode::OK
+}
+
+#[tokio::test]
+async fn a_filtered_replay_sends_back_exactly_the_matching_dead_letters() {
+    let stack = testenv::shared();
+    let source = topic(&stack.kafka, "replay", 2).await;
+    admin(&stack.kafka)
+        .create_topic(&format!("{source}-dlq"), 2, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let switch = Switch::default();
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(switched))
+        .with_state(switch.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = worker::config(
+        &stack.kafka,
+        &source,
+        &testenv::unique_name("replayed"),
+        HandlerConfig::Http {
+            url: format!("http://127.0.0.1:{port}/"),
+            timeout_ms: 2000,
+        },
+    );
+    config.retry = RetryPolicy {
+        max_retries: 0,
+        ..config.retry
+    };
+    let worker_process = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    let producer = worker::producer(&stack.kafka);
+    let mut records = worker::orders("transient", 20);
+    let mut invalid = pubsubkafka_worker::order::sample("invalid", 0);
+    invalid.customer_info.email = "nobody".into();
+    records.push(("invalid".into(), serde_json::to_vec(&invalid).unwrap()));
+    worker::produce(&producer, &source, &records).await;
+    let dead = worker::read_all(&stack.kafka, &format!("{source}-dlq"), 21, WAIT).await;
+    assert_eq!(dead.len(), 21);
+
+    // The receiver is fixed; replay only the transient failures.
+    *switch.on.lock().unwrap() = true;
+    let mut args = vec![
+        "replay".to_owned(),
+        "--dead-letter-topic".into(),
+        format!("{source}-dlq"),
+        "--error-class".into(),
+        "Transient".into(),
+    ];
+    args.extend(kafka_args(&stack.kafka));
+    let dry = std::process::Command::new(worker::binary())
+        .args(&args)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let planned = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .filter(|l| l.contains("\"target\""))
+        .count();
+    assert_eq!(planned, 20, "the dry run lists the 20 transient failures");
+    assert!(
+        switch.received.lock().unwrap().is_empty(),
+        "a dry run publishes nothing"
+    );
+
+    let out = std::process::Command::new(worker::binary())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["replayed"], 20);
+    assert_eq!(summary["skipped"], 1);
+
+    eventually(
+        "the consumer to handle the replayed orders",
+        WAIT,
+        || async {
+            worker_process.check_alive()?;
+            let n = switch.received.lock().unwrap().len();
+            (n == 20).then_some(()).ok_or(format!("{n} received"))
+        },
+    )
+    .await;
+    let received: BTreeSet<String> = switch.received.lock().unwrap().iter().cloned().collect();
+    assert!(
+        received.iter().all(|o| o.starts_with("transient-")),
+        "{received:?}"
+    );
+    let back = worker::read_all(&stack.kafka, &source, 41, Duration::from_secs(10)).await;
+    let replayed: Vec<_> = back
+        .iter()
+        .filter(|m| h::get(m.headers(), h::DLQ_REPLAY_COUNT) == Some("1"))
+        .collect();
+    assert_eq!(
+        replayed.len(),
+        20,
+        "replayed records carry their replay count"
+    );
+    assert!(
+        replayed
+            .iter()
+            .all(|m| h::get(m.headers(), h::DLQ_ERROR_CLASS).is_none()),
+        "dead-letter headers are not sent back"
+    );
+    assert!(
+        replayed
+            .iter()
+            .all(|m| h::get(m.headers(), h::CORRELATION_ID).is_some()),
+        "original headers are"
+    );
+
+    // Progress was committed: a second run finds nothing left.
+    let again = std::process::Command::new(worker::binary())
+        .args(&args)
+        .output()
+        .unwrap();
+    let summary: Value = serde_json::from_str(
+        String::from_utf8_lossy(&again.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["replayed"], 0, "{summary}");
+}
