@@ -220,7 +220,9 @@ async fn bad_requests_get_a_4xx_naming_the_field_and_produce_nothing() {
     let mut zero_quantity: Value = serde_json::from_slice(&order_body("o-2")).unwrap();
     zero_quantity["items"][0]["quantity"] = json!(0);
     zero_quantity["customer_info"]["shipping_address"]["country"] = json!("France");
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, Vec<&str>)> = vec![
+    // (path, headers, body, expected status, fields the answer must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, Vec<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "/orders",
             vec![JSON],
