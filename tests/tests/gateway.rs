@@ -409,7 +409,10 @@ async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
             .ok_or(format!("{pending} pending"))
     })
     .await;
-    let records = worker::read_all(&stack.kafka, &orders, total, WAIT).await;
+    // Every record published, duplicates included.
+    let ends = admin(&stack.kafka).end_offsets(&orders, 3).await.unwrap();
+    let published: i64 = ends.values().sum();
+    let records = worker::read_all(&stack.kafka, &orders, published as usize, WAIT).await;
     let keys: BTreeSet<String> = records.iter().map(worker::key_of).collect();
     assert_eq!(
         keys.len(),
@@ -582,4 +585,79 @@ async fn a_filtered_replay_sends_back_exactly_the_matching_dead_letters() {
     )
     .unwrap();
     assert_eq!(summary["replayed"], 0, "{summary}");
+}
+
+#[tokio::test]
+async fn a_json_and_a_protobuf_order_both_reach_the_event_store() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-formats", 1).await;
+    admin(&stack.kafka)
+        .create_topic(&format!("{orders}-dlq"), 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(dir.path(), "gateway", &stack.kafka, &orders, "users", &[]);
+    let db = stack.postgres.fresh_database("formats").await.unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &orders,
+        &testenv::unique_name("formats"),
+        worker::event_store(dir.path(), &stack.postgres.database_url(&db)),
+    );
+    let consumer = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    ready(&gateway).await;
+
+    let (status, body) = gateway
+        .post("/orders", &[JSON], &order_body("as-json"))
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let protobuf = pubsubkafka_worker::proto::encode_request(&pubsubkafka_worker::order::sample(
+        "as-protobuf",
+        0,
+    ));
+    let (status, body) = gateway
+        .post(
+            "/orders",
+            &[("Content-Type", "application/x-protobuf")],
+            &protobuf,
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = gateway
+        .post(
+            "/orders",
+            &[("Content-Type", "application/x-protobuf")],
+            b"\xff\xff\xff",
+        )
+        .unwrap();
+    assert_eq!(status, 400, "malformed Protobuf");
+
+    let records = worker::read_all(&stack.kafka, &orders, 2, Duration::from_secs(10)).await;
+    let content_types: BTreeMap<String, String> = records
+        .iter()
+        .map(|m| {
+            (
+                worker::key_of(m),
+                h::get(m.headers(), h::CONTENT_TYPE).unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(content_types["as-json"], "application/json");
+    assert_eq!(content_types["as-protobuf"], "application/x-protobuf");
+
+    let pg = stack.postgres.connect(&db).await.unwrap();
+    eventually("both orders stored", WAIT, || async {
+        consumer.check_alive()?;
+        let ids: Vec<String> = pg
+            .query("SELECT order_id FROM orders ORDER BY order_id", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (ids == ["as-json", "as-protobuf"])
+            .then_some(())
+            .ok_or(format!("{ids:?}"))
+    })
+    .await;
 }

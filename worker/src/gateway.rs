@@ -31,7 +31,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
 use crate::outbox::Outbox;
-use crate::{duration, ids};
+use crate::{duration, ids, proto};
 
 /// Kafka connection flags, shared by the gateway, the relay and replay.
 #[derive(Debug, Clone, clap::Args)]
@@ -290,7 +290,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         if media != order::CONTENT_TYPE_JSON {
             return Err(Rejection::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("unsupported content type {media:?}: send application/json"),
+                format!(
+                    "unsupported content type {media:?}: send application/json (or \
+                     application/x-protobuf to /orders)"
+                ),
             ));
         }
     }
@@ -365,12 +368,36 @@ async fn post_order(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: By
     response
 }
 
+/// The media type of the request body (JSON when absent).
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| order::CONTENT_TYPE_JSON.to_owned())
+}
+
 async fn accept_order(
     gw: &Gateway,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Rejection> {
-    let request: OrderRequest = parse_json(headers, body)?;
+    let protobuf = media_type(headers) == proto::CONTENT_TYPE_PROTOBUF;
+    let request: OrderRequest = if protobuf {
+        match proto::decode_request(body) {
+            Ok((order_id, customer_info, items, inventory_status)) => OrderRequest {
+                order_id,
+                customer_info,
+                items,
+                inventory_status,
+            },
+            Err(Ok(field)) => return Err(Rejection::fields(vec![field])),
+            Err(Err(message)) => return Err(Rejection::new(StatusCode::BAD_REQUEST, message)),
+        }
+    } else {
+        parse_json(headers, body)?
+    };
     let (correlation_id, trace_id, span_id) = trace_context(headers);
     let event = OrderEvent {
         order_id: request.order_id.unwrap_or_else(ids::uuid_v4),
@@ -383,13 +410,20 @@ async fn accept_order(
     if !errors.is_empty() {
         return Err(Rejection::fields(errors));
     }
-    let value = serde_json::to_vec(&event).expect("an order event serializes");
+    // The record keeps the request's encoding; its content-type header names it.
+    let (value, content_type) = if protobuf {
+        (proto::encode_event(&event), proto::CONTENT_TYPE_PROTOBUF)
+    } else {
+        let json = serde_json::to_vec(&event).expect("an order event serializes");
+        (json, order::CONTENT_TYPE_JSON)
+    };
     let span = info_span!("order", order_id = %event.order_id, correlation_id = %event.metadata.correlation_id, trace_id = %event.metadata.trace_id);
     let placed = publish(
         gw,
         &gw.orders_topic,
         &event.order_id,
         &value,
+        content_type,
         &event.metadata,
     )
     .instrument(span)
@@ -454,7 +488,15 @@ async fn accept_user(
         return Err(Rejection::fields(errors));
     }
     let value = serde_json::to_vec(&event).expect("a user event serializes");
-    let placed = publish(gw, &gw.users_topic, &event.user_id, &value, &event.metadata).await?;
+    let placed = publish(
+        gw,
+        &gw.users_topic,
+        &event.user_id,
+        &value,
+        order::CONTENT_TYPE_JSON,
+        &event.metadata,
+    )
+    .await?;
     Ok(accepted(json!({
         "user_id": event.user_id,
         "correlation_id": event.metadata.correlation_id,
@@ -477,20 +519,19 @@ fn observe(metrics: &Metrics, route: &str, status: StatusCode, started: Instant)
 }
 
 /// The record headers every event carries.
-pub fn event_headers(meta: &Metadata) -> OwnedHeaders {
-    let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
+pub fn event_headers(content_type: &str, correlation_id: &str, traceparent: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(3)
         .insert(Header {
             key: headers::CONTENT_TYPE,
-            value: Some(order::CONTENT_TYPE_JSON),
+            value: Some(content_type),
         })
         .insert(Header {
             key: headers::CORRELATION_ID,
-            value: Some(&meta.correlation_id),
+            value: Some(correlation_id),
         })
         .insert(Header {
             key: headers::TRACEPARENT,
-            value: Some(&traceparent),
+            value: Some(traceparent),
         })
 }
 
@@ -501,14 +542,20 @@ async fn publish(
     topic: &str,
     key: &str,
     value: &[u8],
+    content_type: &str,
     meta: &Metadata,
 ) -> Result<(i32, i64), Rejection> {
+    let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
     match &gw.sink {
         Sink::Kafka(producer) => {
             let record = FutureRecord::to(topic)
                 .key(key)
                 .payload(value)
-                .headers(event_headers(meta));
+                .headers(event_headers(
+                    content_type,
+                    &meta.correlation_id,
+                    &traceparent,
+                ));
             match producer.send(record, gw.delivery_timeout).await {
                 Ok(delivery) => {
                     gw.metrics
@@ -533,7 +580,17 @@ async fn publish(
                 }
             }
         }
-        Sink::Outbox(outbox) => match outbox.append(topic, key, value, meta).await {
+        Sink::Outbox(outbox) => match outbox
+            .append(
+                topic,
+                key,
+                value,
+                content_type,
+                &meta.correlation_id,
+                &traceparent,
+            )
+            .await
+        {
             Ok(()) => {
                 gw.metrics
                     .producer_messages

@@ -12,5 +12,6 @@ pub mod ids;
 pub mod metrics;
 pub mod order;
 pub mod outbox;
+pub mod proto;
 pub mod replay;
 pub mod retry;

@@ -121,6 +121,15 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
     let media_type = content_type
         .map(|c| c.split(';').next().unwrap_or_default().trim())
         .unwrap_or(CONTENT_TYPE_JSON);
+    if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
+        let event = crate::proto::decode_event(value)?;
+        let errors = event.validate();
+        return if errors.is_empty() {
+            Ok(event)
+        } else {
+            Err(DecodeError::Validation(errors))
+        };
+    }
     if !media_type.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
         return Err(DecodeError::Deserialization(format!(
             "unsupported content type {media_type:?}"
@@ -376,7 +385,8 @@ mod tests {
             (None, &[0xff, 0xfe, 0x00][..]),
             (None, &br#"{"order_id": 1}"#[..]),
             (None, &br#"{"order_id":"a","customer_info":{}}"#[..]),
-            (Some("application/x-protobuf"), &b"\x0a\x01a"[..]),
+            (Some("application/x-protobuf"), &b"\xff\xff"[..]),
+            (Some("text/csv"), &b"a,b"[..]),
         ] {
             let err = decode(content_type, Some(value)).unwrap_err();
             assert!(

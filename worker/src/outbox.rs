@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::NoTls;
 use tracing::{info, warn};
@@ -21,13 +20,13 @@ use tracing::{info, warn};
 use crate::gateway::KafkaArgs;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::order::Metadata;
-use crate::{duration, headers, retry};
+use crate::{duration, retry};
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE gateway_events (
         topic TEXT NOT NULL,
         key TEXT NOT NULL,
-        event JSONB NOT NULL,
+        content_type TEXT NOT NULL,
+        event BYTEA NOT NULL,
         accepted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (topic, key)
     );
@@ -36,6 +35,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE gateway_events (
         topic TEXT NOT NULL,
         key TEXT NOT NULL,
         payload BYTEA NOT NULL,
+        content_type TEXT NOT NULL,
         correlation_id TEXT NOT NULL,
         traceparent TEXT NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -111,29 +111,37 @@ impl Outbox {
         tx.commit().await.map_err(|e| e.to_string())
     }
 
-    /// Stores the event and its outbox row in one transaction.
+    /// Stores the event (the record value in its encoding) and its outbox row in one
+    /// transaction.
     pub async fn append(
         &self,
         topic: &str,
         key: &str,
         value: &[u8],
-        meta: &Metadata,
+        content_type: &str,
+        correlation_id: &str,
+        traceparent: &str,
     ) -> Result<(), String> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| e.to_string())?;
-        let event = std::str::from_utf8(value).map_err(|e| e.to_string())?;
         tx.execute(
-            "INSERT INTO gateway_events (topic, key, event) VALUES ($1, $2, $3::TEXT::JSONB)
+            "INSERT INTO gateway_events (topic, key, content_type, event) VALUES ($1, $2, $3, $4)
              ON CONFLICT (topic, key) DO NOTHING",
-            &[&topic, &key, &event],
+            &[&topic, &key, &content_type, &value],
         )
         .await
         .map_err(|e| e.to_string())?;
-        let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
         tx.execute(
-            "INSERT INTO outbox (topic, key, payload, correlation_id, traceparent)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&topic, &key, &value, &meta.correlation_id, &traceparent],
+            "INSERT INTO outbox (topic, key, payload, content_type, correlation_id, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &topic,
+                &key,
+                &value,
+                &content_type,
+                &correlation_id,
+                &traceparent,
+            ],
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -160,7 +168,8 @@ pub struct RelayArgs {
     pub http_addr: std::net::SocketAddr,
 }
 
-const CLAIM: &str = "SELECT id, topic, key, payload, correlation_id, traceparent FROM outbox
+const CLAIM: &str =
+    "SELECT id, topic, key, payload, content_type, correlation_id, traceparent FROM outbox
     WHERE sent_at IS NULL AND pg_try_advisory_xact_lock(hashtext(key))
     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 
@@ -241,22 +250,11 @@ async fn relay_once(
         let topic: &str = row.get(1);
         let key: &str = row.get(2);
         let payload: &[u8] = row.get(3);
-        let correlation: &str = row.get(4);
-        let traceparent: &str = row.get(5);
+        let content_type: &str = row.get(4);
+        let correlation: &str = row.get(5);
+        let traceparent: &str = row.get(6);
         ids.push(id);
-        let record_headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(crate::order::CONTENT_TYPE_JSON),
-            })
-            .insert(Header {
-                key: headers::CORRELATION_ID,
-                value: Some(correlation),
-            })
-            .insert(Header {
-                key: headers::TRACEPARENT,
-                value: Some(traceparent),
-            });
+        let record_headers = crate::gateway::event_headers(content_type, correlation, traceparent);
         // Sent in id order on one idempotent producer: one key's events stay in order.
         sends.push(
             producer.send(
