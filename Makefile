@@ -2,11 +2,16 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo test tools up down env fmt lint crds
+.PHONY: demo demo-down test tools up down env fmt lint crds
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
-demo: tools
+demo:
 	scripts/demo.sh
+
+## demo-down: stop everything the demo started and remove its data
+demo-down:
+	@if [ -x target/debug/demo ]; then target/debug/demo down --dir $(STACK_DIR); \
+	else cargo run -q --locked -p pubsubkafka-tests --bin demo -- down --dir $(STACK_DIR); fi
 
 ## test: install what is missing, lint, start a fresh stack, run every test, stop the stack
 test:

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make demo`: brings up the local stack and shows how to reach it. Grows with the operator.
+# `make demo`: the operator on a local control plane and Kafka, examples/dev applied, worker
+# pods run as their Deployments define them, the gateway, orders flowing, and a summary.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 cd "$root"
+"$here/install-tools.sh"
+echo "==> building the operator, the worker and the demo (first run: several minutes)"
 cargo build -q --locked --workspace --bins
-cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --dir "${STACK_DIR:-.stack}"
+exec "$root/target/debug/demo" up --dir "${STACK_DIR:-.stack}" "$@"

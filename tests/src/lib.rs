@@ -7,10 +7,12 @@
 //! (a broker outage, a database outage) start their own instance of it with [`Kafka::start`],
 //! [`Postgres::start`] or [`KubeApi::start`].
 
+pub mod demo;
 pub mod kafka;
 pub mod kube_api;
 pub mod operator;
 pub mod pki;
+pub mod pods;
 pub mod postgres;
 pub mod process;
 pub mod scenario;

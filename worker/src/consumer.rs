@@ -451,7 +451,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     }
 }
 
-fn delivery<'a>(message: &'a OwnedMessage, event: &'a OrderEvent) -> Delivery<'a> {
+fn delivery<'a>(message: &'a OwnedMessage, event: Option<&'a OrderEvent>) -> Delivery<'a> {
     let headers = message.headers();
     Delivery {
         event,
@@ -467,11 +467,17 @@ fn delivery<'a>(message: &'a OwnedMessage, event: &'a OrderEvent) -> Delivery<'a
     }
 }
 
-fn decode(message: &OwnedMessage) -> Result<OrderEvent, DecodeError> {
-    order::decode(
-        headers::get(message.headers(), headers::CONTENT_TYPE),
-        message.payload(),
-    )
+/// A record ready for the handler: an order event, or (for handlers that forward any domain's
+/// records) a record whose encoding checked out.
+type Decoded = Result<Option<OrderEvent>, DecodeError>;
+
+fn decode(message: &OwnedMessage, orders: bool) -> Decoded {
+    let content_type = headers::get(message.headers(), headers::CONTENT_TYPE);
+    if orders {
+        order::decode(content_type, message.payload()).map(Some)
+    } else {
+        order::check_encoding(content_type, message.payload()).map(|()| None)
+    }
 }
 
 async fn process_batch(
@@ -481,7 +487,8 @@ async fn process_batch(
     jitter: &mut Jitter,
 ) -> Progress {
     let started = Instant::now();
-    let decoded: Vec<Result<OrderEvent, DecodeError>> = batch.iter().map(decode).collect();
+    let orders = shared.handler.needs_orders();
+    let decoded: Vec<Decoded> = batch.iter().map(|m| decode(m, orders)).collect();
     let mut done = vec![false; batch.len()];
 
     // The fast path: every valid record of the batch in one handler call.
@@ -489,7 +496,7 @@ async fn process_batch(
         let deliveries: Vec<Delivery<'_>> = batch
             .iter()
             .zip(&decoded)
-            .filter_map(|(m, d)| d.as_ref().ok().map(|event| delivery(m, event)))
+            .filter_map(|(m, d)| d.as_ref().ok().map(|event| delivery(m, event.as_ref())))
             .collect();
         let span = info_span!(
             "batch",
@@ -592,22 +599,25 @@ impl Outage {
 async fn process_record(
     shared: &Arc<Shared>,
     message: &OwnedMessage,
-    decoded: &Result<OrderEvent, DecodeError>,
+    decoded: &Decoded,
     stop: &mut watch::Receiver<bool>,
     jitter: &mut Jitter,
 ) -> bool {
     let started = Instant::now();
     let headers = message.headers();
-    let correlation_id = headers::get(headers, headers::CORRELATION_ID).or_else(|| {
-        decoded
-            .as_ref()
-            .ok()
-            .map(|e| e.metadata.correlation_id.as_str())
-    });
+    let order = decoded.as_ref().ok().and_then(Option::as_ref);
+    let correlation_id = headers::get(headers, headers::CORRELATION_ID)
+        .or_else(|| order.map(|e| e.metadata.correlation_id.as_str()));
     let trace_id = headers::get(headers, headers::TRACEPARENT)
         .and_then(headers::parse_traceparent)
         .map(|t| t.trace_id)
-        .or_else(|| decoded.as_ref().ok().map(|e| e.metadata.trace_id.as_str()));
+        .or_else(|| {
+            decoded
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(|e| e.metadata.trace_id.as_str())
+        });
     let span = info_span!(
         "record",
         topic = message.topic(),
@@ -626,7 +636,7 @@ async fn process_record(
             Ok(event) => {
                 shared
                     .handler
-                    .handle(&delivery(message, event))
+                    .handle(&delivery(message, event.as_ref()))
                     .instrument(span.clone())
                     .await
             }

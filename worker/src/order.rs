@@ -147,6 +147,35 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
     }
 }
 
+/// Checks that a record of another domain is well-formed for its content type (JSON parses,
+/// Protobuf is not empty) without knowing its schema: what a forwarding handler needs.
+pub fn check_encoding(content_type: Option<&str>, value: Option<&[u8]>) -> Result<(), DecodeError> {
+    let value = value.ok_or_else(|| DecodeError::Deserialization("empty record value".into()))?;
+    if value.len() > MAX_EVENT_BYTES {
+        return Err(DecodeError::Validation(vec![FieldError {
+            field: "(record)".into(),
+            message: format!(
+                "{} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
+                value.len()
+            ),
+        }]));
+    }
+    let media_type = content_type
+        .map(|c| c.split(';').next().unwrap_or_default().trim())
+        .unwrap_or(CONTENT_TYPE_JSON);
+    if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
+        return Ok(());
+    }
+    if !media_type.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {
+        return Err(DecodeError::Deserialization(format!(
+            "unsupported content type {media_type:?}"
+        )));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(value)
+        .map(drop)
+        .map_err(|e| DecodeError::Deserialization(format!("not JSON: {e}")))
+}
+
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()

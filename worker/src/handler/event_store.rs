@@ -127,7 +127,12 @@ impl EventStore {
         let mut partitions = Vec::with_capacity(n);
         let mut offsets = Vec::with_capacity(n);
         for d in deliveries {
-            let e = d.event;
+            let Some(e) = d.event else {
+                return Err(HandlerError::Failed {
+                    class: ErrorClass::Deserialization,
+                    message: "the event store takes order events only".into(),
+                });
+            };
             order_ids.push(e.order_id.as_str());
             customers.push(e.customer_info.customer_id.as_str());
             totals.push(e.total());

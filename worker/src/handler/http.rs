@@ -53,8 +53,10 @@ impl HttpHandler {
             .header(http::header::CONTENT_TYPE, d.content_type)
             .header("x-kafka-topic", d.topic)
             .header("x-kafka-partition", d.partition.to_string())
-            .header("x-kafka-offset", d.offset.to_string())
-            .header("x-order-id", d.event.order_id.as_str());
+            .header("x-kafka-offset", d.offset.to_string());
+        if let Some(event) = d.event {
+            request = request.header("x-order-id", event.order_id.as_str());
+        }
         if let Some(c) = d.correlation_id {
             request = request.header(headers::CORRELATION_ID, c);
         }

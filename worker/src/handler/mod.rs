@@ -11,7 +11,8 @@ use crate::order::OrderEvent;
 /// A decoded record, with what the handlers need of its Kafka coordinates.
 #[derive(Debug, Clone)]
 pub struct Delivery<'a> {
-    pub event: &'a OrderEvent,
+    /// The decoded order (the HTTP handler also forwards records of other domains).
+    pub event: Option<&'a OrderEvent>,
     /// The raw record value (what the HTTP handler forwards).
     pub value: &'a [u8],
     pub key: Option<&'a [u8]>,
@@ -90,6 +91,12 @@ impl Handler {
                 Ok(())
             }
         }
+    }
+
+    /// Whether records must be order events (the event store), or are forwarded as they are
+    /// once their encoding checks out (HTTP).
+    pub fn needs_orders(&self) -> bool {
+        !matches!(self, Self::Http(_))
     }
 
     /// Whether `handle_batch` does better than one call per record.

@@ -1,0 +1,107 @@
+//! The demo's scripted path, as `make demo` runs it, with its summary numbers checked; and every
+//! example manifest accepted by the real API server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use testenv::Lifetime;
+use testenv::demo::{self, Options};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[tokio::test]
+async fn the_demo_accounts_for_every_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        dir: dir.path().join("demo"),
+        repo: repo(),
+        orders: 300,
+        users: 20,
+        bad_requests: 9,
+        poison: 6,
+        progress: false,
+    };
+    let (summary, _running) = demo::run(&options, Lifetime::Owned)
+        .await
+        .expect("the demo runs");
+    println!("{}", demo::render(&summary));
+    assert_eq!(summary.orders_accepted, 300, "every valid order accepted");
+    assert_eq!(
+        summary.orders_stored, 300,
+        "orders sent = stored + dead-lettered"
+    );
+    let dead: usize = summary.dead_letters.values().sum();
+    assert_eq!(dead, 6, "dead letters only for the bad records");
+    assert_eq!(summary.dead_letters.get("Deserialization"), Some(&3));
+    assert_eq!(summary.dead_letters.get("Validation"), Some(&3));
+    assert_eq!(summary.rejected.values().sum::<usize>(), 9);
+    assert!(
+        summary
+            .rejected
+            .keys()
+            .all(|code| (400..500).contains(code))
+    );
+    assert_eq!(summary.users_delivered, 20);
+    assert_eq!(summary.lag, 0);
+    let store = summary
+        .consumers
+        .iter()
+        .find(|c| c.name == "order-store")
+        .unwrap();
+    assert_eq!(
+        (store.replicas, store.wanted, store.max, store.ready),
+        (3, 5, 3, 3),
+        "capped at the partitions"
+    );
+    assert!(summary.topics.contains(&("orders".to_owned(), 3)));
+    assert!(summary.topics.contains(&("orders-dlq".to_owned(), 3)));
+}
+
+#[tokio::test]
+async fn every_example_is_accepted_by_the_api_server() {
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.unwrap();
+    testenv::operator::install_crds(&client).await;
+    for profile in ["dev", "prod"] {
+        let dir = repo().join("examples").join(profile);
+        let out = stack
+            .kube
+            .kubectl()
+            .args(["apply", "--dry-run=server", "-f"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A dry run cannot place objects in a namespace it did not create.
+        let only_missing_namespace = stderr
+            .lines()
+            .all(|l| l.trim().is_empty() || l.contains("namespaces \"shop\" not found"));
+        assert!(
+            out.status.success() || only_missing_namespace,
+            "{profile}: {stderr}"
+        );
+    }
+    // With the namespace in place, everything applies for real.
+    let _ = stack
+        .kube
+        .kubectl()
+        .args(["create", "namespace", "shop"])
+        .output();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for profile in ["dev", "prod"] {
+        let out = stack
+            .kube
+            .kubectl()
+            .args(["apply", "--dry-run=server", "-f"])
+            .arg(repo().join("examples").join(profile))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{profile}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
