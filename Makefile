@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test tools up down env fmt lint crds
+.PHONY: demo demo-down test bench tools up down env fmt lint crds
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
@@ -16,6 +16,10 @@ demo-down:
 ## test: install what is missing, lint, start a fresh stack, run every test, stop the stack
 test:
 	scripts/test.sh
+
+## bench: the worker and the gateway against Kafka's perf tools; writes docs/BENCHMARKS.md
+bench:
+	scripts/bench.sh
 
 ## tools: install Kafka, kube-apiserver, etcd, kubectl, helm and Debian packages (cached)
 tools:

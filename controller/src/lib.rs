@@ -8,6 +8,7 @@ pub use pubsubkafka_worker::duration;
 pub mod error;
 pub mod http;
 pub mod kafka;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod settings;

@@ -15,7 +15,8 @@ use crate::crd::KafkaTopic;
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::metrics::Metrics;
 use crate::settings::Args;
-use crate::{FIELD_MANAGER, consumer, http, topic};
+use crate::{FIELD_MANAGER, consumer, http, leader, topic};
+use k8s_openapi::api::coordination::v1::Lease;
 
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum StartError {
     CrdsMissing(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("lost the leader-election Lease; restarting as a candidate")]
+    LeadershipLost,
     #[error("reading the Kafka CA file {path}: {source}")]
     CaFile {
         path: std::path::PathBuf,
@@ -101,14 +104,54 @@ pub async fn run(
         backoff: Backoff::default(),
         topics: store,
     });
+    let shutdown = shutdown.shared();
+    // With leader election, wait for the Lease (or shutdown), and stop when it is lost.
+    let leadership = if args.leader_elect {
+        let election = leader::Election {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.leader_election_lease.clone(),
+            identity: args
+                .leader_election_identity
+                .clone()
+                .unwrap_or_else(leader::Election::identity),
+            duration: std::time::Duration::from_secs(15),
+            renew: std::time::Duration::from_secs(4),
+        };
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &election.namespace);
+        info!(lease = %election.name, identity = %election.identity, "waiting to become the leader");
+        tokio::select! {
+            _ = leader::acquire(&leases, &election) => {}
+            _ = shutdown.clone() => return Ok(()),
+        }
+        Some((leases, election))
+    } else {
+        None
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let shutdown = shutdown.clone();
+        let lost = Arc::clone(&lost);
+        async move {
+            match leadership {
+                Some((leases, election)) => tokio::select! {
+                    _ = shutdown => {}
+                    _ = leader::hold(&leases, &election) => lost.store(true, Ordering::Relaxed),
+                },
+                None => shutdown.await,
+            }
+        }
+        .shared()
+    };
     ready.store(true, Ordering::Relaxed);
     info!(resync = ?args.resync_interval, namespace = ?args.watch_namespace, "operator started");
-    let shutdown = shutdown.shared();
     tokio::join!(
-        topic::run(Arc::clone(&ctx), topic_controller, shutdown.clone()),
-        consumer::run(ctx, consumer_controller, shutdown),
+        topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
+        consumer::run(ctx, consumer_controller, stop),
     );
     info!("operator stopped");
+    if lost.load(Ordering::Relaxed) {
+        return Err(StartError::LeadershipLost);
+    }
     Ok(())
 }
 

@@ -42,6 +42,22 @@ pub struct Args {
     /// Watch only this namespace (all namespaces when absent).
     #[arg(long, env = "PSK_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Elect a leader among replicas on a Lease; only the leader reconciles.
+    #[arg(long, env = "PSK_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub leader_election_identity: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "PSK_LEADER_ELECTION_LEASE",
+        default_value = "pubsubkafka-controller"
+    )]
+    pub leader_election_lease: String,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "PSK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,

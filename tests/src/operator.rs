@@ -80,6 +80,10 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         resync_interval: resync,
         watch_namespace: Some(namespace.to_owned()),
         worker_image: "pubsubkafka/worker:test".into(),
+        leader_elect: false,
+        leader_election_namespace: namespace.to_owned(),
+        leader_election_lease: "pubsubkafka-controller".into(),
+        leader_election_identity: None,
         worker_bootstrap_servers: None,
         metrics_addr: "127.0.0.1:0".parse().expect("address"),
         log_format: "text".into(),
@@ -87,10 +91,15 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
 }
 
 impl Operator {
-    /// Starts the operator with `args` against the API server of `kube`.
+    /// Starts the operator with `args` against the API server of `kube`, as its admin.
     pub async fn start(kube: &KubeInfo, args: Args) -> Self {
-        init_test_logging();
         let client = kube.client().await.expect("kube client");
+        Self::start_with_client(client, args).await
+    }
+
+    /// Starts the operator with `args`, acting as `client`'s identity (e.g. a ServiceAccount).
+    pub async fn start_with_client(client: kube::Client, args: Args) -> Self {
+        init_test_logging();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             pubsubkafka_controller::operator::run(args, client, async {

@@ -55,6 +55,10 @@ struct Shared {
     config: WorkerConfig,
     handler: Handler,
     metrics: Metrics,
+    /// The source topic's series, resolved once: the hot path does no label lookups.
+    handled: prometheus::IntCounter,
+    dead_lettered: prometheus::IntCounter,
+    duration: prometheus::Histogram,
     health: Arc<Health>,
     producer: FutureProducer,
     /// Partitions of the dead-letter topic (0 until known).
@@ -206,7 +210,11 @@ pub async fn run(
         // The broker's topic limit decides; a dead letter can be as large as its source.
         .set("message.max.bytes", "16777216")
         .create()?;
+    let topic = config.source_topic.as_str();
     let shared = Arc::new(Shared {
+        handled: metrics.records.with_label_values(&[topic, "handled"]),
+        dead_lettered: metrics.records.with_label_values(&[topic, "dead_lettered"]),
+        duration: metrics.processing_duration.with_label_values(&[topic]),
         config: config.clone(),
         handler,
         metrics,
@@ -513,23 +521,14 @@ async fn process_batch(
             {
                 Ok(()) => {
                     outage.end(shared);
-                    let topic = batch[0].topic();
                     let elapsed = started.elapsed().as_secs_f64();
                     for (i, d) in decoded.iter().enumerate() {
                         if d.is_ok() {
                             done[i] = true;
-                            shared
-                                .metrics
-                                .processing_duration
-                                .with_label_values(&[topic])
-                                .observe(elapsed);
+                            shared.duration.observe(elapsed);
                         }
                     }
-                    shared
-                        .metrics
-                        .records
-                        .with_label_values(&[topic, "handled"])
-                        .inc_by(deliveries.len() as u64);
+                    shared.handled.inc_by(deliveries.len() as u64);
                     break;
                 }
                 Err(HandlerError::Unavailable(message)) => {
@@ -652,16 +651,8 @@ async fn process_record(
         match result {
             Ok(()) => {
                 outage.end(shared);
-                shared
-                    .metrics
-                    .records
-                    .with_label_values(&[topic, "handled"])
-                    .inc();
-                shared
-                    .metrics
-                    .processing_duration
-                    .with_label_values(&[topic])
-                    .observe(started.elapsed().as_secs_f64());
+                shared.handled.inc();
+                shared.duration.observe(started.elapsed().as_secs_f64());
                 return true;
             }
             Err(HandlerError::Unavailable(m)) => {
@@ -717,16 +708,8 @@ async fn process_record(
     .instrument(span)
     .await;
     if published {
-        shared
-            .metrics
-            .records
-            .with_label_values(&[topic, "dead_lettered"])
-            .inc();
-        shared
-            .metrics
-            .processing_duration
-            .with_label_values(&[topic])
-            .observe(started.elapsed().as_secs_f64());
+        shared.dead_lettered.inc();
+        shared.duration.observe(started.elapsed().as_secs_f64());
     }
     published
 }

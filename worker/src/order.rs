@@ -135,9 +135,8 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
             "unsupported content type {media_type:?}"
         )));
     }
-    let text = std::str::from_utf8(value)
-        .map_err(|e| DecodeError::Deserialization(format!("value is not UTF-8: {e}")))?;
-    let event: OrderEvent = serde_json::from_str(text)
+    // from_slice checks UTF-8 inside strings as it parses: one pass over the value.
+    let event: OrderEvent = serde_json::from_slice(value)
         .map_err(|e| DecodeError::Deserialization(format!("not an order event: {e}")))?;
     let errors = event.validate();
     if errors.is_empty() {
@@ -195,11 +194,16 @@ impl Check<'_> {
         });
     }
 
-    fn text(&mut self, field: &str, value: &str, max: usize) {
+    /// Checks a required text field; the field path is only formatted on failure (the hot
+    /// path validates every consumed record).
+    fn text(&mut self, field: std::fmt::Arguments<'_>, value: &str, max: usize) {
         if value.trim().is_empty() {
-            self.fail(field, "must not be empty");
+            self.fail(field.to_string(), "must not be empty");
         } else if value.len() > max {
-            self.fail(field, format!("must be at most {max} characters"));
+            self.fail(
+                field.to_string(),
+                format!("must be at most {max} characters"),
+            );
         }
     }
 }
@@ -218,15 +222,25 @@ impl OrderEvent {
         self.customer_info.validate(&mut check, "customer_info");
         validate_items(&mut check, &self.items);
         for (i, inv) in self.inventory_status.iter().enumerate() {
-            let at = format!("inventory_status[{i}]");
-            check.text(&format!("{at}.sku"), &inv.sku, 64);
-            check.text(&format!("{at}.warehouse"), &inv.warehouse, 64);
+            check.text(format_args!("inventory_status[{i}].sku"), &inv.sku, 64);
+            check.text(
+                format_args!("inventory_status[{i}].warehouse"),
+                &inv.warehouse,
+                64,
+            );
             if inv.available_quantity < 0 {
-                check.fail(format!("{at}.available_quantity"), "must not be negative");
+                check.fail(
+                    format!("inventory_status[{i}].available_quantity"),
+                    "must not be negative",
+                );
             }
         }
         let m = &self.metadata;
-        check.text("metadata.correlation_id", &m.correlation_id, 128);
+        check.text(
+            format_args!("metadata.correlation_id"),
+            &m.correlation_id,
+            128,
+        );
         if !is_hex(&m.trace_id, 32) || m.trace_id.bytes().all(|b| b == b'0') {
             check.fail(
                 "metadata.trace_id",
@@ -248,7 +262,7 @@ impl OrderEvent {
                 format!("must be between 1 and {SCHEMA_VERSION}"),
             );
         }
-        check.text("metadata.source", &m.source, 128);
+        check.text(format_args!("metadata.source"), &m.source, 128);
     }
 
     /// Sum of quantity x unit price over the items.
@@ -279,21 +293,23 @@ fn validate_items(check: &mut Check<'_>, items: &[Item]) {
         check.fail("items", "at most 500 items");
     }
     for (i, item) in items.iter().enumerate() {
-        let at = format!("items[{i}]");
-        check.text(&format!("{at}.sku"), &item.sku, 64);
-        check.text(&format!("{at}.name"), &item.name, 256);
+        check.text(format_args!("items[{i}].sku"), &item.sku, 64);
+        check.text(format_args!("items[{i}].name"), &item.name, 256);
         if item.quantity == 0 || item.quantity > 10_000 {
-            check.fail(format!("{at}.quantity"), "must be between 1 and 10000");
+            check.fail(
+                format!("items[{i}].quantity"),
+                "must be between 1 and 10000",
+            );
         }
         if !item.unit_price.is_finite() || item.unit_price < 0.0 || item.unit_price > 1e9 {
             check.fail(
-                format!("{at}.unit_price"),
+                format!("items[{i}].unit_price"),
                 "must be a price between 0 and 1e9",
             );
         }
         if item.currency.len() != 3 || !item.currency.bytes().all(|b| b.is_ascii_uppercase()) {
             check.fail(
-                format!("{at}.currency"),
+                format!("items[{i}].currency"),
                 "must be an ISO 4217 code such as EUR",
             );
         }
@@ -302,8 +318,8 @@ fn validate_items(check: &mut Check<'_>, items: &[Item]) {
 
 impl CustomerInfo {
     fn validate(&self, check: &mut Check<'_>, at: &str) {
-        check.text(&format!("{at}.customer_id"), &self.customer_id, 64);
-        check.text(&format!("{at}.name"), &self.name, 256);
+        check.text(format_args!("{at}.customer_id"), &self.customer_id, 64);
+        check.text(format_args!("{at}.name"), &self.name, 256);
         let email = &self.email;
         let plausible = email.len() <= 254
             && email
@@ -321,13 +337,16 @@ impl CustomerInfo {
             check.fail(format!("{at}.phone"), "must be a phone number");
         }
         let a = &self.shipping_address;
-        let at = format!("{at}.shipping_address");
-        check.text(&format!("{at}.line1"), &a.line1, 256);
-        check.text(&format!("{at}.city"), &a.city, 128);
-        check.text(&format!("{at}.postal_code"), &a.postal_code, 16);
+        check.text(format_args!("{at}.shipping_address.line1"), &a.line1, 256);
+        check.text(format_args!("{at}.shipping_address.city"), &a.city, 128);
+        check.text(
+            format_args!("{at}.shipping_address.postal_code"),
+            &a.postal_code,
+            16,
+        );
         if a.country.len() != 2 || !a.country.bytes().all(|b| b.is_ascii_uppercase()) {
             check.fail(
-                format!("{at}.country"),
+                format!("{at}.shipping_address.country"),
                 "must be an ISO 3166-1 alpha-2 code such as FR",
             );
         }

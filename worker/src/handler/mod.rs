@@ -84,7 +84,8 @@ impl Handler {
     pub async fn handle_batch(&self, deliveries: &[Delivery<'_>]) -> Result<(), HandlerError> {
         match self {
             Self::EventStore(store) => store.store(deliveries).await,
-            _ => {
+            Self::Noop => Ok(()),
+            Self::Http(_) => {
                 for delivery in deliveries {
                     self.handle(delivery).await?;
                 }
@@ -101,6 +102,6 @@ impl Handler {
 
     /// Whether `handle_batch` does better than one call per record.
     pub fn batches(&self) -> bool {
-        matches!(self, Self::EventStore(_))
+        matches!(self, Self::EventStore(_) | Self::Noop)
     }
 }

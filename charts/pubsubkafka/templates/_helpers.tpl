@@ -1,0 +1,16 @@
+{{- define "pubsubkafka.name" -}}
+{{- printf "%s-controller" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pubsubkafka.labels" -}}
+app.kubernetes.io/name: pubsubkafka-controller
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "pubsubkafka.selectorLabels" -}}
+app.kubernetes.io/name: pubsubkafka-controller
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

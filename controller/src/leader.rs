@@ -1,0 +1,168 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, so two or more operator replicas are
+//! safe: only the holder reconciles. A replica takes the Lease when it is free or expired, renews
+//! it every few seconds, and stops (the process exits and Kubernetes restarts it as a candidate)
+//! if it cannot renew before the Lease expires.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tracing::{info, warn};
+
+/// Lease timing: held for `duration`, renewed every `renew`.
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+    pub renew: Duration,
+}
+
+impl Election {
+    /// An identity when no pod name is given: host and process id.
+    pub fn identity() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+/// Whether a lease held by `holder`, last renewed at `renewed`, can be taken by `me` at `now`.
+pub fn can_take(
+    holder: Option<&str>,
+    renewed: Option<jiff::Timestamp>,
+    duration: Duration,
+    me: &str,
+    now: jiff::Timestamp,
+) -> bool {
+    match (holder, renewed) {
+        (None, _) | (Some(""), _) => true,
+        (Some(h), _) if h == me => true,
+        (Some(_), None) => true,
+        (Some(_), Some(renewed)) => {
+            let expiry = renewed + jiff::SignedDuration::try_from(duration).unwrap_or_default();
+            expiry < now
+        }
+    }
+}
+
+/// Blocks until this replica holds the Lease.
+pub async fn acquire(api: &Api<Lease>, election: &Election) {
+    loop {
+        match try_take(api, election).await {
+            Ok(true) => {
+                info!(lease = %election.name, identity = %election.identity, "became the leader");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "leader election: could not read or write the Lease"),
+        }
+        tokio::time::sleep(election.renew).await;
+    }
+}
+
+/// Renews the Lease until renewing fails for longer than the lease lasts; then returns (the
+/// caller stops reconciling).
+pub async fn hold(api: &Api<Lease>, election: &Election) {
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(election.renew).await;
+        match try_take(api, election).await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                warn!("leader election: another replica holds the Lease");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "leader election: renewing the Lease failed");
+                if last_renewed.elapsed() > election.duration {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes or renews the Lease if allowed; false when another live holder has it.
+async fn try_take(api: &Api<Lease>, election: &Election) -> Result<bool, kube::Error> {
+    let now = jiff::Timestamp::now();
+    let spec = |acquired: Option<MicroTime>, transitions: i32| LeaseSpec {
+        holder_identity: Some(election.identity.clone()),
+        lease_duration_seconds: Some(election.duration.as_secs() as i32),
+        acquire_time: acquired.or(Some(MicroTime(now))),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    };
+    match api.get_opt(&election.name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(election.name.clone()),
+                    namespace: Some(election.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec(None, 0)),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Some(mut lease) => {
+            let current = lease.spec.clone().unwrap_or_default();
+            let holder = current.holder_identity.as_deref();
+            let renewed = current.renew_time.as_ref().map(|t| t.0);
+            if !can_take(holder, renewed, election.duration, &election.identity, now) {
+                return Ok(false);
+            }
+            let ours = holder == Some(election.identity.as_str());
+            let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
+            let acquired = if ours {
+                current.acquire_time.clone()
+            } else {
+                None
+            };
+            lease.spec = Some(spec(acquired, transitions));
+            // The resourceVersion in `lease` makes this a compare-and-swap.
+            match api
+                .replace(&election.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_taken_when_free_ours_or_expired() {
+        let now: jiff::Timestamp = "2026-01-01T00:00:30Z".parse().unwrap();
+        let d = Duration::from_secs(15);
+        let at = |s: &str| Some(s.parse::<jiff::Timestamp>().unwrap());
+        assert!(can_take(None, None, d, "a", now));
+        assert!(can_take(Some(""), None, d, "a", now));
+        assert!(
+            can_take(Some("a"), at("2026-01-01T00:00:29Z"), d, "a", now),
+            "renewing our own"
+        );
+        assert!(
+            !can_take(Some("b"), at("2026-01-01T00:00:20Z"), d, "a", now),
+            "b is alive"
+        );
+        assert!(
+            can_take(Some("b"), at("2026-01-01T00:00:10Z"), d, "a", now),
+            "b expired"
+        );
+    }
+}

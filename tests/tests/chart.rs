@@ -1,0 +1,335 @@
+//! The Helm chart: lint, its manifests accepted by the real API server, its RBAC enough (and
+//! used for real) for the operator to reconcile the dev examples, and leader election.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
+use testenv::operator::{self, Operator};
+use testenv::{KubeInfo, eventually, tools};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/pubsubkafka")
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(tools::helm().expect("helm is installed by make tools"))
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-config"),
+        )
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl(kube: &KubeInfo, args: &[&str], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = kube
+        .kubectl()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_chart_lints_and_ships_the_generated_crds() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    helm(&["lint", "--strict", chart]);
+    helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ]);
+    for crd in pubsubkafka_controller::crd::all() {
+        let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap());
+        let shipped =
+            std::fs::read_to_string(PathBuf::from(chart).join("crds").join(&name)).unwrap();
+        assert_eq!(
+            shipped,
+            pubsubkafka_controller::crd::to_yaml(&crd),
+            "{name} in the chart is stale"
+        );
+    }
+    // values.schema.json refuses a bad value, naming it.
+    let out = Command::new(tools::helm().unwrap())
+        .args([
+            "template",
+            "x",
+            chart,
+            "--set",
+            "kafka.securityProtocol=TLS",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("securityProtocol"));
+}
+
+#[tokio::test]
+async fn the_rendered_chart_is_accepted_by_the_api_server() {
+    let stack = testenv::shared();
+    let ns = testenv::unique_name("chart");
+    let client = stack.kube.client().await.unwrap();
+    operator::create_namespace(&client, &ns).await;
+    let release = testenv::unique_name("psk");
+    let rendered = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        &ns,
+    ]);
+    kubectl(
+        &stack.kube,
+        &["apply", "--dry-run=server", "-f", "-"],
+        &rendered,
+    )
+    .unwrap_or_else(|e| panic!("the chart's manifests were refused: {e}"));
+    let monitoring = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--set",
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ]);
+    assert!(monitoring.contains("KafkaConsumerLagHigh") && monitoring.contains("> 1000"));
+    assert!(monitoring.contains("increase(kafka_dlq_messages_total[1m])) > 0"));
+    assert!(
+        monitoring.contains("kafka_processing_duration_seconds_bucket")
+            && monitoring.contains("> 5")
+    );
+}
+
+/// Applies the chart's RBAC for real on `api`, and returns a client with its ServiceAccount's
+/// token.
+async fn chart_identity(api: &KubeInfo, ns: &str, release: &str) -> kube::Client {
+    let admin = api.client().await.unwrap();
+    operator::create_namespace(&admin, ns).await;
+    let rendered = helm(&[
+        "template",
+        release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    kubectl(api, &["apply", "-f", "-"], &rendered).unwrap_or_else(|e| panic!("{e}"));
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), ns);
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            audiences: Some(vec!["https://kubernetes.default.svc".into()]),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: k8s_openapi::api::authentication::v1::TokenRequest = accounts
+        .create_subresource(
+            "token",
+            &format!("{release}-controller"),
+            &PostParams::default(),
+            &request,
+        )
+        .await
+        .unwrap();
+    let token = token.status.and_then(|s| s.token).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn the_operator_reconciles_the_dev_examples_with_only_the_charts_rbac() {
+    // An API server of its own: this operator watches every namespace, as installed.
+    let dir = tempfile::tempdir().unwrap();
+    let api = testenv::KubeApi::start(dir.path(), testenv::Lifetime::Owned).unwrap();
+    let admin = api.info.client().await.unwrap();
+    operator::install_crds(&admin).await;
+    let client = chart_identity(&api.info, "pubsubkafka-system", "psk").await;
+
+    let kafka = &testenv::shared().kafka;
+    let mut args = operator::args(kafka, "unused", Duration::from_secs(3));
+    args.watch_namespace = None;
+    args.leader_elect = true;
+    args.leader_election_namespace = "pubsubkafka-system".into();
+    let _operator = Operator::start_with_client(client, args).await;
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/dev");
+    let out = api
+        .info
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&examples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let topics: Api<KafkaTopic> = Api::namespaced(admin.clone(), "shop");
+    let consumers: Api<OrderConsumer> = Api::namespaced(admin.clone(), "shop");
+    eventually(
+        "the dev examples Ready under the chart's RBAC",
+        WAIT,
+        || async {
+            let t = topics
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let c = consumers
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pending: Vec<String> = t
+                .items
+                .iter()
+                .filter(|t| !t.is_ready())
+                .map(|t| {
+                    format!(
+                        "{}: {:?}",
+                        t.topic_name(),
+                        t.status.as_ref().map(|s| &s.conditions)
+                    )
+                })
+                .collect();
+            pending.extend(c.items.iter().filter_map(|c| {
+                let ready = c.status.as_ref().is_some_and(|s| {
+                    pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
+                });
+                (!ready).then(|| {
+                    format!(
+                        "{:?}: {:?}",
+                        c.metadata.name,
+                        c.status.as_ref().map(|s| &s.conditions)
+                    )
+                })
+            }));
+            (t.items.len() == 2 && c.items.len() == 2 && pending.is_empty())
+                .then_some(())
+                .ok_or(format!("{pending:?}"))
+        },
+    )
+    .await;
+
+    // The Lease names this operator as the leader.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin, "pubsubkafka-system");
+    let lease = leases.get("pubsubkafka-controller").await.unwrap();
+    assert!(lease.spec.unwrap().holder_identity.is_some());
+}
+
+#[tokio::test]
+async fn a_standby_replica_takes_over_when_the_leader_goes() {
+    let stack = testenv::shared();
+    let ns = testenv::unique_name("leader");
+    let client = stack.kube.client().await.unwrap();
+    operator::install_crds(&client).await;
+    operator::create_namespace(&client, &ns).await;
+    // Two replicas campaign for one Lease.
+    let replica = |identity: &str| {
+        let mut args = operator::args(&stack.kafka, &ns, Duration::from_secs(3));
+        args.leader_elect = true;
+        args.leader_election_namespace = ns.clone();
+        args.leader_election_lease = "shared".into();
+        args.leader_election_identity = Some(identity.to_owned());
+        args
+    };
+    let first = Operator::start(&stack.kube, replica("replica-a")).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    eventually("replica-a to lead", WAIT, || async {
+        let lease = leases.get_opt("shared").await.map_err(|e| e.to_string())?;
+        match lease.and_then(|l| l.spec?.holder_identity) {
+            Some(h) if h == "replica-a" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let _second = Operator::start(&stack.kube, replica("replica-b")).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let holder = leases
+        .get("shared")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert_eq!(
+        holder.as_deref(),
+        Some("replica-a"),
+        "the standby waits while the leader renews"
+    );
+
+    first.stop().await.unwrap();
+    eventually(
+        "replica-b to take over after the lease expires",
+        Duration::from_secs(60),
+        || async {
+            let lease = leases.get("shared").await.map_err(|e| e.to_string())?;
+            match lease.spec.and_then(|s| s.holder_identity) {
+                Some(h) if h == "replica-b" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // The new leader reconciles.
+    let topic = testenv::unique_name("after-failover");
+    let yaml = format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {topic}\n  namespace: {ns}\nspec:\n  partitions: 1\n  replicationFactor: 1\n"
+    );
+    kubectl(&stack.kube, &["apply", "-f", "-"], &yaml).unwrap();
+    let topics: Api<KafkaTopic> = Api::namespaced(client, &ns);
+    eventually("the new leader to reconcile", WAIT, || async {
+        let t = topics.get(&topic).await.map_err(|e| e.to_string())?;
+        t.is_ready().then_some(()).ok_or(format!("{:?}", t.status))
+    })
+    .await;
+}
