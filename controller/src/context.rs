@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kube::Resource;
+use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
@@ -38,6 +40,33 @@ pub struct Context {
     pub backoff: Backoff,
     /// Every KafkaTopic the operator sees (for conflicts and topic lookups).
     pub topics: Store<KafkaTopic>,
+}
+
+impl Context {
+    /// When to try `object` again after `error`: backing off on transient failures, at the
+    /// resync otherwise (a spec that must change, or a dependency to wait for).
+    pub fn retry_after<K>(&self, object: &K, error: &crate::error::Error) -> Action
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if error.is_transient() {
+            let delay = self.backoff.next(&object_key(object));
+            tracing::warn!(error = %error, retry_in = ?delay, "transient failure, backing off");
+            Action::requeue(delay)
+        } else {
+            Action::requeue(self.settings.resync)
+        }
+    }
+}
+
+/// `Kind/namespace/name`: the backoff key of an object.
+pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Exponential retry delays per object: 1 s, 2 s, 4 s ... capped, reset on success.

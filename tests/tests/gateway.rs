@@ -442,7 +442,7 @@ async fn switched(
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     let order = headers
-        .get("x-order-id")
+        .get("x-kafka-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
@@ -483,9 +483,8 @@ async fn a_filtered_replay_sends_back_exactly_the_matching_dead_letters() {
     let worker_process = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
     let producer = worker::producer(&stack.kafka);
     let mut records = worker::orders("transient", 20);
-    let mut invalid = pubsubkafka_worker::order::sample("invalid", 0);
-    invalid.customer_info.email = "nobody".into();
-    records.push(("invalid".into(), serde_json::to_vec(&invalid).unwrap()));
+    // Not JSON: a permanent Deserialization failure, which the replay must leave alone.
+    records.push(("invalid".into(), b"<not json/>".to_vec()));
     worker::produce(&producer, &source, &records).await;
     let dead = worker::read_all(&stack.kafka, &format!("{source}-dlq"), 21, WAIT).await;
     assert_eq!(dead.len(), 21);

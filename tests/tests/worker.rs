@@ -226,7 +226,7 @@ struct Receiver {
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap) -> StatusCode {
     let order = headers
-        .get("x-order-id")
+        .get("x-kafka-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();

@@ -12,6 +12,8 @@ pub mod ids;
 pub mod metrics;
 pub mod order;
 pub mod outbox;
+pub mod pg;
 pub mod proto;
 pub mod replay;
 pub mod retry;
+pub mod telemetry;

@@ -1,6 +1,5 @@
 //! The worker binary: one subcommand per data-plane role.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +13,8 @@ use pubsubkafka_worker::http::{self, Health};
 use pubsubkafka_worker::metrics::Metrics;
 use pubsubkafka_worker::outbox::RelayArgs;
 use pubsubkafka_worker::replay::ReplayArgs;
+use pubsubkafka_worker::telemetry::{init_logging, shutdown_signal};
 use tracing::error;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "pubsubkafka-worker", version, about = "PubSubKafka data plane")]
@@ -48,24 +47,26 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    init_logging(&cli.log_format, "info,rdkafka=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("building the tokio runtime");
     let result = runtime.block_on(async {
+        // First: a SIGTERM while starting must stop the process cleanly, not kill it.
+        let shutdown = shutdown_signal();
         match cli.command {
-            Command::Consume { config, http_addr } => consume(config, http_addr).await,
+            Command::Consume { config, http_addr } => consume(config, http_addr, shutdown).await,
             Command::Gateway(args) => {
                 let metrics = Metrics::new();
                 let health = Arc::new(Health::default());
-                pubsubkafka_worker::gateway::run(args, metrics, health, shutdown_signal()).await
+                pubsubkafka_worker::gateway::run(args, metrics, health, shutdown).await
             }
             Command::OutboxRelay(args) => {
                 let metrics = Metrics::new();
                 let health = Arc::new(Health::default());
                 serve_probes(args.http_addr, metrics.clone(), Arc::clone(&health)).await?;
-                pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown_signal()).await
+                pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown).await
             }
             Command::Replay(args) => {
                 let summary = pubsubkafka_worker::replay::run(args).await?;
@@ -84,7 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn consume(config_path: PathBuf, http_addr: Option<SocketAddr>) -> Result<(), String> {
+async fn consume(
+    config_path: PathBuf,
+    http_addr: Option<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
     let config = WorkerConfig::from_json(&text).map_err(|e| {
@@ -98,7 +103,7 @@ async fn consume(config_path: PathBuf, http_addr: Option<SocketAddr>) -> Result<
     let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));
     serve_probes(addr, metrics.clone(), Arc::clone(&health)).await?;
     let handler = Handler::connect(&config.handler).await?;
-    pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown_signal())
+    pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown)
         .await
         .map_err(|e| e.to_string())
 }
@@ -116,35 +121,4 @@ async fn serve_probes(
     let routes = http::routes(metrics, health);
     tokio::spawn(async move { axum::serve(listener, routes).await });
     Ok(())
-}
-
-fn init_logging(format: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        _ => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

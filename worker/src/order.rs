@@ -106,8 +106,11 @@ pub enum DecodeError {
     Validation(Vec<FieldError>),
 }
 
-/// Decodes and validates a record value of `content_type` (JSON when absent).
-pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
+/// The record's media type (JSON when absent) and value, refusing an empty or oversized value.
+fn framing<'a>(
+    content_type: Option<&'a str>,
+    value: Option<&'a [u8]>,
+) -> Result<(&'a str, &'a [u8]), DecodeError> {
     let value = value.ok_or_else(|| DecodeError::Deserialization("empty record value".into()))?;
     if value.len() > MAX_EVENT_BYTES {
         return Err(DecodeError::Validation(vec![FieldError {
@@ -121,6 +124,12 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
     let media_type = content_type
         .map(|c| c.split(';').next().unwrap_or_default().trim())
         .unwrap_or(CONTENT_TYPE_JSON);
+    Ok((media_type, value))
+}
+
+/// Decodes and validates a record value of `content_type` (JSON when absent).
+pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
+    let (media_type, value) = framing(content_type, value)?;
     if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
         let event = crate::proto::decode_event(value)?;
         let errors = event.validate();
@@ -149,19 +158,7 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
 /// Checks that a record of another domain is well-formed for its content type (JSON parses,
 /// Protobuf is not empty) without knowing its schema: what a forwarding handler needs.
 pub fn check_encoding(content_type: Option<&str>, value: Option<&[u8]>) -> Result<(), DecodeError> {
-    let value = value.ok_or_else(|| DecodeError::Deserialization("empty record value".into()))?;
-    if value.len() > MAX_EVENT_BYTES {
-        return Err(DecodeError::Validation(vec![FieldError {
-            field: "(record)".into(),
-            message: format!(
-                "{} bytes exceeds the {MAX_EVENT_BYTES}-byte limit",
-                value.len()
-            ),
-        }]));
-    }
-    let media_type = content_type
-        .map(|c| c.split(';').next().unwrap_or_default().trim())
-        .unwrap_or(CONTENT_TYPE_JSON);
+    let (media_type, value) = framing(content_type, value)?;
     if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
         return Ok(());
     }

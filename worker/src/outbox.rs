@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_postgres::NoTls;
 use tracing::{info, warn};
 
 use crate::gateway::KafkaArgs;
@@ -51,24 +50,9 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(url: &str) -> Result<Self, String> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("the database URL is invalid: {e}"))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(32)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("building the database pool: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: crate::pg::pool(url, 32)?,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, String> {
@@ -81,34 +65,14 @@ impl Outbox {
     /// Creates or migrates the outbox schema.
     pub async fn migrate(&self) -> Result<(), String> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS pubsubkafka_outbox_migrations (
-                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        crate::pg::migrate(
+            &mut client,
+            "pubsubkafka_outbox_migrations",
+            MIGRATION_LOCK,
+            MIGRATIONS,
         )
         .await
-        .map_err(|e| e.to_string())?;
-        let current: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM pubsubkafka_outbox_migrations",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.batch_execute(sql).await.map_err(|e| e.to_string())?;
-            tx.execute(
-                "INSERT INTO pubsubkafka_outbox_migrations (version) VALUES ($1)",
-                &[&(index as i32 + 1)],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        }
-        tx.commit().await.map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
     }
 
     /// Stores the event (the record value in its encoding) and its outbox row in one

@@ -25,7 +25,7 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::FIELD_MANAGER;
-use crate::context::Context;
+use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::FINALIZER;
@@ -112,14 +112,6 @@ pub async fn run(
         .await;
 }
 
-fn key(consumer: &OrderConsumer) -> String {
-    format!(
-        "{KIND}/{}/{}",
-        consumer.namespace().unwrap_or_default(),
-        consumer.name_any()
-    )
-}
-
 async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!(
         "reconcile",
@@ -157,13 +149,7 @@ async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Ac
 }
 
 fn error_policy(consumer: Arc<OrderConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_transient() {
-        let delay = ctx.backoff.next(&key(&consumer));
-        warn!(error = %error, retry_in = ?delay, "transient failure, backing off");
-        Action::requeue(delay)
-    } else {
-        Action::requeue(ctx.settings.resync)
-    }
+    ctx.retry_after(consumer.as_ref(), error)
 }
 
 /// Everything gathered before deciding.
@@ -227,7 +213,7 @@ async fn apply(
 ) -> Result<Action, Error> {
     match converge(consumer, ctx).await {
         Ok(outcome) => {
-            ctx.backoff.reset(&key(consumer));
+            ctx.backoff.reset(&object_key(consumer));
             ctx.metrics.set_kafka_up(true);
             write_status(consumer, ctx, api, outcome).await?;
             Ok(Action::requeue(ctx.settings.resync))

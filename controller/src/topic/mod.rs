@@ -20,7 +20,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::context::Context;
+use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
 use crate::crd::kafka_topic::{DeletionPolicy, FINALIZER};
 use crate::crd::{KafkaTopic, KafkaTopicStatus};
@@ -66,7 +66,7 @@ async fn reconcile(topic: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Action, 
         let result = reconcile_inner(&topic, &ctx).await;
         timer.finish(result.as_ref().err().map(Error::reason));
         match &result {
-            Ok(_) => ctx.backoff.reset(&key(&topic)),
+            Ok(_) => ctx.backoff.reset(&object_key(topic.as_ref())),
             Err(Error::Kafka(k)) if k.is_unavailable() => ctx.metrics.set_kafka_up(false),
             Err(_) => {}
         }
@@ -76,23 +76,8 @@ async fn reconcile(topic: Arc<KafkaTopic>, ctx: Arc<Context>) -> Result<Action, 
     .await
 }
 
-fn key(topic: &KafkaTopic) -> String {
-    format!(
-        "{KIND}/{}/{}",
-        topic.namespace().unwrap_or_default(),
-        topic.name_any()
-    )
-}
-
 fn error_policy(topic: Arc<KafkaTopic>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_transient() {
-        let delay = ctx.backoff.next(&key(&topic));
-        warn!(error = %error, retry_in = ?delay, "transient failure, backing off");
-        Action::requeue(delay)
-    } else {
-        // The spec must change (or the periodic resync notices the cluster did).
-        Action::requeue(ctx.settings.resync)
-    }
+    ctx.retry_after(topic.as_ref(), error)
 }
 
 async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Error> {

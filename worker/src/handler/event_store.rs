@@ -2,8 +2,7 @@
 //! once. The schema is created or migrated at start-up under an advisory lock, so replicas
 //! starting together do not race.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 
 use super::{Delivery, HandlerError};
 use crate::config::ErrorClass;
@@ -46,24 +45,9 @@ pub struct EventStore {
 impl EventStore {
     /// A pool on `url` (`postgres://...`); connects lazily.
     pub fn new(url: &str) -> Result<Self, String> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| format!("the database URL is invalid: {e}"))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(std::time::Duration::from_secs(10)))
-            .create_timeout(Some(std::time::Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("building the database pool: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: crate::pg::pool(url, 16)?,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, HandlerError> {
@@ -76,37 +60,14 @@ impl EventStore {
     /// Brings the schema to the latest version.
     pub async fn migrate(&self) -> Result<(), HandlerError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(classify)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(classify)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS pubsubkafka_schema_migrations (
-                version INTEGER PRIMARY KEY,
-                applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        crate::pg::migrate(
+            &mut client,
+            "pubsubkafka_schema_migrations",
+            MIGRATION_LOCK,
+            MIGRATIONS,
         )
         .await
-        .map_err(classify)?;
-        let current: i32 = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM pubsubkafka_schema_migrations",
-                &[],
-            )
-            .await
-            .map_err(classify)?
-            .get(0);
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let version = index as i32 + 1;
-            tx.batch_execute(sql).await.map_err(classify)?;
-            tx.execute(
-                "INSERT INTO pubsubkafka_schema_migrations (version) VALUES ($1)",
-                &[&version],
-            )
-            .await
-            .map_err(classify)?;
-            tracing::info!(version, "applied an event store migration");
-        }
-        tx.commit().await.map_err(classify)
+        .map_err(classify)
     }
 
     /// Stores `deliveries` in one statement; orders already stored are left as they are.

@@ -54,6 +54,9 @@ impl HttpHandler {
             .header("x-kafka-topic", d.topic)
             .header("x-kafka-partition", d.partition.to_string())
             .header("x-kafka-offset", d.offset.to_string());
+        if let Some(key) = d.key.and_then(|k| std::str::from_utf8(k).ok()) {
+            request = request.header("x-kafka-key", key);
+        }
         if let Some(event) = d.event {
             request = request.header("x-order-id", event.order_id.as_str());
         }
