@@ -306,6 +306,7 @@ async fn refresh_dead_letter_partitions(shared: &Arc<Shared>) {
 /// closes the consumer (leaving the group).
 fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
     while !shared.stopping.load(Ordering::Relaxed) {
+        throttle(&consumer, &shared);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => warn!(error = %e, "consumer error"),
@@ -347,11 +348,34 @@ fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, message: Owned
     if handle.queue.send(message).is_err() {
         handle.queued.fetch_sub(1, Ordering::Relaxed);
     }
-    if !handle.paused
-        && handle.queued.load(Ordering::Relaxed) >= PAUSE_AT
-        && set_paused(consumer, &shared.config.source_topic, partition, true)
-    {
-        handle.paused = true;
+}
+
+/// Flow control. A full partition queue first gets a few milliseconds to drain (the usual case:
+/// every partition is just busy); one still full after that is stuck (retries, an outage) and is
+/// paused at the broker, so the others keep flowing. Pausing throws away the records librdkafka
+/// prefetched for that partition, so it is kept for real stalls.
+fn throttle(consumer: &WorkerConsumer, shared: &Shared) {
+    let full = |shared: &Shared| {
+        let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, h)| !h.paused && h.queued.load(Ordering::Relaxed) >= PAUSE_AT)
+            .map(|(p, _)| *p)
+            .collect::<Vec<i32>>()
+    };
+    for _ in 0..50 {
+        if full(shared).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stuck = full(shared);
+    let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+    for partition in stuck {
+        if let Some(handle) = map.get_mut(&partition)
+            && set_paused(consumer, &shared.config.source_topic, partition, true)
+        {
+            handle.paused = true;
+        }
     }
 }
 
