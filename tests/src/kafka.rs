@@ -20,10 +20,20 @@ use crate::process::{Lifetime, Proc, wait_until};
 use crate::{Error, free_port, random_token, tools, write_private};
 
 /// A SCRAM-SHA-512 user known to the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ScramUser {
     pub username: String,
     pub password: String,
+}
+
+/// Never prints the password (a panic message or a log line may show a `StackInfo`).
+impl std::fmt::Debug for ScramUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramUser")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Where a running cluster is and how to log in to it; what tests and `stack up` hand around.
@@ -437,3 +447,21 @@ logger.state.level = WARN
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let user = ScramUser {
+            username: "admin".into(),
+            password: "hunter2-secret".into(),
+        };
+        let shown = format!("{user:?}");
+        assert!(
+            shown.contains("admin") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}

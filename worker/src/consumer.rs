@@ -355,6 +355,15 @@ fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, message: Owned
 /// paused at the broker, so the others keep flowing. Pausing throws away the records librdkafka
 /// prefetched for that partition, so it is kept for real stalls.
 fn throttle(consumer: &WorkerConsumer, shared: &Shared) {
+    // The common case costs one uncontended lock and no allocation.
+    let any_full = {
+        let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .any(|h| !h.paused && h.queued.load(Ordering::Relaxed) >= PAUSE_AT)
+    };
+    if !any_full {
+        return;
+    }
     let full = |shared: &Shared| {
         let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
@@ -381,6 +390,9 @@ fn throttle(consumer: &WorkerConsumer, shared: &Shared) {
 
 fn resume_drained(consumer: &WorkerConsumer, shared: &Shared) {
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+    if !map.values().any(|h| h.paused) {
+        return;
+    }
     for (partition, handle) in map.iter_mut() {
         if handle.paused
             && handle.queued.load(Ordering::Relaxed) <= RESUME_AT
