@@ -16,6 +16,11 @@ use pubsubkafka_worker::replay::ReplayArgs;
 use pubsubkafka_worker::telemetry::{init_logging, shutdown_signal};
 use tracing::error;
 
+/// Decoding an order allocates a few dozen small strings; mimalloc serves those faster than the
+/// system allocator (measured with `make bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "pubsubkafka-worker", version, about = "PubSubKafka data plane")]
 struct Cli {
