@@ -368,10 +368,10 @@ fn trace_context(headers: &HeaderMap) -> (String, String, String) {
 
 fn metadata(correlation_id: String, trace_id: String, span_id: String) -> Metadata {
     Metadata {
-        correlation_id,
-        trace_id,
-        span_id,
-        created_at: jiff::Timestamp::now().to_string(),
+        correlation_id: correlation_id.into(),
+        trace_id: trace_id.into(),
+        span_id: span_id.into(),
+        created_at: jiff::Timestamp::now().to_string().into(),
         schema_version: order::SCHEMA_VERSION,
         source: "order-gateway".into(),
     }
@@ -423,7 +423,7 @@ async fn accept_order(
     };
     let (correlation_id, trace_id, span_id) = trace_context(headers);
     let event = OrderEvent {
-        order_id: request.order_id.unwrap_or_else(ids::uuid_v4),
+        order_id: request.order_id.unwrap_or_else(ids::uuid_v4).into(),
         customer_info: request.customer_info,
         items: request.items,
         inventory_status: request.inventory_status,

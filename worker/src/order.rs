@@ -6,6 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Text fields of an event: short strings (ids, SKUs, codes) are stored inline, so decoding a
+/// record allocates for its long strings only.
+pub type Text = compact_str::CompactString;
+
 /// The content type of JSON order events.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// Largest order event accepted (bytes of the encoded record value).
@@ -16,7 +20,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderEvent {
-    pub order_id: String,
+    pub order_id: Text,
     pub customer_info: CustomerInfo,
     pub items: Vec<Item>,
     pub inventory_status: Vec<InventoryStatus>,
@@ -26,43 +30,43 @@ pub struct OrderEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerInfo {
-    pub customer_id: String,
-    pub name: String,
-    pub email: String,
+    pub customer_id: Text,
+    pub name: Text,
+    pub email: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phone: Option<String>,
+    pub phone: Option<Text>,
     pub shipping_address: Address,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
-    pub line1: String,
+    pub line1: Text,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line2: Option<String>,
-    pub city: String,
-    pub postal_code: String,
+    pub line2: Option<Text>,
+    pub city: Text,
+    pub postal_code: Text,
     /// ISO 3166-1 alpha-2, e.g. FR.
-    pub country: String,
+    pub country: Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Item {
-    pub sku: String,
-    pub name: String,
+    pub sku: Text,
+    pub name: Text,
     pub quantity: u32,
     /// Price of one unit in `currency`.
     pub unit_price: f64,
     /// ISO 4217, e.g. EUR.
-    pub currency: String,
+    pub currency: Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryStatus {
-    pub sku: String,
-    pub warehouse: String,
+    pub sku: Text,
+    pub warehouse: Text,
     pub reserved: bool,
     pub available_quantity: i64,
 }
@@ -70,16 +74,16 @@ pub struct InventoryStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
-    pub correlation_id: String,
+    pub correlation_id: Text,
     /// W3C trace id: 32 lowercase hex characters.
-    pub trace_id: String,
+    pub trace_id: Text,
     /// W3C span id: 16 lowercase hex characters.
-    pub span_id: String,
+    pub span_id: Text,
     /// RFC 3339 time the order was accepted.
-    pub created_at: String,
+    pub created_at: Text,
     pub schema_version: u32,
     /// The service that produced the event.
-    pub source: String,
+    pub source: Text,
 }
 
 /// One invalid field, named by its path (`items[2].quantity`).
@@ -353,7 +357,7 @@ impl CustomerInfo {
 /// A valid order event for tests and benchmarks, padded towards `target_bytes` of JSON.
 pub fn sample(order_id: &str, target_bytes: usize) -> OrderEvent {
     let mut event = OrderEvent {
-        order_id: order_id.to_owned(),
+        order_id: order_id.to_owned().into(),
         customer_info: CustomerInfo {
             customer_id: "cust-42".into(),
             name: "Ada Lovelace".into(),
@@ -381,7 +385,7 @@ pub fn sample(order_id: &str, target_bytes: usize) -> OrderEvent {
             available_quantity: 120,
         }],
         metadata: Metadata {
-            correlation_id: format!("corr-{order_id}"),
+            correlation_id: format!("corr-{order_id}").into(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             span_id: "00f067aa0ba902b7".into(),
             created_at: "2026-11-24T08:00:00Z".into(),
@@ -392,7 +396,7 @@ pub fn sample(order_id: &str, target_bytes: usize) -> OrderEvent {
     let mut n = 2;
     while serde_json::to_vec(&event).map(|v| v.len()).unwrap_or(0) < target_bytes && n < 500 {
         event.items.push(Item {
-            sku: format!("SKU-{n}"),
+            sku: format!("SKU-{n}").into(),
             name: "Padding item for size".into(),
             quantity: 1,
             unit_price: 1.0,

@@ -116,16 +116,16 @@ fn customer_from(c: Option<CustomerInfo>) -> Result<order::CustomerInfo, FieldEr
         .shipping_address
         .ok_or_else(|| missing("customer_info.shipping_address"))?;
     Ok(order::CustomerInfo {
-        customer_id: c.customer_id,
-        name: c.name,
-        email: c.email,
-        phone: c.phone,
+        customer_id: c.customer_id.into(),
+        name: c.name.into(),
+        email: c.email.into(),
+        phone: c.phone.map(Into::into),
         shipping_address: order::Address {
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            postal_code: a.postal_code,
-            country: a.country,
+            line1: a.line1.into(),
+            line2: a.line2.map(Into::into),
+            city: a.city.into(),
+            postal_code: a.postal_code.into(),
+            country: a.country.into(),
         },
     })
 }
@@ -134,11 +134,11 @@ fn items_from(items: Vec<Item>) -> Vec<order::Item> {
     items
         .into_iter()
         .map(|i| order::Item {
-            sku: i.sku,
-            name: i.name,
+            sku: i.sku.into(),
+            name: i.name.into(),
             quantity: i.quantity,
             unit_price: i.unit_price,
-            currency: i.currency,
+            currency: i.currency.into(),
         })
         .collect()
 }
@@ -147,8 +147,8 @@ fn inventory_from(inventory: Vec<InventoryStatus>) -> Vec<order::InventoryStatus
     inventory
         .into_iter()
         .map(|s| order::InventoryStatus {
-            sku: s.sku,
-            warehouse: s.warehouse,
+            sku: s.sku.into(),
+            warehouse: s.warehouse.into(),
             reserved: s.reserved,
             available_quantity: s.available_quantity,
         })
@@ -186,17 +186,17 @@ pub fn decode_event(bytes: &[u8]) -> Result<OrderEvent, DecodeError> {
         .metadata
         .ok_or_else(|| DecodeError::Deserialization("metadata: is required".into()))?;
     Ok(OrderEvent {
-        order_id: event.order_id,
+        order_id: event.order_id.into(),
         customer_info,
         items: items_from(event.items),
         inventory_status: inventory_from(event.inventory_status),
         metadata: order::Metadata {
-            correlation_id: m.correlation_id,
-            trace_id: m.trace_id,
-            span_id: m.span_id,
-            created_at: m.created_at,
+            correlation_id: m.correlation_id.into(),
+            trace_id: m.trace_id.into(),
+            span_id: m.span_id.into(),
+            created_at: m.created_at.into(),
             schema_version: m.schema_version,
-            source: m.source,
+            source: m.source.into(),
         },
     })
 }
@@ -207,48 +207,48 @@ pub fn encode_event(event: &OrderEvent) -> Vec<u8> {
     let a = &c.shipping_address;
     let m = &event.metadata;
     let proto = OrderEventProto {
-        order_id: event.order_id.clone(),
+        order_id: event.order_id.to_string(),
         customer_info: Some(CustomerInfo {
-            customer_id: c.customer_id.clone(),
-            name: c.name.clone(),
-            email: c.email.clone(),
-            phone: c.phone.clone(),
+            customer_id: c.customer_id.to_string(),
+            name: c.name.to_string(),
+            email: c.email.to_string(),
+            phone: c.phone.as_ref().map(ToString::to_string),
             shipping_address: Some(Address {
-                line1: a.line1.clone(),
-                line2: a.line2.clone(),
-                city: a.city.clone(),
-                postal_code: a.postal_code.clone(),
-                country: a.country.clone(),
+                line1: a.line1.to_string(),
+                line2: a.line2.as_ref().map(ToString::to_string),
+                city: a.city.to_string(),
+                postal_code: a.postal_code.to_string(),
+                country: a.country.to_string(),
             }),
         }),
         items: event
             .items
             .iter()
             .map(|i| Item {
-                sku: i.sku.clone(),
-                name: i.name.clone(),
+                sku: i.sku.to_string(),
+                name: i.name.to_string(),
                 quantity: i.quantity,
                 unit_price: i.unit_price,
-                currency: i.currency.clone(),
+                currency: i.currency.to_string(),
             })
             .collect(),
         inventory_status: event
             .inventory_status
             .iter()
             .map(|s| InventoryStatus {
-                sku: s.sku.clone(),
-                warehouse: s.warehouse.clone(),
+                sku: s.sku.to_string(),
+                warehouse: s.warehouse.to_string(),
                 reserved: s.reserved,
                 available_quantity: s.available_quantity,
             })
             .collect(),
         metadata: Some(Metadata {
-            correlation_id: m.correlation_id.clone(),
-            trace_id: m.trace_id.clone(),
-            span_id: m.span_id.clone(),
-            created_at: m.created_at.clone(),
+            correlation_id: m.correlation_id.to_string(),
+            trace_id: m.trace_id.to_string(),
+            span_id: m.span_id.to_string(),
+            created_at: m.created_at.to_string(),
             schema_version: m.schema_version,
-            source: m.source.clone(),
+            source: m.source.to_string(),
         }),
     };
     prost::Message::encode_to_vec(&proto)

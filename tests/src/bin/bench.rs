@@ -91,13 +91,29 @@ async fn create_topic(kafka: &KafkaInfo, name: &str, partitions: i32) {
         .unwrap();
 }
 
+/// Rounds of each measurement: the medians are reported, with every raw figure.
+const ROUNDS: usize = 3;
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[sorted.len() / 2]
+}
+
+fn raw(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 struct ConsumerResult {
     records: usize,
     command: String,
     perf_output: String,
-    perf_rate: f64,
-    worker_rate: f64,
-    worker_elapsed: f64,
+    perf_rates: Vec<f64>,
+    worker_rates: Vec<f64>,
 }
 
 async fn consumer_bench(
@@ -134,33 +150,69 @@ async fn consumer_bench(
         p.await.unwrap().unwrap();
     }
 
-    eprintln!("==> ConsumerPerformance");
-    let perf_args: Vec<String> = [
-        "--bootstrap-server",
-        &kafka.bootstrap,
-        "--topic",
-        topic,
-        "--num-records",
-        &records.to_string(),
-        "--group",
-        "bench-perf",
-        "--timeout",
-        "120000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let perf_output = java_tool("org.apache.kafka.tools.ConsumerPerformance", &perf_args);
-    // The CSV's last column is fetch.nMsg.sec: records/s while fetching, join time excluded.
-    let perf_rate: f64 = perf_output
-        .lines()
-        .last()
-        .and_then(|l| l.split(',').next_back())
-        .and_then(|v| v.trim().parse().ok())
-        .expect("ConsumerPerformance's fetch.nMsg.sec");
+    let mut perf_rates = Vec::new();
+    let mut worker_rates = Vec::new();
+    let mut perf_output = String::new();
+    let mut command = String::new();
+    for round in 0..ROUNDS {
+        eprintln!(
+            "==> round {}: ConsumerPerformance, then the worker",
+            round + 1
+        );
+        let group = format!("bench-perf-{round}");
+        let perf_args: Vec<String> = [
+            "--bootstrap-server",
+            &kafka.bootstrap,
+            "--topic",
+            topic,
+            "--num-records",
+            &records.to_string(),
+            "--group",
+            &group,
+            "--timeout",
+            "120000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        perf_output = java_tool("org.apache.kafka.tools.ConsumerPerformance", &perf_args);
+        command = format!("ConsumerPerformance {}", perf_args.join(" "));
+        // The CSV's last column is fetch.nMsg.sec: records/s while fetching, join time excluded.
+        perf_rates.push(
+            perf_output
+                .lines()
+                .last()
+                .and_then(|l| l.split(',').next_back())
+                .and_then(|v| v.trim().parse().ok())
+                .expect("ConsumerPerformance's fetch.nMsg.sec"),
+        );
+        worker_rates.push(worker_rate(kafka, worker_bin, dir, topic, records, round).await);
+    }
+    ConsumerResult {
+        records,
+        command,
+        perf_output,
+        perf_rates,
+        worker_rates,
+    }
+}
 
-    eprintln!("==> the worker (no-op handler)");
-    let mut config = worker::config(kafka, topic, "bench-worker", HandlerConfig::Noop);
+/// The worker (no-op handler) in a group of its own: records/s from its first handled record to
+/// its last, the same measure as fetch.nMsg.sec.
+async fn worker_rate(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    topic: &str,
+    records: usize,
+    round: usize,
+) -> f64 {
+    let mut config = worker::config(
+        kafka,
+        topic,
+        &format!("bench-worker-{round}"),
+        HandlerConfig::Noop,
+    );
     config.kafka = pubsubkafka_worker::config::KafkaConnection {
         bootstrap_servers: kafka.bootstrap.clone(),
         security_protocol: pubsubkafka_worker::config::SecurityProtocol::Plaintext,
@@ -169,7 +221,7 @@ async fn consumer_bench(
         ca_file: None,
     };
     let port = testenv::free_port().unwrap();
-    let config_path = dir.join("bench-worker.json");
+    let config_path = dir.join(format!("bench-worker-{round}.json"));
     std::fs::write(&config_path, config.to_json()).unwrap();
     let mut cmd = Command::new(worker_bin);
     cmd.args(["--log-format", "json", "consume", "--config"])
@@ -178,15 +230,14 @@ async fn consumer_bench(
     let _proc = testenv::process::Proc::spawn(
         "bench-worker",
         cmd,
-        &dir.join("bench-worker.log"),
+        &dir.join(format!("bench-worker-{round}.log")),
         Lifetime::Owned,
         None,
     )
     .unwrap();
-    // Same measure as fetch.nMsg.sec: from the first record handled to the last.
     let mut first: Option<(Instant, f64)> = None;
     let deadline = Instant::now() + Duration::from_secs(300);
-    let (end, elapsed) = loop {
+    loop {
         assert!(Instant::now() < deadline, "the worker did not finish");
         let body = worker::http_get(port, "/metrics")
             .map(|(_, b)| b)
@@ -202,18 +253,9 @@ async fn consumer_bench(
         }
         if done >= records as f64 {
             let (t0, n0) = first.expect("seen");
-            break (done - n0, (now - t0).as_secs_f64());
+            return (done - n0) / (now - t0).as_secs_f64().max(1e-6);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let worker_rate = end / elapsed.max(1e-6);
-    ConsumerResult {
-        records,
-        command: format!("ConsumerPerformance {}", perf_args.join(" ")),
-        perf_output,
-        perf_rate,
-        worker_rate,
-        worker_elapsed: elapsed,
     }
 }
 
@@ -221,9 +263,9 @@ struct ProducerResult {
     requests: usize,
     command: String,
     perf_output: String,
-    perf_rate: f64,
+    perf_rates: Vec<f64>,
     perf_p99: f64,
-    gateway_rate: f64,
+    gateway_rates: Vec<f64>,
     gateway_p99_full: f64,
     gateway_p99_at_2k: f64,
     gateway_achieved_at_2k: f64,
@@ -246,41 +288,6 @@ async fn producer_bench(
     create_topic(kafka, "bench-gateway", 3).await;
     create_topic(kafka, "bench-producer", 3).await;
     let record_bytes = 1024;
-
-    eprintln!("==> ProducerPerformance");
-    let perf_args: Vec<String> = [
-        "--topic",
-        "bench-producer",
-        "--num-records",
-        &requests.to_string(),
-        "--record-size",
-        &record_bytes.to_string(),
-        "--throughput",
-        "-1",
-        "--producer-props",
-        &format!("bootstrap.servers={}", kafka.bootstrap),
-        "acks=all",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let perf_output = java_tool("org.apache.kafka.tools.ProducerPerformance", &perf_args);
-    let summary_line = perf_output.lines().last().unwrap_or_default().to_owned();
-    let field = |suffix: &str| -> f64 {
-        summary_line
-            .split(',')
-            .find(|p| p.contains(suffix))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let perf_rate = summary_line
-        .split(',')
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    let perf_p99 = field("99th");
 
     eprintln!("==> the gateway");
     let port = testenv::free_port().unwrap();
@@ -318,7 +325,26 @@ async fn producer_bench(
     let body = Bytes::from(body);
     // Warm up connections and the producer.
     load(port, body.clone(), 2_000, 64, None).await;
-    let (rate, mut latencies) = load(port, body.clone(), requests, 256, None).await;
+    let mut perf_rates = Vec::new();
+    let mut gateway_rates = Vec::new();
+    let mut perf_output = String::new();
+    let mut perf_args: Vec<String> = Vec::new();
+    let mut perf_p99 = f64::NAN;
+    let mut latencies = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!(
+            "==> round {}: ProducerPerformance, then the gateway",
+            round + 1
+        );
+        let (output, args, rate, p99) = producer_performance(kafka, requests, record_bytes);
+        perf_output = output;
+        perf_args = args;
+        perf_rates.push(rate);
+        perf_p99 = p99;
+        let (rate, round_latencies) = load(port, body.clone(), requests, 256, None).await;
+        gateway_rates.push(rate);
+        latencies = round_latencies;
+    }
     let p99_full = percentile(&mut latencies, 0.99);
     let (achieved, mut at_2k) = load(port, body, 20_000, 64, Some(2000.0)).await;
     let p99_2k = percentile(&mut at_2k, 0.99);
@@ -326,14 +352,57 @@ async fn producer_bench(
         requests,
         command: format!("ProducerPerformance {}", perf_args.join(" ")),
         perf_output,
-        perf_rate,
+        perf_rates,
         perf_p99,
-        gateway_rate: rate,
+        gateway_rates,
         gateway_p99_full: p99_full,
         gateway_p99_at_2k: p99_2k,
         gateway_achieved_at_2k: achieved,
         record_bytes,
     }
+}
+
+/// One ProducerPerformance run: (output, arguments, records/s, p99 ms).
+fn producer_performance(
+    kafka: &KafkaInfo,
+    requests: usize,
+    record_bytes: usize,
+) -> (String, Vec<String>, f64, f64) {
+    let perf_args: Vec<String> = [
+        "--topic",
+        "bench-producer",
+        "--num-records",
+        &requests.to_string(),
+        "--record-size",
+        &record_bytes.to_string(),
+        "--throughput",
+        "-1",
+        "--producer-props",
+        &format!("bootstrap.servers={}", kafka.bootstrap),
+        "acks=all",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let perf_output = java_tool("org.apache.kafka.tools.ProducerPerformance", &perf_args);
+    let summary_line = perf_output.lines().last().unwrap_or_default().to_owned();
+    let field = |suffix: &str| -> f64 {
+        summary_line
+            .split(',')
+            .find(|p| p.contains(suffix))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let perf_rate = summary_line
+        .split(',')
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let perf_p99 = field("99th");
+
+    (perf_output, perf_args, perf_rate, perf_p99)
 }
 
 /// Posts `total` orders over `concurrency` connections, optionally paced to `rate` per second;
@@ -450,26 +519,31 @@ fn render(args: &Args, c: &ConsumerResult, p: &ProducerResult) -> String {
          | gateway p99 latency at full load | {gfull:.1} ms | {pp99:.1} ms (ProducerPerformance p99) | | |\n\n\
          ## Consumer\n\n{records} orders of about 1 KiB (valid ECST JSON, decoded and validated by the worker) in a \
          3-partition topic. The worker commits offsets only after each record's outcome is final; it is \
-         measured from its first handled record to its last ({welapsed:.2} s), as ConsumerPerformance's \
-         fetch.nMsg.sec excludes the group join.\n\n```\n{ccmd}\n{cout}```\n\n\
+         measured from its first handled record to its last, as ConsumerPerformance's \
+         fetch.nMsg.sec excludes the group join. {rounds} alternating rounds, each in a new group; \
+         the table shows medians. Raw records/s: worker {wraw}; ConsumerPerformance {praw}.\n\n```\n{ccmd}\n{cout}```\n\n\
          ## Producer\n\n{requests} records of {bytes} bytes with acks=all. The gateway validates each JSON order, \
          enriches it (ids, timestamps, trace context), publishes it with an idempotent producer and answers \
-         202 only after the broker's acknowledgement; the load generator keeps 256 requests in flight (64 for the paced run).\n\n\
+         202 only after the broker's acknowledgement; the load generator keeps 256 requests in flight (64 for the paced run). {rounds} alternating \
+         rounds; medians in the table. Raw records/s: gateway {graw}; ProducerPerformance {ppraw}.\n\n\
          ```\n{pcmd}\n{pout}```\n\n\
          Worker binary: `{worker}` (release build).\n",
         machine = machine(),
-        wr = c.worker_rate,
-        pr = c.perf_rate,
-        cratio = c.worker_rate / c.perf_rate,
-        gr = p.gateway_rate,
-        ppr = p.perf_rate,
-        pratio = p.gateway_rate / p.perf_rate,
+        wr = median(&c.worker_rates),
+        pr = median(&c.perf_rates),
+        cratio = median(&c.worker_rates) / median(&c.perf_rates),
+        gr = median(&p.gateway_rates),
+        ppr = median(&p.perf_rates),
+        pratio = median(&p.gateway_rates) / median(&p.perf_rates),
+        wraw = raw(&c.worker_rates),
+        praw = raw(&c.perf_rates),
+        graw = raw(&p.gateway_rates),
+        ppraw = raw(&p.perf_rates),
         g2k = p.gateway_p99_at_2k,
         ach = p.gateway_achieved_at_2k,
         gfull = p.gateway_p99_full,
         pp99 = p.perf_p99,
         records = c.records,
-        welapsed = c.worker_elapsed,
         ccmd = c.command,
         cout = c.perf_output,
         requests = p.requests,
@@ -477,5 +551,6 @@ fn render(args: &Args, c: &ConsumerResult, p: &ProducerResult) -> String {
         pcmd = p.command,
         pout = p.perf_output.lines().last().unwrap_or_default().to_owned() + "\n",
         worker = args.worker.display(),
+        rounds = ROUNDS,
     )
 }
