@@ -83,6 +83,30 @@ impl KafkaInfo {
         self.sasl_config(&self.admin.username, &self.admin.password)
     }
 
+    /// Produces one record to `topic` as SASL user `user`: `Ok` once the broker acknowledged
+    /// it, the client's error otherwise (authorization tests look for
+    /// `TopicAuthorizationFailed`).
+    pub async fn produce_as(
+        &self,
+        user: &str,
+        password: &str,
+        topic: &str,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = self
+            .sasl_config(user, password)
+            .set("message.timeout.ms", "8000")
+            .create()?;
+        producer
+            .send(
+                FutureRecord::to(topic).key("k").payload("v"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(drop)
+            .map_err(|(e, _)| e)
+    }
+
     /// The operator's connection settings: `admin` over SASL_SSL.
     pub fn admin_connection(&self) -> pubsubkafka_worker::config::KafkaConnection {
         pubsubkafka_worker::config::KafkaConnection {

@@ -163,28 +163,6 @@ async fn refusals_carry_the_brokers_message() {
     admin.delete_topic(&topic).await.unwrap();
 }
 
-/// Produces one record as `user`; `Ok` when the broker acknowledged it.
-async fn produce_as(
-    kafka: &KafkaInfo,
-    user: &str,
-    password: &str,
-    topic: &str,
-) -> Result<(), KafkaError> {
-    let producer: FutureProducer = kafka
-        .sasl_config(user, password)
-        .set("message.timeout.ms", "8000")
-        .create()
-        .expect("producer");
-    producer
-        .send(
-            FutureRecord::to(topic).key("k").payload("v"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map(drop)
-        .map_err(|(e, _)| e)
-}
-
 #[tokio::test]
 async fn scram_users_and_acls_grant_and_revoke_access() {
     let kafka = &testenv::shared().kafka;
@@ -202,7 +180,7 @@ async fn scram_users_and_acls_grant_and_revoke_access() {
         .expect("create SCRAM user");
 
     // Authenticated, but no ACL yet.
-    let denied = produce_as(kafka, &user, &password, &topic).await;
+    let denied = kafka.produce_as(&user, &password, &topic).await;
     assert!(
         matches!(
             denied,
@@ -240,7 +218,8 @@ async fn scram_users_and_acls_grant_and_revoke_access() {
         "the write to be allowed",
         Duration::from_secs(15),
         || async {
-            produce_as(kafka, &user, &password, &topic)
+            kafka
+                .produce_as(&user, &password, &topic)
                 .await
                 .map_err(|e| e.to_string())
         },
@@ -260,7 +239,7 @@ async fn scram_users_and_acls_grant_and_revoke_access() {
         "the write to be denied again",
         Duration::from_secs(15),
         || async {
-            match produce_as(kafka, &user, &password, &topic).await {
+            match kafka.produce_as(&user, &password, &topic).await {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)) => {
                     Ok(())
                 }

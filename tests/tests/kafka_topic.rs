@@ -8,7 +8,6 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use pubsubkafka_controller::crd::KafkaTopic;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use testenv::operator::{self, Operator};
 use testenv::scenario::Scenario;
 use testenv::{KafkaInfo, eventually};
@@ -330,27 +329,6 @@ async fn retain_keeps_the_topic_and_delete_removes_it() {
     .await;
 }
 
-async fn can_produce(
-    kafka: &KafkaInfo,
-    user: &str,
-    password: &str,
-    topic: &str,
-) -> Result<(), KafkaError> {
-    let producer: FutureProducer = kafka
-        .sasl_config(user, password)
-        .set("message.timeout.ms", "8000")
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(topic).key("k").payload("v"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map(drop)
-        .map_err(|(e, _)| e)
-}
-
 #[tokio::test]
 async fn access_acls_allow_the_named_principal_and_deny_others() {
     let env = env().await;
@@ -370,12 +348,13 @@ async fn access_acls_allow_the_named_principal_and_deny_others() {
     env.wait_ready(&name).await;
 
     eventually("the named principal to write", WAIT, || async {
-        can_produce(kafka, &gateway, &password, &name)
+        kafka
+            .produce_as(&gateway, &password, &name)
             .await
             .map_err(|e| e.to_string())
     })
     .await;
-    let denied = can_produce(kafka, &other, &password, &name).await;
+    let denied = kafka.produce_as(&other, &password, &name).await;
     assert!(
         matches!(
             denied,
@@ -389,7 +368,7 @@ async fn access_acls_allow_the_named_principal_and_deny_others() {
     // Taking the entry out of spec.access removes its ACLs.
     env.apply_ok(&topic_yaml(&name, 1, ""));
     eventually("the removed principal to be denied", WAIT, || async {
-        match can_produce(kafka, &gateway, &password, &name).await {
+        match kafka.produce_as(&gateway, &password, &name).await {
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)) => {
                 Ok(())
             }

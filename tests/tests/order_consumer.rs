@@ -203,27 +203,6 @@ async fn replicas_are_capped_at_partitions_and_follow_a_growing_topic() {
     .await;
 }
 
-async fn produce(
-    kafka: &KafkaInfo,
-    user: &str,
-    password: &str,
-    topic: &str,
-) -> Result<(), KafkaError> {
-    let producer: FutureProducer = kafka
-        .sasl_config(user, password)
-        .set("message.timeout.ms", "8000")
-        .create()
-        .unwrap();
-    producer
-        .send(
-            FutureRecord::to(topic).key("k").payload("v"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map(drop)
-        .map_err(|(e, _)| e)
-}
-
 /// Reads `topic` as the consumer's principal in its group: Ok when authorized.
 fn read_as(
     kafka: &KafkaInfo,
@@ -275,14 +254,15 @@ async fn the_principal_gets_exactly_its_permissions_and_loses_them_on_deletion()
     })
     .await;
     eventually("writing the dead-letter topic", WAIT, || async {
-        produce(kafka, &user, &password, &format!("{topic}-dlq"))
+        kafka
+            .produce_as(&user, &password, &format!("{topic}-dlq"))
             .await
             .map_err(|e| e.to_string())
     })
     .await;
     let denied = read_as(kafka, &user, &password, &group, &other);
     assert!(denied.is_err(), "reading another topic must be denied");
-    let denied = produce(kafka, &user, &password, &topic).await;
+    let denied = kafka.produce_as(&user, &password, &topic).await;
     assert!(
         matches!(
             denied,
