@@ -16,6 +16,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::process::{Lifetime, Proc};
 use crate::{Error, KafkaInfo};
 
+/// Serves `app` on a free loopback port in the background (a test's HTTP receiver); returns
+/// the port.
+pub async fn serve(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port");
+    let port = listener.local_addr().expect("bound address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 /// The worker binary next to this test executable (`target/<profile>/pubsubkafka-worker`).
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");

@@ -459,12 +459,12 @@ async fn a_filtered_replay_sends_back_exactly_the_matching_dead_letters() {
         .await
         .unwrap();
     let switch = Switch::default();
-    let app = axum::Router::new()
-        .route("/", axum::routing::post(switched))
-        .with_state(switch.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = worker::serve(
+        axum::Router::new()
+            .route("/", axum::routing::post(switched))
+            .with_state(switch.clone()),
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = worker::config(

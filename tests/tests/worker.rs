@@ -259,12 +259,12 @@ async fn retries_follow_the_policy_and_exhausted_records_are_dead_lettered() {
         ("broken".to_owned(), vec![500]),
         ("refused".to_owned(), vec![422]),
     ]);
-    let app = axum::Router::new()
-        .route("/events", axum::routing::post(receive))
-        .with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let port = worker::serve(
+        axum::Router::new()
+            .route("/events", axum::routing::post(receive))
+            .with_state(receiver.clone()),
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = worker::config(

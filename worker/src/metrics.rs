@@ -128,10 +128,15 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("text encoding is UTF-8")
+        encode(&self.registry)
     }
+}
+
+/// The Prometheus text exposition of everything in `registry` (what `/metrics` serves).
+pub fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buf).expect("text encoding is UTF-8")
 }
