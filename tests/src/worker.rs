@@ -60,6 +60,8 @@ pub fn config(kafka: &KafkaInfo, topic: &str, group: &str, handler: HandlerConfi
         shutdown_grace_seconds: 10,
         // The broker's minimum: a killed worker's partitions move on quickly.
         session_timeout_ms: 6_000,
+        concurrency: pubsubkafka_worker::config::DEFAULT_CONCURRENCY,
+        retry_topics: Vec::new(),
     }
 }
 

@@ -212,6 +212,30 @@ pub struct WorkerConfig {
     /// partitions.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u64,
+    /// Records of one partition processed at once, across different keys; records of one key
+    /// are always processed one at a time, in order.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// The retry topics, in order of attempts (mode RetryTopics only): a record that failed
+    /// n times waits in the n-th (or the last) for its backoff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_topics: Vec<RetryTopic>,
+}
+
+/// A delay topic of mode RetryTopics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryTopic {
+    pub name: String,
+    /// The backoff of the attempts it holds (before jitter).
+    pub delay_ms: u64,
+}
+
+/// Default records in flight per partition.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+fn default_concurrency() -> usize {
+    DEFAULT_CONCURRENCY
 }
 
 fn default_session_timeout() -> u64 {

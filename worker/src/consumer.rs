@@ -1,45 +1,67 @@
 //! The consumer runtime: at-least-once consumption with retries and a dead-letter topic.
 //!
-//! One thread polls Kafka and hands each record to the task of its partition; partitions run
-//! in parallel, the records of one partition strictly in order. A partition task stores a
-//! record's offset only when its outcome is final (handled, or acknowledged by the dead-letter
-//! topic), and librdkafka commits stored offsets every second, on partition revocation and at
-//! shutdown. A partition whose queue grows (a slow handler, retries, a sink outage) is paused at
-//! the broker, so memory stays bounded and other partitions keep going.
+//! One thread polls Kafka and hands each record to the task of its partition. Within a
+//! partition, records of different keys are processed concurrently (up to `concurrency`), the
+//! records of one key strictly in order: while a key's record is retrying, in place or away in
+//! a retry topic, the key's later records wait (parked) and other keys go on. Offsets are stored
+//! only up to the oldest record whose outcome is not final (handled, acknowledged by the
+//! dead-letter topic, or acknowledged by a retry topic), and librdkafka commits stored offsets
+//! every second, on partition revocation and at shutdown: a crash loses nothing.
 //!
-//! A sink outage does not spend the retry budget: the partition waits, the worker reports not
-//! ready, and consumption resumes when the sink answers.
+//! In mode RetryTopics a failed record is published to the retry topic of its attempt, on the
+//! same partition number, with its due time in a header. The group uses the range assignor, so
+//! partition p of the source and of every retry topic belong to the same worker, whose task for
+//! p consumes the copy when it is due. After an assignment, a task reads its retry partitions up
+//! to their end before any source record, so the keys that were away resume their turn first.
+//!
+//! A partition that holds too many records in memory (a slow handler, retries, an outage) is
+//! paused at the broker, so memory stays bounded and other partitions keep going. A sink outage
+//! does not spend the retry budget: the work waits, the worker reports not ready, and
+//! consumption resumes when the sink answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{ErrorClass, WorkerConfig};
 use crate::handler::{Delivery, Handler, HandlerError};
-use crate::headers::{self, DeadLetter};
+use crate::headers::{self, DeadLetter, RetryState};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::order::{self, DecodeError, OrderEvent};
 use crate::retry::{self, Jitter};
+use crate::schedule::{KeyQueue, OffsetWindow, key_hash};
 
-/// Records a partition task takes from its queue at once (one event store statement).
+/// Records one event store statement takes at most.
 const MAX_BATCH: usize = 500;
-/// Queue length at which a partition is paused at the broker, and resumed again.
+/// Records a task takes from its queue before it starts work again.
+const MAX_INTAKE: usize = 1_000;
+/// Records of one topic-partition held in memory at which it is paused at the broker, and
+/// resumed again. Retry partitions are read ahead less: their records mostly wait.
 const PAUSE_AT: usize = 5_000;
 const RESUME_AT: usize = 1_000;
+const RETRY_PAUSE_AT: usize = 1_000;
+const RETRY_RESUME_AT: usize = 200;
+/// How long a task waits for its retry partitions before reading the source anyway.
+const GATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 type WorkerConsumer = BaseConsumer<WorkerContext>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,21 +85,47 @@ struct Shared {
     producer: FutureProducer,
     /// Partitions of the dead-letter topic (0 until known).
     dead_letter_partitions: AtomicI32,
+    /// The topics consumed: the source first, then the retry topics in order.
+    topics: Vec<String>,
     runtime: tokio::runtime::Handle,
     partitions: Mutex<HashMap<i32, PartitionHandle>>,
+    /// Gates computed at assignment for partitions whose task does not exist yet.
+    gates: Mutex<HashMap<i32, Gate>>,
     stopping: AtomicBool,
 }
 
-struct PartitionHandle {
-    queue: mpsc::UnboundedSender<OwnedMessage>,
-    queued: Arc<AtomicUsize>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    paused: bool,
+impl Shared {
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == topic)
+    }
 }
 
-/// The consumer's context: revocation drains partition tasks and commits; statistics feed
-/// the lag gauge.
+/// What the poll thread sends a partition task.
+enum Input {
+    Record(OwnedMessage),
+    Gate(Gate),
+}
+
+/// Set at assignment: whether failed records of this partition may go to the retry topics
+/// (the worker owns partition p of every retry topic), and how far each retry partition must
+/// be read before the source (topic index, offset of its last record).
+#[derive(Debug, Default)]
+struct Gate {
+    via_topics: bool,
+    waits: Vec<(usize, i64)>,
+}
+
+struct PartitionHandle {
+    queue: mpsc::UnboundedSender<Input>,
+    /// Records in memory and not final, per topic index.
+    held: Arc<[AtomicUsize]>,
+    paused: Vec<bool>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The consumer's context: revocation drains partition tasks and commits; assignment sets the
+/// retry gates; statistics feed the lag gauge.
 struct WorkerContext {
     shared: Arc<Shared>,
 }
@@ -101,7 +149,9 @@ impl ClientContext for WorkerContext {
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            partitions.sort_unstable();
+            partitions.dedup();
             info!(
                 ?partitions,
                 "partitions revoked: finishing in-flight records"
@@ -111,33 +161,119 @@ impl ConsumerContext for WorkerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            let source = &self.shared.topics[0];
+            let partitions: Vec<i32> = list
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == source)
+                .map(|e| e.partition())
+                .collect();
             info!(?partitions, "partitions assigned");
+            if self.shared.topics.len() > 1 {
+                for partition in partitions {
+                    let gate = retry_gate(consumer, &self.shared.topics, list, partition);
+                    self.shared.set_gate(partition, gate);
+                }
+            }
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result
-            && e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset)
+            && e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset)
         {
             warn!(error = %e, "offset commit failed; it is retried with the next commit");
         }
     }
 }
 
+/// The gate of source partition `partition`: retry topics are used only when this worker owns
+/// the same partition of every retry topic; their unread records are read first.
+fn retry_gate(
+    consumer: &WorkerConsumer,
+    topics: &[String],
+    assigned: &TopicPartitionList,
+    partition: i32,
+) -> Gate {
+    let retries = &topics[1..];
+    let owned = retries
+        .iter()
+        .all(|t| assigned.find_partition(t, partition).is_some());
+    if !owned {
+        warn!(
+            partition,
+            "this worker does not own the same partition of every retry topic (are the retry \
+             topics' partitions fewer than the source's?): retrying in place for this partition"
+        );
+        return Gate::default();
+    }
+    let mut list = TopicPartitionList::new();
+    for topic in retries {
+        list.add_partition(topic, partition);
+    }
+    let timeout = Duration::from_secs(10);
+    let committed = match consumer.committed_offsets(list, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(partition, error = %e, "could not read the retry topics' committed offsets; not waiting for them");
+            return Gate {
+                via_topics: true,
+                waits: Vec::new(),
+            };
+        }
+    };
+    let mut waits = Vec::new();
+    for (i, topic) in retries.iter().enumerate() {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
+            continue;
+        };
+        let from = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        if high > from {
+            waits.push((i + 1, high - 1));
+        }
+    }
+    Gate {
+        via_topics: true,
+        waits,
+    }
+}
+
 fn commit(consumer: &WorkerConsumer, why: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => debug!(why, "committed offsets"),
-        Err(e) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => {}
         Err(e) => warn!(why, error = %e, "offset commit failed"),
     }
 }
 
 impl Shared {
-    /// Stops the tasks of `partitions` (all when `None`): a handler call in progress finishes,
-    /// sleeps and queued records are abandoned (their offsets stay unstored, so they are
+    /// Hands `gate` to the partition's task, or keeps it for the task's creation.
+    fn set_gate(&self, partition: i32, gate: Gate) {
+        let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&partition) {
+            Some(handle) => {
+                let _ = handle.queue.send(Input::Gate(gate));
+            }
+            None => {
+                drop(map);
+                self.gates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(partition, gate);
+            }
+        }
+    }
+
+    /// Stops the tasks of `partitions` (all when `None`): handler calls in progress finish,
+    /// waits and parked records are abandoned (their offsets stay unstored, so they are
     /// redelivered). Waits up to the shutdown grace period. Called from the poll thread.
     fn stop_partitions(&self, partitions: Option<&[i32]>) {
         let handles: Vec<PartitionHandle> = {
@@ -148,6 +284,12 @@ impl Shared {
             };
             keys.iter().filter_map(|p| map.remove(p)).collect()
         };
+        if let Some(list) = partitions {
+            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            for p in list {
+                gates.remove(p);
+            }
+        }
         if handles.is_empty() {
             return;
         }
@@ -211,6 +353,9 @@ pub async fn run(
         .set("message.max.bytes", "16777216")
         .create()?;
     let topic = config.source_topic.as_str();
+    let topics: Vec<String> = std::iter::once(config.source_topic.clone())
+        .chain(config.retry_topics.iter().map(|t| t.name.clone()))
+        .collect();
     let shared = Arc::new(Shared {
         handled: metrics.records.with_label_values(&[topic, "handled"]),
         dead_lettered: metrics.records.with_label_values(&[topic, "dead_lettered"]),
@@ -221,8 +366,10 @@ pub async fn run(
         health: Arc::clone(&health),
         producer,
         dead_letter_partitions: AtomicI32::new(0),
+        topics,
         runtime: tokio::runtime::Handle::current(),
         partitions: Mutex::default(),
+        gates: Mutex::default(),
         stopping: AtomicBool::new(false),
     });
     let consumer: Arc<WorkerConsumer> = Arc::new(
@@ -236,11 +383,14 @@ pub async fn run(
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("enable.partition.eof", "false")
+            // Partition p of the source and of each retry topic go to the same member.
+            .set("partition.assignment.strategy", "range")
             .create_with_context(WorkerContext {
                 shared: Arc::clone(&shared),
             })?,
     );
-    consumer.subscribe(&[&config.source_topic])?;
+    let subscribed: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscribed)?;
     refresh_dead_letter_partitions(&shared).await;
     let refresher = tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -252,7 +402,12 @@ pub async fn run(
         }
     });
 
-    info!(topic = %config.source_topic, group = %config.group_id, "consuming");
+    info!(
+        topics = ?shared.topics,
+        group = %config.group_id,
+        concurrency = config.concurrency,
+        "consuming"
+    );
     health.set_started(true);
     let poller = {
         let shared = Arc::clone(&shared);
@@ -322,55 +477,88 @@ fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
 }
 
 fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, message: OwnedMessage) {
+    let Some(topic) = shared.topic_index(message.topic()) else {
+        return;
+    };
     let partition = message.partition();
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
     let handle = map.entry(partition).or_insert_with(|| {
         let (queue, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = shared.runtime.spawn(partition_task(
+        let held: Arc<[AtomicUsize]> = shared.topics.iter().map(|_| AtomicUsize::new(0)).collect();
+        let gate = shared
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
+        if let Some(gate) = gate {
+            let _ = queue.send(Input::Gate(gate));
+        }
+        let task = PartitionTask::new(
             Arc::clone(shared),
             Arc::clone(consumer),
             partition,
-            rx,
-            Arc::clone(&queued),
-            stop_rx,
-        ));
+            Arc::clone(&held),
+        );
+        let task = shared.runtime.spawn(task.run(rx, stop_rx));
         PartitionHandle {
             queue,
-            queued,
+            held,
+            paused: vec![false; shared.topics.len()],
             stop,
             task,
-            paused: false,
         }
     });
-    handle.queued.fetch_add(1, Ordering::Relaxed);
-    if handle.queue.send(message).is_err() {
-        handle.queued.fetch_sub(1, Ordering::Relaxed);
+    handle.held[topic].fetch_add(1, Ordering::Relaxed);
+    if handle.queue.send(Input::Record(message)).is_err() {
+        handle.held[topic].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Flow control. A full partition queue first gets a few milliseconds to drain (the usual case:
-/// every partition is just busy); one still full after that is stuck (retries, an outage) and is
-/// paused at the broker, so the others keep flowing. Pausing throws away the records librdkafka
-/// prefetched for that partition, so it is kept for real stalls.
+fn pause_at(topic: usize) -> usize {
+    if topic == 0 { PAUSE_AT } else { RETRY_PAUSE_AT }
+}
+
+fn resume_at(topic: usize) -> usize {
+    if topic == 0 {
+        RESUME_AT
+    } else {
+        RETRY_RESUME_AT
+    }
+}
+
+/// Topic-partitions holding too many records, as (partition, topic index).
+fn full(shared: &Shared) -> Vec<(i32, usize)> {
+    let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = Vec::new();
+    for (p, h) in map.iter() {
+        for (t, held) in h.held.iter().enumerate() {
+            if !h.paused[t] && held.load(Ordering::Relaxed) >= pause_at(t) {
+                out.push((*p, t));
+            }
+        }
+    }
+    out
+}
+
+/// Flow control. A full source partition first gets a few milliseconds to drain (the usual
+/// case: every partition is just busy); one still full after that is stuck (retries, parked
+/// keys, an outage) and is paused at the broker, so the others keep flowing. Pausing throws
+/// away the records librdkafka prefetched for that partition, so it is kept for real stalls.
 fn throttle(consumer: &WorkerConsumer, shared: &Shared) {
     // The common case costs one uncontended lock and no allocation.
     let any_full = {
         let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .any(|h| !h.paused && h.queued.load(Ordering::Relaxed) >= PAUSE_AT)
+        map.values().any(|h| {
+            h.held
+                .iter()
+                .enumerate()
+                .any(|(t, held)| !h.paused[t] && held.load(Ordering::Relaxed) >= pause_at(t))
+        })
     };
     if !any_full {
         return;
     }
-    let full = |shared: &Shared| {
-        let map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter()
-            .filter(|(_, h)| !h.paused && h.queued.load(Ordering::Relaxed) >= PAUSE_AT)
-            .map(|(p, _)| *p)
-            .collect::<Vec<i32>>()
-    };
     for _ in 0..50 {
         if full(shared).is_empty() {
             return;
@@ -379,26 +567,28 @@ fn throttle(consumer: &WorkerConsumer, shared: &Shared) {
     }
     let stuck = full(shared);
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-    for partition in stuck {
+    for (partition, topic) in stuck {
         if let Some(handle) = map.get_mut(&partition)
-            && set_paused(consumer, &shared.config.source_topic, partition, true)
+            && set_paused(consumer, &shared.topics[topic], partition, true)
         {
-            handle.paused = true;
+            handle.paused[topic] = true;
         }
     }
 }
 
 fn resume_drained(consumer: &WorkerConsumer, shared: &Shared) {
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
-    if !map.values().any(|h| h.paused) {
+    if !map.values().any(|h| h.paused.iter().any(|p| *p)) {
         return;
     }
     for (partition, handle) in map.iter_mut() {
-        if handle.paused
-            && handle.queued.load(Ordering::Relaxed) <= RESUME_AT
-            && set_paused(consumer, &shared.config.source_topic, *partition, false)
-        {
-            handle.paused = false;
+        for topic in 0..handle.paused.len() {
+            if handle.paused[topic]
+                && handle.held[topic].load(Ordering::Relaxed) <= resume_at(topic)
+                && set_paused(consumer, &shared.topics[topic], *partition, false)
+            {
+                handle.paused[topic] = false;
+            }
         }
     }
 }
@@ -413,72 +603,368 @@ fn set_paused(consumer: &WorkerConsumer, topic: &str, partition: i32, paused: bo
     };
     match result {
         Ok(()) => {
-            debug!(partition, paused, "flow control");
+            debug!(topic, partition, paused, "flow control");
             true
         }
         Err(e) => {
-            warn!(partition, paused, error = %e, "could not change the partition's flow");
+            warn!(topic, partition, paused, error = %e, "could not change the partition's flow");
             false
         }
     }
 }
 
-/// How far a batch got before a stop.
-enum Progress {
-    /// Every record is final.
-    Complete,
-    /// Only the first `n` records are final.
-    Stopped(usize),
+/// One record on its way to a final outcome.
+struct Job {
+    message: OwnedMessage,
+    /// Index into `Shared::topics`: 0 for the source, n for the n-th retry topic.
+    topic: usize,
+    key: Option<u64>,
 }
 
-async fn partition_task(
+/// How a record's processing ended.
+enum Outcome {
+    /// Handled, or acknowledged by the dead-letter topic.
+    Final,
+    /// Acknowledged by a retry topic: final for this copy, the key waits for the next.
+    Forwarded { attempts: u32, origin_offset: i64 },
+    /// Stopped first: the offset stays unstored.
+    Stopped,
+}
+
+struct Done {
+    topic: usize,
+    offset: i64,
+    key: Option<u64>,
+    outcome: Outcome,
+}
+
+/// The task of one partition number: its source partition and the same partition of every
+/// retry topic.
+struct PartitionTask {
     shared: Arc<Shared>,
     consumer: Arc<WorkerConsumer>,
     partition: i32,
-    mut queue: mpsc::UnboundedReceiver<OwnedMessage>,
-    queued: Arc<AtomicUsize>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut jitter = Jitter::seeded();
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(64);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break,
-            message = queue.recv() => match message {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        batch.clear();
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        let finished = match process_batch(&shared, &batch, &mut stop, &mut jitter).await {
-            Progress::Complete => batch.len(),
-            Progress::Stopped(n) => n,
-        };
-        if let Some(last) = finished.checked_sub(1).map(|i| &batch[i]) {
-            let mut list = TopicPartitionList::new();
-            let _ = list.add_partition_offset(
-                last.topic(),
-                partition,
-                Offset::Offset(last.offset() + 1),
-            );
-            if let Err(e) = consumer.store_offsets(&list) {
-                // The partition was revoked meanwhile: its new owner redelivers.
-                debug!(partition, error = %e, "could not store an offset");
-            }
-        }
-        if finished < batch.len() {
-            break;
+    held: Arc<[AtomicUsize]>,
+    windows: Vec<OffsetWindow>,
+    keys: KeyQueue<Job>,
+    /// Retry partitions to read up to the given offset before the source.
+    gate: Vec<(usize, i64)>,
+    gate_deadline: Option<tokio::time::Instant>,
+    /// Source records received while the gate is closed.
+    gated: VecDeque<OwnedMessage>,
+    via_topics: bool,
+    parked_gauge: prometheus::IntGauge,
+    seed: u64,
+}
+
+impl PartitionTask {
+    fn new(
+        shared: Arc<Shared>,
+        consumer: Arc<WorkerConsumer>,
+        partition: i32,
+        held: Arc<[AtomicUsize]>,
+    ) -> Self {
+        let parked_gauge = shared
+            .metrics
+            .parked_records
+            .with_label_values(&[shared.topics[0].as_str(), &partition.to_string()]);
+        Self {
+            windows: shared
+                .topics
+                .iter()
+                .map(|_| OffsetWindow::default())
+                .collect(),
+            shared,
+            consumer,
+            partition,
+            held,
+            keys: KeyQueue::default(),
+            gate: Vec::new(),
+            gate_deadline: None,
+            gated: VecDeque::new(),
+            via_topics: false,
+            parked_gauge,
+            seed: Jitter::seeded().next_unit().to_bits(),
         }
     }
+
+    async fn run(
+        mut self,
+        mut queue: mpsc::UnboundedReceiver<Input>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut running: FuturesUnordered<BoxFuture<Vec<Done>>> = FuturesUnordered::new();
+        let mut delayed: FuturesUnordered<BoxFuture<Job>> = FuturesUnordered::new();
+        let concurrency = self.shared.config.concurrency.max(1);
+        loop {
+            self.start(&mut running, &stop, concurrency);
+            self.parked_gauge.set(self.keys.parked() as i64);
+            let gate_deadline = self.gate_deadline;
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                Some(done) = running.next(), if !running.is_empty() => self.complete(done),
+                Some(job) = delayed.next(), if !delayed.is_empty() => self.keys.push_ready(job),
+                input = queue.recv() => {
+                    let Some(input) = input else { break };
+                    self.intake(input, &mut delayed);
+                    for _ in 0..MAX_INTAKE {
+                        match queue.try_recv() {
+                            Ok(input) => self.intake(input, &mut delayed),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(gate_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if gate_deadline.is_some() => {
+                    warn!(partition = self.partition, waiting_for = ?self.gate, "the retry partitions were not read to their end in time; reading the source anyway");
+                    self.open_gate(&mut delayed);
+                }
+            }
+        }
+        // Stopping: records in progress finish or give up at their next wait.
+        while let Some(done) = running.next().await {
+            self.complete(done);
+        }
+        self.parked_gauge.set(0);
+    }
+
+    /// Starts ready records while there is room.
+    fn start(
+        &mut self,
+        running: &mut FuturesUnordered<BoxFuture<Vec<Done>>>,
+        stop: &watch::Receiver<bool>,
+        concurrency: usize,
+    ) {
+        let batches = self.shared.handler.batches();
+        while running.len() < concurrency && self.keys.ready() > 0 {
+            let mut jobs = if batches {
+                // Only first attempts share a statement; a retried record runs alone.
+                self.keys.pop_batch(MAX_BATCH, |j| j.topic == 0)
+            } else {
+                Vec::new()
+            };
+            if jobs.is_empty() {
+                jobs.extend(self.keys.pop_ready());
+            }
+            self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            running.push(Box::pin(run_jobs(
+                Arc::clone(&self.shared),
+                jobs,
+                stop.clone(),
+                Jitter::from_seed(self.seed),
+                self.via_topics,
+            )));
+        }
+    }
+
+    fn intake(&mut self, input: Input, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
+        match input {
+            Input::Gate(gate) => {
+                self.via_topics = gate.via_topics;
+                self.gate = gate.waits;
+                self.gate_deadline =
+                    (!self.gate.is_empty()).then(|| tokio::time::Instant::now() + GATE_TIMEOUT);
+                if !self.gate.is_empty() {
+                    debug!(partition = self.partition, waits = ?self.gate, "reading the retry partitions first");
+                }
+            }
+            Input::Record(message) => {
+                let Some(topic) = self.shared.topic_index(message.topic()) else {
+                    return;
+                };
+                if topic == 0 && !self.gate.is_empty() {
+                    self.gated.push_back(message);
+                    return;
+                }
+                if topic > 0 && !self.gate.is_empty() {
+                    let offset = message.offset();
+                    self.gate
+                        .retain(|(t, last)| !(*t == topic && offset >= *last));
+                }
+                self.admit(topic, message, delayed);
+                if self.gate.is_empty() && !self.gated.is_empty() {
+                    self.open_gate(delayed);
+                }
+            }
+        }
+    }
+
+    fn open_gate(&mut self, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
+        self.gate.clear();
+        self.gate_deadline = None;
+        while let Some(message) = self.gated.pop_front() {
+            self.admit(0, message, delayed);
+        }
+    }
+
+    /// Tracks a received record and queues it behind its key (source) or resumes its key's
+    /// turn when due (retry topic).
+    fn admit(
+        &mut self,
+        topic: usize,
+        message: OwnedMessage,
+        delayed: &mut FuturesUnordered<BoxFuture<Job>>,
+    ) {
+        if !self.windows[topic].receive(message.offset()) {
+            // A second copy of an offset already tracked (after a seek).
+            self.held[topic].fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let key = key_hash(message.key());
+        let state = (topic > 0)
+            .then(|| RetryState::parse(message.headers()))
+            .flatten()
+            .map(|s| (s.offset, s.attempts, s.due_at_ms));
+        let job = Job {
+            message,
+            topic,
+            key,
+        };
+        match state {
+            None => self.keys.push(key, job),
+            Some((origin_offset, attempts, due_at_ms)) => {
+                self.keys.resume(key, (origin_offset, attempts));
+                let wait = due_at_ms - jiff::Timestamp::now().as_millisecond();
+                if wait > 0 {
+                    let due = tokio::time::Instant::now() + Duration::from_millis(wait as u64);
+                    delayed.push(Box::pin(async move {
+                        tokio::time::sleep_until(due).await;
+                        job
+                    }));
+                } else {
+                    self.keys.push_ready(job);
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, done: Vec<Done>) {
+        let mut moved = vec![None; self.windows.len()];
+        for d in done {
+            match d.outcome {
+                Outcome::Stopped => continue,
+                Outcome::Final => self.keys.finish(d.key),
+                Outcome::Forwarded {
+                    attempts,
+                    origin_offset,
+                } => self.keys.forwarded(d.key, (origin_offset, attempts)),
+            }
+            self.held[d.topic].fetch_sub(1, Ordering::Relaxed);
+            if let Some(position) = self.windows[d.topic].finish(d.offset) {
+                moved[d.topic] = Some(position);
+            }
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, position) in moved.iter().enumerate() {
+            if let Some(position) = position {
+                let _ = list.add_partition_offset(
+                    &self.shared.topics[topic],
+                    self.partition,
+                    Offset::Offset(*position),
+                );
+            }
+        }
+        if list.count() > 0
+            && let Err(e) = self.consumer.store_offsets(&list)
+        {
+            // The partition was revoked meanwhile: its new owner redelivers.
+            debug!(partition = self.partition, error = %e, "could not store an offset");
+        }
+    }
+}
+
+/// Takes records to a final outcome: several first attempts in one handler call when the
+/// handler batches, one by one otherwise (and whenever the batch fails).
+async fn run_jobs(
+    shared: Arc<Shared>,
+    jobs: Vec<Job>,
+    mut stop: watch::Receiver<bool>,
+    mut jitter: Jitter,
+    via_topics: bool,
+) -> Vec<Done> {
+    let started = Instant::now();
+    let orders = shared.handler.needs_orders();
+    let decoded: Vec<Decoded> = jobs.iter().map(|j| decode(&j.message, orders)).collect();
+    let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+
+    // The fast path: every valid record in one handler call.
+    if jobs.len() > 1 && decoded.iter().filter(|d| d.is_ok()).count() > 1 {
+        let deliveries: Vec<Delivery<'_>> = jobs
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(j, d)| {
+                d.as_ref()
+                    .ok()
+                    .map(|event| delivery(&j.message, event.as_ref()))
+            })
+            .collect();
+        let span = info_span!(
+            "batch",
+            partition = jobs[0].message.partition(),
+            records = deliveries.len()
+        );
+        let mut outage = Outage::default();
+        loop {
+            match shared
+                .handler
+                .handle_batch(&deliveries)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(()) => {
+                    outage.end(&shared);
+                    let elapsed = started.elapsed().as_secs_f64();
+                    for (i, d) in decoded.iter().enumerate() {
+                        if d.is_ok() {
+                            outcomes[i] = Some(Outcome::Final);
+                            shared.duration.observe(elapsed);
+                        }
+                    }
+                    shared.handled.inc_by(deliveries.len() as u64);
+                    break;
+                }
+                Err(HandlerError::Unavailable(message)) => {
+                    if !outage.wait(&shared, &mut stop, &message).await {
+                        outage.end(&shared);
+                        break;
+                    }
+                }
+                // One record may be at fault: fall back to one at a time.
+                Err(HandlerError::Failed { .. }) => {
+                    outage.end(&shared);
+                    break;
+                }
+            }
+        }
+    }
+
+    for (i, job) in jobs.iter().enumerate() {
+        if outcomes[i].is_none() {
+            outcomes[i] = Some(if stopping(&stop) {
+                Outcome::Stopped
+            } else {
+                process_record(
+                    &shared,
+                    job,
+                    &decoded[i],
+                    &mut stop,
+                    &mut jitter,
+                    via_topics,
+                )
+                .await
+            });
+        }
+    }
+    jobs.iter()
+        .zip(outcomes)
+        .map(|(job, outcome)| Done {
+            topic: job.topic,
+            offset: job.message.offset(),
+            key: job.key,
+            outcome: outcome.unwrap_or(Outcome::Stopped),
+        })
+        .collect()
 }
 
 /// A stop was requested.
@@ -524,78 +1010,6 @@ fn decode(message: &OwnedMessage, orders: bool) -> Decoded {
     }
 }
 
-async fn process_batch(
-    shared: &Arc<Shared>,
-    batch: &[OwnedMessage],
-    stop: &mut watch::Receiver<bool>,
-    jitter: &mut Jitter,
-) -> Progress {
-    let started = Instant::now();
-    let orders = shared.handler.needs_orders();
-    let decoded: Vec<Decoded> = batch.iter().map(|m| decode(m, orders)).collect();
-    let mut done = vec![false; batch.len()];
-
-    // The fast path: every valid record of the batch in one handler call.
-    if shared.handler.batches() && decoded.iter().filter(|d| d.is_ok()).count() > 1 {
-        let deliveries: Vec<Delivery<'_>> = batch
-            .iter()
-            .zip(&decoded)
-            .filter_map(|(m, d)| d.as_ref().ok().map(|event| delivery(m, event.as_ref())))
-            .collect();
-        let span = info_span!(
-            "batch",
-            partition = batch[0].partition(),
-            records = deliveries.len()
-        );
-        let mut outage = Outage::default();
-        loop {
-            match shared
-                .handler
-                .handle_batch(&deliveries)
-                .instrument(span.clone())
-                .await
-            {
-                Ok(()) => {
-                    outage.end(shared);
-                    let elapsed = started.elapsed().as_secs_f64();
-                    for (i, d) in decoded.iter().enumerate() {
-                        if d.is_ok() {
-                            done[i] = true;
-                            shared.duration.observe(elapsed);
-                        }
-                    }
-                    shared.handled.inc_by(deliveries.len() as u64);
-                    break;
-                }
-                Err(HandlerError::Unavailable(message)) => {
-                    if !outage.wait(shared, stop, &message).await {
-                        outage.end(shared);
-                        return Progress::Stopped(0);
-                    }
-                }
-                // One record may be at fault: fall back to one at a time.
-                Err(HandlerError::Failed { .. }) => {
-                    outage.end(shared);
-                    break;
-                }
-            }
-        }
-    }
-
-    for (i, message) in batch.iter().enumerate() {
-        if done[i] {
-            continue;
-        }
-        if stopping(stop) {
-            return Progress::Stopped(i);
-        }
-        if !process_record(shared, message, &decoded[i], stop, jitter).await {
-            return Progress::Stopped(i);
-        }
-    }
-    Progress::Complete
-}
-
 /// Tracks one sink outage: reported once, backing off while it lasts.
 #[derive(Default)]
 struct Outage {
@@ -630,40 +1044,57 @@ impl Outage {
     }
 }
 
-/// Takes one record to a final outcome; false when stopped before that.
+/// Takes one record to an outcome: handled, dead-lettered, or (mode RetryTopics) forwarded to
+/// the retry topic of its attempt. Retries in place otherwise.
 async fn process_record(
     shared: &Arc<Shared>,
-    message: &OwnedMessage,
+    job: &Job,
     decoded: &Decoded,
     stop: &mut watch::Receiver<bool>,
     jitter: &mut Jitter,
-) -> bool {
+    via_topics: bool,
+) -> Outcome {
     let started = Instant::now();
+    let message = &job.message;
     let headers = message.headers();
     let order = decoded.as_ref().ok().and_then(Option::as_ref);
+    // Where the record was first consumed, and how often it failed before this copy.
+    let retried = (job.topic > 0)
+        .then(|| RetryState::parse(headers))
+        .flatten();
+    let origin = match &retried {
+        Some(r) => Origin {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+        },
+        None => Origin {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+        },
+    };
+    let earlier = retried.as_ref().map_or(0, |r| r.attempts);
     let correlation_id = headers::get(headers, headers::CORRELATION_ID)
         .or_else(|| order.map(|e| e.metadata.correlation_id.as_str()));
     let trace_id = headers::get(headers, headers::TRACEPARENT)
         .and_then(headers::parse_traceparent)
         .map(|t| t.trace_id)
-        .or_else(|| {
-            decoded
-                .as_ref()
-                .ok()
-                .and_then(Option::as_ref)
-                .map(|e| e.metadata.trace_id.as_str())
-        });
+        .or_else(|| order.map(|e| e.metadata.trace_id.as_str()));
     let span = info_span!(
         "record",
         topic = message.topic(),
         partition = message.partition(),
         offset = message.offset(),
+        earlier_attempts = earlier,
         correlation_id = correlation_id.unwrap_or_default(),
         trace_id = trace_id.unwrap_or_default(),
     );
     let retry = &shared.config.retry;
-    let topic = message.topic();
-    let mut attempts: u32 = 0;
+    let source = shared.topics[0].as_str();
+    let mut attempts: u32 = earlier;
     let mut outage = Outage::default();
     let (class, last_error) = loop {
         attempts += 1;
@@ -689,14 +1120,14 @@ async fn process_record(
                 outage.end(shared);
                 shared.handled.inc();
                 shared.duration.observe(started.elapsed().as_secs_f64());
-                return true;
+                return Outcome::Final;
             }
             Err(HandlerError::Unavailable(m)) => {
                 // An outage is not the record's fault: it spends no attempt.
                 attempts -= 1;
                 if !outage.wait(shared, stop, &m).await {
                     outage.end(shared);
-                    return false;
+                    return Outcome::Stopped;
                 }
             }
             Err(HandlerError::Failed { class, message: m }) => {
@@ -708,14 +1139,49 @@ async fn process_record(
                 shared
                     .metrics
                     .retries
-                    .with_label_values(&[topic, class.as_str()])
+                    .with_label_values(&[source, class.as_str()])
                     .inc();
                 let delay = retry::delay(retry, attempts, jitter.next_unit());
-                span.in_scope(|| {
-                    warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, "record failed, retrying")
-                });
+                let topic = via_topics
+                    .then(|| retry::retry_topic(&shared.config.retry_topics, attempts))
+                    .flatten();
+                if let Some(topic) = topic {
+                    let state = RetryState {
+                        topic: origin.topic,
+                        partition: origin.partition,
+                        offset: origin.offset,
+                        timestamp_ms: origin.timestamp_ms,
+                        attempts,
+                        due_at_ms: jiff::Timestamp::now().as_millisecond()
+                            + delay.as_millis() as i64,
+                    };
+                    span.in_scope(|| {
+                        warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, retry_topic = %topic.name, "record failed, sending it to the retry topic")
+                    });
+                    let record_headers =
+                        headers::retry_headers(headers, &state, class.as_str(), &m);
+                    match publish(shared, &topic.name, message, record_headers, true, stop)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Published::Acked => {
+                            return Outcome::Forwarded {
+                                attempts,
+                                origin_offset: origin.offset,
+                            };
+                        }
+                        Published::Stopped => return Outcome::Stopped,
+                        Published::TooLarge => span.in_scope(|| {
+                            warn!(retry_topic = %topic.name, "the record is too large for the retry topic: retrying in place")
+                        }),
+                    }
+                } else {
+                    span.in_scope(|| {
+                        warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, "record failed, retrying")
+                    });
+                }
                 if !pause(stop, delay).await {
-                    return false;
+                    return Outcome::Stopped;
                 }
             }
         }
@@ -727,10 +1193,10 @@ async fn process_record(
         shared,
         message,
         &DeadLetter {
-            topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp_ms: message.timestamp().to_millis(),
+            topic: origin.topic,
+            partition: origin.partition,
+            offset: origin.offset,
+            timestamp_ms: origin.timestamp_ms,
             group: &shared.config.group_id,
             error_class: class.as_str(),
             error_message: &last_error,
@@ -746,24 +1212,43 @@ async fn process_record(
     if published {
         shared.dead_lettered.inc();
         shared.duration.observe(started.elapsed().as_secs_f64());
+        Outcome::Final
+    } else {
+        Outcome::Stopped
     }
-    published
 }
 
-/// Publishes the dead letter until the broker acknowledges it; false only when stopped first
-/// (the offset then stays unstored and the record is redelivered).
-async fn dead_letter(
+/// Where a record was first consumed.
+struct Origin<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+}
+
+/// How a publish of the worker's own ended.
+enum Published {
+    Acked,
+    /// Stopped before the broker acknowledged it.
+    Stopped,
+    /// The topic refuses records this large.
+    TooLarge,
+}
+
+/// Publishes `message`'s key (and value, when `with_value`) with `record_headers` to `topic`,
+/// retrying until the broker acknowledges: nothing is dropped. Keeps the source partition
+/// number when the topic has it (retry topics always do).
+async fn publish(
     shared: &Shared,
+    topic: &str,
     message: &OwnedMessage,
-    dl: &DeadLetter<'_>,
+    record_headers: OwnedHeaders,
+    with_value: bool,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
-    let topic = &shared.config.dead_letter_topic;
-    let mut record_headers = headers::dead_letter_headers(message.headers(), dl);
-    let keep_partition =
-        message.partition() < shared.dead_letter_partitions.load(Ordering::Relaxed);
+) -> Published {
+    let keep_partition = topic != shared.config.dead_letter_topic
+        || message.partition() < shared.dead_letter_partitions.load(Ordering::Relaxed);
     let mut failures = 0;
-    let mut with_value = true;
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(record_headers.clone());
         if let Some(key) = message.key() {
@@ -782,27 +1267,12 @@ async fn dead_letter(
                     .producer_messages
                     .with_label_values(&[topic, "acked"])
                     .inc();
-                shared
-                    .metrics
-                    .dlq_messages
-                    .with_label_values(&[topic, dl.error_class])
-                    .inc();
-                return true;
+                return Published::Acked;
             }
             Err((e, _))
-                if with_value
-                    && e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge) =>
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
             {
-                // The dead-letter topic takes smaller records than the source: keep every header
-                // (the original coordinates locate the value) and say the value was left out.
-                warn!(error = %e, "the dead letter is too large for its topic; publishing it without its value");
-                let size = message.payload().map_or(0, <[u8]>::len).to_string();
-                record_headers = record_headers.insert(rdkafka::message::Header {
-                    key: headers::DLQ_VALUE_OMITTED,
-                    value: Some(&size),
-                });
-                with_value = false;
+                return Published::TooLarge;
             }
             Err((e, _)) => {
                 shared
@@ -810,12 +1280,57 @@ async fn dead_letter(
                     .producer_messages
                     .with_label_values(&[topic, "failed"])
                     .inc();
-                error!(error = %e, dead_letter_topic = %topic, "could not publish a dead letter; retrying, the offset stays uncommitted");
+                error!(error = %e, %topic, "could not publish; retrying, the offset stays uncommitted");
                 if !pause(stop, retry::outage_delay(failures)).await {
-                    return false;
+                    return Published::Stopped;
                 }
                 failures += 1;
             }
         }
+    }
+}
+
+/// Publishes the dead letter until the broker acknowledges it; false only when stopped first
+/// (the offset then stays unstored and the record is redelivered).
+async fn dead_letter(
+    shared: &Shared,
+    message: &OwnedMessage,
+    dl: &DeadLetter<'_>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let topic = &shared.config.dead_letter_topic;
+    let record_headers = headers::dead_letter_headers(message.headers(), dl);
+    let mut outcome = publish(shared, topic, message, record_headers.clone(), true, stop).await;
+    if let Published::TooLarge = outcome {
+        // The dead-letter topic takes smaller records than the source: keep every header (the
+        // original coordinates locate the value) and say the value was left out.
+        warn!("the dead letter is too large for its topic; publishing it without its value");
+        let size = message.payload().map_or(0, <[u8]>::len).to_string();
+        let record_headers = record_headers.insert(rdkafka::message::Header {
+            key: headers::DLQ_VALUE_OMITTED,
+            value: Some(&size),
+        });
+        loop {
+            outcome = publish(shared, topic, message, record_headers.clone(), false, stop).await;
+            if !matches!(outcome, Published::TooLarge) {
+                break;
+            }
+            // Even the headers are refused: a broker misconfiguration. Keep trying rather
+            // than drop the record.
+            error!(dead_letter_topic = %topic, "the dead-letter topic refuses even the headers of this record");
+            if !pause(stop, Duration::from_secs(10)).await {
+                return false;
+            }
+        }
+    }
+    if let Published::Acked = outcome {
+        shared
+            .metrics
+            .dlq_messages
+            .with_label_values(&[topic, dl.error_class])
+            .inc();
+        true
+    } else {
+        false
     }
 }

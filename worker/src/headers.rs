@@ -36,6 +36,23 @@ pub const DLQ_VALUE_OMITTED: &str = "x-dlq-value-omitted";
 /// How many times the record was replayed from the dead-letter topic (decimal).
 pub const DLQ_REPLAY_COUNT: &str = "x-dlq-replay-count";
 
+/// Failed attempts so far, on a record in a retry topic (decimal).
+pub const RETRY_ATTEMPTS: &str = "x-retry-attempts";
+/// When the record may be tried again, milliseconds since the Unix epoch (decimal).
+pub const RETRY_DUE_AT: &str = "x-retry-due-at";
+/// Topic the record was first consumed from.
+pub const RETRY_ORIGINAL_TOPIC: &str = "x-retry-original-topic";
+/// Partition it was consumed from (decimal); the retry record keeps the same partition.
+pub const RETRY_ORIGINAL_PARTITION: &str = "x-retry-original-partition";
+/// Its offset there (decimal).
+pub const RETRY_ORIGINAL_OFFSET: &str = "x-retry-original-offset";
+/// Its record timestamp, milliseconds since the Unix epoch (decimal).
+pub const RETRY_ORIGINAL_TIMESTAMP: &str = "x-retry-original-timestamp";
+/// The class of the last failure.
+pub const RETRY_ERROR_CLASS: &str = "x-retry-error-class";
+/// The last failure, human readable (truncated to 1 KiB).
+pub const RETRY_ERROR_MESSAGE: &str = "x-retry-error-message";
+
 /// The first value of header `name` as UTF-8.
 pub fn get<'a, H: Headers>(headers: Option<&'a H>, name: &str) -> Option<&'a str> {
     let headers = headers?;
@@ -101,13 +118,14 @@ pub struct DeadLetter<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-/// The original headers, unchanged and in order, followed by the dead-letter headers. Any
-/// `x-dlq-*` header of an earlier failure is replaced, except the replay count.
-pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(original.map_or(0, |h| h.count()) + 11);
+/// The headers a producer or an earlier owner of the record wrote, without the retry and
+/// dead-letter bookkeeping of earlier failures (the replay count stays: it counts replays).
+fn original_headers<H: Headers>(original: Option<&H>, extra: usize) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(original.map_or(0, |h| h.count()) + extra);
     if let Some(original) = original {
         for h in original.iter() {
-            let ours = h.key.starts_with("x-dlq-") && h.key != DLQ_REPLAY_COUNT;
+            let ours = (h.key.starts_with("x-dlq-") && h.key != DLQ_REPLAY_COUNT)
+                || h.key.starts_with("x-retry-");
             if !ours {
                 out = out.insert(Header {
                     key: h.key,
@@ -116,7 +134,18 @@ pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>
             }
         }
     }
-    let message: String = dl.error_message.chars().take(1024).collect();
+    out
+}
+
+fn truncated(message: &str) -> String {
+    message.chars().take(1024).collect()
+}
+
+/// The original headers, unchanged and in order, followed by the dead-letter headers. Any
+/// `x-dlq-*` or `x-retry-*` header of an earlier failure is replaced, except the replay count.
+pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>) -> OwnedHeaders {
+    let mut out = original_headers(original, 11);
+    let message = truncated(dl.error_message);
     let partition = dl.partition.to_string();
     let offset = dl.offset.to_string();
     let timestamp = dl.timestamp_ms.map(|t| t.to_string());
@@ -139,6 +168,68 @@ pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>
     }
     if let Some(t) = dl.trace_id {
         fields.push((DLQ_TRACE_ID, t));
+    }
+    for (key, value) in fields {
+        out = out.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    out
+}
+
+/// Where a record in a retry topic came from, how often it failed and when it is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryState<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub attempts: u32,
+    pub due_at_ms: i64,
+}
+
+impl<'a> RetryState<'a> {
+    /// Reads the `x-retry-*` headers; `None` when they are missing or malformed.
+    pub fn parse<H: Headers>(headers: Option<&'a H>) -> Option<Self> {
+        let number = |name| get(headers, name)?.parse::<i64>().ok();
+        Some(Self {
+            topic: get(headers, RETRY_ORIGINAL_TOPIC)?,
+            partition: i32::try_from(number(RETRY_ORIGINAL_PARTITION)?).ok()?,
+            offset: number(RETRY_ORIGINAL_OFFSET)?,
+            timestamp_ms: number(RETRY_ORIGINAL_TIMESTAMP),
+            attempts: u32::try_from(number(RETRY_ATTEMPTS)?).ok()?,
+            due_at_ms: number(RETRY_DUE_AT)?,
+        })
+    }
+}
+
+/// The original headers, unchanged and in order, followed by the retry headers (those of an
+/// earlier retry replaced).
+pub fn retry_headers<H: Headers>(
+    original: Option<&H>,
+    state: &RetryState<'_>,
+    error_class: &str,
+    error_message: &str,
+) -> OwnedHeaders {
+    let mut out = original_headers(original, 8);
+    let partition = state.partition.to_string();
+    let offset = state.offset.to_string();
+    let attempts = state.attempts.to_string();
+    let due = state.due_at_ms.to_string();
+    let timestamp = state.timestamp_ms.map(|t| t.to_string());
+    let message = truncated(error_message);
+    let mut fields: Vec<(&str, &str)> = vec![
+        (RETRY_ORIGINAL_TOPIC, state.topic),
+        (RETRY_ORIGINAL_PARTITION, &partition),
+        (RETRY_ORIGINAL_OFFSET, &offset),
+        (RETRY_ATTEMPTS, &attempts),
+        (RETRY_DUE_AT, &due),
+        (RETRY_ERROR_CLASS, error_class),
+        (RETRY_ERROR_MESSAGE, &message),
+    ];
+    if let Some(t) = &timestamp {
+        fields.push((RETRY_ORIGINAL_TIMESTAMP, t));
     }
     for (key, value) in fields {
         out = out.insert(Header {
@@ -228,5 +319,63 @@ mod tests {
             headers.iter().filter(|h| h.key == DLQ_ERROR_CLASS).count(),
             1
         );
+    }
+
+    #[test]
+    fn retry_headers_round_trip_and_replace_an_earlier_retry() {
+        let original = OwnedHeaders::new().insert(Header {
+            key: CONTENT_TYPE,
+            value: Some("application/json"),
+        });
+        let first = RetryState {
+            topic: "orders",
+            partition: 1,
+            offset: 7,
+            timestamp_ms: Some(1_700_000_000_000),
+            attempts: 1,
+            due_at_ms: 1_700_000_001_000,
+        };
+        let once = retry_headers(Some(&original), &first, "Transient", "HTTP 503");
+        assert_eq!(RetryState::parse(Some(&once)), Some(first.clone()));
+        let second = RetryState {
+            attempts: 2,
+            due_at_ms: 1_700_000_003_000,
+            ..first
+        };
+        let twice = retry_headers(Some(&once), &second, "Transient", "HTTP 500");
+        assert_eq!(RetryState::parse(Some(&twice)), Some(second));
+        assert_eq!(twice.iter().filter(|h| h.key == RETRY_ATTEMPTS).count(), 1);
+        assert_eq!(get(Some(&twice), RETRY_ERROR_MESSAGE), Some("HTTP 500"));
+        assert_eq!(twice.iter().next().unwrap().key, CONTENT_TYPE);
+        assert_eq!(RetryState::parse(Some(&original)), None);
+    }
+
+    #[test]
+    fn dead_letters_drop_the_retry_bookkeeping() {
+        let state = RetryState {
+            topic: "orders",
+            partition: 0,
+            offset: 3,
+            timestamp_ms: None,
+            attempts: 3,
+            due_at_ms: 5,
+        };
+        let retried = retry_headers(None::<&OwnedHeaders>, &state, "Transient", "x");
+        let dl = DeadLetter {
+            topic: "orders",
+            partition: 0,
+            offset: 3,
+            timestamp_ms: None,
+            group: "g",
+            error_class: "Transient",
+            error_message: "x",
+            attempts: 4,
+            failed_at: "2026-11-24T08:00:00Z".into(),
+            correlation_id: None,
+            trace_id: None,
+        };
+        let headers = dead_letter_headers(Some(&retried), &dl);
+        assert!(headers.iter().all(|h| !h.key.starts_with("x-retry-")));
+        assert_eq!(get(Some(&headers), DLQ_ATTEMPTS), Some("4"));
     }
 }

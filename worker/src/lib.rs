@@ -16,4 +16,5 @@ pub mod pg;
 pub mod proto;
 pub mod replay;
 pub mod retry;
+pub mod schedule;
 pub mod telemetry;

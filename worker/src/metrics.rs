@@ -20,6 +20,9 @@ pub struct Metrics {
     pub records: IntCounterVec,
     /// kafka_consumer_retries_total{topic,error_class}: handler attempts that will be retried.
     pub retries: IntCounterVec,
+    /// kafka_consumer_parked_records{topic,partition}: records waiting behind an earlier record
+    /// of their key (retrying in place or in a retry topic).
+    pub parked_records: IntGaugeVec,
     /// pubsubkafka_worker_sink_up: 0 while the handler's sink is unreachable.
     pub sink_up: IntGauge,
     /// http_request_duration_seconds{route,status}: the gateway's request latency.
@@ -87,6 +90,14 @@ impl Metrics {
             &["topic", "error_class"],
         )
         .expect("valid metric");
+        let parked_records = IntGaugeVec::new(
+            Opts::new(
+                "kafka_consumer_parked_records",
+                "Records waiting behind an earlier record of their key that is retrying.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
         let sink_up = IntGauge::new(
             "pubsubkafka_worker_sink_up",
             "1 while the handler's sink answers, 0 during an outage.",
@@ -109,6 +120,7 @@ impl Metrics {
             Box::new(producer_messages.clone()),
             Box::new(records.clone()),
             Box::new(retries.clone()),
+            Box::new(parked_records.clone()),
             Box::new(sink_up.clone()),
             Box::new(request_duration.clone()),
         ] {
@@ -122,6 +134,7 @@ impl Metrics {
             producer_messages,
             records,
             retries,
+            parked_records,
             sink_up,
             request_duration,
         }

@@ -3,7 +3,35 @@
 
 use std::time::Duration;
 
-use crate::config::RetryPolicy;
+use crate::config::{RetryMode, RetryPolicy, RetryTopic};
+
+/// The retry topics of `source` under `policy`: one per distinct backoff, named
+/// `<source>-retry-<n>`, up to the first whose delay reaches the cap (later attempts reuse the
+/// last). None unless the mode is RetryTopics and retries are allowed.
+pub fn retry_topics(source: &str, policy: &RetryPolicy) -> Vec<RetryTopic> {
+    if policy.mode != RetryMode::RetryTopics {
+        return Vec::new();
+    }
+    let mut topics = Vec::new();
+    for retry in 1..=policy.max_retries {
+        // The middle of the jitter range: the delay before spread.
+        let delay_ms = delay(policy, retry, 0.5).as_millis() as u64;
+        topics.push(RetryTopic {
+            name: format!("{source}-retry-{retry}"),
+            delay_ms,
+        });
+        if delay_ms >= policy.max_backoff_ms {
+            break;
+        }
+    }
+    topics
+}
+
+/// The retry topic of a record that has failed `attempts` times.
+pub fn retry_topic(topics: &[RetryTopic], attempts: u32) -> Option<&RetryTopic> {
+    let index = (attempts.max(1) as usize - 1).min(topics.len().checked_sub(1)?);
+    topics.get(index)
+}
 
 /// The delay before retry `retry` (1-based): min(initial x multiplier^(retry-1), max), then
 /// spread by +/- jitter with `unit` in [0, 1) as the random draw.
@@ -33,6 +61,11 @@ impl Jitter {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
         Self(nanos ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    /// A generator from a seed (records processed concurrently each get their own).
+    pub fn from_seed(seed: u64) -> Self {
+        Self(seed | 1)
     }
 
     pub fn next_unit(&mut self) -> f64 {
@@ -79,6 +112,40 @@ mod tests {
             let d = delay(&p, 3, u).as_millis();
             assert!((320..=480).contains(&d), "{d}");
         }
+    }
+
+    #[test]
+    fn one_retry_topic_per_distinct_delay_up_to_the_cap() {
+        let mut p = RetryPolicy {
+            max_retries: 10,
+            initial_backoff_ms: 1000,
+            multiplier: 2.0,
+            max_backoff_ms: 5000,
+            mode: RetryMode::RetryTopics,
+            ..RetryPolicy::default()
+        };
+        let topics = retry_topics("orders", &p);
+        let named: Vec<(&str, u64)> = topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.delay_ms))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("orders-retry-1", 1000),
+                ("orders-retry-2", 2000),
+                ("orders-retry-3", 4000),
+                ("orders-retry-4", 5000),
+            ]
+        );
+        assert_eq!(retry_topic(&topics, 1).unwrap().name, "orders-retry-1");
+        assert_eq!(retry_topic(&topics, 3).unwrap().name, "orders-retry-3");
+        assert_eq!(retry_topic(&topics, 9).unwrap().name, "orders-retry-4");
+        p.max_retries = 2;
+        assert_eq!(retry_topics("orders", &p).len(), 2);
+        p.mode = RetryMode::Blocking;
+        assert!(retry_topics("orders", &p).is_empty());
+        assert!(retry_topic(&[], 1).is_none());
     }
 
     #[test]

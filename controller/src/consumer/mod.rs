@@ -33,7 +33,6 @@ use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::error::Error;
 use crate::kafka::{AclFilter, AdminError};
 use plan::Names;
-use pubsubkafka_worker::config::RetryMode;
 
 const KIND: &str = "OrderConsumer";
 
@@ -189,16 +188,6 @@ async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<Gathered, Err
             Some(policy.spec)
         }
     };
-    if policy
-        .as_ref()
-        .is_some_and(|p| p.mode == RetryMode::RetryTopics)
-    {
-        return Err(Error::Waiting {
-            reason: reason::RETRY_TOPICS_UNSUPPORTED,
-            message: "mode RetryTopics is not supported by this operator version; use Blocking"
-                .into(),
-        });
-    }
     Ok(Gathered {
         topic,
         partitions,
@@ -248,9 +237,39 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     let dead_letter = plan::dead_letter_topic(&source, policy);
     let group = consumer.group_id();
 
-    ensure_dead_letter_topic(consumer, ctx, &gathered, &dead_letter).await?;
+    let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
+    let retry_topics = plan::retry_topics(&source, &retry).map_err(Error::InvalidSpec)?;
+
+    let dead_letter_partitions = plan::dead_letter_partitions(gathered.partitions, policy);
+    ensure_companion_topic(
+        consumer,
+        ctx,
+        &gathered,
+        &dead_letter,
+        dead_letter_partitions,
+        true,
+    )
+    .await?;
+    for topic in &retry_topics {
+        // Partition p of every retry topic goes with partition p of the source.
+        ensure_companion_topic(
+            consumer,
+            ctx,
+            &gathered,
+            &topic.name,
+            gathered.partitions,
+            false,
+        )
+        .await?;
+    }
     ensure_principal(consumer, ctx, &names).await?;
-    let desired_acls = plan::consumer_acls(&names.principal, &source, &dead_letter, &group);
+    let desired_acls = plan::consumer_acls(
+        &names.principal,
+        &source,
+        &dead_letter,
+        &retry_topics,
+        &group,
+    );
     ensure_acls(consumer, ctx, &names, &desired_acls).await?;
 
     let lag = measure_lag(ctx, &group, &source, gathered.partitions).await?;
@@ -270,13 +289,13 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     };
     let (replicas, capped) = plan::partition_cap(desired, gathered.partitions);
 
-    let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
     let config = plan::worker_config(&plan::RenderInput {
         consumer,
         names: &names,
         source_topic: &source,
         dead_letter_topic: &dead_letter,
         retry,
+        retry_topics: &retry_topics,
         bootstrap_servers: &ctx.settings.worker_bootstrap_servers,
         security_protocol: ctx.settings.worker_security_protocol,
         with_ca: ctx.settings.kafka_ca_pem.is_some(),
@@ -323,8 +342,13 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         true,
         reason::RECONCILED,
         format!(
-            "{replicas} worker replicas consume {source} as {}; dead letters go to {dead_letter}",
-            names.principal
+            "{replicas} worker replicas consume {source} as {}; {}dead letters go to {dead_letter}",
+            names.principal,
+            match retry_topics.as_slice() {
+                [] => String::new(),
+                [only] => format!("retries wait in {}; ", only.name),
+                [first, .., last] => format!("retries wait in {} to {}; ", first.name, last.name),
+            }
         ),
         generation,
     );
@@ -369,6 +393,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         lag: Some(lag),
         group_id: Some(group),
         dead_letter_topic: Some(dead_letter),
+        retry_topics: retry_topics.into_iter().map(|t| t.name).collect(),
         principal: Some(names.principal.clone()),
         credentials_secret: Some(names.credentials_secret.clone()),
         selector: Some(plan::selector(consumer)),
@@ -377,15 +402,26 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     })
 }
 
-/// Creates the dead-letter topic, or grows it to the partitions it needs.
-async fn ensure_dead_letter_topic(
+/// Creates the dead-letter topic or a retry topic, or grows it to the partitions it needs.
+/// Both take whatever record size the source takes.
+async fn ensure_companion_topic(
     consumer: &OrderConsumer,
     ctx: &Context,
     gathered: &Gathered,
     topic: &str,
+    partitions: i32,
+    dead_letter: bool,
 ) -> Result<(), Error> {
     let policy = gathered.policy.as_ref();
-    let partitions = plan::dead_letter_partitions(gathered.partitions, policy);
+    let (kind, created, grown) = if dead_letter {
+        (
+            "dead-letter",
+            "DeadLetterTopicCreated",
+            "DeadLetterTopicGrown",
+        )
+    } else {
+        ("retry", "RetryTopicCreated", "RetryTopicGrown")
+    };
     match ctx.admin.describe_topic(topic).await? {
         None => {
             let replication = policy
@@ -393,11 +429,14 @@ async fn ensure_dead_letter_topic(
                 .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
                 .unwrap_or(gathered.topic.spec.replication_factor);
             let mut configs = BTreeMap::new();
-            // Whatever fits the source must fit its dead letters.
+            // Whatever fits the source must fit its dead letters and retries.
             if let Some(limit) = gathered.topic.config_strings().get("max.message.bytes") {
                 configs.insert("max.message.bytes".to_owned(), limit.clone());
             }
-            if let Some(retention) = policy.and_then(|p| p.dead_letter.retention.as_deref()) {
+            if let Some(retention) = policy
+                .filter(|_| dead_letter)
+                .and_then(|p| p.dead_letter.retention.as_deref())
+            {
                 let ms = crate::duration::parse(retention).map_err(Error::InvalidSpec)?;
                 configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
             }
@@ -413,8 +452,8 @@ async fn ensure_dead_letter_topic(
             ctx.event(
                 consumer,
                 EventType::Normal,
-                "DeadLetterTopicCreated",
-                format!("created dead-letter topic {topic} with {partitions} partitions"),
+                created,
+                format!("created {kind} topic {topic} with {partitions} partitions"),
             )
             .await;
         }
@@ -423,8 +462,8 @@ async fn ensure_dead_letter_topic(
             ctx.event(
                 consumer,
                 EventType::Normal,
-                "DeadLetterTopicGrown",
-                format!("grew dead-letter topic {topic} to {partitions} partitions"),
+                grown,
+                format!("grew {kind} topic {topic} to {partitions} partitions"),
             )
             .await;
         }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use pubsubkafka_worker::config::{
-    HandlerConfig, KafkaConnection, RetryPolicy, SecurityProtocol, WorkerConfig,
+    HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol, WorkerConfig,
 };
 
 use crate::crd::OrderConsumer;
@@ -80,11 +80,13 @@ pub fn dead_letter_partitions(source_partitions: i32, policy: Option<&DLQPolicyS
 }
 
 /// Exactly the seed architecture's ACLs: READ and DESCRIBE on the source topic, WRITE and
-/// DESCRIBE on the dead-letter topic, READ on the consumer group.
+/// DESCRIBE on the dead-letter topic, READ on the consumer group; and READ, WRITE and DESCRIBE
+/// on each retry topic (the worker both feeds and consumes them).
 pub fn consumer_acls(
     principal: &str,
     source: &str,
     dead_letter: &str,
+    retry_topics: &[RetryTopic],
     group: &str,
 ) -> BTreeSet<Acl> {
     let acl = |resource, name: &str, operation| Acl {
@@ -93,13 +95,23 @@ pub fn consumer_acls(
         principal: principal.to_owned(),
         operation,
     };
-    BTreeSet::from([
+    let mut acls = BTreeSet::from([
         acl(ResourceKind::Topic, source, AclOperation::Read),
         acl(ResourceKind::Topic, source, AclOperation::Describe),
         acl(ResourceKind::Topic, dead_letter, AclOperation::Write),
         acl(ResourceKind::Topic, dead_letter, AclOperation::Describe),
         acl(ResourceKind::Group, group, AclOperation::Read),
-    ])
+    ]);
+    for topic in retry_topics {
+        for operation in [
+            AclOperation::Read,
+            AclOperation::Write,
+            AclOperation::Describe,
+        ] {
+            acls.insert(acl(ResourceKind::Topic, &topic.name, operation));
+        }
+    }
+    acls
 }
 
 /// Replicas after the partition cap, and whether the cap applied.
@@ -149,6 +161,18 @@ pub fn stabilize(
     (replicas, kept)
 }
 
+/// The retry topics of mode RetryTopics, checked against Kafka's name limit.
+pub fn retry_topics(source: &str, retry: &RetryPolicy) -> Result<Vec<RetryTopic>, String> {
+    let topics = pubsubkafka_worker::retry::retry_topics(source, retry);
+    match topics.iter().find(|t| t.name.len() > 249) {
+        Some(t) => Err(format!(
+            "retry topic name {} is longer than Kafka's 249 characters; shorten the topic name",
+            t.name
+        )),
+        None => Ok(topics),
+    }
+}
+
 /// The retry policy the workers get: the DLQPolicy's, or the defaults.
 pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, String> {
     let Some(policy) = policy else {
@@ -178,6 +202,7 @@ pub struct RenderInput<'a> {
     pub source_topic: &'a str,
     pub dead_letter_topic: &'a str,
     pub retry: RetryPolicy,
+    pub retry_topics: &'a [RetryTopic],
     /// Bootstrap servers as the workers reach them.
     pub bootstrap_servers: &'a str,
     pub security_protocol: SecurityProtocol,
@@ -216,6 +241,8 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         http_port: 9090,
         shutdown_grace_seconds: 25,
         session_timeout_ms: 30_000,
+        concurrency: spec.concurrency_per_partition.clamp(1, 1000) as usize,
+        retry_topics: input.retry_topics.to_vec(),
     })
 }
 
@@ -521,7 +548,7 @@ spec:
 
     #[test]
     fn the_principal_gets_exactly_the_seed_acls() {
-        let acls = consumer_acls("User:c", "orders", "orders-dlq", "shop.c");
+        let acls = consumer_acls("User:c", "orders", "orders-dlq", &[], "shop.c");
         let rendered: Vec<String> = acls
             .iter()
             .map(|a| format!("{:?} {} {:?}", a.resource, a.name, a.operation))
@@ -536,6 +563,27 @@ spec:
                 "Group shop.c Read",
             ]
         );
+    }
+
+    #[test]
+    fn retry_topics_get_read_write_and_describe() {
+        let retry = RetryPolicy {
+            max_retries: 2,
+            mode: pubsubkafka_worker::config::RetryMode::RetryTopics,
+            ..RetryPolicy::default()
+        };
+        let topics = retry_topics("orders", &retry).unwrap();
+        assert_eq!(topics.len(), 2);
+        let acls = consumer_acls("User:c", "orders", "orders-dlq", &topics, "shop.c");
+        let on_retry: Vec<String> = acls
+            .iter()
+            .filter(|a| a.name == "orders-retry-2")
+            .map(|a| format!("{:?}", a.operation))
+            .collect();
+        assert_eq!(on_retry, ["Read", "Write", "Describe"]);
+        assert_eq!(acls.len(), 5 + 6);
+        let long = "o".repeat(245);
+        assert!(retry_topics(&long, &retry).unwrap_err().contains("249"));
     }
 
     #[test]
@@ -576,12 +624,17 @@ spec:
             source_topic: "orders",
             dead_letter_topic: "orders-dlq",
             retry: RetryPolicy::default(),
+            retry_topics: &[],
             bootstrap_servers: "kafka:9093",
             security_protocol: SecurityProtocol::SaslSsl,
             with_ca: true,
         };
         let config = worker_config(&input).unwrap();
         assert_eq!(config.group_id, "shop.order-store");
+        assert_eq!(
+            config.concurrency, 8,
+            "the default concurrency per partition"
+        );
         assert_eq!(
             config.kafka.password_file.unwrap().to_str(),
             Some("/etc/pubsubkafka/kafka/password")

@@ -23,7 +23,6 @@ pub mod reason {
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const RETRY_TOPICS_UNSUPPORTED: &str = "RetryTopicsUnsupported";
     pub const PARTITION_CAP: &str = "PartitionCap";
     pub const WITHIN_PARTITIONS: &str = "WithinPartitions";
 }

@@ -82,6 +82,13 @@ pub struct OrderConsumerSpec {
     /// What each record is handed to: exactly one of eventStore or http.
     pub handler: Handler,
 
+    /// Records of one partition handled at once, across different keys (1 to 1000). Records of
+    /// one key (order_id) are always handled one at a time, in order; a key whose record is
+    /// retrying holds its later records back while other keys go on.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub concurrency_per_partition: i32,
+
     /// Worker image; the operator's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
@@ -94,6 +101,10 @@ pub struct OrderConsumerSpec {
 
 fn default_replicas() -> i32 {
     1
+}
+
+fn default_concurrency() -> i32 {
+    pubsubkafka_worker::config::DEFAULT_CONCURRENCY as i32
 }
 
 /// A reference to an object in the same namespace.
@@ -223,6 +234,9 @@ pub struct OrderConsumerStatus {
     pub group_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// The retry topics (mode RetryTopics), in order of attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_topics: Vec<String>,
     /// The consumer's Kafka principal (User:...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
