@@ -423,6 +423,94 @@ async fn a_policy_change_rolls_the_workers() {
 }
 
 #[tokio::test]
+async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
+    let env = env().await;
+    let kafka = &testenv::shared().kafka;
+    let topic = testenv::unique_name("orders");
+    env.apply_ok(&topic_yaml(&topic, 2));
+    env.apply_ok(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: DLQPolicy\nmetadata:\n  name: nonblocking\nspec:\n  \
+         mode: RetryTopics\n  maxRetries: 5\n  backoff: {initial: 500ms, multiplier: 2, max: 2s}\n",
+    );
+    env.apply_ok(&consumer_yaml(
+        "retrier",
+        &topic,
+        "  dlqPolicyRef: {name: nonblocking}\n  concurrencyPerPartition: 4\n",
+    ));
+    let names: Vec<String> = (1..=3).map(|n| format!("{topic}-retry-{n}")).collect();
+    let c = env
+        .wait_consumer("retrier", "Ready with retry topics", |c| {
+            c.status.as_ref().is_some_and(|s| {
+                pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
+                    && s.retry_topics == names
+            })
+        })
+        .await;
+    let ready = condition(&c.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    assert!(
+        ready
+            .message
+            .contains(&format!("retries wait in {} to {}", names[0], names[2])),
+        "{}",
+        ready.message
+    );
+    let admin = &env.admin;
+    let partitions = |name: String| async move {
+        admin
+            .describe_topic(&name)
+            .await
+            .unwrap()
+            .map(|t| t.partition_count())
+    };
+    for name in &names {
+        assert_eq!(partitions(name.clone()).await, Some(2), "{name}");
+    }
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let config = WorkerConfig::from_json(
+        &config_maps
+            .get("retrier-worker")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["worker.json"],
+    )
+    .unwrap();
+    assert_eq!(config.concurrency, 4);
+    let delays: Vec<u64> = config.retry_topics.iter().map(|t| t.delay_ms).collect();
+    assert_eq!(delays, [500, 1000, 2000]);
+
+    // The principal feeds and reads its retry topics.
+    let (user, password) = env.credentials("retrier").await;
+    let group = format!("{}.retrier", env.ns);
+    for name in &names {
+        eventually(&format!("writing {name}"), WAIT, || async {
+            kafka
+                .produce_as(&user, &password, name)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        eventually(&format!("reading {name}"), WAIT, || async {
+            read_as(kafka, &user, &password, &group, name)
+        })
+        .await;
+    }
+
+    // The retry topics grow with the source.
+    env.apply_ok(&topic_yaml(&topic, 4));
+    for name in names {
+        eventually(&format!("{name} grown to 4 partitions"), WAIT, || async {
+            match partitions(name.clone()).await {
+                Some(4) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn missing_dependencies_are_reported_not_crashed_on() {
     let env = env().await;
     let topic = testenv::unique_name("later");
