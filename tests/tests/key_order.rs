@@ -132,8 +132,16 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: String) ->
     }
 }
 
-/// Runs the interleaved workload through a worker in `mode` and checks order and delays.
-async fn keys_keep_their_order(mode: RetryMode) -> (WorkerConfig, Vec<Seen>) {
+/// What a run measured: the configuration, and when the last healthy key was done (from the
+/// first request).
+struct Run {
+    config: WorkerConfig,
+    healthy_done: Duration,
+}
+
+/// Runs the interleaved workload through a worker in `mode` with `concurrency` records in
+/// flight per partition and checks per-key order, attempts and the dead letter.
+async fn keys_keep_their_order(mode: RetryMode, concurrency: usize) -> Run {
     let stack = testenv::shared();
     let receiver = Receiver::default();
     let port = worker::serve(
@@ -153,6 +161,8 @@ async fn keys_keep_their_order(mode: RetryMode) -> (WorkerConfig, Vec<Seen>) {
         },
     )
     .await;
+    let mut config = config;
+    config.concurrency = concurrency;
     let dir = tempfile::tempdir().unwrap();
     let mut worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
     let all = records();
@@ -228,13 +238,9 @@ async fn keys_keep_their_order(mode: RetryMode) -> (WorkerConfig, Vec<Seen>) {
         .max()
         .unwrap();
     println!(
-        "{mode:?}: {} records of {KEYS} keys; healthy keys done after {healthy_done:?}, \
-         the broken key after {failing_done:?}",
+        "{mode:?}, concurrency {concurrency}: {} records of {KEYS} keys; healthy keys done \
+         after {healthy_done:?}, the broken key after {failing_done:?}",
         all.len()
-    );
-    assert!(
-        healthy_done < HEALTHY_BOUND,
-        "healthy keys took {healthy_done:?} (bound {HEALTHY_BOUND:?})"
     );
     assert!(
         failing_done > Duration::from_millis(3500),
@@ -277,17 +283,43 @@ async fn keys_keep_their_order(mode: RetryMode) -> (WorkerConfig, Vec<Seen>) {
     worker
         .terminate(Duration::from_secs(30))
         .expect("clean shutdown");
-    (config, seen)
+    Run {
+        config,
+        healthy_done,
+    }
 }
 
 #[tokio::test]
 async fn in_place_retries_hold_only_the_failing_keys() {
-    keys_keep_their_order(RetryMode::Blocking).await;
+    let run = keys_keep_their_order(RetryMode::Blocking, 8).await;
+    assert!(
+        run.healthy_done < HEALTHY_BOUND,
+        "healthy keys took {:?} (bound {HEALTHY_BOUND:?})",
+        run.healthy_done
+    );
+}
+
+#[tokio::test]
+async fn one_record_at_a_time_is_the_classic_blocking_consumer() {
+    // Strict offset order: the partitions of the failing keys wait out every backoff, so the
+    // healthy keys that share them finish only after the broken key (3.5 s of backoff).
+    let run = keys_keep_their_order(RetryMode::Blocking, 1).await;
+    assert!(
+        run.healthy_done > Duration::from_millis(3500),
+        "healthy keys done after {:?}",
+        run.healthy_done
+    );
 }
 
 #[tokio::test]
 async fn retry_topics_keep_per_key_order_with_the_documented_delays_and_headers() {
-    let (config, _) = keys_keep_their_order(RetryMode::RetryTopics).await;
+    let run = keys_keep_their_order(RetryMode::RetryTopics, 8).await;
+    assert!(
+        run.healthy_done < HEALTHY_BOUND,
+        "healthy keys took {:?} (bound {HEALTHY_BOUND:?})",
+        run.healthy_done
+    );
+    let config = run.config;
     let stack = testenv::shared();
     assert_eq!(
         config

@@ -619,6 +619,10 @@ struct Job {
     /// Index into `Shared::topics`: 0 for the source, n for the n-th retry topic.
     topic: usize,
     key: Option<u64>,
+    /// Failed attempts so far (in this worker, or as the retry headers say).
+    attempts: u32,
+    /// When this worker first tried it (the processing duration counts from there).
+    first_try: Option<Instant>,
 }
 
 /// How a record's processing ended.
@@ -627,16 +631,17 @@ enum Outcome {
     Final,
     /// Acknowledged by a retry topic: final for this copy, the key waits for the next.
     Forwarded { attempts: u32, origin_offset: i64 },
+    /// Failed; to be tried again after `delay` without holding a concurrency slot meanwhile.
+    Retry {
+        attempts: u32,
+        delay: Duration,
+        tried: Instant,
+    },
     /// Stopped first: the offset stays unstored.
     Stopped,
 }
 
-struct Done {
-    topic: usize,
-    offset: i64,
-    key: Option<u64>,
-    outcome: Outcome,
-}
+type Done = (Job, Outcome);
 
 /// The task of one partition number: its source partition and the same partition of every
 /// retry topic.
@@ -703,7 +708,7 @@ impl PartitionTask {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
-                Some(done) = running.next(), if !running.is_empty() => self.complete(done),
+                Some(done) = running.next(), if !running.is_empty() => self.complete(done, &mut delayed),
                 Some(job) = delayed.next(), if !delayed.is_empty() => self.keys.push_ready(job),
                 input = queue.recv() => {
                     let Some(input) = input else { break };
@@ -724,7 +729,7 @@ impl PartitionTask {
         }
         // Stopping: records in progress finish or give up at their next wait.
         while let Some(done) = running.next().await {
-            self.complete(done);
+            self.complete(done, &mut delayed);
         }
         self.parked_gauge.set(0);
     }
@@ -740,7 +745,8 @@ impl PartitionTask {
         while running.len() < concurrency && self.keys.ready() > 0 {
             let mut jobs = if batches {
                 // Only first attempts share a statement; a retried record runs alone.
-                self.keys.pop_batch(MAX_BATCH, |j| j.topic == 0)
+                self.keys
+                    .pop_batch(MAX_BATCH, |j| j.topic == 0 && j.attempts == 0)
             } else {
                 Vec::new()
             };
@@ -753,7 +759,12 @@ impl PartitionTask {
                 jobs,
                 stop.clone(),
                 Jitter::from_seed(self.seed),
-                self.via_topics,
+                Mode {
+                    via_topics: self.via_topics,
+                    // One at a time is the classic blocking consumer: strict offset order, the
+                    // partition waits out each backoff.
+                    wait_in_place: concurrency == 1,
+                },
             )));
         }
     }
@@ -820,6 +831,8 @@ impl PartitionTask {
             message,
             topic,
             key,
+            attempts: state.map_or(0, |(_, attempts, _)| attempts),
+            first_try: None,
         };
         match state {
             None => self.keys.push(key, job),
@@ -839,20 +852,34 @@ impl PartitionTask {
         }
     }
 
-    fn complete(&mut self, done: Vec<Done>) {
+    fn complete(&mut self, done: Vec<Done>, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
         let mut moved = vec![None; self.windows.len()];
-        for d in done {
-            match d.outcome {
+        for (mut job, outcome) in done {
+            match outcome {
                 Outcome::Stopped => continue,
-                Outcome::Final => self.keys.finish(d.key),
+                Outcome::Retry {
+                    attempts,
+                    delay,
+                    tried,
+                } => {
+                    // The key stays taken and the offset unfinished; the slot is free.
+                    job.attempts = attempts;
+                    job.first_try.get_or_insert(tried);
+                    delayed.push(Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        job
+                    }));
+                    continue;
+                }
+                Outcome::Final => self.keys.finish(job.key),
                 Outcome::Forwarded {
                     attempts,
                     origin_offset,
-                } => self.keys.forwarded(d.key, (origin_offset, attempts)),
+                } => self.keys.forwarded(job.key, (origin_offset, attempts)),
             }
-            self.held[d.topic].fetch_sub(1, Ordering::Relaxed);
-            if let Some(position) = self.windows[d.topic].finish(d.offset) {
-                moved[d.topic] = Some(position);
+            self.held[job.topic].fetch_sub(1, Ordering::Relaxed);
+            if let Some(position) = self.windows[job.topic].finish(job.message.offset()) {
+                moved[job.topic] = Some(position);
             }
         }
         let mut list = TopicPartitionList::new();
@@ -876,19 +903,28 @@ impl PartitionTask {
 
 /// Takes records to a final outcome: several first attempts in one handler call when the
 /// handler batches, one by one otherwise (and whenever the batch fails).
+/// Where a failed record waits for its next attempt.
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// In the retry topic of its attempt (mode RetryTopics, when this worker owns them).
+    via_topics: bool,
+    /// In place, holding the partition (concurrency 1); otherwise the task schedules it again.
+    wait_in_place: bool,
+}
+
 async fn run_jobs(
     shared: Arc<Shared>,
     jobs: Vec<Job>,
     mut stop: watch::Receiver<bool>,
     mut jitter: Jitter,
-    via_topics: bool,
+    mode: Mode,
 ) -> Vec<Done> {
     let started = Instant::now();
     let orders = shared.handler.needs_orders();
     let decoded: Vec<Decoded> = jobs.iter().map(|j| decode(&j.message, orders)).collect();
     let mut outcomes: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
 
-    // The fast path: every valid record in one handler call.
+    // The fast path: every valid first attempt in one handler call.
     if jobs.len() > 1 && decoded.iter().filter(|d| d.is_ok()).count() > 1 {
         let deliveries: Vec<Delivery<'_>> = jobs
             .iter()
@@ -944,26 +980,13 @@ async fn run_jobs(
             outcomes[i] = Some(if stopping(&stop) {
                 Outcome::Stopped
             } else {
-                process_record(
-                    &shared,
-                    job,
-                    &decoded[i],
-                    &mut stop,
-                    &mut jitter,
-                    via_topics,
-                )
-                .await
+                process_record(&shared, job, &decoded[i], &mut stop, &mut jitter, mode).await
             });
         }
     }
-    jobs.iter()
+    jobs.into_iter()
         .zip(outcomes)
-        .map(|(job, outcome)| Done {
-            topic: job.topic,
-            offset: job.message.offset(),
-            key: job.key,
-            outcome: outcome.unwrap_or(Outcome::Stopped),
-        })
+        .map(|(job, outcome)| (job, outcome.unwrap_or(Outcome::Stopped)))
         .collect()
 }
 
@@ -1052,9 +1075,9 @@ async fn process_record(
     decoded: &Decoded,
     stop: &mut watch::Receiver<bool>,
     jitter: &mut Jitter,
-    via_topics: bool,
+    mode: Mode,
 ) -> Outcome {
-    let started = Instant::now();
+    let started = job.first_try.unwrap_or_else(Instant::now);
     let message = &job.message;
     let headers = message.headers();
     let order = decoded.as_ref().ok().and_then(Option::as_ref);
@@ -1076,7 +1099,7 @@ async fn process_record(
             timestamp_ms: message.timestamp().to_millis(),
         },
     };
-    let earlier = retried.as_ref().map_or(0, |r| r.attempts);
+    let earlier = job.attempts;
     let correlation_id = headers::get(headers, headers::CORRELATION_ID)
         .or_else(|| order.map(|e| e.metadata.correlation_id.as_str()));
     let trace_id = headers::get(headers, headers::TRACEPARENT)
@@ -1142,7 +1165,8 @@ async fn process_record(
                     .with_label_values(&[source, class.as_str()])
                     .inc();
                 let delay = retry::delay(retry, attempts, jitter.next_unit());
-                let topic = via_topics
+                let topic = mode
+                    .via_topics
                     .then(|| retry::retry_topic(&shared.config.retry_topics, attempts))
                     .flatten();
                 if let Some(topic) = topic {
@@ -1179,6 +1203,13 @@ async fn process_record(
                     span.in_scope(|| {
                         warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, "record failed, retrying")
                     });
+                }
+                if !mode.wait_in_place {
+                    return Outcome::Retry {
+                        attempts,
+                        delay,
+                        tried: started,
+                    };
                 }
                 if !pause(stop, delay).await {
                     return Outcome::Stopped;
