@@ -487,3 +487,97 @@ async fn retry_topics_lose_nothing_across_sigkills() {
         config.retry_topics[0].name
     );
 }
+
+#[tokio::test]
+async fn retry_topics_survive_rebalances_and_sigterm() {
+    let stack = testenv::shared();
+    let database = stack.postgres.fresh_database("keyed").await.unwrap();
+    let db = stack.postgres.connect(&database).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let partitions = 4;
+    let config = setup(
+        &stack.kafka,
+        "keyed-pair",
+        partitions,
+        RetryMode::RetryTopics,
+        worker::event_store(dir.path(), &stack.postgres.database_url(&database)),
+    )
+    .await;
+    let producer = worker::producer(&stack.kafka);
+    let records = worker::orders("kp", 2000);
+    let flaky: Vec<String> = records.iter().step_by(40).map(|(k, _)| k.clone()).collect();
+
+    let mut first = WorkerProcess::start(dir.path(), "first", &config).unwrap();
+    eventually("the event store schema", WAIT, || async {
+        first.check_alive()?;
+        db.query_one("SELECT to_regclass('orders')::text", &[])
+            .await
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .ok_or("no orders table yet".to_owned())
+    })
+    .await;
+    make_flaky(&db, &flaky).await;
+    worker::produce(&producer, &config.source_topic, &records[..700]).await;
+    // A second member joins while records wait in the retry topics: a rebalance.
+    let mut second = WorkerProcess::start(dir.path(), "second", &config).unwrap();
+    worker::produce(&producer, &config.source_topic, &records[700..1400]).await;
+    // The first leaves on SIGTERM with retries pending: its parked and waiting records are
+    // left uncommitted, and the second picks them up.
+    first
+        .terminate(Duration::from_secs(40))
+        .expect("the first worker stops cleanly on SIGTERM");
+    worker::produce(&producer, &config.source_topic, &records[1400..]).await;
+    eventually("2000 orders stored", WAIT, || async {
+        second.check_alive()?;
+        let (rows, distinct) = worker::stored(&db).await;
+        assert_eq!(rows, distinct, "an order stored twice");
+        (rows == 2000).then_some(()).ok_or(format!("{rows} stored"))
+    })
+    .await;
+    second
+        .terminate(Duration::from_secs(40))
+        .expect("clean stop");
+    assert!(
+        first.log_text().contains("partitions revoked")
+            || second.log_text().contains("partitions revoked"),
+        "a rebalance happened"
+    );
+
+    // Everything was committed, on the source and on every retry topic.
+    let admin = admin(&stack.kafka);
+    for topic in
+        std::iter::once(&config.source_topic).chain(config.retry_topics.iter().map(|t| &t.name))
+    {
+        let ends = admin.end_offsets(topic, partitions).await.unwrap();
+        let committed = admin
+            .group_offsets(&config.group_id, topic, partitions)
+            .await
+            .unwrap();
+        for (partition, end) in ends {
+            if end > 0 {
+                assert_eq!(
+                    committed[&partition],
+                    Some(end),
+                    "{topic} partition {partition} fully committed"
+                );
+            }
+        }
+    }
+    let dead = worker::read_all(
+        &stack.kafka,
+        &config.dead_letter_topic,
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        dead.is_empty(),
+        "flaky orders succeed on their third attempt"
+    );
+    println!(
+        "two workers, a join and a SIGTERM: 2000 produced, 2000 stored exactly once, {} flaky \
+         orders retried through the retry topics, every offset committed",
+        flaky.len()
+    );
+}
