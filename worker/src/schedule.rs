@@ -93,10 +93,33 @@ impl<T> KeyState<T> {
     }
 }
 
+/// The map of key hashes: they are hashes already, so the map uses them as they are.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; fold anything else in case that changes.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Prehashed>>;
+
 /// Which records may start, per key.
 #[derive(Debug)]
 pub struct KeyQueue<T> {
-    keys: HashMap<u64, KeyState<T>>,
+    keys: KeyMap<KeyState<T>>,
     ready: VecDeque<T>,
     parked: usize,
 }
@@ -104,7 +127,7 @@ pub struct KeyQueue<T> {
 impl<T> Default for KeyQueue<T> {
     fn default() -> Self {
         Self {
-            keys: HashMap::new(),
+            keys: KeyMap::default(),
             ready: VecDeque::new(),
             parked: 0,
         }
