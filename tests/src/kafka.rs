@@ -107,6 +107,16 @@ impl KafkaInfo {
             .map_err(|(e, _)| e)
     }
 
+    /// The operator's Kafka adapter, connected as `admin`.
+    pub fn kafka_admin(&self) -> pubsubkafka_controller::kafka::KafkaAdmin {
+        let config = self
+            .admin_connection()
+            .client_config()
+            .expect("the admin's connection settings");
+        pubsubkafka_controller::kafka::KafkaAdmin::new(&config, std::time::Duration::from_secs(10))
+            .expect("an admin client")
+    }
+
     /// The operator's connection settings: `admin` over SASL_SSL.
     pub fn admin_connection(&self) -> pubsubkafka_worker::config::KafkaConnection {
         pubsubkafka_worker::config::KafkaConnection {

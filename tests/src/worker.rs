@@ -350,6 +350,66 @@ pub async fn read_all(
     out
 }
 
+/// Waits until the event store holds `expected` orders, each once, while `worker` lives.
+pub async fn wait_stored(db: &tokio_postgres::Client, expected: i64, worker: &WorkerProcess) {
+    crate::eventually(
+        &format!("{expected} orders stored"),
+        Duration::from_secs(90),
+        || async {
+            worker.check_alive()?;
+            let (rows, distinct) = stored(db).await;
+            assert_eq!(rows, distinct, "an order stored twice");
+            (rows == expected)
+                .then_some(())
+                .ok_or(format!("{rows} stored"))
+        },
+    )
+    .await;
+}
+
+/// Waits until the event store holds at least `target` orders; returns how many it holds.
+pub async fn wait_progress(
+    db: &tokio_postgres::Client,
+    target: i64,
+    worker: &WorkerProcess,
+) -> i64 {
+    crate::eventually("progress", Duration::from_secs(90), || async {
+        worker.check_alive()?;
+        let (rows, _) = stored(db).await;
+        (rows >= target)
+            .then_some(rows)
+            .ok_or(format!("{rows} stored"))
+    })
+    .await
+}
+
+/// Asserts that `topic` (a dead-letter topic) stays empty for a few seconds.
+pub async fn assert_no_dead_letters(kafka: &KafkaInfo, topic: &str, why: &str) {
+    let dead = read_all(kafka, topic, 1, Duration::from_secs(3)).await;
+    assert!(
+        dead.is_empty(),
+        "{why}: {} dead letters in {topic}",
+        dead.len()
+    );
+}
+
+/// Waits until `worker`'s event store has created its schema.
+pub async fn wait_schema(db: &tokio_postgres::Client, worker: &WorkerProcess) {
+    crate::eventually(
+        "the event store schema",
+        Duration::from_secs(90),
+        || async {
+            worker.check_alive()?;
+            db.query_one("SELECT to_regclass('orders')::text", &[])
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .ok_or("no orders table yet".to_owned())
+        },
+    )
+    .await;
+}
+
 /// Count of stored orders (and of distinct order ids, which must be equal).
 pub async fn stored(client: &tokio_postgres::Client) -> (i64, i64) {
     match client

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use pubsubkafka_controller::kafka::KafkaAdmin;
 use pubsubkafka_worker::config::{HandlerConfig, RetryMode, RetryPolicy, WorkerConfig};
 use pubsubkafka_worker::headers as h;
 use pubsubkafka_worker::retry;
@@ -29,14 +28,6 @@ const BROKEN: usize = 4;
 /// 1.5 s in backoff (500 + 1000 ms) and the broken one 3.5 s: a partition blocked behind them
 /// would hold its healthy keys for at least that long.
 const HEALTHY_BOUND: Duration = Duration::from_millis(1000);
-
-fn admin(kafka: &KafkaInfo) -> KafkaAdmin {
-    KafkaAdmin::new(
-        &kafka.admin_connection().client_config().unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap()
-}
 
 /// The policy of these tests: 3 retries, 500 ms doubling to 2 s, no jitter (exact delays).
 fn policy(mode: RetryMode) -> RetryPolicy {
@@ -60,7 +51,7 @@ async fn setup(
     mode: RetryMode,
     handler: HandlerConfig,
 ) -> WorkerConfig {
-    let admin = admin(kafka);
+    let admin = kafka.kafka_admin();
     let topic = testenv::unique_name(prefix);
     let mut config = worker::config(kafka, &topic, &testenv::unique_name(prefix), handler);
     config.retry = policy(mode);
@@ -289,14 +280,21 @@ async fn keys_keep_their_order(mode: RetryMode, concurrency: usize) -> Run {
     }
 }
 
+impl Run {
+    fn assert_healthy_keys_not_held(&self) {
+        assert!(
+            self.healthy_done < HEALTHY_BOUND,
+            "healthy keys took {:?} (bound {HEALTHY_BOUND:?})",
+            self.healthy_done
+        );
+    }
+}
+
 #[tokio::test]
 async fn in_place_retries_hold_only_the_failing_keys() {
-    let run = keys_keep_their_order(RetryMode::Blocking, 8).await;
-    assert!(
-        run.healthy_done < HEALTHY_BOUND,
-        "healthy keys took {:?} (bound {HEALTHY_BOUND:?})",
-        run.healthy_done
-    );
+    keys_keep_their_order(RetryMode::Blocking, 8)
+        .await
+        .assert_healthy_keys_not_held();
 }
 
 #[tokio::test]
@@ -314,11 +312,7 @@ async fn one_record_at_a_time_is_the_classic_blocking_consumer() {
 #[tokio::test]
 async fn retry_topics_keep_per_key_order_with_the_documented_delays_and_headers() {
     let run = keys_keep_their_order(RetryMode::RetryTopics, 8).await;
-    assert!(
-        run.healthy_done < HEALTHY_BOUND,
-        "healthy keys took {:?} (bound {HEALTHY_BOUND:?})",
-        run.healthy_done
-    );
+    run.assert_healthy_keys_not_held();
     let config = run.config;
     let stack = testenv::shared();
     assert_eq!(
@@ -404,15 +398,7 @@ async fn retry_topics_lose_nothing_across_sigkills() {
     config.retry_topics = retry::retry_topics(&config.source_topic, &config.retry);
     assert_eq!(config.retry_topics.len(), 3);
     let mut worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
-    eventually("the event store schema", WAIT, || async {
-        worker.check_alive()?;
-        db.query_one("SELECT to_regclass('orders')::text", &[])
-            .await
-            .ok()
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .ok_or("no orders table yet".to_owned())
-    })
-    .await;
+    worker::wait_schema(&db, &worker).await;
     let total = 3000;
     let records = worker::orders("kc", total);
     let flaky: Vec<String> = records.iter().step_by(50).map(|(k, _)| k.clone()).collect();
@@ -427,39 +413,19 @@ async fn retry_topics_lose_nothing_across_sigkills() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let target = (kill * size + size / 2) as i64;
-        let now = eventually("progress before the kill", WAIT, || async {
-            worker.check_alive()?;
-            let (rows, _) = worker::stored(&db).await;
-            (rows >= target)
-                .then_some(rows)
-                .ok_or(format!("{rows} stored"))
-        })
-        .await;
+        let now = worker::wait_progress(&db, target, &worker).await;
         worker.kill();
         println!("SIGKILL {}: {now} of {total} orders stored", kill + 1);
         worker.restart().unwrap();
     }
     worker::produce(&producer, &config.source_topic, &records[3 * size..]).await;
-    eventually(&format!("{total} orders stored"), WAIT, || async {
-        worker.check_alive()?;
-        let (rows, distinct) = worker::stored(&db).await;
-        assert_eq!(rows, distinct, "an order stored twice");
-        (rows == total as i64)
-            .then_some(())
-            .ok_or(format!("{rows} stored"))
-    })
-    .await;
-    let dead = worker::read_all(
+    worker::wait_stored(&db, total as i64, &worker).await;
+    worker::assert_no_dead_letters(
         &stack.kafka,
         &config.dead_letter_topic,
-        1,
-        Duration::from_secs(3),
+        "flaky orders succeed on their third attempt",
     )
     .await;
-    assert!(
-        dead.is_empty(),
-        "flaky orders succeed on their third attempt"
-    );
     // A flaky order normally waits in the first retry topic (a crash can make it fail its
     // two times before it got there); nothing else does.
     let retried = worker::read_all(
@@ -508,15 +474,7 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
     let flaky: Vec<String> = records.iter().step_by(40).map(|(k, _)| k.clone()).collect();
 
     let mut first = WorkerProcess::start(dir.path(), "first", &config).unwrap();
-    eventually("the event store schema", WAIT, || async {
-        first.check_alive()?;
-        db.query_one("SELECT to_regclass('orders')::text", &[])
-            .await
-            .ok()
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .ok_or("no orders table yet".to_owned())
-    })
-    .await;
+    worker::wait_schema(&db, &first).await;
     make_flaky(&db, &flaky).await;
     worker::produce(&producer, &config.source_topic, &records[..700]).await;
     // A second member joins while records wait in the retry topics: a rebalance.
@@ -528,13 +486,7 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
         .terminate(Duration::from_secs(40))
         .expect("the first worker stops cleanly on SIGTERM");
     worker::produce(&producer, &config.source_topic, &records[1400..]).await;
-    eventually("2000 orders stored", WAIT, || async {
-        second.check_alive()?;
-        let (rows, distinct) = worker::stored(&db).await;
-        assert_eq!(rows, distinct, "an order stored twice");
-        (rows == 2000).then_some(()).ok_or(format!("{rows} stored"))
-    })
-    .await;
+    worker::wait_stored(&db, 2000, &second).await;
     second
         .terminate(Duration::from_secs(40))
         .expect("clean stop");
@@ -545,7 +497,7 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
     );
 
     // Everything was committed, on the source and on every retry topic.
-    let admin = admin(&stack.kafka);
+    let admin = stack.kafka.kafka_admin();
     for topic in
         std::iter::once(&config.source_topic).chain(config.retry_topics.iter().map(|t| &t.name))
     {
@@ -564,17 +516,12 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
             }
         }
     }
-    let dead = worker::read_all(
+    worker::assert_no_dead_letters(
         &stack.kafka,
         &config.dead_letter_topic,
-        1,
-        Duration::from_secs(3),
+        "flaky orders succeed on their third attempt",
     )
     .await;
-    assert!(
-        dead.is_empty(),
-        "flaky orders succeed on their third attempt"
-    );
     println!(
         "two workers, a join and a SIGTERM: 2000 produced, 2000 stored exactly once, {} flaky \
          orders retried through the retry topics, every offset committed",

@@ -110,6 +110,14 @@ impl Env {
         (text("username"), text("password"))
     }
 
+    /// The worker configuration the operator rendered for consumer `name`.
+    async fn worker_config(&self, name: &str) -> WorkerConfig {
+        let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let map = config_maps.get(&format!("{name}-worker")).await.unwrap();
+        WorkerConfig::from_json(&map.data.unwrap()["worker.json"]).unwrap()
+    }
+
     async fn topic_ready(&self, name: &str, partitions: i32) {
         let topics: Api<KafkaTopic> = Api::namespaced(self.client.clone(), &self.ns);
         eventually(&format!("topic {name} Ready"), WAIT, || async {
@@ -407,17 +415,7 @@ async fn a_policy_change_rolls_the_workers() {
     })
     .await;
     assert_ne!(first, second);
-    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    let config = WorkerConfig::from_json(
-        &config_maps
-            .get("rolled-worker")
-            .await
-            .unwrap()
-            .data
-            .unwrap()["worker.json"],
-    )
-    .unwrap();
+    let config = env.worker_config("rolled").await;
     assert_eq!(config.retry.max_retries, 7);
     assert_eq!(config.retry.initial_backoff_ms, 200);
 }
@@ -465,17 +463,7 @@ async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
     for name in &names {
         assert_eq!(partitions(name.clone()).await, Some(2), "{name}");
     }
-    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    let config = WorkerConfig::from_json(
-        &config_maps
-            .get("retrier-worker")
-            .await
-            .unwrap()
-            .data
-            .unwrap()["worker.json"],
-    )
-    .unwrap();
+    let config = env.worker_config("retrier").await;
     assert_eq!(config.concurrency, 4);
     let delays: Vec<u64> = config.retry_topics.iter().map(|t| t.delay_ms).collect();
     assert_eq!(delays, [500, 1000, 2000]);
