@@ -74,6 +74,66 @@ pub fn event_store(dir: &Path, database_url: &str) -> HandlerConfig {
     }
 }
 
+/// `pubsubkafka-worker` flags that connect to `kafka` as its admin over SASL_SSL.
+pub fn kafka_args(kafka: &KafkaInfo) -> Vec<String> {
+    let c = kafka.admin_connection();
+    vec![
+        "--kafka-bootstrap-servers".into(),
+        c.bootstrap_servers,
+        "--kafka-security-protocol".into(),
+        "SASL_SSL".into(),
+        "--kafka-username".into(),
+        c.username.expect("the admin has a name"),
+        "--kafka-password-file".into(),
+        c.password_file
+            .expect("the admin has a password file")
+            .display()
+            .to_string(),
+        "--kafka-ca-file".into(),
+        c.ca_file.expect("the stack has a CA").display().to_string(),
+    ]
+}
+
+/// Starts `pubsubkafka-worker gateway` on a free port, publishing to `orders` and `users` on
+/// `kafka` as its admin, with `extra` flags; does not wait for it to be ready.
+pub fn start_gateway(
+    dir: &Path,
+    name: &str,
+    kafka: &KafkaInfo,
+    orders: &str,
+    users: &str,
+    extra: &[&str],
+) -> WorkerProcess {
+    let port = crate::free_port().expect("a free port");
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(kafka_args(kafka));
+    args.extend([
+        "--orders-topic".into(),
+        orders.to_owned(),
+        "--users-topic".into(),
+        users.to_owned(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    WorkerProcess::run(dir, name, args, port).expect("the gateway starts")
+}
+
+/// An order request body as a client posts it to the gateway (no metadata: the gateway adds
+/// it), with `order_id` as its id.
+pub fn order_request(order_id: &str) -> Vec<u8> {
+    let sample = pubsubkafka_worker::order::sample(order_id, 0);
+    serde_json::to_vec(&serde_json::json!({
+        "order_id": order_id,
+        "customer_info": sample.customer_info,
+        "items": sample.items,
+        "inventory_status": sample.inventory_status,
+    }))
+    .expect("serializes")
+}
+
 /// A running worker process.
 pub struct WorkerProcess {
     proc_: std::sync::Mutex<Option<Proc>>,

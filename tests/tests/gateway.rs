@@ -2,7 +2,6 @@
 //! (SASL_SSL) and real PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use pubsubkafka_worker::headers as h;
 use pubsubkafka_worker::order::OrderEvent;
 use rdkafka::Message;
 use serde_json::{Value, json};
-use testenv::worker::{self, WorkerProcess};
+use testenv::worker::{self, WorkerProcess, kafka_args, start_gateway};
 use testenv::{KafkaInfo, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -35,47 +34,6 @@ async fn topic(kafka: &KafkaInfo, prefix: &str, partitions: i32) -> String {
     name
 }
 
-fn kafka_args(kafka: &KafkaInfo) -> Vec<String> {
-    let c = kafka.admin_connection();
-    vec![
-        "--kafka-bootstrap-servers".into(),
-        c.bootstrap_servers,
-        "--kafka-security-protocol".into(),
-        "SASL_SSL".into(),
-        "--kafka-username".into(),
-        c.username.unwrap(),
-        "--kafka-password-file".into(),
-        c.password_file.unwrap().display().to_string(),
-        "--kafka-ca-file".into(),
-        c.ca_file.unwrap().display().to_string(),
-    ]
-}
-
-fn start_gateway(
-    dir: &Path,
-    name: &str,
-    kafka: &KafkaInfo,
-    orders: &str,
-    users: &str,
-    extra: &[&str],
-) -> WorkerProcess {
-    let port = testenv::free_port().unwrap();
-    let mut args = vec![
-        "gateway".to_owned(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    args.extend(kafka_args(kafka));
-    args.extend([
-        "--orders-topic".into(),
-        orders.to_owned(),
-        "--users-topic".into(),
-        users.to_owned(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    WorkerProcess::run(dir, name, args, port).unwrap()
-}
-
 async fn ready(process: &WorkerProcess) {
     eventually("the process to be ready", WAIT, || async {
         process.check_alive()?;
@@ -88,14 +46,7 @@ async fn ready(process: &WorkerProcess) {
 }
 
 fn order_body(order_id: &str) -> Vec<u8> {
-    let sample = pubsubkafka_worker::order::sample(order_id, 0);
-    serde_json::to_vec(&json!({
-        "order_id": order_id,
-        "customer_info": sample.customer_info,
-        "items": sample.items,
-        "inventory_status": sample.inventory_status,
-    }))
-    .unwrap()
+    worker::order_request(order_id)
 }
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
