@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test bench tools up down env fmt lint crds
+.PHONY: demo demo-down test test-faults fuzz bench tools up down env fmt lint crds
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
@@ -17,9 +17,19 @@ demo-down:
 test:
 	scripts/test.sh
 
-## bench: the worker and the gateway against Kafka's perf tools; writes docs/BENCHMARKS.md
+## test-faults: the fault-injection suite (broker, database, API server, worker crashes, bad
+## input) on a fresh stack, then the fuzz targets for FUZZ_SECONDS (default 60) each
+test-faults:
+	scripts/test-faults.sh
+
+## fuzz: the cargo fuzz targets alone (order decoder, header parser), FUZZ_SECONDS each
+fuzz:
+	scripts/fuzz.sh
+
+## bench: worker, sink, gateway and controller against Kafka's perf tools and PostgreSQL COPY;
+## writes docs/BENCHMARKS.md (flags: make bench ARGS="--only sink --sink-records 20000")
 bench:
-	scripts/bench.sh
+	scripts/bench.sh $(ARGS)
 
 ## tools: install Kafka, kube-apiserver, etcd, kubectl, helm and Debian packages (cached)
 tools:

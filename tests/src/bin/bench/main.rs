@@ -1,0 +1,988 @@
+//! `make bench`: PubSubKafka against Apache Kafka's and PostgreSQL's own tools, each pair in the
+//! same run on the same broker and database, written to docs/BENCHMARKS.md. No figure is typed
+//! by hand.
+//!
+//! - Worker (no-op handler, 1 KiB orders, 3 partitions, at-least-once offsets) against
+//!   `ConsumerPerformance` on the same topic: records/s while fetching.
+//! - The same worker with 1% poison records retried 3 times before the dead-letter topic,
+//!   against its clean run; the retry mode is a flag.
+//! - Worker throughput at 1, 3 and 6 partitions.
+//! - The event-store sink (idempotent on order id) against PostgreSQL `COPY` of the same rows.
+//! - Gateway `POST /orders` (acks=all, 202 after the ack) against `ProducerPerformance` with the
+//!   same record size and acks: records/s at full load, and p99 latency at 2,000 requests/s.
+//! - The controller: N KafkaTopic resources applied at once, time until all Ready, memory at
+//!   rest, API requests per resource.
+
+mod controller;
+mod sink;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pubsubkafka_worker::config::{HandlerConfig, RetryMode, RetryPolicy};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use testenv::worker;
+use testenv::{Kafka, KafkaInfo, Lifetime, tools};
+
+use controller::ControllerResult;
+use sink::SinkResult;
+
+#[derive(Parser)]
+struct Args {
+    /// Records per consumer benchmark.
+    #[arg(long, default_value_t = 300_000)]
+    records: usize,
+    /// Requests per producer benchmark.
+    #[arg(long, default_value_t = 60_000)]
+    requests: usize,
+    /// Distinct orders for the event-store sink benchmark.
+    #[arg(long, default_value_t = 100_000)]
+    sink_records: usize,
+    /// KafkaTopic counts for the controller benchmark (the largest is held to the goals).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    topics: Vec<usize>,
+    /// Retry mode of the poison-record run: Blocking or RetryTopics.
+    #[arg(long, default_value = "Blocking")]
+    retry_mode: String,
+    /// First backoff of the poison-record run, in milliseconds (doubling, 3 retries).
+    #[arg(long, default_value_t = 1)]
+    poison_backoff_ms: u64,
+    /// Benchmarks to run: consumer, poison, scaling, sink, producer, controller.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "consumer,poison,scaling,sink,producer,controller"
+    )]
+    only: Vec<String>,
+    /// The worker binary to measure (a release build).
+    #[arg(long, default_value = "target/release/pubsubkafka-worker")]
+    worker: PathBuf,
+    /// The controller binary to measure (a release build).
+    #[arg(long, default_value = "target/release/pubsubkafka-controller")]
+    controller: PathBuf,
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+}
+
+/// Everything one `make bench` measured; `None` for a benchmark left out with `--only`.
+struct Results {
+    consumer: Option<ConsumerResult>,
+    poison: Option<PoisonResult>,
+    scaling: Option<ScalingResult>,
+    sink: Option<SinkResult>,
+    producer: Option<ProducerResult>,
+    controller: Vec<ControllerResult>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let run = |name: &str| args.only.iter().any(|o| o == name);
+    let worker_bin = std::path::absolute(&args.worker).expect("path");
+    assert!(
+        worker_bin.is_file(),
+        "{} is missing: cargo build --release --bins",
+        worker_bin.display()
+    );
+    let retry_mode: RetryMode =
+        serde_json::from_value(serde_json::Value::String(args.retry_mode.clone()))
+            .expect("--retry-mode is Blocking or RetryTopics");
+    let dir = tempfile::tempdir().expect("temp dir");
+    eprintln!("==> starting Kafka {}", tools::version("KAFKA_VERSION"));
+    let kafka = Kafka::start(&dir.path().join("kafka"), 1, Lifetime::Owned).expect("Kafka");
+
+    let needs_clean = run("consumer") || run("poison") || run("scaling");
+    let consumer = if needs_clean {
+        Some(consumer_bench(&kafka.info, &worker_bin, dir.path(), args.records).await)
+    } else {
+        None
+    };
+    let poison = if run("poison") {
+        let clean = consumer
+            .as_ref()
+            .expect("the clean run")
+            .worker_rates
+            .clone();
+        Some(
+            poison_bench(
+                &kafka.info,
+                &worker_bin,
+                dir.path(),
+                args.records,
+                retry_mode,
+                args.poison_backoff_ms,
+                clean,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let scaling = if run("scaling") {
+        let three = consumer
+            .as_ref()
+            .expect("the clean run")
+            .worker_rates
+            .clone();
+        Some(scaling_bench(&kafka.info, &worker_bin, dir.path(), args.records, three).await)
+    } else {
+        None
+    };
+    let sink = if run("sink") {
+        Some(sink::sink_bench(&kafka.info, &worker_bin, dir.path(), args.sink_records).await)
+    } else {
+        None
+    };
+    let producer = if run("producer") {
+        Some(producer_bench(&kafka.info, &worker_bin, dir.path(), args.requests).await)
+    } else {
+        None
+    };
+    let controller = if run("controller") {
+        let bin = std::path::absolute(&args.controller).expect("path");
+        assert!(
+            bin.is_file(),
+            "{} is missing: cargo build --release --bins",
+            bin.display()
+        );
+        controller::controller_bench(&kafka.info, &bin, dir.path(), &args.topics).await
+    } else {
+        Vec::new()
+    };
+    let results = Results {
+        consumer: consumer.filter(|_| run("consumer")),
+        poison,
+        scaling,
+        sink,
+        producer,
+        controller,
+    };
+    let report = render(&args, &results);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent).expect("docs dir");
+    }
+    std::fs::write(&args.out, &report).expect("writing the report");
+    println!("{report}");
+}
+
+fn java_tool(class: &str, args: &[String]) -> String {
+    let lib = tools::kafka_lib().expect("Kafka jars");
+    let out = Command::new(tools::java().expect("java"))
+        .args(["-Xmx1g", "-cp"])
+        .arg(format!("{}/*", lib.display()))
+        .arg(class)
+        .args(args)
+        .output()
+        .expect("running a Kafka tool");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{class} failed: {}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+async fn create_topic(kafka: &KafkaInfo, name: &str, partitions: i32) {
+    let admin = pubsubkafka_controller::kafka::KafkaAdmin::new(
+        &kafka.plaintext_config(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    admin
+        .create_topic(name, partitions, 1, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// Rounds of each measurement: the medians are reported, with every raw figure.
+const ROUNDS: usize = 3;
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[sorted.len() / 2]
+}
+
+fn raw(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct ConsumerResult {
+    records: usize,
+    command: String,
+    perf_output: String,
+    perf_rates: Vec<f64>,
+    worker_rates: Vec<f64>,
+}
+
+async fn consumer_bench(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    records: usize,
+) -> ConsumerResult {
+    let topic = "bench-orders";
+    create_topic(kafka, topic, 3).await;
+    eprintln!("==> producing {records} orders of 1 KiB");
+    produce_orders(kafka, topic, records, None, false).await;
+
+    let mut perf_rates = Vec::new();
+    let mut worker_rates = Vec::new();
+    let mut perf_output = String::new();
+    let mut command = String::new();
+    for round in 0..ROUNDS {
+        eprintln!(
+            "==> round {}: ConsumerPerformance, then the worker",
+            round + 1
+        );
+        let group = format!("bench-perf-{round}");
+        let perf_args: Vec<String> = [
+            "--bootstrap-server",
+            &kafka.bootstrap,
+            "--topic",
+            topic,
+            "--num-records",
+            &records.to_string(),
+            "--group",
+            &group,
+            "--timeout",
+            "120000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        perf_output = java_tool("org.apache.kafka.tools.ConsumerPerformance", &perf_args);
+        command = format!("ConsumerPerformance {}", perf_args.join(" "));
+        // The CSV's last column is fetch.nMsg.sec: records/s while fetching, join time excluded.
+        perf_rates.push(
+            perf_output
+                .lines()
+                .last()
+                .and_then(|l| l.split(',').next_back())
+                .and_then(|v| v.trim().parse().ok())
+                .expect("ConsumerPerformance's fetch.nMsg.sec"),
+        );
+        worker_rates.push(
+            worker_rate(
+                kafka,
+                worker_bin,
+                dir,
+                &Measure::noop(topic, records, round),
+            )
+            .await,
+        );
+    }
+    ConsumerResult {
+        records,
+        command,
+        perf_output,
+        perf_rates,
+        worker_rates,
+    }
+}
+
+/// Produces `records` orders of about 1 KiB to `topic`; every `poison_every`th record is not
+/// an order at all. With `distinct`, each record is a different order (its own order id).
+async fn produce_orders(
+    kafka: &KafkaInfo,
+    topic: &str,
+    records: usize,
+    poison_every: Option<usize>,
+    distinct: bool,
+) {
+    let producer: FutureProducer = kafka
+        .plaintext_config()
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .create()
+        .unwrap();
+    let same = serde_json::to_vec(&pubsubkafka_worker::order::sample("bench-0", 1024)).unwrap();
+    let poison = b"poison: not an order".to_vec();
+    let mut pending = Vec::new();
+    for i in 0..records {
+        let key = format!("bench-{i}");
+        let value = if poison_every.is_some_and(|every| i % every == every / 2) {
+            poison.clone()
+        } else if distinct {
+            serde_json::to_vec(&pubsubkafka_worker::order::sample(&key, 1024)).unwrap()
+        } else {
+            same.clone()
+        };
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .expect("queued"),
+        );
+        if pending.len() >= 20_000 {
+            for p in pending.drain(..) {
+                p.await.unwrap().unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+}
+
+/// One worker run: what it reads, with which handler and retry policy.
+struct Measure<'a> {
+    topic: &'a str,
+    records: usize,
+    /// Names its consumer group, config and log.
+    label: String,
+    handler: HandlerConfig,
+    retry: RetryPolicy,
+}
+
+impl<'a> Measure<'a> {
+    fn noop(topic: &'a str, records: usize, round: usize) -> Self {
+        Self {
+            topic,
+            records,
+            label: format!("{topic}-{round}"),
+            handler: HandlerConfig::Noop,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The worker in a group of its own: records/s from its first finished record to its last
+/// (handled or dead-lettered), the same measure as fetch.nMsg.sec.
+async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measure<'_>) -> f64 {
+    let mut config = worker::config(
+        kafka,
+        m.topic,
+        &format!("bench-worker-{}", m.label),
+        m.handler.clone(),
+    );
+    config.retry = m.retry.clone();
+    config.kafka = pubsubkafka_worker::config::KafkaConnection {
+        bootstrap_servers: kafka.bootstrap.clone(),
+        security_protocol: pubsubkafka_worker::config::SecurityProtocol::Plaintext,
+        username: None,
+        password_file: None,
+        ca_file: None,
+    };
+    let port = testenv::free_port().unwrap();
+    let config_path = dir.join(format!("bench-worker-{}.json", m.label));
+    std::fs::write(&config_path, config.to_json()).unwrap();
+    let mut cmd = Command::new(worker_bin);
+    cmd.args(["--log-format", "json", "consume", "--config"])
+        .arg(&config_path)
+        .args(["--http-addr", &format!("127.0.0.1:{port}")]);
+    let mut proc_ = testenv::process::Proc::spawn(
+        "bench-worker",
+        cmd,
+        &dir.join(format!("bench-worker-{}.log", m.label)),
+        Lifetime::Owned,
+        None,
+    )
+    .unwrap();
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        proc_.check_alive().expect("the worker runs");
+        let body = worker::http_get(port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        // Every final outcome: handled or dead-lettered.
+        let done = worker::metric_value(&body, "kafka_consumer_records_total", &[]);
+        let now = Instant::now();
+        if done > 0.0 && first.is_none() {
+            first = Some((now, done));
+        }
+        if done >= m.records as f64 {
+            let (t0, n0) = first.expect("seen");
+            return (done - n0) / (now - t0).as_secs_f64().max(1e-6);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct PoisonResult {
+    records: usize,
+    poison: usize,
+    retry: RetryPolicy,
+    rates: Vec<f64>,
+    clean_rates: Vec<f64>,
+}
+
+/// 1% of the records are poison, retried 3 times (no error class is permanent here) before
+/// the dead-letter topic; compared with the clean run of the same worker.
+async fn poison_bench(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    records: usize,
+    mode: RetryMode,
+    backoff_ms: u64,
+    clean_rates: Vec<f64>,
+) -> PoisonResult {
+    let topic = "bench-poison";
+    create_topic(kafka, topic, 3).await;
+    create_topic(kafka, &format!("{topic}-dlq"), 3).await;
+    eprintln!("==> producing {records} orders of 1 KiB, 1% poison");
+    produce_orders(kafka, topic, records, Some(100), false).await;
+    let retry = RetryPolicy {
+        max_retries: 3,
+        initial_backoff_ms: backoff_ms,
+        multiplier: 2.0,
+        max_backoff_ms: backoff_ms * 4,
+        jitter: 0.0,
+        permanent_errors: Vec::new(),
+        mode,
+    };
+    let mut rates = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!("==> round {}: the worker with poison records", round + 1);
+        let mut m = Measure::noop(topic, records, round);
+        m.retry = retry.clone();
+        rates.push(worker_rate(kafka, worker_bin, dir, &m).await);
+    }
+    PoisonResult {
+        records,
+        poison: records / 100,
+        retry,
+        rates,
+        clean_rates,
+    }
+}
+
+struct ScalingResult {
+    records: usize,
+    /// (partitions, records/s of each round)
+    rates: Vec<(i32, Vec<f64>)>,
+}
+
+/// The same worker and records over 1, 3 and 6 partitions (3 is the consumer benchmark's run).
+async fn scaling_bench(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    records: usize,
+    three: Vec<f64>,
+) -> ScalingResult {
+    let mut rates = Vec::new();
+    for partitions in [1, 6] {
+        let topic = format!("bench-p{partitions}");
+        create_topic(kafka, &topic, partitions).await;
+        eprintln!("==> producing {records} orders into {partitions} partition(s)");
+        produce_orders(kafka, &topic, records, None, false).await;
+        let mut r = Vec::new();
+        for round in 0..ROUNDS {
+            eprintln!(
+                "==> round {}: the worker on {partitions} partition(s)",
+                round + 1
+            );
+            r.push(
+                worker_rate(
+                    kafka,
+                    worker_bin,
+                    dir,
+                    &Measure::noop(&topic, records, round),
+                )
+                .await,
+            );
+        }
+        rates.push((partitions, r));
+    }
+    rates.insert(1, (3, three));
+    ScalingResult { records, rates }
+}
+
+struct ProducerResult {
+    requests: usize,
+    command: String,
+    perf_output: String,
+    perf_rates: Vec<f64>,
+    perf_p99: f64,
+    gateway_rates: Vec<f64>,
+    gateway_p99_full: f64,
+    gateway_p99_at_2k: f64,
+    gateway_achieved_at_2k: f64,
+    record_bytes: usize,
+}
+
+async fn producer_bench(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    requests: usize,
+) -> ProducerResult {
+    let event = pubsubkafka_worker::order::sample("bench", 900);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "customer_info": event.customer_info,
+        "items": event.items,
+        "inventory_status": event.inventory_status,
+    }))
+    .unwrap();
+    create_topic(kafka, "bench-gateway", 3).await;
+    create_topic(kafka, "bench-producer", 3).await;
+    let record_bytes = 1024;
+
+    eprintln!("==> the gateway");
+    let port = testenv::free_port().unwrap();
+    let mut cmd = Command::new(worker_bin);
+    cmd.args([
+        "--log-format",
+        "json",
+        "gateway",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--kafka-bootstrap-servers",
+        &kafka.bootstrap,
+        "--kafka-security-protocol",
+        "PLAINTEXT",
+    ])
+    .args(["--orders-topic", "bench-gateway"]);
+    let _proc = testenv::process::Proc::spawn(
+        "bench-gateway",
+        cmd,
+        &dir.join("bench-gateway.log"),
+        Lifetime::Owned,
+        None,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(worker::http_get(port, "/readyz"), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = Bytes::from(body);
+    // Warm up connections and the producer.
+    load(port, body.clone(), 2_000, 64, None).await;
+    let mut perf_rates = Vec::new();
+    let mut gateway_rates = Vec::new();
+    let mut perf_output = String::new();
+    let mut perf_args: Vec<String> = Vec::new();
+    let mut perf_p99 = f64::NAN;
+    let mut latencies = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!(
+            "==> round {}: ProducerPerformance, then the gateway",
+            round + 1
+        );
+        let (output, args, rate, p99) = producer_performance(kafka, requests, record_bytes);
+        perf_output = output;
+        perf_args = args;
+        perf_rates.push(rate);
+        perf_p99 = p99;
+        let (rate, round_latencies) = load(port, body.clone(), requests, 256, None).await;
+        gateway_rates.push(rate);
+        latencies = round_latencies;
+    }
+    let p99_full = percentile(&mut latencies, 0.99);
+    let (achieved, mut at_2k) = load(port, body, 20_000, 64, Some(2000.0)).await;
+    let p99_2k = percentile(&mut at_2k, 0.99);
+    ProducerResult {
+        requests,
+        command: format!("ProducerPerformance {}", perf_args.join(" ")),
+        perf_output,
+        perf_rates,
+        perf_p99,
+        gateway_rates,
+        gateway_p99_full: p99_full,
+        gateway_p99_at_2k: p99_2k,
+        gateway_achieved_at_2k: achieved,
+        record_bytes,
+    }
+}
+
+/// One ProducerPerformance run: (output, arguments, records/s, p99 ms).
+fn producer_performance(
+    kafka: &KafkaInfo,
+    requests: usize,
+    record_bytes: usize,
+) -> (String, Vec<String>, f64, f64) {
+    let perf_args: Vec<String> = [
+        "--topic",
+        "bench-producer",
+        "--num-records",
+        &requests.to_string(),
+        "--record-size",
+        &record_bytes.to_string(),
+        "--throughput",
+        "-1",
+        "--producer-props",
+        &format!("bootstrap.servers={}", kafka.bootstrap),
+        "acks=all",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let perf_output = java_tool("org.apache.kafka.tools.ProducerPerformance", &perf_args);
+    let summary_line = perf_output.lines().last().unwrap_or_default().to_owned();
+    let field = |suffix: &str| -> f64 {
+        summary_line
+            .split(',')
+            .find(|p| p.contains(suffix))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let perf_rate = summary_line
+        .split(',')
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let perf_p99 = field("99th");
+
+    (perf_output, perf_args, perf_rate, perf_p99)
+}
+
+/// Posts `total` orders over `concurrency` connections, optionally paced to `rate` per second;
+/// returns requests/s and each request's latency in ms. Anything but 202 aborts the benchmark.
+async fn load(
+    port: u16,
+    body: Bytes,
+    total: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+) -> (f64, Vec<f64>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .build_http();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let next = Arc::clone(&next);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break latencies;
+                    }
+                    if let Some(rate) = rate {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let request = http::Request::post(format!("http://127.0.0.1:{port}/orders"))
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let t0 = Instant::now();
+                    let response = client.request(request).await.expect("request");
+                    let status = response.status();
+                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                    assert_eq!(
+                        status.as_u16(),
+                        202,
+                        "the gateway refused a benchmark order"
+                    );
+                    latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), all)
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[((values.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| {
+                let text = if o.stdout.is_empty() {
+                    o.stderr
+                } else {
+                    o.stdout
+                };
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "- CPUs: {cpus}, memory: {mem}, kernel: {}\n- {}\n- {}\n- Apache Kafka {} (one KRaft node, PLAINTEXT listener on loopback)\n",
+        run("uname", &["-r"]),
+        run("rustc", &["--version"]),
+        run("java", &["-version"]),
+        tools::version("KAFKA_VERSION"),
+    )
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**not met**" }
+}
+
+fn render(args: &Args, r: &Results) -> String {
+    use std::fmt::Write;
+    let when = jiff::Timestamp::now();
+    let mut summary = String::from(
+        "| benchmark | PubSubKafka | comparator | ratio | goal | |\n|---|---|---|---|---|---|\n",
+    );
+    let mut body = String::new();
+    if let Some(c) = &r.consumer {
+        let ratio = median(&c.worker_rates) / median(&c.perf_rates);
+        let _ = writeln!(
+            summary,
+            "| consumer, no-op handler, 1 KiB orders, 3 partitions (records/s while fetching) | {:.0} | {:.0} (ConsumerPerformance fetch.nMsg.sec) | {ratio:.2}x | >= 1.0x | {} |",
+            median(&c.worker_rates),
+            median(&c.perf_rates),
+            verdict(ratio >= 1.0),
+        );
+        let _ = write!(
+            body,
+            "## Consumer\n\n{records} orders of about 1 KiB (valid ECST JSON, decoded and validated by the worker) in a \
+             3-partition topic. The worker commits offsets only after each record's outcome is final; it is \
+             measured from its first handled record to its last, as ConsumerPerformance's \
+             fetch.nMsg.sec excludes the group join. {ROUNDS} alternating rounds, each in a new group; \
+             the table shows medians. Raw records/s: worker {wraw}; ConsumerPerformance {praw}.\n\n```\n{ccmd}\n{cout}```\n\n",
+            records = c.records,
+            wraw = raw(&c.worker_rates),
+            praw = raw(&c.perf_rates),
+            ccmd = c.command,
+            cout = c.perf_output,
+        );
+    }
+    if let Some(p) = &r.poison {
+        let ratio = median(&p.rates) / median(&p.clean_rates);
+        let _ = writeln!(
+            summary,
+            "| consumer, 1% poison records retried 3 times ({:?} mode) then dead-lettered (records/s) | {:.0} | {:.0} (the same worker, no poison) | {ratio:.2}x | >= 0.8x | {} |",
+            p.retry.mode,
+            median(&p.rates),
+            median(&p.clean_rates),
+            verdict(ratio >= 0.8),
+        );
+        let _ = write!(
+            body,
+            "## Consumer with poison records\n\n{} records of which {} (one in 100, spread over the 3 partitions) \
+             are not orders. No error class is permanent in this run, so each poison record is tried 4 times \
+             (3 retries, backoff {} ms doubling, no jitter, retry mode `{:?}`) and then published to the \
+             dead-letter topic with its headers; valid records are handled by the no-op handler. Measured \
+             like the clean run, over every final outcome (handled or dead-lettered). Raw records/s: {}; \
+             clean run: {}.\n\n",
+            p.records,
+            p.poison,
+            p.retry.initial_backoff_ms,
+            p.retry.mode,
+            raw(&p.rates),
+            raw(&p.clean_rates),
+        );
+    }
+    if let Some(sk) = &r.sink {
+        let worker = median(&sk.worker_rates);
+        let copy = median(&sk.copy_rates);
+        let ratio = worker / copy;
+        let _ = writeln!(
+            summary,
+            "| event-store sink, idempotent on order_id (orders/s into PostgreSQL) | {worker:.0} | {copy:.0} (COPY of the same rows) | {ratio:.2}x | >= 0.5x and >= 10,000/s | {} |",
+            verdict(ratio >= 0.5 && worker >= 10_000.0),
+        );
+        let _ = write!(
+            body,
+            "## Event-store sink\n\n{} distinct orders of about 1 KiB in a 3-partition topic, stored by the worker's \
+             event-store handler into a fresh database per round (`INSERT ... ON CONFLICT (order_id) DO NOTHING`, \
+             batched per partition, offsets committed after the rows), measured from the first stored order to \
+             the last. The comparator copies the very rows the worker stored (`COPY orders TO STDOUT`) into \
+             a table of the same definition (`CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)`, so the \
+             same primary key and index) with `{}`, timed from the start of the COPY to its end. \
+             PostgreSQL {}: the Debian package, its own cluster, default settings. {ROUNDS} rounds; \
+             medians in the table. Raw orders/s: worker {}; COPY {}.\n\n",
+            sk.records,
+            sk.copy_command,
+            postgres_version(),
+            raw(&sk.worker_rates),
+            raw(&sk.copy_rates),
+        );
+    }
+    if let Some(p) = &r.producer {
+        let ratio = median(&p.gateway_rates) / median(&p.perf_rates);
+        let _ = writeln!(
+            summary,
+            "| producer, acks=all, ~1 KiB records (records/s, 256 concurrent requests) | {:.0} (gateway POST /orders, 202 after ack) | {:.0} (ProducerPerformance) | {ratio:.2}x | >= 0.7x | {} |",
+            median(&p.gateway_rates),
+            median(&p.perf_rates),
+            verdict(ratio >= 0.7),
+        );
+        let _ = writeln!(
+            summary,
+            "| gateway p99 latency at 2,000 requests/s | {:.1} ms (achieved {:.0} req/s) | | | < 25 ms | {} |",
+            p.gateway_p99_at_2k,
+            p.gateway_achieved_at_2k,
+            verdict(p.gateway_p99_at_2k < 25.0),
+        );
+        let _ = writeln!(
+            summary,
+            "| gateway p99 latency at full load | {:.1} ms | {:.1} ms (ProducerPerformance p99) | | | |",
+            p.gateway_p99_full, p.perf_p99,
+        );
+        let _ = write!(
+            body,
+            "## Producer\n\n{requests} records of {bytes} bytes with acks=all. The gateway validates each JSON order, \
+             enriches it (ids, timestamps, trace context), publishes it with an idempotent producer and answers \
+             202 only after the broker's acknowledgement; the load generator keeps 256 requests in flight (64 for the paced run). {ROUNDS} alternating \
+             rounds; medians in the table. Raw records/s: gateway {graw}; ProducerPerformance {ppraw}.\n\n\
+             ```\n{pcmd}\n{pout}```\n\n",
+            requests = p.requests,
+            bytes = p.record_bytes,
+            graw = raw(&p.gateway_rates),
+            ppraw = raw(&p.perf_rates),
+            pcmd = p.command,
+            pout = p.perf_output.lines().last().unwrap_or_default().to_owned() + "\n",
+        );
+    }
+    if let Some(largest) = r.controller.iter().max_by_key(|c| c.topics) {
+        let n = largest.topics;
+        let _ = writeln!(
+            summary,
+            "| controller: {n} KafkaTopic resources applied at once, until all Ready | {:.1} s | | | < 60 s | {} |",
+            largest.seconds_to_ready,
+            verdict(largest.seconds_to_ready < 60.0),
+        );
+        let _ = writeln!(
+            summary,
+            "| controller RSS at rest with {n} resources | {:.1} MiB | | | < 64 MiB | {} |",
+            largest.rss_mib,
+            verdict(largest.rss_mib < 64.0),
+        );
+        let _ = writeln!(
+            summary,
+            "| controller API requests per resource ({n} resources) | {:.2} | | | | |",
+            largest.controller_requests / n as f64,
+        );
+        let _ = write!(
+            body,
+            "## Controller\n\nA kube-apiserver {} with etcd, the controller's release binary watching one \
+             namespace (reconciling against the benchmark's Kafka over PLAINTEXT), and N KafkaTopic resources \
+             (1 partition, replication factor 1) created through the API with 64 requests in flight. Time \
+             from the first create until every resource's Ready condition is True for its generation (the \
+             topic exists in Kafka); then 20 s at rest and the controller's VmRSS. The controller's API requests are \
+             the API server's `apiserver_request_total` (all clients) after minus before, less the \
+             benchmark's own (its creates and list polls) and the API server's own (endpoints, leases, \
+             OpenAPI, metrics scrapes); a watch is counted when it ends, so the controller's open watches \
+             are not in the figure. The breakdown lists every counter that moved.\n\n\
+             | resources | until all Ready | RSS at rest | controller requests | per resource | benchmark's own |\n|---|---|---|---|---|---|\n",
+            tools::version("KUBERNETES_VERSION"),
+        );
+        for c in &r.controller {
+            let _ = writeln!(
+                body,
+                "| {} | {:.1} s | {:.1} MiB | {:.0} | {:.2} | {:.0} |",
+                c.topics,
+                c.seconds_to_ready,
+                c.rss_mib,
+                c.controller_requests,
+                c.controller_requests / c.topics as f64,
+                c.bench_requests,
+            );
+        }
+        for c in &r.controller {
+            let _ = write!(body, "\nRequests at {} resources: ", c.topics);
+            let parts: Vec<String> = c
+                .breakdown
+                .iter()
+                .map(|(k, v)| format!("`{k}` {v:.0}"))
+                .collect();
+            let _ = writeln!(body, "{}.", parts.join(", "));
+        }
+        body.push('\n');
+    }
+    if let Some(sc) = &r.scaling {
+        let _ = write!(
+            body,
+            "## How the worker scales with partitions\n\nOne worker process, no-op handler, {} orders of \
+             about 1 KiB, {ROUNDS} rounds per size (the 3-partition figures are the consumer benchmark's).\n\n\
+             | partitions | records/s (median) | raw |\n|---|---|---|\n",
+            sc.records,
+        );
+        for (partitions, rates) in &sc.rates {
+            let _ = writeln!(
+                body,
+                "| {partitions} | {:.0} | {} |",
+                median(rates),
+                raw(rates)
+            );
+        }
+        body.push('\n');
+    }
+    if r.controller.len() > 1 {
+        let _ = write!(
+            body,
+            "## How the controller scales with resources\n\n| resources | until all Ready | per resource | requests per resource |\n|---|---|---|---|\n"
+        );
+        for c in &r.controller {
+            let _ = writeln!(
+                body,
+                "| {} | {:.1} s | {:.1} ms | {:.2} |",
+                c.topics,
+                c.seconds_to_ready,
+                c.seconds_to_ready * 1000.0 / c.topics as f64,
+                c.controller_requests / c.topics as f64,
+            );
+        }
+        body.push('\n');
+    }
+    format!(
+        "# Benchmarks\n\nGenerated by `make bench` on {when}; every figure below comes from that run.\n\n\
+         ## Machine\n\n{machine}\n## Summary\n\n{summary}\n{body}\
+         Command: `make bench` (`{command}`). Worker binary: `{worker}`, controller binary: `{controller}` \
+         (release builds).\n",
+        machine = machine(),
+        command = std::env::args().collect::<Vec<_>>().join(" "),
+        worker = args.worker.display(),
+        controller = args.controller.display(),
+    )
+}
+
+fn postgres_version() -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.flatten().map(|e| e.path()).max())
+        .map(|p| p.join("bin/postgres"));
+    bin.and_then(|b| Command::new(b).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "(unknown version)".into())
+}
