@@ -118,14 +118,24 @@ pub struct DeadLetter<'a> {
     pub trace_id: Option<&'a str>,
 }
 
+/// Whether header `name` starts with `prefix` in any case: [`get`] finds names
+/// case-insensitively, so an original `X-DLQ-Original-Offset` kept in a dead letter would
+/// shadow the real one.
+fn has_prefix_ignoring_case(name: &str, prefix: &str) -> bool {
+    name.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 /// The headers a producer or an earlier owner of the record wrote, without the retry and
 /// dead-letter bookkeeping of earlier failures (the replay count stays: it counts replays).
 fn original_headers<H: Headers>(original: Option<&H>, extra: usize) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(original.map_or(0, |h| h.count()) + extra);
     if let Some(original) = original {
         for h in original.iter() {
-            let ours = (h.key.starts_with("x-dlq-") && h.key != DLQ_REPLAY_COUNT)
-                || h.key.starts_with("x-retry-");
+            let ours = (has_prefix_ignoring_case(h.key, "x-dlq-")
+                && !h.key.eq_ignore_ascii_case(DLQ_REPLAY_COUNT))
+                || has_prefix_ignoring_case(h.key, "x-retry-");
             if !ours {
                 out = out.insert(Header {
                     key: h.key,
@@ -266,6 +276,45 @@ mod tests {
         let formatted =
             format_traceparent("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true);
         assert!(parse_traceparent(&formatted).is_some());
+    }
+
+    /// Found by the `headers` fuzz target: a header named like ours in another case survived
+    /// and `get` (case-insensitive) returned it instead of the contract's value.
+    #[test]
+    fn earlier_dead_letter_headers_are_replaced_whatever_their_case() {
+        let original = OwnedHeaders::new()
+            .insert(Header {
+                key: "X-Dlq-Original-Offset",
+                value: Some("7"),
+            })
+            .insert(Header {
+                key: "X-DLQ-Replay-Count",
+                value: Some("2"),
+            })
+            .insert(Header {
+                key: "x-dlq",
+                value: Some("kept: not our prefix"),
+            });
+        let out = dead_letter_headers(
+            Some(&original),
+            &DeadLetter {
+                topic: "orders",
+                partition: 0,
+                offset: 42,
+                timestamp_ms: None,
+                group: "g",
+                error_class: "Validation",
+                error_message: "bad",
+                attempts: 1,
+                failed_at: "2026-01-01T00:00:00Z".into(),
+                correlation_id: None,
+                trace_id: None,
+            },
+        );
+        assert_eq!(get(Some(&out), DLQ_ORIGINAL_OFFSET), Some("42"));
+        assert_eq!(get(Some(&out), DLQ_REPLAY_COUNT), Some("2"));
+        assert_eq!(get(Some(&out), "x-dlq"), Some("kept: not our prefix"));
+        assert!(!has_prefix_ignoring_case("x-dl\u{e9}", "x-dlq-"));
     }
 
     #[test]
