@@ -41,4 +41,5 @@ command -v cargo >/dev/null || die "Rust (cargo) is required"
 
 "$here/install-kafka.sh"
 "$here/install-kube.sh" all
+"$here/install-fuzz.sh"
 log "tools ready in $PSK_CACHE"

@@ -29,4 +29,8 @@ export PSK_STACK_DIR="$stack_dir"
 
 log "running the tests"
 cargo test --workspace --locked -- "$@"
+if [[ $# -eq 0 ]]; then
+  # The fuzz targets, shorter than `make test-faults` runs them.
+  FUZZ_SECONDS="${FUZZ_SECONDS:-30}" "$here/fuzz.sh"
+fi
 log "all tests passed in $((SECONDS - start))s"
