@@ -1,7 +1,7 @@
 //! The worker's header parsing (`headers::get`, `headers::parse_traceparent`) and the
 //! dead-letter headers it builds from arbitrary original headers. Never panics; a traceparent it
 //! accepts formats back to itself; a dead letter keeps every original header but earlier
-//! `x-dlq-*` ones and always carries the contract's headers.
+//! `x-dlq-*` and `x-retry-*` ones and always carries the contract's headers.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -62,8 +62,13 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|(k, _)| k.as_str())
         .filter(|k| {
-            let ours = k.len() >= 6 && k.as_bytes()[..6].eq_ignore_ascii_case(b"x-dlq-");
-            !ours || k.eq_ignore_ascii_case(h::DLQ_REPLAY_COUNT)
+            let starts = |prefix: &str| {
+                k.len() >= prefix.len()
+                    && k.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+            };
+            let ours = (starts("x-dlq-") && !k.eq_ignore_ascii_case(h::DLQ_REPLAY_COUNT))
+                || starts("x-retry-");
+            !ours
         })
         .collect();
     let out: Vec<&str> = dead.iter().map(|x| x.key).collect();

@@ -370,6 +370,9 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         m.handler.clone(),
     );
     config.retry = m.retry.clone();
+    if m.retry.mode == RetryMode::RetryTopics {
+        config.retry_topics = pubsubkafka_worker::retry::retry_topics(m.topic, &m.retry);
+    }
     config.kafka = pubsubkafka_worker::config::KafkaConnection {
         bootstrap_servers: kafka.bootstrap.clone(),
         security_protocol: pubsubkafka_worker::config::SecurityProtocol::Plaintext,
@@ -447,6 +450,11 @@ async fn poison_bench(
         permanent_errors: Vec::new(),
         mode,
     };
+    if mode == RetryMode::RetryTopics {
+        for t in pubsubkafka_worker::retry::retry_topics(topic, &retry) {
+            create_topic(kafka, &t.name, 3).await;
+        }
+    }
     let mut rates = Vec::new();
     for round in 0..ROUNDS {
         eprintln!("==> round {}: the worker with poison records", round + 1);
