@@ -30,6 +30,11 @@ use plan::{Desired, Observed, Plan, Problem};
 
 const KIND: &str = "KafkaTopic";
 
+/// Reconciles in flight at once. Unbounded, 1,000 resources applied together meant 1,000
+/// admin requests, status patches and their buffers at the same moment, and the peak stayed
+/// resident: 82 MiB at rest in `make bench`, 37 MiB with 64 (16 gave 31 MiB but 60 s to Ready).
+const RECONCILE_CONCURRENCY: u16 = 64;
+
 /// Runs the reconciler until shutdown.
 pub async fn run(
     ctx: Arc<Context>,
@@ -49,7 +54,9 @@ pub async fn run(
 
 /// A controller over every KafkaTopic the API allows, with its store.
 pub fn controller(api: Api<KafkaTopic>) -> (Controller<KafkaTopic>, Store<KafkaTopic>) {
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic()).with_config(
+        kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+    );
     let store = controller.store();
     (controller, store)
 }
