@@ -16,19 +16,11 @@ use pubsubkafka_worker::headers as h;
 use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use testenv::eventually;
 use testenv::operator::{self, Operator};
 use testenv::worker::{self, WorkerProcess};
-use testenv::{KafkaInfo, eventually};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn admin(kafka: &KafkaInfo) -> KafkaAdmin {
-    KafkaAdmin::new(
-        &kafka.admin_connection().client_config().unwrap(),
-        Duration::from_secs(10),
-    )
-    .unwrap()
-}
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -66,7 +58,7 @@ async fn three_brokers_lose_one_under_gateway_load_and_refuse_with_two_down() {
         testenv::Kafka::start(kafka_dir.path(), 3, testenv::Lifetime::Owned).expect("3 nodes");
     let orders = testenv::unique_name("ha-orders");
     let isr2 = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
-    let kafka_admin = admin(&kafka.info);
+    let kafka_admin = kafka.info.kafka_admin();
     kafka_admin
         .create_topic(&orders, 3, 3, &isr2)
         .await
@@ -278,7 +270,7 @@ async fn the_operator_converges_after_an_api_server_restart() {
     )
     .await;
     let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), &ns);
-    let kafka = admin(&stack.kafka);
+    let kafka = stack.kafka.kafka_admin();
     let before = testenv::unique_name("before");
     kubectl_apply(&api.info, &ns, &topic_yaml(&before, 1)).unwrap();
     wait_topic(&topics, &kafka, &before, 1).await;
@@ -498,7 +490,7 @@ async fn a_corpus_of_malformed_records_is_dead_lettered_without_a_crash_or_stall
     let stack = testenv::shared();
     let topic = testenv::unique_name("sweep");
     let big = BTreeMap::from([("max.message.bytes".to_owned(), "4194304".to_owned())]);
-    let kafka = admin(&stack.kafka);
+    let kafka = stack.kafka.kafka_admin();
     kafka.create_topic(&topic, 2, 1, &big).await.unwrap();
     kafka
         .create_topic(&format!("{topic}-dlq"), 2, 1, &big)
@@ -530,13 +522,7 @@ async fn a_corpus_of_malformed_records_is_dead_lettered_without_a_crash_or_stall
     }
     worker::produce(&producer, &topic, &valid[200..]).await;
 
-    eventually("every valid order stored", WAIT, || async {
-        worker.check_alive()?;
-        let (rows, distinct) = worker::stored(&db).await;
-        assert_eq!(rows, distinct);
-        (rows == 300).then_some(()).ok_or(format!("{rows} stored"))
-    })
-    .await;
+    worker::wait_stored(&db, 300, &worker).await;
     let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), corpus.len(), WAIT).await;
     let classes: BTreeMap<String, String> = dead
         .iter()
