@@ -185,22 +185,13 @@ impl<T> KeyQueue<T> {
         self.ready.len()
     }
 
-    /// Takes up to `max` ready records that `batchable` accepts, keeping the others in order.
+    /// Takes up to `max` ready records from the front while `batchable` accepts them; the
+    /// first one it refuses stays first. Costs only what it takes.
     pub fn pop_batch(&mut self, max: usize, batchable: impl Fn(&T) -> bool) -> Vec<T> {
         let mut batch = Vec::new();
-        let mut kept = VecDeque::new();
-        while let Some(item) = self.ready.pop_front() {
-            if batchable(&item) {
-                batch.push(item);
-                if batch.len() == max {
-                    break;
-                }
-            } else {
-                kept.push_back(item);
-            }
+        while batch.len() < max && self.ready.front().is_some_and(&batchable) {
+            batch.extend(self.ready.pop_front());
         }
-        kept.append(&mut self.ready);
-        self.ready = kept;
         batch
     }
 
@@ -392,15 +383,17 @@ mod tests {
     }
 
     #[test]
-    fn batches_take_accepted_records_and_keep_the_rest_in_order() {
+    fn batches_take_accepted_records_from_the_front() {
         let mut q = KeyQueue::default();
-        for i in 0..6 {
+        for i in [2, 4, 6, 7, 8, 10] {
             q.push(None, i);
         }
-        assert_eq!(q.pop_batch(2, |i| i % 2 == 1), vec![1, 3]);
-        assert_eq!(q.ready(), 4);
-        let rest: Vec<_> = std::iter::from_fn(|| q.pop_ready()).collect();
-        assert_eq!(rest, vec![0, 2, 4, 5]);
+        assert_eq!(q.pop_batch(2, |i| i % 2 == 0), vec![2, 4]);
+        assert_eq!(q.pop_batch(5, |i| i % 2 == 0), vec![6], "7 stops the batch");
+        assert_eq!(q.pop_batch(5, |i| i % 2 == 0), Vec::<i32>::new());
+        assert_eq!(q.pop_ready(), Some(7));
+        assert_eq!(q.pop_batch(5, |i| i % 2 == 0), vec![8, 10]);
+        assert_eq!(q.ready(), 0);
     }
 
     #[test]
