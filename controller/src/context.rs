@@ -28,6 +28,8 @@ pub struct Settings {
     pub worker_security_protocol: SecurityProtocol,
     /// The brokers' CA (PEM), handed to workers in their credentials Secret.
     pub kafka_ca_pem: Option<String>,
+    /// OTLP endpoint rendered into worker.json (tracing off when none).
+    pub worker_otlp_endpoint: Option<String>,
 }
 
 /// Shared reconciler state.

@@ -100,6 +100,11 @@ pub async fn run(
                 .unwrap_or_else(|| args.kafka_bootstrap_servers.clone()),
             worker_security_protocol: args.kafka_security_protocol,
             kafka_ca_pem,
+            worker_otlp_endpoint: args
+                .worker_otlp_endpoint
+                .clone()
+                .or_else(|| args.trace.otlp_endpoint.clone())
+                .filter(|e| !e.trim().is_empty()),
         },
         backoff: Backoff::default(),
         topics: store,

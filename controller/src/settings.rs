@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use pubsubkafka_worker::config::{KafkaConnection, SecurityProtocol};
+use pubsubkafka_worker::telemetry::TraceArgs;
 
 /// PubSubKafka operator: reconciles KafkaTopic, DLQPolicy and OrderConsumer resources.
 #[derive(Debug, Clone, Parser)]
@@ -64,6 +65,13 @@ pub struct Args {
     /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
     #[arg(long, env = "PSK_LOG_FORMAT", default_value = "auto")]
     pub log_format: String,
+    /// The operator's own trace export (OTLP/HTTP).
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// OTLP/HTTP endpoint written into the workers' worker.json (the operator's own when
+    /// absent; tracing is off in the workers when neither is set).
+    #[arg(long, env = "PSK_WORKER_OTLP_ENDPOINT")]
+    pub worker_otlp_endpoint: Option<String>,
 }
 
 impl Args {

@@ -87,6 +87,8 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         worker_bootstrap_servers: None,
         metrics_addr: "127.0.0.1:0".parse().expect("address"),
         log_format: "text".into(),
+        trace: Default::default(),
+        worker_otlp_endpoint: None,
     }
 }
 

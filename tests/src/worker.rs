@@ -62,6 +62,7 @@ pub fn config(kafka: &KafkaInfo, topic: &str, group: &str, handler: HandlerConfi
         session_timeout_ms: 6_000,
         concurrency: pubsubkafka_worker::config::DEFAULT_CONCURRENCY,
         retry_topics: Vec::new(),
+        tracing: None,
     }
 }
 

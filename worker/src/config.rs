@@ -220,6 +220,18 @@ pub struct WorkerConfig {
     /// n times waits in the n-th (or the last) for its backoff.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_topics: Vec<RetryTopic>,
+    /// Trace export; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Where the worker sends its spans (OpenTelemetry, OTLP over HTTP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://otel-collector.monitoring:4318`
+    /// (`/v1/traces` is appended).
+    pub otlp_endpoint: String,
 }
 
 /// A delay topic of mode RetryTopics.

@@ -23,7 +23,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::config::{KafkaConnection, SecurityProtocol};
 use crate::headers;
@@ -31,7 +32,7 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
 use crate::outbox::Outbox;
-use crate::{duration, ids, proto};
+use crate::{duration, ids, proto, tracing_ctx};
 
 /// Kafka connection flags, shared by the gateway, the relay and replay.
 #[derive(Debug, Clone, clap::Args)]
@@ -347,9 +348,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     Ok(value)
 }
 
-/// Correlation id from `X-Correlation-ID` (or a new one), and the trace context: the caller's
-/// trace with a new span for this request, or a new trace.
-fn trace_context(headers: &HeaderMap) -> (String, String, String) {
+/// Correlation id from `X-Correlation-ID` (or a new one), and the trace and span ids the event
+/// carries: those of `produce` (the span that publishes it) when trace export is on; otherwise the
+/// caller's trace from `traceparent` with a new span id, or a new trace.
+fn trace_context(headers: &HeaderMap, produce: &Span) -> (String, String, String) {
     let correlation = headers
         .get(headers::CORRELATION_ID)
         .and_then(|v| v.to_str().ok())
@@ -357,6 +359,12 @@ fn trace_context(headers: &HeaderMap) -> (String, String, String) {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(ids::uuid_v4);
+    if let (Some(trace_id), Some(span_id)) = (
+        tracing_ctx::trace_id(produce),
+        tracing_ctx::span_id(produce),
+    ) {
+        return (correlation, trace_id, span_id);
+    }
     let trace_id = headers
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -364,6 +372,47 @@ fn trace_context(headers: &HeaderMap) -> (String, String, String) {
         .map(|t| t.trace_id.to_owned())
         .unwrap_or_else(ids::trace_id);
     (correlation, trace_id, ids::span_id())
+}
+
+/// The server span of one request, a child of the caller's `traceparent` when it sent one.
+fn request_span(route: &'static str, headers: &HeaderMap) -> Span {
+    let span = info_span!(
+        "request",
+        otel.name = %format!("POST {route}"),
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = route,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+        correlation_id = Empty,
+    );
+    tracing_ctx::set_parent_from_http(&span, headers);
+    span
+}
+
+/// The producer span of one event: its context is what the record's `traceparent` names.
+fn produce_span(topic: &str, key: &str) -> Span {
+    info_span!(
+        "publish",
+        otel.name = %format!("{topic} publish"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = topic,
+        messaging.kafka.message.key = key,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        correlation_id = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// Records the answer's status on the request span (an error status for 5xx).
+fn finish_request(span: &Span, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 fn metadata(correlation_id: String, trace_id: String, span_id: String) -> Metadata {
@@ -379,9 +428,12 @@ fn metadata(correlation_id: String, trace_id: String, span_id: String) -> Metada
 
 async fn post_order(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
+    let span = request_span("/orders", &headers);
     let response = accept_order(&gw, &headers, &body)
+        .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    finish_request(&span, response.status());
     if response.status() == StatusCode::ACCEPTED {
         gw.orders_accepted_latency
             .observe(started.elapsed().as_secs_f64());
@@ -421,9 +473,13 @@ async fn accept_order(
     } else {
         parse_json(headers, body)?
     };
-    let (correlation_id, trace_id, span_id) = trace_context(headers);
+    let order_id: compact_str::CompactString = request.order_id.unwrap_or_else(ids::uuid_v4).into();
+    let produce = produce_span(&gw.orders_topic, &order_id);
+    let (correlation_id, trace_id, span_id) = trace_context(headers, &produce);
+    Span::current().record("correlation_id", correlation_id.as_str());
+    produce.record("correlation_id", correlation_id.as_str());
     let event = OrderEvent {
-        order_id: request.order_id.unwrap_or_else(ids::uuid_v4).into(),
+        order_id,
         customer_info: request.customer_info,
         items: request.items,
         inventory_status: request.inventory_status,
@@ -440,7 +496,6 @@ async fn accept_order(
         let json = serde_json::to_vec(&event).expect("an order event serializes");
         (json, order::CONTENT_TYPE_JSON)
     };
-    let span = info_span!("order", order_id = %event.order_id, correlation_id = %event.metadata.correlation_id, trace_id = %event.metadata.trace_id);
     let placed = publish(
         gw,
         &gw.orders_topic,
@@ -448,8 +503,9 @@ async fn accept_order(
         &value,
         content_type,
         &event.metadata,
+        &produce,
     )
-    .instrument(span)
+    .instrument(produce.clone())
     .await?;
     Ok(accepted(json!({
         "order_id": event.order_id,
@@ -463,9 +519,12 @@ async fn accept_order(
 
 async fn post_user(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
+    let span = request_span("/users", &headers);
     let response = accept_user(&gw, &headers, &body)
+        .instrument(span.clone())
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    finish_request(&span, response.status());
     observe(&gw.metrics, "/users", response.status(), started);
     response
 }
@@ -476,9 +535,13 @@ async fn accept_user(
     body: &[u8],
 ) -> Result<Response, Rejection> {
     let request: UserRequest = parse_json(headers, body)?;
-    let (correlation_id, trace_id, span_id) = trace_context(headers);
+    let user_id = request.user_id.unwrap_or_else(ids::uuid_v4);
+    let produce = produce_span(&gw.users_topic, &user_id);
+    let (correlation_id, trace_id, span_id) = trace_context(headers, &produce);
+    Span::current().record("correlation_id", correlation_id.as_str());
+    produce.record("correlation_id", correlation_id.as_str());
     let event = UserEvent {
-        user_id: request.user_id.unwrap_or_else(ids::uuid_v4),
+        user_id,
         name: request.name,
         email: request.email,
         country: request.country,
@@ -518,7 +581,9 @@ async fn accept_user(
         &value,
         order::CONTENT_TYPE_JSON,
         &event.metadata,
+        &produce,
     )
+    .instrument(produce.clone())
     .await?;
     Ok(accepted(json!({
         "user_id": event.user_id,
@@ -567,8 +632,11 @@ async fn publish(
     value: &[u8],
     content_type: &str,
     meta: &Metadata,
+    span: &Span,
 ) -> Result<(i32, i64), Rejection> {
-    let traceparent = headers::format_traceparent(&meta.trace_id, &meta.span_id, true);
+    // The producer span's own context when traces are exported (its sampling decision too).
+    let traceparent = tracing_ctx::traceparent(span)
+        .unwrap_or_else(|| headers::format_traceparent(&meta.trace_id, &meta.span_id, true));
     match &gw.sink {
         Sink::Kafka(producer) => {
             let record = FutureRecord::to(topic)
@@ -581,6 +649,8 @@ async fn publish(
                 ));
             match producer.send(record, gw.delivery_timeout).await {
                 Ok(delivery) => {
+                    span.record("messaging.destination.partition.id", delivery.partition);
+                    span.record("messaging.kafka.offset", delivery.offset);
                     if topic == gw.orders_topic {
                         gw.orders_acked.inc();
                     } else {
@@ -592,6 +662,7 @@ async fn publish(
                     Ok((delivery.partition, delivery.offset))
                 }
                 Err((e, _)) => {
+                    span.record("otel.status_code", "ERROR");
                     gw.metrics
                         .producer_messages
                         .with_label_values(&[topic, "failed"])
@@ -626,6 +697,7 @@ async fn publish(
                 Ok((-1, -1))
             }
             Err(e) => {
+                span.record("otel.status_code", "ERROR");
                 warn!(error = %e, "the outbox write failed");
                 Err(Rejection::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -691,11 +763,11 @@ mod tests {
                 .unwrap(),
         );
         h.insert("x-correlation-id", "req-7".parse().unwrap());
-        let (correlation, trace, span) = trace_context(&h);
+        let (correlation, trace, span) = trace_context(&h, &Span::none());
         assert_eq!(correlation, "req-7");
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(span, "00f067aa0ba902b7");
-        let (correlation, trace, _) = trace_context(&HeaderMap::new());
+        let (correlation, trace, _) = trace_context(&HeaderMap::new(), &Span::none());
         assert_eq!(correlation.len(), 36);
         assert_eq!(trace.len(), 32);
     }

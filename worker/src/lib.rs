@@ -18,3 +18,4 @@ pub mod replay;
 pub mod retry;
 pub mod schedule;
 pub mod telemetry;
+pub mod tracing_ctx;

@@ -13,7 +13,7 @@ use pubsubkafka_worker::http::{self, Health};
 use pubsubkafka_worker::metrics::Metrics;
 use pubsubkafka_worker::outbox::RelayArgs;
 use pubsubkafka_worker::replay::ReplayArgs;
-use pubsubkafka_worker::telemetry::{init_logging, shutdown_signal};
+use pubsubkafka_worker::telemetry::{self, TraceArgs, TraceExport, shutdown_signal};
 use tracing::error;
 
 /// Decoding an order allocates a few dozen small strings; mimalloc serves those faster than the
@@ -27,6 +27,8 @@ struct Cli {
     /// Log format: json, text, or auto (text on a terminal, JSON otherwise).
     #[arg(long, env = "PSK_LOG_FORMAT", default_value = "auto", global = true)]
     log_format: String,
+    #[command(flatten)]
+    trace: TraceArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +54,31 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format, "info,rdkafka=warn");
+    // A consumer reads its trace settings from worker.json (what the operator rendered); the
+    // command line (OTEL_EXPORTER_OTLP_ENDPOINT) applies when the file names none.
+    let config = match &cli.command {
+        Command::Consume { config, .. } => match read_config(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let endpoint = config
+        .as_ref()
+        .and_then(|c| c.tracing.as_ref())
+        .map(|t| t.otlp_endpoint.as_str())
+        .or(cli.trace.otlp_endpoint.as_deref());
+    let service = match &cli.command {
+        Command::Consume { .. } => "pubsubkafka-worker",
+        Command::Gateway(_) => "pubsubkafka-gateway",
+        Command::OutboxRelay(_) => "pubsubkafka-outbox-relay",
+        Command::Replay(_) => "pubsubkafka-replay",
+    };
+    let export = TraceExport::new(endpoint, service);
+    let telemetry = telemetry::init(&cli.log_format, "info,rdkafka=warn", export.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -61,7 +87,10 @@ fn main() -> ExitCode {
         // First: a SIGTERM while starting must stop the process cleanly, not kill it.
         let shutdown = shutdown_signal();
         match cli.command {
-            Command::Consume { config, http_addr } => consume(config, http_addr, shutdown).await,
+            Command::Consume { http_addr, .. } => {
+                let config = config.expect("read above");
+                consume(config, http_addr, shutdown).await
+            }
             Command::Gateway(args) => {
                 let metrics = Metrics::new();
                 let health = Arc::new(Health::default());
@@ -80,29 +109,36 @@ fn main() -> ExitCode {
             }
         }
     });
-    match result {
+    // Outside the runtime: the exporter's final flush blocks.
+    drop(runtime);
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "the worker stopped on an error");
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
-async fn consume(
-    config_path: PathBuf,
-    http_addr: Option<SocketAddr>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    let text = std::fs::read_to_string(&config_path)
+fn read_config(config_path: &PathBuf) -> Result<WorkerConfig, String> {
+    let text = std::fs::read_to_string(config_path)
         .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
-    let config = WorkerConfig::from_json(&text).map_err(|e| {
+    WorkerConfig::from_json(&text).map_err(|e| {
         format!(
             "{} is not a worker configuration: {e}",
             config_path.display()
         )
-    })?;
+    })
+}
+
+async fn consume(
+    config: WorkerConfig,
+    http_addr: Option<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let metrics = Metrics::new();
     let health = Arc::new(Health::default());
     let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));

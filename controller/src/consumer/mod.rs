@@ -299,6 +299,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         bootstrap_servers: &ctx.settings.worker_bootstrap_servers,
         security_protocol: ctx.settings.worker_security_protocol,
         with_ca: ctx.settings.kafka_ca_pem.is_some(),
+        otlp_endpoint: ctx.settings.worker_otlp_endpoint.as_deref(),
     })
     .map_err(Error::InvalidSpec)?
     .to_json();

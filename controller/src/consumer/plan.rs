@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use pubsubkafka_worker::config::{
-    HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol, WorkerConfig,
+    HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol, TracingConfig,
+    WorkerConfig,
 };
 
 use crate::crd::OrderConsumer;
@@ -208,6 +209,8 @@ pub struct RenderInput<'a> {
     pub security_protocol: SecurityProtocol,
     /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
     pub with_ca: bool,
+    /// OTLP endpoint the workers export traces to (none: tracing off).
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 /// The worker configuration, with paths of the pod's mounts.
@@ -243,6 +246,9 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         session_timeout_ms: 30_000,
         concurrency: spec.concurrency_per_partition.clamp(1, 1000) as usize,
         retry_topics: input.retry_topics.to_vec(),
+        tracing: input.otlp_endpoint.map(|endpoint| TracingConfig {
+            otlp_endpoint: endpoint.to_owned(),
+        }),
     })
 }
 
@@ -628,9 +634,21 @@ spec:
             bootstrap_servers: "kafka:9093",
             security_protocol: SecurityProtocol::SaslSsl,
             with_ca: true,
+            otlp_endpoint: None,
         };
         let config = worker_config(&input).unwrap();
         assert_eq!(config.group_id, "shop.order-store");
+        assert_eq!(config.tracing, None);
+        assert!(!config.to_json().contains("tracing"), "no key when off");
+        let traced = worker_config(&RenderInput {
+            otlp_endpoint: Some("http://otel:4318"),
+            ..input.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            traced.tracing.map(|t| t.otlp_endpoint).as_deref(),
+            Some("http://otel:4318")
+        );
         assert_eq!(
             config.concurrency, 8,
             "the default concurrency per partition"
