@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test test-faults fuzz bench tools up down env fmt lint crds
+.PHONY: demo demo-down test test-faults fuzz bench tools up down env fmt lint crds rules
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
@@ -55,3 +55,9 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## rules: regenerate deploy/prometheus/rules.yml from the chart's PrometheusRule, then test it
+rules:
+	PSK_BLESS=1 cargo test -q --locked -p pubsubkafka-tests --test chart -- plain_prometheus_rules
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules.test.yml

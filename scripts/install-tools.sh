@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the local stack need on a fresh machine:
-# Debian packages (only those missing), Apache Kafka's jars from Maven Central, and
+# Debian packages (only those missing, Prometheus and promtool among them), Apache Kafka's jars from Maven Central, and
 # kube-apiserver, kubectl, etcd and helm built from the Go module proxy. Results are cached in
 # $PSK_CACHE (default ~/.cache/pubsubkafka), so a second run takes a second.
 set -euo pipefail
@@ -20,6 +20,7 @@ apt_wanted=(
   "cmake:cmake"
   "unzip:unzip"
   "curl:curl"
+  "prometheus:/usr/bin/prometheus"
 )
 missing=()
 for entry in "${apt_wanted[@]}"; do

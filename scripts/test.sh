@@ -14,6 +14,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "promtool check rules / test rules (deploy/prometheus)"
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules deploy/prometheus/rules.test.yml
 log "checking the generated CRDs are current"
 cargo run -q --locked -p pubsubkafka-controller --bin crdgen -- --check
 log "building the tests"

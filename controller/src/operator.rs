@@ -69,6 +69,10 @@ pub async fn run(
         })?;
     info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?, "serving /metrics, /healthz and /readyz");
     tokio::spawn(http::serve(listener, metrics.clone(), Arc::clone(&ready)));
+    // Every replica, leader or not, reports whether it reaches Kafka: `kafka_up` is never a
+    // start-up 0 nor a standby's stale value, so `min(pubsubkafka_controller_kafka_up) == 0`
+    // alerts only on a real outage. Reconciles update it between probes.
+    let _probe = AbortOnDrop(tokio::spawn(probe_kafka(admin.clone(), metrics.clone())));
 
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
@@ -158,6 +162,22 @@ pub async fn run(
         return Err(StartError::LeadershipLost);
     }
     Ok(())
+}
+
+/// Stops a background task when the operator's run ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn probe_kafka(admin: KafkaAdmin, metrics: Metrics) {
+    loop {
+        metrics.set_kafka_up(admin.reachable().await);
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
 }
 
 async fn check_crds(topics: &Api<KafkaTopic>) -> Result<(), StartError> {

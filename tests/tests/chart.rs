@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
+use serde::Deserialize;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
 use testenv::operator::{self, Operator};
 use testenv::{KubeInfo, eventually, tools};
@@ -98,6 +99,66 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("securityProtocol"));
+}
+
+/// The rule group of the chart's PrometheusRule rendered with `values`.
+fn rendered_rule_groups(values: &[&str]) -> serde_yaml::Value {
+    let chart = chart().display().to_string();
+    let mut args = vec![
+        "template",
+        "x",
+        &chart,
+        "--show-only",
+        "templates/monitoring.yaml",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    ];
+    for v in values {
+        args.extend(["--set", v]);
+    }
+    let rendered = helm(&args);
+    let rule = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "PrometheusRule")
+        .expect("the chart renders a PrometheusRule");
+    rule["spec"].clone()
+}
+
+/// deploy/prometheus/rules.yml, which Prometheus loads and promtool tests, is the chart's rule
+/// group with its default values: one source. `PSK_BLESS=1` (`make rules`) rewrites the file.
+#[test]
+fn the_plain_prometheus_rules_file_is_the_charts_rule_group() {
+    let file = chart().join("../../deploy/prometheus/rules.yml");
+    let groups = rendered_rule_groups(&[]);
+    if std::env::var_os("PSK_BLESS").is_some() {
+        let text = format!(
+            "# Generated from charts/pubsubkafka/templates/monitoring.yaml with the chart's default\n\
+             # values by `make rules`; edit the chart, not this file. Tested by rules.test.yml.\n{}",
+            serde_yaml::to_string(&groups).unwrap()
+        );
+        std::fs::write(&file, text).unwrap();
+    }
+    let shipped: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
+    )
+    .unwrap();
+    assert_eq!(
+        shipped, groups,
+        "deploy/prometheus/rules.yml differs from the chart's PrometheusRule: run `make rules`"
+    );
+    // The thresholds stay values of the chart.
+    let custom = rendered_rule_groups(&[
+        "metrics.prometheusRule.consumerLagThreshold=250",
+        "metrics.prometheusRule.processingP99Seconds=2",
+    ]);
+    let exprs: Vec<String> = custom["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.iter().any(|e| e.ends_with("kafka_consumer_lag)) > 250")), "{exprs:?}");
+    assert!(exprs.iter().any(|e| e.ends_with("[5m]))) > 2")), "{exprs:?}");
 }
 
 #[tokio::test]

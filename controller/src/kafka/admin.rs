@@ -224,6 +224,15 @@ impl KafkaAdmin {
         .map_err(|e| AdminError::InvalidRequest(format!("admin task failed: {e}")))?
     }
 
+    /// True when a broker answers a metadata request within the timeout (the `kafka_up` probe).
+    pub async fn reachable(&self) -> bool {
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
     /// Describes `topic`, or `None` when it does not exist.
     pub async fn describe_topic(&self, topic: &str) -> Result<Option<TopicDescription>> {
         let topic = cstring(topic)?;
