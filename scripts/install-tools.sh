@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the local stack need on a fresh machine:
-# Debian packages (only those missing, Prometheus and promtool among them), Apache Kafka's jars from Maven Central, and
-# kube-apiserver, kubectl, etcd and helm built from the Go module proxy. Results are cached in
+# Debian packages (only those missing, Prometheus and promtool among them), Apache Kafka's jars
+# from Maven Central, and kube-apiserver, kubectl, etcd, helm and Jaeger built from the Go module
+# proxy. Results are cached in
 # $PSK_CACHE (default ~/.cache/pubsubkafka), so a second run takes a second.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -43,4 +44,5 @@ command -v cargo >/dev/null || die "Rust (cargo) is required"
 "$here/install-kafka.sh"
 "$here/install-kube.sh" all
 "$here/install-fuzz.sh"
+"$here/install-jaeger.sh"
 log "tools ready in $PSK_CACHE"

@@ -1,5 +1,6 @@
-//! The test environment: real Apache Kafka, a real kube-apiserver with etcd, and a real
-//! PostgreSQL, started by this harness on free loopback ports in a directory of their own.
+//! The test environment: real Apache Kafka, a real kube-apiserver with etcd, a real PostgreSQL,
+//! a real Prometheus and a real trace backend (Jaeger), started by this harness on free loopback
+//! ports in a directory of their own.
 //!
 //! `make test` starts one stack with the `stack` binary and exports `PSK_STACK_DIR`; every test
 //! binary attaches to it through [`shared`]. Run alone (`cargo test -p pubsubkafka-tests`), a test
@@ -8,6 +9,7 @@
 //! [`Postgres::start`] or [`KubeApi::start`].
 
 pub mod demo;
+pub mod jaeger;
 pub mod kafka;
 pub mod kube_api;
 pub mod operator;
@@ -15,6 +17,7 @@ pub mod pki;
 pub mod pods;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod scenario;
 pub mod stack;
 pub mod tools;
@@ -23,10 +26,12 @@ pub mod worker;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub use jaeger::{Jaeger, JaegerInfo};
 pub use kafka::{Kafka, KafkaInfo, ScramUser};
 pub use kube_api::{KubeApi, KubeInfo};
 pub use postgres::{Postgres, PostgresInfo};
 pub use process::Lifetime;
+pub use prometheus::{Prometheus, PrometheusInfo};
 pub use stack::{Stack, StackInfo, shared};
 
 /// What can go wrong bringing up or using the local stack. Every variant says which component

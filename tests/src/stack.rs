@@ -1,5 +1,5 @@
-//! The whole local stack (Kafka, API server, PostgreSQL) in one directory, and its description
-//! (`stack.json`, `stack.env`) so that other processes can attach to it.
+//! The whole local stack (Kafka, API server, PostgreSQL, Prometheus, Jaeger) in one directory,
+//! and its description (`stack.json`, `stack.env`) so that other processes can attach to it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::jaeger::{Jaeger, JaegerInfo};
 use crate::kafka::{Kafka, KafkaInfo};
 use crate::kube_api::{KubeApi, KubeInfo};
 use crate::postgres::{Postgres, PostgresInfo};
 use crate::process::{self, Lifetime};
+use crate::prometheus::{Prometheus, PrometheusInfo};
 
 /// Everything a test or a person needs to reach a running stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -20,6 +22,10 @@ pub struct StackInfo {
     pub kafka: KafkaInfo,
     pub kube: KubeInfo,
     pub postgres: PostgresInfo,
+    /// Scrapes the targets registered with it; loads the shipped alert rules.
+    pub prometheus: PrometheusInfo,
+    /// Receives spans over OTLP; serves them back on its query API.
+    pub jaeger: JaegerInfo,
     /// Processes to stop, in order (`stack down`); empty while this process owns them.
     #[serde(default)]
     pub pids: Vec<u32>,
@@ -32,29 +38,38 @@ pub struct Stack {
     pub kafka: Kafka,
     pub kube: KubeApi,
     pub postgres: Postgres,
+    pub prometheus: Prometheus,
+    pub jaeger: Jaeger,
 }
 
 impl Stack {
-    /// Starts the three components in parallel under `dir`.
+    /// Starts the components in parallel under `dir`.
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the stack dir", e))?;
-        let (kafka, kube, postgres) = std::thread::scope(|s| {
+        let (kafka, kube, postgres, prometheus, jaeger) = std::thread::scope(|s| {
             let kafka = s.spawn(|| Kafka::start(&dir.join("kafka"), 1, lifetime));
             let kube = s.spawn(|| KubeApi::start(&dir.join("kube"), lifetime));
             let postgres = s.spawn(|| Postgres::start(&dir.join("postgres"), lifetime));
+            let prometheus = s.spawn(|| Prometheus::start(&dir.join("prometheus"), lifetime));
+            let jaeger = s.spawn(|| Jaeger::start(&dir.join("jaeger"), lifetime));
             (
                 kafka.join().expect("kafka start panicked"),
                 kube.join().expect("kube start panicked"),
                 postgres.join().expect("postgres start panicked"),
+                prometheus.join().expect("prometheus start panicked"),
+                jaeger.join().expect("jaeger start panicked"),
             )
         });
         // Any failure stops the components that did start (their handles drop here).
-        let (kafka, kube, postgres) = (kafka?, kube?, postgres?);
+        let (kafka, kube, postgres, prometheus, jaeger) =
+            (kafka?, kube?, postgres?, prometheus?, jaeger?);
         let info = StackInfo {
             dir: dir.to_owned(),
             kafka: kafka.info.clone(),
             kube: kube.info.clone(),
             postgres: postgres.info.clone(),
+            prometheus: prometheus.info.clone(),
+            jaeger: jaeger.info.clone(),
             pids: Vec::new(),
         };
         Ok(Self {
@@ -62,13 +77,18 @@ impl Stack {
             kafka,
             kube,
             postgres,
+            prometheus,
+            jaeger,
         })
     }
 
     /// Lets the processes outlive this process and writes the description files.
     pub fn detach(self) -> Result<StackInfo, Error> {
         let mut info = self.info;
-        // Stop order for `stack down`: API server and etcd, then Kafka, then PostgreSQL.
+        // Stop order for `stack down`: Prometheus and Jaeger, API server and etcd, then Kafka,
+        // then PostgreSQL.
+        info.pids.extend(self.prometheus.detach());
+        info.pids.extend(self.jaeger.detach());
         info.pids.extend(self.kube.detach());
         info.pids.extend(self.kafka.detach());
         info.pids.extend(self.postgres.detach());
@@ -121,6 +141,13 @@ impl StackInfo {
                 self.kafka.admin_properties.display().to_string(),
             ),
             ("DATABASE_URL", self.postgres.url.clone()),
+            ("PSK_PROMETHEUS_URL", self.prometheus.url.clone()),
+            ("PSK_JAEGER_URL", self.jaeger.ui_url.clone()),
+            // Processes started from this shell export their spans to the stack's Jaeger.
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                self.jaeger.otlp_endpoint.clone(),
+            ),
         ];
         vars.iter()
             .map(|(k, v)| format!("export {k}='{v}'\n"))

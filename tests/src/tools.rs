@@ -68,6 +68,24 @@ pub fn helm() -> Result<PathBuf, Error> {
     cached_binary("helm", "HELM_VERSION")
 }
 
+/// Jaeger v2 (OTLP receiver, in-memory storage, query API), built from the Go module proxy.
+pub fn jaeger() -> Result<PathBuf, Error> {
+    cached_binary("jaeger", "JAEGER_VERSION")
+}
+
+/// Debian's Prometheus server.
+pub fn prometheus() -> Result<PathBuf, Error> {
+    let path = PathBuf::from("/usr/bin/prometheus");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing {
+            tool: "Prometheus".into(),
+            detail: "no /usr/bin/prometheus; run `make tools` (apt-get install prometheus)".into(),
+        })
+    }
+}
+
 /// The directory of Kafka's jars (a classpath of `<dir>/*`).
 pub fn kafka_lib() -> Result<PathBuf, Error> {
     let dir = cache_dir().join(format!("kafka-{}", version("KAFKA_VERSION")));

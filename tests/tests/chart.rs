@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
-use serde::Deserialize;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
+use serde::Deserialize;
 use testenv::operator::{self, Operator};
 use testenv::{KubeInfo, eventually, tools};
 
@@ -157,8 +157,16 @@ fn the_plain_prometheus_rules_file_is_the_charts_rule_group() {
         .iter()
         .map(|r| r["expr"].as_str().unwrap().to_owned())
         .collect();
-    assert!(exprs.iter().any(|e| e.ends_with("kafka_consumer_lag)) > 250")), "{exprs:?}");
-    assert!(exprs.iter().any(|e| e.ends_with("[5m]))) > 2")), "{exprs:?}");
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.ends_with("kafka_consumer_lag)) > 250")),
+        "{exprs:?}"
+    );
+    assert!(
+        exprs.iter().any(|e| e.ends_with("[5m]))) > 2")),
+        "{exprs:?}"
+    );
 }
 
 #[tokio::test]

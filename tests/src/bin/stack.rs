@@ -16,7 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start Kafka, the API server and PostgreSQL in DIR and print how to reach them.
+    /// Start Kafka, the API server, PostgreSQL, Prometheus and Jaeger in DIR and print how to
+    /// reach them.
     Up {
         #[arg(long, default_value = ".stack")]
         dir: PathBuf,
@@ -72,7 +73,9 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                      Kubernetes API   {}\n  export KUBECONFIG={}\n  kubectl: {}\n\
                      Kafka            PLAINTEXT {}  SASL_SSL {} (SCRAM-SHA-512)\n  \
                      CA file: {}\n  admin client properties (librdkafka, mode 0600): {}\n\
-                     PostgreSQL       {}\n\n\
+                     PostgreSQL       {}\n\
+                     Prometheus       {}  (scrapes the targets in {})\n\
+                     Jaeger           {}  (OTLP/HTTP receiver {})\n\n\
                      All exports: source {}/stack.env\nStop it with `make down`.",
                     started.elapsed().as_secs_f64(),
                     dir.display(),
@@ -84,6 +87,10 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                     info.kafka.ca_file.display(),
                     info.kafka.admin_properties.display(),
                     info.postgres.url,
+                    info.prometheus.url,
+                    info.prometheus.targets_dir.display(),
+                    info.jaeger.ui_url,
+                    info.jaeger.otlp_endpoint,
                     dir.display(),
                 );
             }

@@ -63,7 +63,7 @@ impl HttpHandler {
         if let Some(c) = d.correlation_id {
             request = request.header(headers::CORRELATION_ID, c);
         }
-        if let Some(t) = d.traceparent {
+        if let Some(t) = downstream_traceparent(d.traceparent) {
             request = request.header(headers::TRACEPARENT, t);
         }
         let request = request
@@ -110,5 +110,18 @@ impl HttpHandler {
                 message: format!("{} answered {status}", self.url),
             })
         }
+    }
+}
+
+/// The `traceparent` the receiving service continues from: the worker's current span when it is
+/// part of the record's trace (so the receiver's spans nest under the worker's), else the
+/// record's own header unchanged.
+fn downstream_traceparent(record: Option<&str>) -> Option<String> {
+    let ours = crate::tracing_ctx::traceparent(&tracing::Span::current());
+    let trace_of = |tp: &str| headers::parse_traceparent(tp).map(|t| t.trace_id.to_owned());
+    match (ours, record) {
+        (Some(ours), Some(record)) if trace_of(&ours) == trace_of(record) => Some(ours),
+        (Some(ours), None) => Some(ours),
+        (_, record) => record.map(str::to_owned),
     }
 }
