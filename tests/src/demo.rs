@@ -1,6 +1,8 @@
-//! The demo (`make demo`): the local stack, the operator, `examples/dev` applied, worker pods
-//! run from the Deployments the operator wrote, the gateway, and a stream of orders (with some
-//! bad ones) flowing through; it ends with a summary of what happened and where to look.
+//! The demo (`make demo`): the local stack (with Prometheus and Jaeger), the operator,
+//! `examples/dev` applied, worker pods run from the Deployments the operator wrote, the gateway,
+//! and a stream of orders (with some bad ones) flowing through; it ends with a summary of what
+//! happened and where to look. Every process exports its traces to Jaeger and is scraped by
+//! Prometheus.
 //!
 //! Everything it starts keeps running after the summary (for exploring) until `make demo-down`;
 //! the end-to-end test runs the same path and stops it.
@@ -47,6 +49,8 @@ pub struct Summary {
     pub users_accepted: usize,
     pub users_delivered: usize,
     pub lag: i64,
+    /// The trace id of one dead-lettered order (its `x-dlq-trace-id`).
+    pub dead_letter_trace: Option<String>,
     pub urls: BTreeMap<String, String>,
 }
 
@@ -109,7 +113,7 @@ fn say(line: &str) {
 pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running), Error> {
     let started = Instant::now();
     let (controller_bin, worker_bin) = binaries(&opts.repo)?;
-    say("starting the local stack (Kafka, kube-apiserver + etcd, PostgreSQL)");
+    say("starting the local stack (Kafka, kube-apiserver + etcd, PostgreSQL, Prometheus, Jaeger)");
     let _ = std::fs::remove_dir_all(&opts.dir);
     let stack = Stack::start(&opts.dir, lifetime)?;
     let info = stack.info.clone();
@@ -150,6 +154,7 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         .arg("--kafka-ca-file")
         .arg(&info.kafka.ca_file)
         .args(["--resync-interval", "5s", "--log-format", "json"])
+        .args(["--otlp-endpoint", &info.jaeger.otlp_endpoint])
         .args(["--metrics-addr", &format!("127.0.0.1:{controller_port}")]);
     procs.push(Proc::spawn(
         "pubsubkafka-controller",
@@ -158,6 +163,8 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         lifetime,
         None,
     )?);
+    info.prometheus
+        .add_target("controller", "operator", controller_port, &[])?;
 
     say("applying examples/dev");
     kubectl(
@@ -247,6 +254,14 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         )
         .await?;
         let ports: Vec<u16> = pods.iter().map(|p| p.http_port).collect();
+        for pod in &pods {
+            info.prometheus.add_target(
+                "worker",
+                &pod.name,
+                pod.http_port,
+                &[("namespace", "shop")],
+            )?;
+        }
         for pod in pods {
             worker_ports.insert(pod.name.clone(), pod.http_port);
             procs.push(pod.proc_);
@@ -296,7 +311,8 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
     .arg("--kafka-password-file")
     .arg(&password_file)
     .arg("--kafka-ca-file")
-    .arg(&info.kafka.ca_file);
+    .arg(&info.kafka.ca_file)
+    .args(["--otlp-endpoint", &info.jaeger.otlp_endpoint]);
     procs.push(Proc::spawn(
         "gateway",
         cmd,
@@ -304,6 +320,8 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         lifetime,
         None,
     )?);
+    info.prometheus
+        .add_target("gateway", "gateway", gateway_port, &[])?;
     wait(
         Duration::from_secs(60),
         "the gateway to be ready",
@@ -343,11 +361,15 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
     )
     .await
     {
-        let class =
-            pubsubkafka_worker::headers::get(rdkafka::Message::headers(&m), "x-dlq-error-class")
-                .unwrap_or("?")
-                .to_owned();
+        let headers = rdkafka::Message::headers(&m);
+        let class = pubsubkafka_worker::headers::get(headers, "x-dlq-error-class")
+            .unwrap_or("?")
+            .to_owned();
         *summary.dead_letters.entry(class).or_default() += 1;
+        if summary.dead_letter_trace.is_none() {
+            summary.dead_letter_trace =
+                pubsubkafka_worker::headers::get(headers, "x-dlq-trace-id").map(str::to_owned);
+        }
     }
     wait(Duration::from_secs(60), "users delivered", || async {
         let delivered = receiver_count(receiver_port);
@@ -417,6 +439,18 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         "gateway metrics".into(),
         format!("http://127.0.0.1:{gateway_port}/metrics"),
     );
+    summary
+        .urls
+        .insert("prometheus".into(), info.prometheus.url.clone());
+    summary
+        .urls
+        .insert("jaeger".into(), info.jaeger.ui_url.clone());
+    if let Some(trace) = &summary.dead_letter_trace {
+        summary.urls.insert(
+            "trace of a dead-lettered order".into(),
+            info.jaeger.trace_url(trace),
+        );
+    }
     summary.urls.insert(
         "operator metrics".into(),
         format!("http://127.0.0.1:{controller_port}/metrics"),
@@ -561,8 +595,11 @@ async fn traffic(
             *summary.rejected.entry(status).or_default() += 1;
         }
     }
-    // A legacy producer writes records that are not valid orders straight to the topic.
+    // A legacy producer writes records that are not valid orders straight to the topic. It is
+    // instrumented with OpenTelemetry: each record carries the `traceparent` of its publish span,
+    // so a dead-lettered order is one trace in Jaeger, from its producer to the dead letter.
     let producer = worker::producer(&info.kafka);
+    let legacy = LegacyProducerTraces::new(&info.jaeger.otlp_endpoint);
     let poison: Vec<(String, Vec<u8>)> = (0..opts.poison)
         .map(|i| {
             let value = if i % 2 == 0 {
@@ -575,8 +612,66 @@ async fn traffic(
             (format!("legacy-{i}"), value)
         })
         .collect();
-    worker::produce(&producer, "orders", &poison).await;
+    let traceparents: Vec<String> = poison.iter().map(|(key, _)| legacy.publish(key)).collect();
+    worker::produce_traced(&producer, "orders", &poison, &traceparents).await;
+    legacy.flush().await;
     Ok(summary)
+}
+
+/// The spans of the demo's legacy producer, exported to the stack's Jaeger.
+struct LegacyProducerTraces {
+    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+}
+
+impl LegacyProducerTraces {
+    fn new(otlp_endpoint: &str) -> Self {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{otlp_endpoint}/v1/traces"))
+            .build()
+            .expect("an OTLP/HTTP exporter");
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("legacy-order-system")
+                    .build(),
+            )
+            .build();
+        Self { provider }
+    }
+
+    /// A producer span for the record keyed `key`; its `traceparent`.
+    fn publish(&self, key: &str) -> String {
+        use opentelemetry::trace::{Span, SpanKind, Tracer, TracerProvider};
+        let tracer = self.provider.tracer("demo");
+        let mut span = tracer
+            .span_builder("orders publish")
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                opentelemetry::KeyValue::new("messaging.system", "kafka"),
+                opentelemetry::KeyValue::new("messaging.destination.name", "orders"),
+                opentelemetry::KeyValue::new("messaging.kafka.message.key", key.to_owned()),
+            ])
+            .start(&tracer);
+        let cx = span.span_context().clone();
+        span.end();
+        pubsubkafka_worker::headers::format_traceparent(
+            &cx.trace_id().to_string(),
+            &cx.span_id().to_string(),
+            cx.is_sampled(),
+        )
+    }
+
+    async fn flush(self) {
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        })
+        .await;
+    }
 }
 
 /// The summary as the demo prints it.
@@ -634,6 +729,11 @@ pub fn render(s: &Summary) -> String {
         s.users_accepted, s.users_delivered
     ));
     out.push_str(&format!("  Total lag     {}\n", s.lag));
+    if let Some(trace) = &s.dead_letter_trace {
+        out.push_str(&format!(
+            "  Traces        a dead-lettered order is trace {trace} (link below)\n"
+        ));
+    }
     out.push_str("\nWhere to look next:\n  source .stack/stack.env\n");
     out.push_str("  kubectl get kafkatopics,dlqpolicies,orderconsumers -n shop\n");
     out.push_str("  kubectl describe orderconsumer order-store -n shop\n");

@@ -362,6 +362,40 @@ pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String,
     }
 }
 
+/// Like [`produce`], each record also carrying the W3C `traceparent` at the same index.
+pub async fn produce_traced(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    traceparents: &[String],
+) {
+    let sends = records.iter().zip(traceparents).map(|((key, value), tp)| {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "x-correlation-id",
+                value: Some(&format!("corr-{key}")),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some(tp.as_str()),
+            });
+        producer.send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(value)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.expect("the broker acknowledged the record");
+    }
+}
+
 /// `count` valid orders `<prefix>-0..count` of about 1 KiB, JSON-encoded.
 pub fn orders(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
     (0..count)

@@ -23,7 +23,7 @@ async fn the_demo_accounts_for_every_order() {
         poison: 6,
         progress: false,
     };
-    let (summary, _running) = demo::run(&options, Lifetime::Owned)
+    let (summary, running) = demo::run(&options, Lifetime::Owned)
         .await
         .expect("the demo runs");
     println!("{}", demo::render(&summary));
@@ -57,6 +57,53 @@ async fn the_demo_accounts_for_every_order() {
     );
     assert!(summary.topics.contains(&("orders".to_owned(), 3)));
     assert!(summary.topics.contains(&("orders-dlq".to_owned(), 3)));
+
+    // Prometheus scrapes the operator, the gateway and every worker pod, and counts the dead
+    // letters the workers published; Jaeger holds the trace the summary names.
+    let stack = &running
+        .stack
+        .as_ref()
+        .expect("the test owns the stack")
+        .info;
+    testenv::eventually("every demo target up", Duration::from_secs(60), || async {
+        let targets = stack.prometheus.targets()?;
+        let up = targets.iter().filter(|t| t.health == "up").count();
+        (targets.len() == 6 && up == 6)
+            .then_some(())
+            .ok_or(format!("{up} of {} up: {targets:?}", targets.len()))
+    })
+    .await;
+    testenv::eventually(
+        "the dead letters counted",
+        Duration::from_secs(60),
+        || async {
+            let n = stack
+                .prometheus
+                .query_sum("sum(kafka_dlq_messages_total{topic=\"orders-dlq\"})")?;
+            (n == 6.0).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+    let trace = summary
+        .dead_letter_trace
+        .clone()
+        .expect("a dead letter's trace id");
+    assert_eq!(trace.len(), 32);
+    assert!(summary.urls["trace of a dead-lettered order"].ends_with(&trace));
+    testenv::eventually(
+        "the dead-lettered order's trace in Jaeger",
+        Duration::from_secs(60),
+        || async {
+            let stored = stack.jaeger.trace(&trace)?.ok_or("not stored yet")?;
+            stored
+                .spans
+                .iter()
+                .any(|s| s.service == "legacy-order-system" && s.operation == "orders publish")
+                .then_some(())
+                .ok_or(stored.outline())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
