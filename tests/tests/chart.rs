@@ -76,6 +76,36 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         "--set",
         "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
     ]);
+    // Tracing on: the operator gets the standard OTEL_* variables, the workers' endpoint too.
+    let traced = helm(&[
+        "template",
+        "x",
+        chart,
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set",
+        "tracing.otlpEndpoint=http://otel:4318,tracing.workerOtlpEndpoint=http://node-agent:4318",
+    ]);
+    assert!(
+        traced.contains(
+            "name: OTEL_EXPORTER_OTLP_ENDPOINT\n              value: \"http://otel:4318\""
+        ),
+        "{traced}"
+    );
+    assert!(
+        traced.contains(
+            "name: PSK_WORKER_OTLP_ENDPOINT\n              value: \"http://node-agent:4318\""
+        ),
+        "{traced}"
+    );
+    let untraced = helm(&[
+        "template",
+        "x",
+        chart,
+        "--show-only",
+        "templates/deployment.yaml",
+    ]);
+    assert!(!untraced.contains("OTEL_"), "tracing is off by default");
     for crd in pubsubkafka_controller::crd::all() {
         let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap());
         let shipped =
