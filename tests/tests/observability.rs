@@ -60,7 +60,7 @@ struct Receiver {
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap) -> StatusCode {
     let id = headers
-        .get("x-order-id")
+        .get("x-kafka-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
@@ -235,9 +235,14 @@ impl Pipeline {
         assert_eq!(
             found.len(),
             expected,
-            "dead letters in {}; worker log:\n{}",
+            "dead letters in {}; worker log:\n{}\nworker metrics:\n{}\ngateway log:\n{}",
             self.dead_letter_topic,
-            self.worker.log_text()
+            self.worker.log_text(),
+            self.worker
+                .get("/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default(),
+            self.gateway.log_text()
         );
         found
     }
@@ -275,18 +280,6 @@ async fn prometheus_scrapes_every_component_counts_the_dead_letters_and_serves_t
     let p = Pipeline::start("obs-prom").await;
     let prometheus = &p.stack.prometheus;
 
-    // 10 taken, 2 retried once then taken, 3 refused (dead-lettered).
-    let mut ids: Vec<String> = (0..10).map(|i| format!("{}-ok-{i}", p.ns)).collect();
-    ids.extend((0..2).map(|i| format!("{}-flaky-{i}", p.ns)));
-    ids.extend((0..3).map(|i| format!("{}-reject-{i}", p.ns)));
-    for id in &ids {
-        p.order(id, &[("X-Correlation-ID", &format!("corr-{id}"))]);
-    }
-    let dead = p.dead_letters(3).await;
-    for m in &dead {
-        assert_eq!(h::get(m.headers(), h::DLQ_ERROR_CLASS), Some("Rejected"));
-    }
-
     // Every component is a target, and up.
     eventually("the three targets scraped and up", WAIT, || async {
         let targets = prometheus.targets()?;
@@ -310,6 +303,31 @@ async fn prometheus_scrapes_every_component_counts_the_dead_letters_and_serves_t
             .ok_or(format!("jobs {jobs:?}, not up: {down:?}"))
     })
     .await;
+    // The worker's counters exist (at 0) before the first dead letter, so increase() sees it.
+    let primed = format!(
+        "kafka_dlq_messages_total{{topic=\"{}\",error_class=\"Rejected\"}}",
+        p.dead_letter_topic
+    );
+    eventually("the dead-letter counter scraped at 0", WAIT, || async {
+        let samples = prometheus.query(&primed)?;
+        (samples.len() == 1 && samples[0].value() == 0.0)
+            .then_some(())
+            .ok_or(format!("{samples:?}"))
+    })
+    .await;
+
+    // 10 taken, 2 retried once then taken, 3 refused (dead-lettered).
+    let mut ids: Vec<String> = (0..10).map(|i| format!("{}-ok-{i}", p.ns)).collect();
+    ids.extend((0..2).map(|i| format!("{}-flaky-{i}", p.ns)));
+    ids.extend((0..3).map(|i| format!("{}-reject-{i}", p.ns)));
+    for id in &ids {
+        p.order(id, &[("X-Correlation-ID", &format!("corr-{id}"))]);
+    }
+    let dead = p.dead_letters(3).await;
+    for m in &dead {
+        assert_eq!(h::get(m.headers(), h::DLQ_ERROR_CLASS), Some("Rejected"));
+    }
+
     let up = prometheus
         .query(&format!("up{{test=\"{}\"}}", p.ns))
         .unwrap();
@@ -328,7 +346,7 @@ async fn prometheus_scrapes_every_component_counts_the_dead_letters_and_serves_t
     .await;
     let by_class = prometheus
         .query(&format!(
-            "kafka_dlq_messages_total{{topic=\"{}\",test=\"{}\"}}",
+            "kafka_dlq_messages_total{{topic=\"{}\",test=\"{}\"}} > 0",
             p.dead_letter_topic, p.ns
         ))
         .unwrap();

@@ -140,6 +140,7 @@ async fn consume(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let metrics = Metrics::new();
+    metrics.prime_consumer(&config.source_topic, &config.dead_letter_topic);
     let health = Arc::new(Health::default());
     let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));
     serve_probes(addr, metrics.clone(), Arc::clone(&health)).await?;

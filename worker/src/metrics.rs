@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics, with the seed architecture's names so its dashboards and
 //! alerts apply as they are.
 
+use crate::config::ErrorClass;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -138,6 +139,35 @@ impl Metrics {
             sink_up,
             request_duration,
         }
+    }
+
+    /// Creates the consumer's counter series at 0 before anything happens. A counter series that
+    /// first appears already at 1 shows no `increase()` in Prometheus, so without this the first
+    /// dead letters of a worker would never fire `KafkaDeadLettersPublished`.
+    pub fn prime_consumer(&self, source_topic: &str, dead_letter_topic: &str) {
+        for class in [
+            ErrorClass::Deserialization,
+            ErrorClass::Validation,
+            ErrorClass::Rejected,
+            ErrorClass::Transient,
+        ] {
+            self.dlq_messages
+                .with_label_values(&[dead_letter_topic, class.as_str()])
+                .inc_by(0);
+            self.retries
+                .with_label_values(&[source_topic, class.as_str()])
+                .inc_by(0);
+        }
+        for outcome in ["handled", "dead_lettered"] {
+            self.records
+                .with_label_values(&[source_topic, outcome])
+                .inc_by(0);
+        }
+        self.producer_messages
+            .with_label_values(&[dead_letter_topic, "acked"])
+            .inc_by(0);
+        // Observed only once a record finished; the histogram's series exist from the start.
+        let _ = self.processing_duration.with_label_values(&[source_topic]);
     }
 
     pub fn encode(&self) -> String {
