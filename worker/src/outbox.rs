@@ -209,6 +209,7 @@ async fn relay_once(
     }
     let mut ids = Vec::with_capacity(rows.len());
     let mut sends = Vec::with_capacity(rows.len());
+    let mut spans = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.get(0);
         let topic: &str = row.get(1);
@@ -218,7 +219,30 @@ async fn relay_once(
         let correlation: &str = row.get(5);
         let traceparent: &str = row.get(6);
         ids.push(id);
-        let record_headers = crate::gateway::event_headers(content_type, correlation, traceparent);
+        // The relay's publish continues the trace the gateway stored with the row; the record
+        // names the relay's span, so the consumer's span nests under it.
+        let span = tracing::info_span!(
+            "relay",
+            otel.name = %format_args!("{topic} publish"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = topic,
+            messaging.kafka.message.key = key,
+            outbox.id = id,
+            correlation_id = correlation,
+            otel.status_code = tracing::field::Empty,
+        );
+        let stored = traceparent.to_owned();
+        let mut carrier = rdkafka::message::OwnedHeaders::new();
+        carrier = carrier.insert(rdkafka::message::Header {
+            key: crate::headers::TRACEPARENT,
+            value: Some(stored.as_str()),
+        });
+        crate::tracing_ctx::set_parent_from_headers(&span, Some(&carrier));
+        let traceparent = crate::tracing_ctx::traceparent(&span).unwrap_or(stored);
+        spans.push(span);
+        let record_headers = crate::gateway::event_headers(content_type, correlation, &traceparent);
         // Sent in id order on one idempotent producer: one key's events stay in order.
         sends.push(
             producer.send(
@@ -232,9 +256,12 @@ async fn relay_once(
     }
     let results = futures::future::join_all(sends).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
-    for (row, result) in rows.iter().zip(&results) {
+    for ((row, result), span) in rows.iter().zip(&results).zip(&spans) {
         let topic: &str = row.get(1);
         let outcome = if result.is_ok() { "acked" } else { "failed" };
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         metrics
             .producer_messages
             .with_label_values(&[topic, outcome])

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::config::ErrorClass;
 use crate::gateway::KafkaArgs;
 use crate::headers;
+use tracing::Instrument;
 
 /// `pubsubkafka-worker replay` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -202,6 +203,24 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
                 } else {
                     copy_headers(hs, Some(replays + 1))
                 };
+                // The republish continues the record's trace (gateway, worker, dead letter),
+                // and the republished record names this span: its next processing nests here.
+                let span = tracing::info_span!(
+                    "replay",
+                    otel.name = %format_args!("{target} publish"),
+                    otel.kind = "producer",
+                    messaging.system = "kafka",
+                    messaging.operation.type = "send",
+                    messaging.destination.name = target.as_str(),
+                    dead_letter.partition = partition,
+                    dead_letter.offset = offset,
+                    replay_count = replays + 1,
+                    correlation_id = headers::get(hs, headers::CORRELATION_ID)
+                        .or_else(|| headers::get(hs, headers::DLQ_CORRELATION_ID))
+                        .unwrap_or_default(),
+                );
+                crate::tracing_ctx::set_parent_from_headers(&span, hs);
+                let out_headers = crate::tracing_ctx::with_span_context(Some(&out_headers), &span);
                 let mut record = FutureRecord::<[u8], [u8]>::to(&target).headers(out_headers);
                 if let Some(k) = message.key() {
                     record = record.key(k);
@@ -209,7 +228,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
                 if let Some(v) = message.payload() {
                     record = record.payload(v);
                 }
-                send(&producer, record).await?;
+                send(&producer, record).instrument(span).await?;
             }
             if parked {
                 summary.parked += 1;
