@@ -125,3 +125,45 @@ fn downstream_traceparent(record: Option<&str>) -> Option<String> {
         (_, record) => record.map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_receiver_gets_the_records_context_when_the_worker_has_none() {
+        assert_eq!(
+            downstream_traceparent(Some(RECORD)).as_deref(),
+            Some(RECORD)
+        );
+        assert_eq!(downstream_traceparent(None), None);
+    }
+
+    #[test]
+    fn the_receiver_continues_from_the_workers_span_within_the_records_trace() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let record = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: headers::TRACEPARENT,
+                value: Some(RECORD),
+            });
+            let span = tracing::info_span!("record");
+            crate::tracing_ctx::set_parent_from_headers(&span, Some(&record));
+            let sent = span
+                .in_scope(|| downstream_traceparent(Some(RECORD)))
+                .unwrap();
+            assert_eq!(sent, crate::tracing_ctx::traceparent(&span).unwrap());
+            assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+            // A span of another trace (no wiring) does not replace the record's context.
+            let other = tracing::info_span!("unrelated");
+            let sent = other.in_scope(|| downstream_traceparent(Some(RECORD)));
+            assert_eq!(sent.as_deref(), Some(RECORD));
+        });
+    }
+}
