@@ -447,7 +447,7 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         .insert("jaeger".into(), info.jaeger.ui_url.clone());
     if let Some(trace) = &summary.dead_letter_trace {
         summary.urls.insert(
-            "trace of a dead-lettered order".into(),
+            "dead-lettered order trace".into(),
             info.jaeger.trace_url(trace),
         );
     }
@@ -738,7 +738,7 @@ pub fn render(s: &Summary) -> String {
     out.push_str("  kubectl get kafkatopics,dlqpolicies,orderconsumers -n shop\n");
     out.push_str("  kubectl describe orderconsumer order-store -n shop\n");
     for (name, url) in &s.urls {
-        out.push_str(&format!("  {name:<28} {url}\n"));
+        out.push_str(&format!("  {name:<31} {url}\n"));
     }
     out.push_str("  logs: .stack/demo/*.log    stop everything: make demo-down\n");
     out

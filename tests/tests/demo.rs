@@ -89,7 +89,7 @@ async fn the_demo_accounts_for_every_order() {
         .clone()
         .expect("a dead letter's trace id");
     assert_eq!(trace.len(), 32);
-    assert!(summary.urls["trace of a dead-lettered order"].ends_with(&trace));
+    assert!(summary.urls["dead-lettered order trace"].ends_with(&trace));
     testenv::eventually(
         "the dead-lettered order's trace in Jaeger",
         Duration::from_secs(60),
