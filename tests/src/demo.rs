@@ -444,7 +444,7 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         .insert("prometheus".into(), info.prometheus.url.clone());
     summary
         .urls
-        .insert("jaeger".into(), info.jaeger.ui_url.clone());
+        .insert("jaeger".into(), info.jaeger.query_url.clone());
     if let Some(trace) = &summary.dead_letter_trace {
         summary.urls.insert(
             "dead-lettered order trace".into(),

@@ -1,7 +1,9 @@
 //! A real trace backend for the local stack: Jaeger v2, built from the Go module proxy by
 //! `scripts/install-tools.sh`, with an OTLP/HTTP receiver and in-memory storage on free loopback
 //! ports. Tests and the demo read traces back through Jaeger's HTTP query API
-//! (`/api/traces/<trace id>`), as its UI does.
+//! (`/api/traces/<trace id>`, what its UI reads). The web UI itself is not in the Go module (its
+//! assets are built with npm from another repository and published to no registry this project
+//! uses), so this Jaeger serves the query API and a placeholder page.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,8 +20,8 @@ use crate::{Error, free_port, tools, worker};
 pub struct JaegerInfo {
     /// Base URL of the OTLP/HTTP receiver (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub otlp_endpoint: String,
-    /// The UI and query API.
-    pub ui_url: String,
+    /// The query API (`/api/services`, `/api/traces/<id>`).
+    pub query_url: String,
     pub query_port: u16,
 }
 
@@ -77,6 +79,10 @@ exporters:\n\
 impl Jaeger {
     /// Starts Jaeger with its config and log under `dir`; waits until its query API answers.
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime))
+    }
+
+    fn start_once(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
         let bin = tools::jaeger()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the jaeger dir", e))?;
         let (otlp, query_http, query_grpc) = (free_port()?, free_port()?, free_port()?);
@@ -103,7 +109,7 @@ impl Jaeger {
         Ok(Self {
             info: JaegerInfo {
                 otlp_endpoint: format!("http://127.0.0.1:{otlp}"),
-                ui_url: format!("http://127.0.0.1:{query_http}"),
+                query_url: format!("http://127.0.0.1:{query_http}"),
                 query_port: query_http,
             },
             proc_: Some(proc_),
@@ -284,9 +290,9 @@ impl JaegerInfo {
             .collect())
     }
 
-    /// The UI page of a trace.
+    /// The query API's URL of a trace (JSON: every span with its service, parent and tags).
     pub fn trace_url(&self, trace_id: &str) -> String {
-        format!("{}/trace/{trace_id}", self.ui_url)
+        format!("{}/api/traces/{trace_id}", self.query_url)
     }
 }
 

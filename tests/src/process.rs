@@ -269,3 +269,19 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Runs `start` again (up to 3 times) when the component died because a port picked with
+/// [`crate::free_port`] was taken meanwhile by another process (two stacks starting at once).
+pub fn retry_port_clash<T>(mut start: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(Error::Component { log_tail, .. })
+                if tries < 2 && log_tail.contains("address already in use") =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}

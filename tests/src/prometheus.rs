@@ -59,6 +59,10 @@ fn config(targets_dir: &Path, rules: &Path) -> String {
 impl Prometheus {
     /// Starts Prometheus on a free loopback port with its data and targets under `dir`.
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime))
+    }
+
+    fn start_once(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
         let bin = tools::prometheus()?;
         let targets_dir = dir.join("targets");
         std::fs::create_dir_all(&targets_dir)

@@ -142,7 +142,7 @@ impl StackInfo {
             ),
             ("DATABASE_URL", self.postgres.url.clone()),
             ("PSK_PROMETHEUS_URL", self.prometheus.url.clone()),
-            ("PSK_JAEGER_URL", self.jaeger.ui_url.clone()),
+            ("PSK_JAEGER_URL", self.jaeger.query_url.clone()),
             // Processes started from this shell export their spans to the stack's Jaeger.
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",

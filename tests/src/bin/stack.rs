@@ -75,7 +75,7 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                      CA file: {}\n  admin client properties (librdkafka, mode 0600): {}\n\
                      PostgreSQL       {}\n\
                      Prometheus       {}  (scrapes the targets in {})\n\
-                     Jaeger           {}  (OTLP/HTTP receiver {})\n\n\
+                     Jaeger           {}  (query API; OTLP/HTTP receiver {})\n\n\
                      All exports: source {}/stack.env\nStop it with `make down`.",
                     started.elapsed().as_secs_f64(),
                     dir.display(),
@@ -89,7 +89,7 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                     info.postgres.url,
                     info.prometheus.url,
                     info.prometheus.targets_dir.display(),
-                    info.jaeger.ui_url,
+                    info.jaeger.query_url,
                     info.jaeger.otlp_endpoint,
                     dir.display(),
                 );
