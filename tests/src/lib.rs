@@ -68,14 +68,23 @@ impl Error {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
+/// A free TCP port on 127.0.0.1 (bound and released). Never the same port twice in one process:
+/// a stack starts its components in parallel while a test may start a broker of its own, and
+/// the kernel may hand a just-released port out again.
 pub fn free_port() -> Result<u16, Error> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free port", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("finding a free port", e))
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::io("finding a free port", e))?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| Error::io("finding a free port", e))?;
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Fills `buf` from the kernel's random source.
