@@ -560,7 +560,6 @@ async fn the_gateways_request_and_publish_spans_reach_jaeger_and_the_record_name
 /// the record's `traceparent` and the dead-letter publish as its child. Remove the `ignore` when
 /// it is in.
 #[tokio::test]
-#[ignore = "needs the consumer's per-record and dead-letter spans (worker/src/consumer.rs)"]
 async fn an_order_dead_lettered_by_the_worker_is_one_trace_from_the_request_to_the_dead_letter() {
     let p = Pipeline::start("obs-trace").await;
     let order_id = format!("{}-reject-1", p.ns);

@@ -937,9 +937,18 @@ async fn run_jobs(
             .collect();
         let span = info_span!(
             "batch",
+            otel.name = %format_args!("{} process", jobs[0].message.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.batch.message_count = deliveries.len(),
             partition = jobs[0].message.partition(),
             records = deliveries.len()
         );
+        // One span for many records: linked to each record's producer span.
+        for job in jobs.iter() {
+            crate::tracing_ctx::link_from_headers(&span, job.message.headers());
+        }
         let mut outage = Outage::default();
         loop {
             match shared
@@ -1108,6 +1117,14 @@ async fn process_record(
         .or_else(|| order.map(|e| e.metadata.trace_id.as_str()));
     let span = info_span!(
         "record",
+        otel.name = %format_args!("{} process", message.topic()),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+        messaging.consumer.group.name = shared.config.group_id.as_str(),
         topic = message.topic(),
         partition = message.partition(),
         offset = message.offset(),
@@ -1115,18 +1132,27 @@ async fn process_record(
         correlation_id = correlation_id.unwrap_or_default(),
         trace_id = trace_id.unwrap_or_default(),
     );
+    // A child of the producer's span (the gateway, or the retry-topic hop that sent it here).
+    crate::tracing_ctx::set_parent_from_headers(&span, headers);
     let retry = &shared.config.retry;
     let source = shared.topics[0].as_str();
     let mut attempts: u32 = earlier;
     let mut outage = Outage::default();
     let (class, last_error) = loop {
         attempts += 1;
+        let attempt = info_span!(
+            parent: &span,
+            "handle",
+            attempt = attempts,
+            error_class = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let result = match decoded {
             Ok(event) => {
                 shared
                     .handler
                     .handle(&delivery(message, event.as_ref()))
-                    .instrument(span.clone())
+                    .instrument(attempt.clone())
                     .await
             }
             Err(DecodeError::Deserialization(m)) => Err(HandlerError::Failed {
@@ -1154,6 +1180,8 @@ async fn process_record(
                 }
             }
             Err(HandlerError::Failed { class, message: m }) => {
+                attempt.record("error_class", class.as_str());
+                attempt.record("otel.status_code", "ERROR");
                 outage.end(shared);
                 let permanent = retry.permanent_errors.contains(&class);
                 if permanent || attempts > retry.max_retries {
@@ -1182,10 +1210,24 @@ async fn process_record(
                     span.in_scope(|| {
                         warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, retry_topic = %topic.name, "record failed, sending it to the retry topic")
                     });
-                    let record_headers =
-                        headers::retry_headers(headers, &state, class.as_str(), &m);
+                    let hop = info_span!(
+                        parent: &span,
+                        "retry",
+                        otel.name = %format_args!("{} publish", topic.name),
+                        otel.kind = "producer",
+                        messaging.system = "kafka",
+                        messaging.operation.type = "send",
+                        messaging.destination.name = topic.name.as_str(),
+                        attempt = attempts,
+                        correlation_id = correlation_id.unwrap_or_default(),
+                    );
+                    // The next attempt's span continues from this hop.
+                    let record_headers = crate::tracing_ctx::with_span_context(
+                        Some(&headers::retry_headers(headers, &state, class.as_str(), &m)),
+                        &hop,
+                    );
                     match publish(shared, &topic.name, message, record_headers, true, stop)
-                        .instrument(span.clone())
+                        .instrument(hop)
                         .await
                     {
                         Published::Acked => {
@@ -1220,6 +1262,18 @@ async fn process_record(
     span.in_scope(|| {
         warn!(attempts, error_class = class.as_str(), error = %last_error, "giving up: sending the record to the dead-letter topic")
     });
+    let dead_letter_span = info_span!(
+        parent: &span,
+        "dead_letter",
+        otel.name = %format_args!("{} publish", shared.config.dead_letter_topic),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.destination.name = shared.config.dead_letter_topic.as_str(),
+        error_class = class.as_str(),
+        attempts,
+        correlation_id = correlation_id.unwrap_or_default(),
+    );
     let published = dead_letter(
         shared,
         message,
@@ -1238,7 +1292,7 @@ async fn process_record(
         },
         stop,
     )
-    .instrument(span)
+    .instrument(dead_letter_span)
     .await;
     if published {
         shared.dead_lettered.inc();
