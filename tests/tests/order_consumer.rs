@@ -435,7 +435,9 @@ async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
         &topic,
         "  dlqPolicyRef: {name: nonblocking}\n  concurrencyPerPartition: 4\n",
     ));
-    let names: Vec<String> = (1..=3).map(|n| format!("{topic}-retry-{n}")).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|n| format!("{topic}-retrier-retry-{n}"))
+        .collect();
     let c = env
         .wait_consumer("retrier", "Ready with retry topics", |c| {
             c.status.as_ref().is_some_and(|s| {

@@ -347,7 +347,9 @@ pub async fn run(
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        // A record waiting for this ack holds a concurrency slot of its partition: publish
+        // dead letters and retries at once rather than wait to fill a batch.
+        .set("linger.ms", "1")
         .set("message.timeout.ms", "30000")
         // The broker's topic limit decides; a dead letter can be as large as its source.
         .set("message.max.bytes", "16777216")
@@ -658,6 +660,7 @@ struct PartitionTask {
     /// Source records received while the gate is closed.
     gated: VecDeque<OwnedMessage>,
     via_topics: bool,
+    slots: Arc<Slots>,
     parked_gauge: prometheus::IntGauge,
     seed: u64,
 }
@@ -688,6 +691,7 @@ impl PartitionTask {
             gate_deadline: None,
             gated: VecDeque::new(),
             via_topics: false,
+            slots: Arc::default(),
             parked_gauge,
             seed: Jitter::seeded().next_unit().to_bits(),
         }
@@ -710,6 +714,8 @@ impl PartitionTask {
                 _ = stop.wait_for(|s| *s) => break,
                 Some(done) = running.next(), if !running.is_empty() => self.complete(done, &mut delayed),
                 Some(job) = delayed.next(), if !delayed.is_empty() => self.keys.push_ready(job),
+                // A record lent its slot: start the next.
+                _ = self.slots.wake.notified() => {}
                 input = queue.recv() => {
                     let Some(input) = input else { break };
                     self.intake(input, &mut delayed);
@@ -742,7 +748,9 @@ impl PartitionTask {
         concurrency: usize,
     ) {
         let batches = self.shared.handler.batches();
-        while running.len() < concurrency && self.keys.ready() > 0 {
+        let lent = |slots: &Slots| slots.lent.load(Ordering::Relaxed);
+        while running.len().saturating_sub(lent(&self.slots)) < concurrency && self.keys.ready() > 0
+        {
             let mut jobs = if batches {
                 // Only first attempts share a statement; a retried record runs alone.
                 self.keys
@@ -756,6 +764,7 @@ impl PartitionTask {
             self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
             running.push(Box::pin(run_jobs(
                 Arc::clone(&self.shared),
+                Arc::clone(&self.slots),
                 jobs,
                 stop.clone(),
                 Jitter::from_seed(self.seed),
@@ -903,6 +912,39 @@ impl PartitionTask {
 
 /// Takes records to a final outcome: several first attempts in one handler call when the
 /// handler batches, one by one otherwise (and whenever the batch fails).
+/// Records of a partition task waiting only for a broker's acknowledgement (a retry or a
+/// dead letter on its way): they lend their concurrency slot meanwhile, so a slow publish does
+/// not hold back the records behind it.
+#[derive(Debug, Default)]
+struct Slots {
+    lent: AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+/// A slot lent while it lives.
+struct Lent<'a>(Option<&'a Slots>);
+
+impl Slots {
+    /// Lends the caller's slot (unless the partition runs one record at a time, in strict
+    /// order) until the returned value is dropped.
+    fn lend(&self, mode: Mode) -> Lent<'_> {
+        if mode.wait_in_place {
+            return Lent(None);
+        }
+        self.lent.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        Lent(Some(self))
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0 {
+            slots.lent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where a failed record waits for its next attempt.
 #[derive(Debug, Clone, Copy)]
 struct Mode {
@@ -914,6 +956,7 @@ struct Mode {
 
 async fn run_jobs(
     shared: Arc<Shared>,
+    slots: Arc<Slots>,
     jobs: Vec<Job>,
     mut stop: watch::Receiver<bool>,
     mut jitter: Jitter,
@@ -989,7 +1032,16 @@ async fn run_jobs(
             outcomes[i] = Some(if stopping(&stop) {
                 Outcome::Stopped
             } else {
-                process_record(&shared, job, &decoded[i], &mut stop, &mut jitter, mode).await
+                process_record(
+                    &shared,
+                    &slots,
+                    job,
+                    &decoded[i],
+                    &mut stop,
+                    &mut jitter,
+                    mode,
+                )
+                .await
             });
         }
     }
@@ -1078,8 +1130,10 @@ impl Outage {
 
 /// Takes one record to an outcome: handled, dead-lettered, or (mode RetryTopics) forwarded to
 /// the retry topic of its attempt. Retries in place otherwise.
+#[allow(clippy::too_many_arguments)]
 async fn process_record(
     shared: &Arc<Shared>,
+    slots: &Slots,
     job: &Job,
     decoded: &Decoded,
     stop: &mut watch::Receiver<bool>,
@@ -1226,10 +1280,13 @@ async fn process_record(
                         Some(&headers::retry_headers(headers, &state, class.as_str(), &m)),
                         &hop,
                     );
-                    match publish(shared, &topic.name, message, record_headers, true, stop)
-                        .instrument(hop)
-                        .await
-                    {
+                    let lent = slots.lend(mode);
+                    let published =
+                        publish(shared, &topic.name, message, record_headers, true, stop)
+                            .instrument(hop)
+                            .await;
+                    drop(lent);
+                    match published {
                         Published::Acked => {
                             return Outcome::Forwarded {
                                 attempts,
@@ -1274,6 +1331,7 @@ async fn process_record(
         attempts,
         correlation_id = correlation_id.unwrap_or_default(),
     );
+    let lent = slots.lend(mode);
     let published = dead_letter(
         shared,
         message,
@@ -1294,6 +1352,7 @@ async fn process_record(
     )
     .instrument(dead_letter_span)
     .await;
+    drop(lent);
     if published {
         shared.dead_lettered.inc();
         shared.duration.observe(started.elapsed().as_secs_f64());

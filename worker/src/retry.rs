@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use crate::config::{RetryMode, RetryPolicy, RetryTopic};
 
-/// The retry topics of `source` under `policy`: one per distinct backoff, named
-/// `<source>-retry-<n>`, up to the first whose delay reaches the cap (later attempts reuse the
-/// last). None unless the mode is RetryTopics and retries are allowed.
-pub fn retry_topics(source: &str, policy: &RetryPolicy) -> Vec<RetryTopic> {
+/// The retry topics under `policy`: one per distinct backoff, named `<prefix>-retry-<n>`, up to
+/// the first whose delay reaches the cap (later attempts reuse the last). None unless the mode is
+/// RetryTopics and retries are allowed. The operator's prefix is `<source>-<consumer>`: every
+/// consumer has retry topics of its own, so one group never retries another's records.
+pub fn retry_topics(prefix: &str, policy: &RetryPolicy) -> Vec<RetryTopic> {
     if policy.mode != RetryMode::RetryTopics {
         return Vec::new();
     }
@@ -17,7 +18,7 @@ pub fn retry_topics(source: &str, policy: &RetryPolicy) -> Vec<RetryTopic> {
         // The middle of the jitter range: the delay before spread.
         let delay_ms = delay(policy, retry, 0.5).as_millis() as u64;
         topics.push(RetryTopic {
-            name: format!("{source}-retry-{retry}"),
+            name: format!("{prefix}-retry-{retry}"),
             delay_ms,
         });
         if delay_ms >= policy.max_backoff_ms {

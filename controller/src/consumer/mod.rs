@@ -238,7 +238,8 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     let group = consumer.group_id();
 
     let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
-    let retry_topics = plan::retry_topics(&source, &retry).map_err(Error::InvalidSpec)?;
+    let retry_topics =
+        plan::retry_topics(&source, &consumer.name_any(), &retry).map_err(Error::InvalidSpec)?;
 
     let dead_letter_partitions = plan::dead_letter_partitions(gathered.partitions, policy);
     ensure_companion_topic(

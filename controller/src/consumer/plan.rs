@@ -162,9 +162,14 @@ pub fn stabilize(
     (replicas, kept)
 }
 
-/// The retry topics of mode RetryTopics, checked against Kafka's name limit.
-pub fn retry_topics(source: &str, retry: &RetryPolicy) -> Result<Vec<RetryTopic>, String> {
-    let topics = pubsubkafka_worker::retry::retry_topics(source, retry);
+/// The retry topics of mode RetryTopics, `<source>-<consumer>-retry-<n>`, checked against
+/// Kafka's name limit.
+pub fn retry_topics(
+    source: &str,
+    consumer: &str,
+    retry: &RetryPolicy,
+) -> Result<Vec<RetryTopic>, String> {
+    let topics = pubsubkafka_worker::retry::retry_topics(&format!("{source}-{consumer}"), retry);
     match topics.iter().find(|t| t.name.len() > 249) {
         Some(t) => Err(format!(
             "retry topic name {} is longer than Kafka's 249 characters; shorten the topic name",
@@ -578,18 +583,22 @@ spec:
             mode: pubsubkafka_worker::config::RetryMode::RetryTopics,
             ..RetryPolicy::default()
         };
-        let topics = retry_topics("orders", &retry).unwrap();
+        let topics = retry_topics("orders", "store", &retry).unwrap();
         assert_eq!(topics.len(), 2);
         let acls = consumer_acls("User:c", "orders", "orders-dlq", &topics, "shop.c");
         let on_retry: Vec<String> = acls
             .iter()
-            .filter(|a| a.name == "orders-retry-2")
+            .filter(|a| a.name == "orders-store-retry-2")
             .map(|a| format!("{:?}", a.operation))
             .collect();
         assert_eq!(on_retry, ["Read", "Write", "Describe"]);
         assert_eq!(acls.len(), 5 + 6);
         let long = "o".repeat(245);
-        assert!(retry_topics(&long, &retry).unwrap_err().contains("249"));
+        assert!(
+            retry_topics(&long, "store", &retry)
+                .unwrap_err()
+                .contains("249")
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   rest, API requests per resource.
 
 mod controller;
+mod ordering;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -49,17 +50,17 @@ struct Args {
     /// KafkaTopic counts for the controller benchmark (the largest is held to the goals).
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     topics: Vec<usize>,
-    /// Retry mode of the poison-record run: Blocking or RetryTopics.
-    #[arg(long, default_value = "Blocking")]
-    retry_mode: String,
-    /// First backoff of the poison-record run, in milliseconds (doubling, 3 retries).
-    #[arg(long, default_value_t = 1)]
+    /// First backoff of the poison-record runs, in milliseconds (doubling, 3 retries).
+    #[arg(long, default_value_t = 10)]
     poison_backoff_ms: u64,
-    /// Benchmarks to run: consumer, poison, scaling, sink, producer, controller.
+    /// Records of the slow-handler run (10 ms per record).
+    #[arg(long, default_value_t = 3_000)]
+    slow_records: usize,
+    /// Benchmarks to run: consumer, poison, slow, scaling, sink, producer, controller.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "consumer,poison,scaling,sink,producer,controller"
+        default_value = "consumer,poison,slow,scaling,sink,producer,controller"
     )]
     only: Vec<String>,
     /// The worker binary to measure (a release build).
@@ -75,7 +76,8 @@ struct Args {
 /// Everything one `make bench` measured; `None` for a benchmark left out with `--only`.
 struct Results {
     consumer: Option<ConsumerResult>,
-    poison: Option<PoisonResult>,
+    poison: Option<ordering::PoisonResult>,
+    slow: Option<ordering::SlowResult>,
     scaling: Option<ScalingResult>,
     sink: Option<SinkResult>,
     producer: Option<ProducerResult>,
@@ -92,9 +94,6 @@ async fn main() {
         "{} is missing: cargo build --release --bins",
         worker_bin.display()
     );
-    let retry_mode: RetryMode =
-        serde_json::from_value(serde_json::Value::String(args.retry_mode.clone()))
-            .expect("--retry-mode is Blocking or RetryTopics");
     let dir = tempfile::tempdir().expect("temp dir");
     eprintln!("==> starting Kafka {}", tools::version("KAFKA_VERSION"));
     let kafka = Kafka::start(&dir.path().join("kafka"), 1, Lifetime::Owned).expect("Kafka");
@@ -112,17 +111,21 @@ async fn main() {
             .worker_rates
             .clone();
         Some(
-            poison_bench(
+            ordering::poison_bench(
                 &kafka.info,
                 &worker_bin,
                 dir.path(),
                 args.records,
-                retry_mode,
                 args.poison_backoff_ms,
                 clean,
             )
             .await,
         )
+    } else {
+        None
+    };
+    let slow = if run("slow") {
+        Some(ordering::slow_bench(&kafka.info, &worker_bin, dir.path(), args.slow_records).await)
     } else {
         None
     };
@@ -160,6 +163,7 @@ async fn main() {
     let results = Results {
         consumer: consumer.filter(|_| run("consumer")),
         poison,
+        slow,
         scaling,
         sink,
         producer,
@@ -338,14 +342,19 @@ async fn produce_orders(
     }
 }
 
-/// One worker run: what it reads, with which handler and retry policy.
+/// One worker run: what it reads, with which handler, retry policy and concurrency, and which
+/// outcomes it counts.
 struct Measure<'a> {
     topic: &'a str,
+    /// Records counted when the run is over.
     records: usize,
     /// Names its consumer group, config and log.
     label: String,
     handler: HandlerConfig,
     retry: RetryPolicy,
+    concurrency: usize,
+    /// Count only this outcome of `kafka_consumer_records_total` (all outcomes when `None`).
+    outcome: Option<&'static str>,
 }
 
 impl<'a> Measure<'a> {
@@ -356,6 +365,8 @@ impl<'a> Measure<'a> {
             label: format!("{topic}-{round}"),
             handler: HandlerConfig::Noop,
             retry: RetryPolicy::default(),
+            concurrency: pubsubkafka_worker::config::DEFAULT_CONCURRENCY,
+            outcome: None,
         }
     }
 }
@@ -370,8 +381,10 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         m.handler.clone(),
     );
     config.retry = m.retry.clone();
+    config.concurrency = m.concurrency;
     if m.retry.mode == RetryMode::RetryTopics {
-        config.retry_topics = pubsubkafka_worker::retry::retry_topics(m.topic, &m.retry);
+        // Retry topics of the run's own (see ordering.rs): no copies left by an earlier round.
+        config.retry_topics = pubsubkafka_worker::retry::retry_topics(&m.label, &m.retry);
     }
     config.kafka = pubsubkafka_worker::config::KafkaConnection {
         bootstrap_servers: kafka.bootstrap.clone(),
@@ -403,8 +416,9 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         let body = worker::http_get(port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();
-        // Every final outcome: handled or dead-lettered.
-        let done = worker::metric_value(&body, "kafka_consumer_records_total", &[]);
+        // Every final outcome (handled or dead-lettered), or the one asked for.
+        let labels: Vec<(&str, &str)> = m.outcome.map(|o| ("outcome", o)).into_iter().collect();
+        let done = worker::metric_value(&body, "kafka_consumer_records_total", &labels);
         let now = Instant::now();
         if done > 0.0 && first.is_none() {
             first = Some((now, done));
@@ -414,60 +428,6 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
             return (done - n0) / (now - t0).as_secs_f64().max(1e-6);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct PoisonResult {
-    records: usize,
-    poison: usize,
-    retry: RetryPolicy,
-    rates: Vec<f64>,
-    clean_rates: Vec<f64>,
-}
-
-/// 1% of the records are poison, retried 3 times (no error class is permanent here) before
-/// the dead-letter topic; compared with the clean run of the same worker.
-async fn poison_bench(
-    kafka: &KafkaInfo,
-    worker_bin: &Path,
-    dir: &Path,
-    records: usize,
-    mode: RetryMode,
-    backoff_ms: u64,
-    clean_rates: Vec<f64>,
-) -> PoisonResult {
-    let topic = "bench-poison";
-    create_topic(kafka, topic, 3).await;
-    create_topic(kafka, &format!("{topic}-dlq"), 3).await;
-    eprintln!("==> producing {records} orders of 1 KiB, 1% poison");
-    produce_orders(kafka, topic, records, Some(100), false).await;
-    let retry = RetryPolicy {
-        max_retries: 3,
-        initial_backoff_ms: backoff_ms,
-        multiplier: 2.0,
-        max_backoff_ms: backoff_ms * 4,
-        jitter: 0.0,
-        permanent_errors: Vec::new(),
-        mode,
-    };
-    if mode == RetryMode::RetryTopics {
-        for t in pubsubkafka_worker::retry::retry_topics(topic, &retry) {
-            create_topic(kafka, &t.name, 3).await;
-        }
-    }
-    let mut rates = Vec::new();
-    for round in 0..ROUNDS {
-        eprintln!("==> round {}: the worker with poison records", round + 1);
-        let mut m = Measure::noop(topic, records, round);
-        m.retry = retry.clone();
-        rates.push(worker_rate(kafka, worker_bin, dir, &m).await);
-    }
-    PoisonResult {
-        records,
-        poison: records / 100,
-        retry,
-        rates,
-        clean_rates,
     }
 }
 
@@ -795,30 +755,10 @@ fn render(args: &Args, r: &Results) -> String {
         );
     }
     if let Some(p) = &r.poison {
-        let ratio = median(&p.rates) / median(&p.clean_rates);
-        let _ = writeln!(
-            summary,
-            "| consumer, 1% poison records retried 3 times ({:?} mode) then dead-lettered (records/s) | {:.0} | {:.0} (the same worker, no poison) | {ratio:.2}x | >= 0.8x | {} |",
-            p.retry.mode,
-            median(&p.rates),
-            median(&p.clean_rates),
-            verdict(ratio >= 0.8),
-        );
-        let _ = write!(
-            body,
-            "## Consumer with poison records\n\n{} records of which {} (one in 100, spread over the 3 partitions) \
-             are not orders. No error class is permanent in this run, so each poison record is tried 4 times \
-             (3 retries, backoff {} ms doubling, no jitter, retry mode `{:?}`) and then published to the \
-             dead-letter topic with its headers; valid records are handled by the no-op handler. Measured \
-             like the clean run, over every final outcome (handled or dead-lettered). Raw records/s: {}; \
-             clean run: {}.\n\n",
-            p.records,
-            p.poison,
-            p.retry.initial_backoff_ms,
-            p.retry.mode,
-            raw(&p.rates),
-            raw(&p.clean_rates),
-        );
+        ordering::render_poison(p, &mut summary, &mut body);
+    }
+    if let Some(sl) = &r.slow {
+        ordering::render_slow(sl, &mut summary, &mut body);
     }
     if let Some(sk) = &r.sink {
         let worker = median(&sk.worker_rates);

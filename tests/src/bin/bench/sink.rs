@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt};
-use pubsubkafka_worker::config::RetryPolicy;
 use testenv::{KafkaInfo, Lifetime, Postgres};
 
 use crate::{Measure, ROUNDS, create_topic, produce_orders, worker_rate};
@@ -48,11 +47,8 @@ pub async fn sink_bench(
                 worker_bin,
                 dir,
                 &Measure {
-                    topic,
-                    records,
-                    label: format!("sink-{round}"),
                     handler,
-                    retry: RetryPolicy::default(),
+                    ..Measure::noop(topic, records, round)
                 },
             )
             .await,
