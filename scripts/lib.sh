@@ -15,3 +15,13 @@ PSK_BIN="$PSK_CACHE/bin"
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Starts a fresh local stack in a temporary directory for the calling script's tests, exports
+# PSK_STACK_DIR, and stops the stack when the script exits (whether its tests pass or not).
+start_stack() {
+  stack_dir="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-stack.XXXXXX")"
+  trap 'cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir" || true' EXIT
+  log "starting the local stack in $stack_dir"
+  cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --quiet --dir "$stack_dir" >/dev/null
+  export PSK_STACK_DIR="$stack_dir"
+}

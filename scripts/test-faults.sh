@@ -14,12 +14,7 @@ log "building the tests"
 cargo test -p pubsubkafka-tests --locked --no-run
 cargo build --workspace --locked --bins
 
-stack_dir="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-stack.XXXXXX")"
-cleanup() { cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir" || true; }
-trap cleanup EXIT
-log "starting the local stack in $stack_dir"
-cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --quiet --dir "$stack_dir" >/dev/null
-export PSK_STACK_DIR="$stack_dir"
+start_stack
 
 # The fault tests of the other suites, by name, beside tests/tests/faults.rs.
 log "running the fault-injection tests"

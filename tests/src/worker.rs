@@ -243,6 +243,22 @@ impl WorkerProcess {
         }
     }
 
+    /// Waits until `/readyz` answers 200 (failing with the log tail if the process dies).
+    pub async fn wait_ready(&self) {
+        crate::eventually(
+            &format!("{} to be ready", self.name),
+            Duration::from_secs(90),
+            || async {
+                self.check_alive()?;
+                match self.get("/readyz") {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
     /// GET `path` on the worker's HTTP port: (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get(self.http_port, path)
@@ -447,19 +463,10 @@ pub async fn read_all(
 
 /// Waits until the event store holds `expected` orders, each once, while `worker` lives.
 pub async fn wait_stored(db: &tokio_postgres::Client, expected: i64, worker: &WorkerProcess) {
-    crate::eventually(
-        &format!("{expected} orders stored"),
-        Duration::from_secs(90),
-        || async {
-            worker.check_alive()?;
-            let (rows, distinct) = stored(db).await;
-            assert_eq!(rows, distinct, "an order stored twice");
-            (rows == expected)
-                .then_some(())
-                .ok_or(format!("{rows} stored"))
-        },
-    )
-    .await;
+    let rows = wait_progress(db, expected, worker).await;
+    let (_, distinct) = stored(db).await;
+    assert_eq!(rows, distinct, "an order stored twice");
+    assert_eq!(rows, expected, "more orders stored than produced");
 }
 
 /// Waits until the event store holds at least `target` orders; returns how many it holds.

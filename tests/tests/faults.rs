@@ -79,14 +79,7 @@ async fn three_brokers_lose_one_under_gateway_load_and_refuse_with_two_down() {
         "users",
         &["--delivery-timeout", "10s"],
     );
-    eventually("the gateway to be ready", WAIT, || async {
-        gateway.check_alive()?;
-        match gateway.get("/readyz") {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    gateway.wait_ready().await;
 
     // Load from 6 clients; one broker is SIGKILLed while it runs.
     let stop = Arc::new(AtomicBool::new(false));

@@ -35,14 +35,7 @@ async fn topic(kafka: &KafkaInfo, prefix: &str, partitions: i32) -> String {
 }
 
 async fn ready(process: &WorkerProcess) {
-    eventually("the process to be ready", WAIT, || async {
-        process.check_alive()?;
-        match process.get("/readyz") {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    process.wait_ready().await;
 }
 
 fn order_body(order_id: &str) -> Vec<u8> {

@@ -19,25 +19,9 @@ use serde_json::json;
 use testenv::jaeger::StoredTrace;
 use testenv::process::{Lifetime, Proc};
 use testenv::worker::{self, WorkerProcess};
-use testenv::{KafkaInfo, StackInfo, eventually, operator};
+use testenv::{StackInfo, eventually, operator};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn kafka_args(kafka: &KafkaInfo) -> Vec<String> {
-    let c = kafka.admin_connection();
-    vec![
-        "--kafka-bootstrap-servers".into(),
-        c.bootstrap_servers,
-        "--kafka-security-protocol".into(),
-        "SASL_SSL".into(),
-        "--kafka-username".into(),
-        c.username.unwrap(),
-        "--kafka-password-file".into(),
-        c.password_file.unwrap().display().to_string(),
-        "--kafka-ca-file".into(),
-        c.ca_file.unwrap().display().to_string(),
-    ]
-}
 
 fn order_body(order_id: &str) -> Vec<u8> {
     let sample = pubsubkafka_worker::order::sample(order_id, 0);
@@ -108,7 +92,7 @@ impl Pipeline {
         let mut cmd = Command::new(worker::binary().with_file_name("pubsubkafka-controller"));
         cmd.env("KUBECONFIG", &stack.kube.kubeconfig)
             .env("RUST_LOG", "info")
-            .args(kafka_args(&stack.kafka))
+            .args(worker::kafka_args(&stack.kafka))
             .args(["--watch-namespace", &ns, "--resync-interval", "5s"])
             .args(["--log-format", "text", "--otlp-endpoint", &otlp])
             .args(["--metrics-addr", &format!("127.0.0.1:{controller_port}")]);
@@ -180,7 +164,7 @@ impl Pipeline {
             "--otlp-endpoint".into(),
             otlp,
         ];
-        args.extend(kafka_args(&stack.kafka));
+        args.extend(worker::kafka_args(&stack.kafka));
         let gateway = WorkerProcess::run(dir.path(), "gateway", args, gateway_port).unwrap();
 
         let prometheus = &stack.prometheus;
@@ -195,16 +179,8 @@ impl Pipeline {
             .add_target("worker", &ns, worker.http_port, &label)
             .unwrap();
 
-        for (what, process) in [("gateway", &gateway), ("worker", &worker)] {
-            eventually(&format!("the {what} to be ready"), WAIT, || async {
-                process.check_alive()?;
-                match process.get("/readyz") {
-                    Ok((200, _)) => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            })
-            .await;
-        }
+        gateway.wait_ready().await;
+        worker.wait_ready().await;
         Self {
             stack,
             ns,
@@ -475,16 +451,9 @@ async fn the_gateways_request_and_publish_spans_reach_jaeger_and_the_record_name
         "--otlp-endpoint".into(),
         stack.jaeger.otlp_endpoint.clone(),
     ];
-    args.extend(kafka_args(&stack.kafka));
+    args.extend(worker::kafka_args(&stack.kafka));
     let gateway = WorkerProcess::run(dir.path(), "gateway", args, port).unwrap();
-    eventually("the gateway to be ready", WAIT, || async {
-        gateway.check_alive()?;
-        match gateway.get("/readyz") {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    gateway.wait_ready().await;
 
     // The caller's trace is continued.
     let caller_trace = pubsubkafka_worker::ids::trace_id();
