@@ -36,6 +36,31 @@ impl KubeInfo {
         cmd.env("KUBECONFIG", &self.kubeconfig);
         cmd
     }
+
+    /// `kubectl <args>` with `stdin` as its input: Ok(stdout) or Err(stderr).
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: &str) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writing to kubectl");
+        let out = child.wait_with_output().expect("kubectl finishes");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
 }
 
 /// A `kube::Client` from a kubeconfig file, as a user's tool would build it.

@@ -56,29 +56,9 @@ impl Scenario {
 
     /// `kubectl <args>` in the scenario's namespace with `stdin`: Ok(stdout) or Err(stderr).
     pub fn kubectl(&self, args: &[&str], stdin: &str) -> Result<String, String> {
-        use std::io::Write;
-        let mut child = self
-            .kube
-            .kubectl()
-            .args(args)
-            .args(["-n", &self.ns])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("writing to kubectl");
-        let out = child.wait_with_output().expect("kubectl finishes");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        let mut args = args.to_vec();
+        args.extend(["-n", &self.ns]);
+        self.kube.kubectl_with_stdin(&args, stdin)
     }
 
     /// `kubectl apply -f -` of `yaml`: Ok(stdout) or Err(stderr).

@@ -355,27 +355,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Produces `value` records keyed by `key` with JSON content type; waits for each ack.
 pub async fn produce(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
-    let sends = records.iter().map(|(key, value)| {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            })
-            .insert(Header {
-                key: "x-correlation-id",
-                value: Some(&format!("corr-{key}")),
-            });
-        producer.send(
-            FutureRecord::to(topic)
-                .key(key)
-                .payload(value)
-                .headers(headers),
-            Duration::from_secs(30),
-        )
-    });
-    for result in futures::future::join_all(sends).await {
-        result.expect("the broker acknowledged the record");
-    }
+    produce_with(producer, topic, records, &[]).await;
 }
 
 /// Like [`produce`], each record also carrying the W3C `traceparent` at the same index.
@@ -385,8 +365,24 @@ pub async fn produce_traced(
     records: &[(String, Vec<u8>)],
     traceparents: &[String],
 ) {
-    let sends = records.iter().zip(traceparents).map(|((key, value), tp)| {
-        let headers = OwnedHeaders::new()
+    assert_eq!(
+        records.len(),
+        traceparents.len(),
+        "one traceparent a record"
+    );
+    produce_with(producer, topic, records, traceparents).await;
+}
+
+/// Records with the content type, a correlation id and, where `traceparents` has one, the
+/// record's `traceparent`.
+async fn produce_with(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+    traceparents: &[String],
+) {
+    let sends = records.iter().enumerate().map(|(i, (key, value))| {
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "content-type",
                 value: Some("application/json"),
@@ -394,11 +390,13 @@ pub async fn produce_traced(
             .insert(Header {
                 key: "x-correlation-id",
                 value: Some(&format!("corr-{key}")),
-            })
-            .insert(Header {
+            });
+        if let Some(tp) = traceparents.get(i) {
+            headers = headers.insert(Header {
                 key: "traceparent",
                 value: Some(tp.as_str()),
             });
+        }
         producer.send(
             FutureRecord::to(topic)
                 .key(key)

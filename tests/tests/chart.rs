@@ -41,27 +41,7 @@ fn helm(args: &[&str]) -> String {
 }
 
 fn kubectl(kube: &KubeInfo, args: &[&str], stdin: &str) -> Result<String, String> {
-    use std::io::Write;
-    let mut child = kube
-        .kubectl()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    kube.kubectl_with_stdin(args, stdin)
 }
 
 #[test]

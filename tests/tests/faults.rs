@@ -192,27 +192,7 @@ async fn three_brokers_lose_one_under_gateway_load_and_refuse_with_two_down() {
 
 /// `kubectl apply` of `yaml` in namespace `ns` of the API server `kube`.
 fn kubectl_apply(kube: &testenv::KubeInfo, ns: &str, yaml: &str) -> Result<String, String> {
-    use std::io::Write;
-    let mut child = kube
-        .kubectl()
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    kube.kubectl_with_stdin(&["apply", "-n", ns, "-f", "-"], yaml)
 }
 
 fn topic_yaml(name: &str, partitions: i32) -> String {
