@@ -385,6 +385,13 @@ pub async fn run(
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("enable.partition.eof", "false")
+            // librdkafka prefetches up to this much per consumer; the partition tasks hold their
+            // own 5,000 records each, so 16 MiB keeps fetching ahead without doubling memory.
+            .set("queued.max.messages.kbytes", "16384")
+            // With a full prefetch queue librdkafka waits this long before fetching again. Its
+            // default (1 s) left the worker idle between bursts: the tasks drain 16 MiB in
+            // about 40 ms (measured 110k records/s at 45% CPU before, 490k at 170% after).
+            .set("fetch.queue.backoff.ms", "10")
             // Partition p of the source and of each retry topic go to the same member.
             .set("partition.assignment.strategy", "range")
             .create_with_context(WorkerContext {
