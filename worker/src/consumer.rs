@@ -986,6 +986,7 @@ async fn run_jobs(
             })
             .collect();
         let span = info_span!(
+            target: crate::telemetry::TRACE_ONLY,
             "batch",
             otel.name = %format_args!("{} process", jobs[0].message.topic()),
             otel.kind = "consumer",
@@ -996,7 +997,7 @@ async fn run_jobs(
             records = deliveries.len()
         );
         // One span for many records: linked to each record's producer span.
-        for job in jobs.iter() {
+        for job in jobs.iter().filter(|_| !span.is_disabled()) {
             crate::tracing_ctx::link_from_headers(&span, job.message.headers());
         }
         let mut outage = Outage::default();
