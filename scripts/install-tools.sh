@@ -22,6 +22,7 @@ apt_wanted=(
   "unzip:unzip"
   "curl:curl"
   "prometheus:/usr/bin/prometheus"
+  "wrk:wrk"
 )
 missing=()
 for entry in "${apt_wanted[@]}"; do

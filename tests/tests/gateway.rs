@@ -127,6 +127,82 @@ async fn an_accepted_order_is_already_in_kafka_with_its_key_and_headers() {
     );
 }
 
+/// A JSON array of orders with these ids.
+fn orders_array(ids: &[&str]) -> Vec<u8> {
+    let orders: Vec<Value> = ids
+        .iter()
+        .map(|id| serde_json::from_slice(&order_body(id)).unwrap())
+        .collect();
+    serde_json::to_vec(&orders).unwrap()
+}
+
+#[tokio::test]
+async fn an_array_of_orders_is_accepted_once_every_order_is_in_kafka() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-array", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(dir.path(), "gateway", &stack.kafka, &orders, "users", &[]);
+    ready(&gateway).await;
+
+    let too_many: Vec<String> = (0..1001).map(|i| format!("many-{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let (status, body) = gateway
+        .post("/orders", &[JSON], &orders_array(&too_many))
+        .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"field\":\"(body)\""), "{body}");
+
+    let ids: Vec<String> = (0..50).map(|i| format!("arr-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (status, body) = gateway
+        .post(
+            "/orders",
+            &[JSON, ("X-Correlation-ID", "bulk-7")],
+            &orders_array(&ids),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let placed = answer["orders"].as_array().unwrap();
+    assert_eq!(placed.len(), ids.len());
+    let mut expected = BTreeMap::new();
+    for (item, id) in placed.iter().zip(&ids) {
+        assert_eq!(item["order_id"], *id, "answers in request order");
+        assert_eq!(item["correlation_id"], "bulk-7");
+        let at = (
+            item["partition"].as_i64().unwrap() as i32,
+            item["offset"].as_i64().unwrap(),
+        );
+        expected.insert(at, id.to_string());
+    }
+
+    // Every order is readable at once, where the answer placed it, with its key and headers.
+    let records = worker::read_all(&stack.kafka, &orders, ids.len(), Duration::from_secs(10)).await;
+    assert_eq!(records.len(), ids.len());
+    for record in &records {
+        let key = worker::key_of(record);
+        assert_eq!(
+            expected.get(&(record.partition(), record.offset())),
+            Some(&key),
+            "{key} is where the answer said"
+        );
+        let hs = record.headers();
+        assert_eq!(h::get(hs, h::CORRELATION_ID), Some("bulk-7"));
+        assert_eq!(h::get(hs, h::CONTENT_TYPE), Some("application/json"));
+        let event: OrderEvent = serde_json::from_slice(record.payload().unwrap()).unwrap();
+        assert_eq!(event.order_id, key);
+        assert!(event.validate().is_empty());
+    }
+    assert_eq!(
+        gateway.metric(
+            "kafka_producer_messages_total",
+            &[("topic", orders.as_str()), ("outcome", "acked")],
+        ),
+        ids.len() as f64,
+        "the refused array produced nothing"
+    );
+}
+
 /// Removes `order_id` from a JSON order body.
 trait ReplaceOrderId {
     fn replace_order_id(self) -> Vec<u8>;
@@ -199,6 +275,26 @@ async fn bad_requests_get_a_4xx_naming_the_field_and_produce_nothing() {
                 "customer_info.shipping_address.country",
             ],
         ),
+        // An array is refused whole when one order is invalid, naming it by index.
+        (
+            "/orders",
+            vec![JSON],
+            serde_json::to_vec(&json!([
+                serde_json::from_slice::<Value>(&order_body("a-1")).unwrap(),
+                zero_quantity,
+            ]))
+            .unwrap(),
+            422,
+            vec!["[1].items[0].quantity"],
+        ),
+        (
+            "/orders",
+            vec![JSON],
+            b" [ {\"items\": 3} ]".to_vec(),
+            422,
+            vec!["[0].items"],
+        ),
+        ("/orders", vec![JSON], b"[]".to_vec(), 422, vec!["(body)"]),
         (
             "/users",
             vec![JSON],
@@ -247,15 +343,35 @@ async fn a_broker_outage_answers_503_and_recovers() {
 
     kafka.stop();
     let started = std::time::Instant::now();
-    let (status, body) = gateway
-        .post("/orders", &[JSON], &order_body("during"))
-        .unwrap();
+    let array = orders_array(&["during-a", "during-b"]);
+    let ((status, body), (array_status, array_body)) = std::thread::scope(|s| {
+        let one = s.spawn(|| {
+            gateway
+                .post("/orders", &[JSON], &order_body("during"))
+                .unwrap()
+        });
+        let many = s.spawn(|| gateway.post("/orders", &[JSON], &array).unwrap());
+        (one.join().unwrap(), many.join().unwrap())
+    });
     assert_eq!(status, 503, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "answered after the delivery timeout"
     );
     assert!(body.contains("nothing was accepted"));
+    assert_eq!(array_status, 503, "{array_body}");
+    let answer: Value = serde_json::from_str(&array_body).unwrap();
+    for (i, id) in ["during-a", "during-b"].iter().enumerate() {
+        let item = &answer["orders"][i];
+        assert_eq!(item["order_id"], *id, "{array_body}");
+        assert!(
+            item["error"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was accepted"),
+            "each order says it was not accepted: {array_body}"
+        );
+    }
 
     kafka.restart().unwrap();
     eventually("202 again", WAIT, || async {

@@ -3,6 +3,7 @@
 //! idempotent producer. `202 Accepted` is answered only once the broker acknowledged the record
 //! (or, in outbox mode, once PostgreSQL committed it for the relay to publish); a broker that
 //! does not acknowledge within the delivery timeout gets `503`, never a false `202`.
+//! `POST /orders` also takes a JSON array of orders, answered once every one is acknowledged.
 //!
 //! Bad requests are answered with the field at fault: 400 malformed JSON, 415 unsupported
 //! content type, 413 too large, 422 with every invalid field.
@@ -277,6 +278,13 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The error message of the body.
+    fn message(&self) -> String {
+        self.body["error"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
@@ -463,6 +471,9 @@ async fn accept_order(
     body: &[u8],
 ) -> Result<Response, Rejection> {
     let protobuf = media_type(headers) == proto::CONTENT_TYPE_PROTOBUF;
+    if !protobuf && body.trim_ascii_start().first() == Some(&b'[') {
+        return accept_orders(gw, headers, body).await;
+    }
     let request: OrderRequest = if protobuf {
         match proto::decode_request(body) {
             Ok((order_id, customer_info, items, inventory_status)) => OrderRequest {
@@ -477,6 +488,113 @@ async fn accept_order(
     } else {
         parse_json(headers, body)?
     };
+    let pending = prepare_order(gw, headers, request, protobuf).map_err(Rejection::fields)?;
+    let placed = send_order(gw, &pending).await?;
+    Ok(accepted(&pending.accepted(gw, placed)))
+}
+
+/// Most orders one `POST /orders` may carry as a JSON array.
+pub const MAX_ORDERS_PER_REQUEST: usize = 1000;
+
+/// `POST /orders` with a JSON array: every order is validated first (one invalid order refuses
+/// the request with 422, naming `[index].field`, and nothing is published), then all are
+/// published at once. `202` lists where each was placed, once the broker acknowledged every
+/// one; otherwise `503` says which were acknowledged and which were not (resending the whole
+/// array is safe: the event store is idempotent on `order_id`).
+async fn accept_orders(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Rejection> {
+    let requests: Vec<OrderRequest> = parse_json(headers, body)?;
+    if requests.is_empty() || requests.len() > MAX_ORDERS_PER_REQUEST {
+        return Err(Rejection::fields(vec![FieldError {
+            field: "(body)".into(),
+            message: format!("an array of 1 to {MAX_ORDERS_PER_REQUEST} orders"),
+        }]));
+    }
+    let mut pending = Vec::with_capacity(requests.len());
+    let mut errors = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        match prepare_order(gw, headers, request, false) {
+            Ok(p) => pending.push(p),
+            Err(fields) => errors.extend(fields.into_iter().map(|e| FieldError {
+                field: format!("[{i}].{}", e.field),
+                message: e.message,
+            })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Rejection::fields(errors));
+    }
+    let results = futures::future::join_all(pending.iter().map(|p| send_order(gw, p))).await;
+    let mut placed = Vec::with_capacity(pending.len());
+    let mut failed = None;
+    for (p, result) in pending.iter().zip(results) {
+        match result {
+            Ok(at) => placed.push(BatchItem::Accepted(p.accepted(gw, at))),
+            Err(rejection) => {
+                placed.push(BatchItem::Failed {
+                    order_id: &p.event.order_id,
+                    error: rejection.message(),
+                });
+                failed.get_or_insert(rejection.status);
+            }
+        }
+    }
+    let status = failed.unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, axum::Json(BatchBody { orders: placed })).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    }
+    Ok(response)
+}
+
+/// The body of an answer to an array of orders, one entry per order in request order.
+#[derive(Debug, Serialize)]
+struct BatchBody<'a> {
+    orders: Vec<BatchItem<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchItem<'a> {
+    Accepted(Accepted<'a>),
+    Failed { order_id: &'a str, error: String },
+}
+
+/// A valid order event, encoded and ready to publish.
+struct PendingOrder {
+    event: OrderEvent,
+    value: Vec<u8>,
+    content_type: &'static str,
+    produce: Span,
+}
+
+impl PendingOrder {
+    fn accepted<'a>(&'a self, gw: &'a Gateway, placed: (i32, i64)) -> Accepted<'a> {
+        Accepted {
+            order_id: Some(&self.event.order_id),
+            correlation_id: &self.event.metadata.correlation_id,
+            trace_id: &self.event.metadata.trace_id,
+            topic: &gw.orders_topic,
+            partition: placed.0,
+            offset: placed.1,
+            ..Accepted::default()
+        }
+    }
+}
+
+/// Enriches a request into the complete event (ids, trace context, metadata), validates it and
+/// encodes it in the request's format; the invalid fields otherwise.
+fn prepare_order(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    request: OrderRequest,
+    protobuf: bool,
+) -> Result<PendingOrder, Vec<FieldError>> {
     let order_id: compact_str::CompactString = request.order_id.unwrap_or_else(ids::uuid_v4).into();
     let produce = produce_span(&gw.orders_topic, &order_id);
     let (correlation_id, trace_id, span_id) = trace_context(headers, &produce);
@@ -491,7 +609,7 @@ async fn accept_order(
     };
     let errors = event.validate();
     if !errors.is_empty() {
-        return Err(Rejection::fields(errors));
+        return Err(errors);
     }
     // The record keeps the request's encoding; its content-type header names it.
     let (value, content_type) = if protobuf {
@@ -500,26 +618,26 @@ async fn accept_order(
         let json = serde_json::to_vec(&event).expect("an order event serializes");
         (json, order::CONTENT_TYPE_JSON)
     };
-    let placed = publish(
+    Ok(PendingOrder {
+        event,
+        value,
+        content_type,
+        produce,
+    })
+}
+
+async fn send_order(gw: &Gateway, pending: &PendingOrder) -> Result<(i32, i64), Rejection> {
+    publish(
         gw,
         &gw.orders_topic,
-        &event.order_id,
-        &value,
-        content_type,
-        &event.metadata,
-        &produce,
+        &pending.event.order_id,
+        &pending.value,
+        pending.content_type,
+        &pending.event.metadata,
+        &pending.produce,
     )
-    .instrument(produce.clone())
-    .await?;
-    Ok(accepted(&Accepted {
-        order_id: Some(&event.order_id),
-        correlation_id: &event.metadata.correlation_id,
-        trace_id: &event.metadata.trace_id,
-        topic: &gw.orders_topic,
-        partition: placed.0,
-        offset: placed.1,
-        ..Accepted::default()
-    }))
+    .instrument(pending.produce.clone())
+    .await
 }
 
 async fn post_user(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {

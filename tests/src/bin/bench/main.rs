@@ -9,31 +9,28 @@
 //! - Worker throughput at 1, 3 and 6 partitions.
 //! - The event-store sink (idempotent on order id) against PostgreSQL `COPY` of the same rows.
 //! - Gateway `POST /orders` (acks=all, 202 after the ack) against `ProducerPerformance` with the
-//!   same record size and acks: records/s at full load, and p99 latency at 2,000 requests/s.
+//!   same record size and acks: records/s at full load, one order per request and arrays of
+//!   100, and p99 latency at 2,000 requests/s.
 //! - The controller: N KafkaTopic resources applied at once, time until all Ready, memory at
 //!   rest, API requests per resource.
 
 mod controller;
 mod ordering;
+mod producer;
 mod sink;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pubsubkafka_worker::config::{HandlerConfig, RetryMode, RetryPolicy};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use testenv::worker;
 use testenv::{Kafka, KafkaInfo, Lifetime, tools};
 
 use controller::ControllerResult;
+use producer::ProducerResult;
 use sink::SinkResult;
 
 #[derive(Parser)]
@@ -42,9 +39,12 @@ struct Args {
     /// enough for ConsumerPerformance's JIT to warm up; 300,000 made both sides noisy).
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
-    /// Requests per producer benchmark.
-    #[arg(long, default_value_t = 60_000)]
+    /// Records per ProducerPerformance round (500,000: long enough for its JIT to warm up).
+    #[arg(long, default_value_t = 500_000)]
     requests: usize,
+    /// Seconds of load per gateway round (wrk).
+    #[arg(long, default_value_t = 10)]
+    gateway_seconds: u64,
     /// Distinct orders for the event-store sink benchmark.
     #[arg(long, default_value_t = 100_000)]
     sink_records: usize,
@@ -146,7 +146,16 @@ async fn main() {
         None
     };
     let producer = if run("producer") {
-        Some(producer_bench(&kafka.info, &worker_bin, dir.path(), args.requests).await)
+        Some(
+            producer::producer_bench(
+                &kafka.info,
+                &worker_bin,
+                dir.path(),
+                args.requests,
+                Duration::from_secs(args.gateway_seconds),
+            )
+            .await,
+        )
     } else {
         None
     };
@@ -474,212 +483,6 @@ async fn scaling_bench(
     ScalingResult { records, rates }
 }
 
-struct ProducerResult {
-    requests: usize,
-    command: String,
-    perf_output: String,
-    perf_rates: Vec<f64>,
-    perf_p99: f64,
-    gateway_rates: Vec<f64>,
-    gateway_p99_full: f64,
-    gateway_p99_at_2k: f64,
-    gateway_achieved_at_2k: f64,
-    record_bytes: usize,
-}
-
-async fn producer_bench(
-    kafka: &KafkaInfo,
-    worker_bin: &Path,
-    dir: &Path,
-    requests: usize,
-) -> ProducerResult {
-    let event = pubsubkafka_worker::order::sample("bench", 900);
-    let body = serde_json::to_vec(&serde_json::json!({
-        "customer_info": event.customer_info,
-        "items": event.items,
-        "inventory_status": event.inventory_status,
-    }))
-    .unwrap();
-    create_topic(kafka, "bench-gateway", 3).await;
-    create_topic(kafka, "bench-producer", 3).await;
-    let record_bytes = 1024;
-
-    eprintln!("==> the gateway");
-    let port = testenv::free_port().unwrap();
-    let mut cmd = Command::new(worker_bin);
-    cmd.args([
-        "--log-format",
-        "json",
-        "gateway",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args([
-        "--kafka-bootstrap-servers",
-        &kafka.bootstrap,
-        "--kafka-security-protocol",
-        "PLAINTEXT",
-    ])
-    .args(["--orders-topic", "bench-gateway"]);
-    let _proc = testenv::process::Proc::spawn(
-        "bench-gateway",
-        cmd,
-        &dir.join("bench-gateway.log"),
-        Lifetime::Owned,
-        None,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(worker::http_get(port, "/readyz"), Ok((200, _))) {
-        assert!(
-            Instant::now() < deadline,
-            "the gateway did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = Bytes::from(body);
-    // Warm up connections and the producer.
-    load(port, body.clone(), 2_000, 64, None).await;
-    let mut perf_rates = Vec::new();
-    let mut gateway_rates = Vec::new();
-    let mut perf_output = String::new();
-    let mut perf_args: Vec<String> = Vec::new();
-    let mut perf_p99 = f64::NAN;
-    let mut latencies = Vec::new();
-    for round in 0..ROUNDS {
-        eprintln!(
-            "==> round {}: ProducerPerformance, then the gateway",
-            round + 1
-        );
-        let (output, args, rate, p99) = producer_performance(kafka, requests, record_bytes);
-        perf_output = output;
-        perf_args = args;
-        perf_rates.push(rate);
-        perf_p99 = p99;
-        let (rate, round_latencies) = load(port, body.clone(), requests, 256, None).await;
-        gateway_rates.push(rate);
-        latencies = round_latencies;
-    }
-    let p99_full = percentile(&mut latencies, 0.99);
-    let (achieved, mut at_2k) = load(port, body, 20_000, 64, Some(2000.0)).await;
-    let p99_2k = percentile(&mut at_2k, 0.99);
-    ProducerResult {
-        requests,
-        command: format!("ProducerPerformance {}", perf_args.join(" ")),
-        perf_output,
-        perf_rates,
-        perf_p99,
-        gateway_rates,
-        gateway_p99_full: p99_full,
-        gateway_p99_at_2k: p99_2k,
-        gateway_achieved_at_2k: achieved,
-        record_bytes,
-    }
-}
-
-/// One ProducerPerformance run: (output, arguments, records/s, p99 ms).
-fn producer_performance(
-    kafka: &KafkaInfo,
-    requests: usize,
-    record_bytes: usize,
-) -> (String, Vec<String>, f64, f64) {
-    let perf_args: Vec<String> = [
-        "--topic",
-        "bench-producer",
-        "--num-records",
-        &requests.to_string(),
-        "--record-size",
-        &record_bytes.to_string(),
-        "--throughput",
-        "-1",
-        "--producer-props",
-        &format!("bootstrap.servers={}", kafka.bootstrap),
-        "acks=all",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let perf_output = java_tool("org.apache.kafka.tools.ProducerPerformance", &perf_args);
-    let summary_line = perf_output.lines().last().unwrap_or_default().to_owned();
-    let field = |suffix: &str| -> f64 {
-        summary_line
-            .split(',')
-            .find(|p| p.contains(suffix))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let perf_rate = summary_line
-        .split(',')
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    let perf_p99 = field("99th");
-
-    (perf_output, perf_args, perf_rate, perf_p99)
-}
-
-/// Posts `total` orders over `concurrency` connections, optionally paced to `rate` per second;
-/// returns requests/s and each request's latency in ms. Anything but 202 aborts the benchmark.
-async fn load(
-    port: u16,
-    body: Bytes,
-    total: usize,
-    concurrency: usize,
-    rate: Option<f64>,
-) -> (f64, Vec<f64>) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(concurrency)
-        .build_http();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let client = client.clone();
-            let next = Arc::clone(&next);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        break latencies;
-                    }
-                    if let Some(rate) = rate {
-                        let due = started + Duration::from_secs_f64(i as f64 / rate);
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let request = http::Request::post(format!("http://127.0.0.1:{port}/orders"))
-                        .header("content-type", "application/json")
-                        .body(Full::new(body.clone()))
-                        .unwrap();
-                    let t0 = Instant::now();
-                    let response = client.request(request).await.expect("request");
-                    let status = response.status();
-                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
-                    assert_eq!(
-                        status.as_u16(),
-                        202,
-                        "the gateway refused a benchmark order"
-                    );
-                    latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
-                }
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(total);
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    (total as f64 / started.elapsed().as_secs_f64(), all)
-}
-
-fn percentile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[((values.len() as f64 - 1.0) * q).round() as usize]
-}
-
 fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -788,40 +591,7 @@ fn render(args: &Args, r: &Results) -> String {
         );
     }
     if let Some(p) = &r.producer {
-        let ratio = median(&p.gateway_rates) / median(&p.perf_rates);
-        let _ = writeln!(
-            summary,
-            "| producer, acks=all, ~1 KiB records (records/s, 256 concurrent requests) | {:.0} (gateway POST /orders, 202 after ack) | {:.0} (ProducerPerformance) | {ratio:.2}x | >= 0.7x | {} |",
-            median(&p.gateway_rates),
-            median(&p.perf_rates),
-            verdict(ratio >= 0.7),
-        );
-        let _ = writeln!(
-            summary,
-            "| gateway p99 latency at 2,000 requests/s | {:.1} ms (achieved {:.0} req/s) | | | < 25 ms | {} |",
-            p.gateway_p99_at_2k,
-            p.gateway_achieved_at_2k,
-            verdict(p.gateway_p99_at_2k < 25.0),
-        );
-        let _ = writeln!(
-            summary,
-            "| gateway p99 latency at full load | {:.1} ms | {:.1} ms (ProducerPerformance p99) | | | |",
-            p.gateway_p99_full, p.perf_p99,
-        );
-        let _ = write!(
-            body,
-            "## Producer\n\n{requests} records of {bytes} bytes with acks=all. The gateway validates each JSON order, \
-             enriches it (ids, timestamps, trace context), publishes it with an idempotent producer and answers \
-             202 only after the broker's acknowledgement; the load generator keeps 256 requests in flight (64 for the paced run). {ROUNDS} alternating \
-             rounds; medians in the table. Raw records/s: gateway {graw}; ProducerPerformance {ppraw}.\n\n\
-             ```\n{pcmd}\n{pout}```\n\n",
-            requests = p.requests,
-            bytes = p.record_bytes,
-            graw = raw(&p.gateway_rates),
-            ppraw = raw(&p.perf_rates),
-            pcmd = p.command,
-            pout = p.perf_output.lines().last().unwrap_or_default().to_owned() + "\n",
-        );
+        producer::render(p, &mut summary, &mut body);
     }
     if let Some(largest) = r.controller.iter().max_by_key(|c| c.topics) {
         let n = largest.topics;
