@@ -49,8 +49,12 @@ use crate::schedule::{KeyQueue, OffsetWindow, key_hash};
 
 /// Records one event store statement takes at most.
 const MAX_BATCH: usize = 500;
-/// Records a task takes from its queue before it starts work again.
-const MAX_INTAKE: usize = 1_000;
+/// Inputs (bursts of records) a task takes from its queue before it starts work again.
+const MAX_INTAKE: usize = 16;
+/// Records the poll thread takes from librdkafka per pass (all already fetched: it waits only
+/// for the first): each partition task gets them in one message and one wake-up, and flow
+/// control looks at the tasks once per pass.
+const BURST: usize = 256;
 /// Records of one topic-partition held in memory at which it is paused at the broker, and
 /// resumed again. Retry partitions are read ahead less: their records mostly wait.
 const PAUSE_AT: usize = 5_000;
@@ -92,6 +96,10 @@ struct Shared {
     /// Gates computed at assignment for partitions whose task does not exist yet.
     gates: Mutex<HashMap<i32, Gate>>,
     stopping: AtomicBool,
+    /// Partition numbers revoked since the poll thread last looked: records of theirs it
+    /// polled before the revocation and has not handed over are dropped (the new owner reads
+    /// them again from the committed offset).
+    revoked: Mutex<Vec<i32>>,
 }
 
 impl Shared {
@@ -102,7 +110,8 @@ impl Shared {
 
 /// What the poll thread sends a partition task.
 enum Input {
-    Record(OwnedMessage),
+    /// Records of the task's partition number, in the order they were polled.
+    Records(Vec<OwnedMessage>),
     Gate(Gate),
 }
 
@@ -157,6 +166,11 @@ impl ConsumerContext for WorkerContext {
                 "partitions revoked: finishing in-flight records"
             );
             self.shared.stop_partitions(Some(&partitions));
+            self.shared
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(&partitions);
             commit(consumer, "revocation");
         }
     }
@@ -373,6 +387,7 @@ pub async fn run(
         partitions: Mutex::default(),
         gates: Mutex::default(),
         stopping: AtomicBool::new(false),
+        revoked: Mutex::default(),
     });
     let consumer: Arc<WorkerConsumer> = Arc::new(
         client
@@ -469,13 +484,25 @@ async fn refresh_dead_letter_partitions(shared: &Arc<Shared>) {
 /// The poll thread: hands records to partition tasks until stopping, then drains, commits and
 /// closes the consumer (leaving the group).
 fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
+    let mut burst: Vec<OwnedMessage> = Vec::with_capacity(BURST);
     while !shared.stopping.load(Ordering::Relaxed) {
         throttle(&consumer, &shared);
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(e)) => warn!(error = %e, "consumer error"),
-            Some(Ok(message)) => dispatch(&consumer, &shared, message.detach()),
+        let mut wait = Duration::from_millis(100);
+        while burst.len() < BURST {
+            // Rebalance callbacks run inside poll.
+            let polled = consumer.poll(wait);
+            drop_revoked(&shared, &mut burst);
+            match polled {
+                None => break,
+                Some(Err(e)) => {
+                    warn!(error = %e, "consumer error");
+                    break;
+                }
+                Some(Ok(message)) => burst.push(message.detach()),
+            }
+            wait = Duration::ZERO;
         }
+        dispatch(&consumer, &shared, &mut burst);
         resume_drained(&consumer, &shared);
     }
     shared.stop_partitions(None);
@@ -485,12 +512,46 @@ fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
     drop(consumer);
 }
 
-fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, message: OwnedMessage) {
-    let Some(topic) = shared.topic_index(message.topic()) else {
+/// Forgets the records of partitions revoked during the last poll: they were polled for the
+/// previous assignment, their tasks are gone, and their offsets were not stored.
+fn drop_revoked(shared: &Shared, burst: &mut Vec<OwnedMessage>) {
+    let mut revoked = shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
+    if !revoked.is_empty() {
+        burst.retain(|m| !revoked.contains(&m.partition()));
+        revoked.clear();
+    }
+}
+
+/// Hands each partition task its records of `burst` (emptied), in poll order.
+fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, burst: &mut Vec<OwnedMessage>) {
+    if burst.is_empty() {
         return;
-    };
-    let partition = message.partition();
+    }
+    let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+    for message in burst.drain(..) {
+        let partition = message.partition();
+        match by_partition.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, records)) => records.push(message),
+            None => by_partition.push((partition, vec![message])),
+        }
+    }
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
+    for (partition, records) in by_partition {
+        hand_over(consumer, shared, &mut map, partition, records);
+    }
+}
+
+fn hand_over(
+    consumer: &Arc<WorkerConsumer>,
+    shared: &Arc<Shared>,
+    map: &mut HashMap<i32, PartitionHandle>,
+    partition: i32,
+    mut records: Vec<OwnedMessage>,
+) {
+    records.retain(|m| shared.topic_index(m.topic()).is_some());
+    if records.is_empty() {
+        return;
+    }
     let handle = map.entry(partition).or_insert_with(|| {
         let (queue, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
@@ -518,9 +579,24 @@ fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, message: Owned
             task,
         }
     });
-    handle.held[topic].fetch_add(1, Ordering::Relaxed);
-    if handle.queue.send(Input::Record(message)).is_err() {
-        handle.held[topic].fetch_sub(1, Ordering::Relaxed);
+    let counts = |records: &[OwnedMessage]| {
+        let mut counts = vec![0; shared.topics.len()];
+        for m in records {
+            if let Some(topic) = shared.topic_index(m.topic()) {
+                counts[topic] += 1;
+            }
+        }
+        counts
+    };
+    for (topic, n) in counts(&records).into_iter().enumerate() {
+        handle.held[topic].fetch_add(n, Ordering::Relaxed);
+    }
+    if let Err(mpsc::error::SendError(Input::Records(records))) =
+        handle.queue.send(Input::Records(records))
+    {
+        for (topic, n) in counts(&records).into_iter().enumerate() {
+            handle.held[topic].fetch_sub(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -796,24 +872,34 @@ impl PartitionTask {
                     debug!(partition = self.partition, waits = ?self.gate, "reading the retry partitions first");
                 }
             }
-            Input::Record(message) => {
-                let Some(topic) = self.shared.topic_index(message.topic()) else {
-                    return;
-                };
-                if topic == 0 && !self.gate.is_empty() {
-                    self.gated.push_back(message);
-                    return;
-                }
-                if topic > 0 && !self.gate.is_empty() {
-                    let offset = message.offset();
-                    self.gate
-                        .retain(|(t, last)| !(*t == topic && offset >= *last));
-                }
-                self.admit(topic, message, delayed);
-                if self.gate.is_empty() && !self.gated.is_empty() {
-                    self.open_gate(delayed);
+            Input::Records(records) => {
+                for message in records {
+                    self.intake_record(message, delayed);
                 }
             }
+        }
+    }
+
+    fn intake_record(
+        &mut self,
+        message: OwnedMessage,
+        delayed: &mut FuturesUnordered<BoxFuture<Job>>,
+    ) {
+        let Some(topic) = self.shared.topic_index(message.topic()) else {
+            return;
+        };
+        if topic == 0 && !self.gate.is_empty() {
+            self.gated.push_back(message);
+            return;
+        }
+        if topic > 0 && !self.gate.is_empty() {
+            let offset = message.offset();
+            self.gate
+                .retain(|(t, last)| !(*t == topic && offset >= *last));
+        }
+        self.admit(topic, message, delayed);
+        if self.gate.is_empty() && !self.gated.is_empty() {
+            self.open_gate(delayed);
         }
     }
 

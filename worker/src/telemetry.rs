@@ -144,9 +144,16 @@ pub fn init(format: &str, default_filter: &str, export: Option<&TraceExport>) ->
         }
         None => (None, None),
     };
+    // The hint keeps the level of RUST_LOG: without it `log` records (librdkafka's client logs
+    // a trace line per message) would all be built and filtered one by one.
+    let hint = filter.max_level_hint();
     let logged = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.target() == TRACE_ONLY)
     });
+    let logged = match hint {
+        Some(level) => logged.with_max_level_hint(level),
+        None => logged,
+    };
     let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter).with_filter(logged))
         // The filter wraps the Option: an absent layer with no filter of its own would take
