@@ -956,6 +956,8 @@ impl PartitionTask {
 
     fn complete(&mut self, done: Vec<Done>, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
         let mut moved = vec![None; self.windows.len()];
+        // One update per topic, not per record: the poll thread reads these counters.
+        let mut finished = vec![0; self.windows.len()];
         for (mut job, outcome) in done {
             match outcome {
                 Outcome::Stopped => continue,
@@ -979,9 +981,14 @@ impl PartitionTask {
                     origin_offset,
                 } => self.keys.forwarded(job.key, (origin_offset, attempts)),
             }
-            self.held[job.topic].fetch_sub(1, Ordering::Relaxed);
+            finished[job.topic] += 1;
             if let Some(position) = self.windows[job.topic].finish(job.message.offset()) {
                 moved[job.topic] = Some(position);
+            }
+        }
+        for (topic, n) in finished.into_iter().enumerate() {
+            if n > 0 {
+                self.held[topic].fetch_sub(n, Ordering::Relaxed);
             }
         }
         let mut list = TopicPartitionList::new();
