@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+mod fast;
+
 /// Text fields of an event: short strings (ids, SKUs, codes) are stored inline, so decoding a
 /// record allocates for its long strings only.
 pub type Text = compact_str::CompactString;
@@ -133,6 +135,31 @@ fn framing<'a>(
 
 /// Decodes and validates a record value of `content_type` (JSON when absent).
 pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
+    decode_with(content_type, value, true)
+}
+
+/// [`decode`] without the fast JSON parser: serde_json alone, as the reference the fast path
+/// must agree with (the fuzz target compares the two on every input).
+#[doc(hidden)]
+pub fn decode_with_serde(
+    content_type: Option<&str>,
+    value: Option<&[u8]>,
+) -> Result<OrderEvent, DecodeError> {
+    decode_with(content_type, value, false)
+}
+
+/// The fast JSON parser alone: the event, or `None` where it leaves the decision to
+/// serde_json. For the fuzz target and benchmarks.
+#[doc(hidden)]
+pub fn parse_json_fast(text: &str) -> Option<OrderEvent> {
+    fast::parse(text)
+}
+
+fn decode_with(
+    content_type: Option<&str>,
+    value: Option<&[u8]>,
+    fast_json: bool,
+) -> Result<OrderEvent, DecodeError> {
     let (media_type, value) = framing(content_type, value)?;
     if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
         let event = crate::proto::decode_event(value)?;
@@ -153,8 +180,13 @@ pub fn decode(content_type: Option<&str>, value: Option<&[u8]>) -> Result<OrderE
     let text = std::str::from_utf8(value).map_err(|e| {
         DecodeError::Deserialization(format!("not an order event: invalid UTF-8: {e}"))
     })?;
-    let event: OrderEvent = serde_json::from_str(text)
-        .map_err(|e| DecodeError::Deserialization(format!("not an order event: {e}")))?;
+    // The fast parser takes the orders it is sure about; serde_json decides everything else
+    // (and words the errors).
+    let event = match fast_json.then(|| fast::parse(text)).flatten() {
+        Some(event) => event,
+        None => serde_json::from_str(text)
+            .map_err(|e| DecodeError::Deserialization(format!("not an order event: {e}")))?,
+    };
     let errors = event.validate();
     if errors.is_empty() {
         Ok(event)
