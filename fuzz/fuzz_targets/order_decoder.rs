@@ -1,6 +1,7 @@
 //! The worker's order decoder (`order::decode`, `order::check_encoding`) on arbitrary record
 //! values and content types. Whatever the bytes, decoding returns an error or an order, never
-//! panics; an order it accepts is valid and survives a JSON and a Protobuf round trip.
+//! panics; an order it accepts is valid and survives a JSON and a Protobuf round trip; and its
+//! fast JSON parser agrees with serde_json alone on every input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +29,20 @@ fuzz_target!(|data: &[u8]| {
 
     let encoding = order::check_encoding(content_type, value);
     let decoded = order::decode(content_type, value);
+    // The fast JSON parser changes nothing: the same order or the same error as serde_json
+    // alone, and any event it builds (valid or not) is serde_json's.
+    assert_eq!(
+        decoded,
+        order::decode_with_serde(content_type, value),
+        "decode differs from serde_json alone"
+    );
+    if let Some(text) = value.and_then(|v| std::str::from_utf8(v).ok())
+        && let Some(fast) = order::parse_json_fast(text)
+    {
+        let serde = serde_json::from_str::<order::OrderEvent>(text)
+            .expect("serde_json accepts what the fast parser accepts");
+        assert_eq!(fast, serde, "fast parser and serde_json disagree");
+    }
     if let Ok(event) = decoded {
         assert!(
             encoding.is_ok(),
