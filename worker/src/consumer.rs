@@ -1270,7 +1270,10 @@ async fn process_record(
         .and_then(headers::parse_traceparent)
         .map(|t| t.trace_id)
         .or_else(|| order.map(|e| e.metadata.trace_id.as_str()));
+    // Spans for trace export only (see telemetry::TRACE_ONLY): the log lines below name the
+    // record themselves.
     let span = info_span!(
+        target: crate::telemetry::TRACE_ONLY,
         "record",
         otel.name = %format_args!("{} process", message.topic()),
         otel.kind = "consumer",
@@ -1296,6 +1299,7 @@ async fn process_record(
     let (class, last_error) = loop {
         attempts += 1;
         let attempt = info_span!(
+            target: crate::telemetry::TRACE_ONLY,
             parent: &span,
             "handle",
             attempt = attempts,
@@ -1362,10 +1366,9 @@ async fn process_record(
                         due_at_ms: jiff::Timestamp::now().as_millisecond()
                             + delay.as_millis() as i64,
                     };
-                    span.in_scope(|| {
-                        warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, retry_topic = %topic.name, "record failed, sending it to the retry topic")
-                    });
+                    debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), correlation_id, attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, retry_topic = %topic.name, "record failed, sending it to the retry topic");
                     let hop = info_span!(
+                        target: crate::telemetry::TRACE_ONLY,
                         parent: &span,
                         "retry",
                         otel.name = %format_args!("{} publish", topic.name),
@@ -1395,14 +1398,12 @@ async fn process_record(
                             };
                         }
                         Published::Stopped => return Outcome::Stopped,
-                        Published::TooLarge => span.in_scope(|| {
-                            warn!(retry_topic = %topic.name, "the record is too large for the retry topic: retrying in place")
-                        }),
+                        Published::TooLarge => {
+                            warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), correlation_id, retry_topic = %topic.name, "the record is too large for the retry topic: retrying in place")
+                        }
                     }
                 } else {
-                    span.in_scope(|| {
-                        warn!(attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, "record failed, retrying")
-                    });
+                    debug!(topic = message.topic(), partition = message.partition(), offset = message.offset(), correlation_id, attempt = attempts, error_class = class.as_str(), error = %m, retry_in = ?delay, "record failed, retrying");
                 }
                 if !mode.wait_in_place {
                     return Outcome::Retry {
@@ -1417,10 +1418,9 @@ async fn process_record(
             }
         }
     };
-    span.in_scope(|| {
-        warn!(attempts, error_class = class.as_str(), error = %last_error, "giving up: sending the record to the dead-letter topic")
-    });
+    warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), correlation_id, trace_id, attempts, error_class = class.as_str(), error = %last_error, "giving up: sending the record to the dead-letter topic");
     let dead_letter_span = info_span!(
+        target: crate::telemetry::TRACE_ONLY,
         parent: &span,
         "dead_letter",
         otel.name = %format_args!("{} publish", shared.config.dead_letter_topic),
@@ -1525,7 +1525,7 @@ async fn publish(
                     .producer_messages
                     .with_label_values(&[topic, "failed"])
                     .inc();
-                error!(error = %e, %topic, "could not publish; retrying, the offset stays uncommitted");
+                error!(error = %e, %topic, source_topic = message.topic(), partition = message.partition(), offset = message.offset(), "could not publish; retrying, the offset stays uncommitted");
                 if !pause(stop, retry::outage_delay(failures)).await {
                     return Published::Stopped;
                 }
@@ -1549,7 +1549,12 @@ async fn dead_letter(
     if let Published::TooLarge = outcome {
         // The dead-letter topic takes smaller records than the source: keep every header (the
         // original coordinates locate the value) and say the value was left out.
-        warn!("the dead letter is too large for its topic; publishing it without its value");
+        warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "the dead letter is too large for its topic; publishing it without its value"
+        );
         let size = message.payload().map_or(0, <[u8]>::len).to_string();
         let record_headers = record_headers.insert(rdkafka::message::Header {
             key: headers::DLQ_VALUE_OMITTED,
@@ -1562,7 +1567,7 @@ async fn dead_letter(
             }
             // Even the headers are refused: a broker misconfiguration. Keep trying rather
             // than drop the record.
-            error!(dead_letter_topic = %topic, "the dead-letter topic refuses even the headers of this record");
+            error!(dead_letter_topic = %topic, topic = message.topic(), partition = message.partition(), offset = message.offset(), "the dead-letter topic refuses even the headers of this record");
             if !pause(stop, Duration::from_secs(10)).await {
                 return false;
             }
