@@ -542,14 +542,20 @@ async fn accept_orders(
             }
         }
     }
-    let status = failed.unwrap_or(StatusCode::ACCEPTED);
-    let mut response = (status, axum::Json(BatchBody { orders: placed })).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    match failed {
+        None => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(BatchBody { orders: placed }),
+        )
+            .into_response()),
+        Some(status) => Err(Rejection {
+            status,
+            body: json!({
+                "error": "some orders were not acknowledged; each order says whether it was placed",
+                "orders": placed,
+            }),
+        }),
     }
-    Ok(response)
 }
 
 /// The body of an answer to an array of orders, one entry per order in request order.
