@@ -59,6 +59,20 @@ async fn wait_stored(db: &tokio_postgres::Client, expected: i64, worker: &Worker
     .await;
 }
 
+/// `text` without ANSI colour sequences (`ESC [ ... m`), as a person reads it.
+fn without_colors(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn valid_orders_are_stored_once_and_poison_records_are_dead_lettered() {
     let stack = testenv::shared();
@@ -194,6 +208,21 @@ async fn valid_orders_are_stored_once_and_poison_records_are_dead_lettered() {
                 .is_ok()
         );
         assert!(!h::get(headers, h::DLQ_ERROR_MESSAGE).unwrap().is_empty());
+        // The operator's log names the record without any span around it.
+        let offset = h::get(headers, h::DLQ_ORIGINAL_OFFSET).unwrap();
+        let log = without_colors(&worker.log_text());
+        assert!(
+            log.lines().any(|l| l.contains("giving up")
+                && l.contains(&format!("topic=\"{topic}\""))
+                && l.contains(&format!("partition={original_partition}"))
+                && l.contains(&format!("offset={offset}"))
+                && l.contains(&format!("corr-{key}"))),
+            "{key}: no dead-letter log line naming topic, partition {original_partition}, offset {offset} and its correlation id in:\n{}",
+            log.lines()
+                .filter(|l| l.contains("giving up"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     eventually("the metrics to count them", WAIT, || async {
         let dlq = worker.metric("kafka_dlq_messages_total", &[]);
