@@ -605,3 +605,181 @@ async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
         "a rebalance happened"
     );
 }
+
+/// What a test compares of a consumed record.
+type Fields = (
+    String,
+    i32,
+    i64,
+    rdkafka::Timestamp,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn fields(r: &impl Message) -> Fields {
+    use rdkafka::message::Headers;
+    (
+        r.topic().to_owned(),
+        r.partition(),
+        r.offset(),
+        r.timestamp(),
+        r.key().map(<[u8]>::to_vec),
+        r.payload().map(<[u8]>::to_vec),
+        r.headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// The runtime reads records where librdkafka fetched them (`record::Record`, no copy). Every
+/// field reads back as produced (keys or none, empty and absent values, repeated and null
+/// headers, timestamps), and so do the copies a waiting record keeps (`detach`) and those made
+/// of records polled from the consumer itself (`copy_of`).
+#[tokio::test]
+async fn records_read_in_place_and_their_copies_keep_every_field() {
+    use pubsubkafka_worker::record::{Record, RecordQueue};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "records", 2).await;
+    let producer: FutureProducer = stack.kafka.plaintext_config().create().unwrap();
+    let mut expected = BTreeMap::new();
+    for i in 0..40i64 {
+        let key = format!("key-{i}");
+        let value = format!("value {i} ").repeat(i as usize % 7).into_bytes();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "repeated",
+                value: Some(&format!("first {i}")),
+            })
+            .insert(Header {
+                key: "repeated",
+                value: Some("second"),
+            })
+            .insert(Header {
+                key: "empty",
+                value: Some(""),
+            })
+            .insert(Header::<&str> {
+                key: "null",
+                value: None,
+            });
+        let timestamp = 1_700_000_000_000 + i;
+        let mut record = FutureRecord::<String, [u8]>::to(&topic)
+            .partition((i % 2) as i32)
+            .timestamp(timestamp);
+        if i % 5 != 0 {
+            record = record.key(&key);
+        }
+        if i % 3 != 0 {
+            record = record.payload(&value);
+        }
+        if i % 4 != 0 {
+            record = record.headers(headers);
+        }
+        let delivered = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let (partition, offset) = (delivered.partition, delivered.offset);
+        let header_fields: Vec<(String, Option<Vec<u8>>)> = if i % 4 != 0 {
+            vec![
+                ("content-type".into(), Some(b"application/json".to_vec())),
+                ("repeated".into(), Some(format!("first {i}").into_bytes())),
+                ("repeated".into(), Some(b"second".to_vec())),
+                ("empty".into(), Some(Vec::new())),
+                ("null".into(), None),
+            ]
+        } else {
+            Vec::new()
+        };
+        expected.insert(
+            (partition, offset),
+            (
+                topic.clone(),
+                partition,
+                offset,
+                rdkafka::Timestamp::CreateTime(timestamp),
+                (i % 5 != 0).then(|| key.into_bytes()),
+                (i % 3 != 0).then_some(value),
+                header_fields,
+            ),
+        );
+    }
+
+    let consumer: BaseConsumer = stack
+        .kafka
+        .plaintext_config()
+        .set("group.id", testenv::unique_name("records"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    // Declared after the consumer, so dropped before it (librdkafka's order).
+    let queue = RecordQueue::new(consumer.client());
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..2 {
+        assignment
+            .add_partition_offset(&topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    for p in 0..2 {
+        queue.forward(&topic, p);
+    }
+    let mut records: Vec<Record> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while records.len() < expected.len() {
+        assert!(Instant::now() < deadline, "{} records read", records.len());
+        // A record fetched before its partition was forwarded comes from the consumer.
+        if let Some(polled) = consumer.poll(Duration::ZERO) {
+            records.push(Record::copy_of(&polled.unwrap()));
+        }
+        let errors = queue.consume(Duration::from_millis(100), 16, &mut records);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    assert!(
+        records.iter().any(Record::is_fetched),
+        "no record was read in place"
+    );
+    for record in records {
+        let want = &expected[&(record.partition(), record.offset())];
+        assert_eq!(&fields(&record), want, "read in place");
+        let copy = record.detach();
+        assert!(!copy.is_fetched());
+        assert_eq!(&fields(&copy), want, "detached");
+    }
+
+    // Every record polled from the consumer itself, copied.
+    let polled: BaseConsumer = stack
+        .kafka
+        .plaintext_config()
+        .set("group.id", testenv::unique_name("records"))
+        .create()
+        .unwrap();
+    polled.assign(&assignment).unwrap();
+    let mut seen = 0;
+    while seen < expected.len() {
+        assert!(Instant::now() < deadline + WAIT, "{seen} records polled");
+        if let Some(message) = polled.poll(Duration::from_millis(100)) {
+            let copy = Record::copy_of(&message.unwrap());
+            assert_eq!(
+                &fields(&copy),
+                &expected[&(copy.partition(), copy.offset())],
+                "copied"
+            );
+            seen += 1;
+        }
+    }
+}

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
@@ -44,6 +44,7 @@ use crate::headers::{self, DeadLetter, RetryState};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::order::{self, DecodeError, OrderEvent};
+use crate::record::{Record, RecordQueue};
 use crate::retry::{self, Jitter};
 use crate::schedule::{KeyQueue, OffsetWindow, key_hash};
 
@@ -100,6 +101,9 @@ struct Shared {
     /// polled before the revocation and has not handed over are dropped (the new owner reads
     /// them again from the committed offset).
     revoked: Mutex<Vec<i32>>,
+    /// Where assigned partitions forward their records. Owned by the poll thread, which drops it
+    /// before the consumer (librdkafka's order).
+    records: std::sync::OnceLock<std::sync::Weak<RecordQueue>>,
 }
 
 impl Shared {
@@ -111,7 +115,7 @@ impl Shared {
 /// What the poll thread sends a partition task.
 enum Input {
     /// Records of the task's partition number, in the order they were polled.
-    Records(Vec<OwnedMessage>),
+    Records(Vec<Record>),
     Gate(Gate),
 }
 
@@ -177,6 +181,12 @@ impl ConsumerContext for WorkerContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // Before their first fetch: the partitions' records go to the poll thread's batches.
+            if let Some(records) = self.shared.records.get().and_then(std::sync::Weak::upgrade) {
+                for e in list.elements() {
+                    records.forward(e.topic(), e.partition());
+                }
+            }
             let source = &self.shared.topics[0];
             let partitions: Vec<i32> = list
                 .elements()
@@ -388,6 +398,7 @@ pub async fn run(
         gates: Mutex::default(),
         stopping: AtomicBool::new(false),
         revoked: Mutex::default(),
+        records: std::sync::OnceLock::new(),
     });
     let consumer: Arc<WorkerConsumer> = Arc::new(
         client
@@ -413,6 +424,8 @@ pub async fn run(
                 shared: Arc::clone(&shared),
             })?,
     );
+    let records = Arc::new(RecordQueue::new(consumer.client()));
+    let _ = shared.records.set(Arc::downgrade(&records));
     let subscribed: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&subscribed)?;
     refresh_dead_letter_partitions(&shared).await;
@@ -438,7 +451,7 @@ pub async fn run(
         let consumer = Arc::clone(&consumer);
         std::thread::Builder::new()
             .name("kafka-poll".into())
-            .spawn(move || poll_loop(consumer, shared))
+            .spawn(move || poll_loop(consumer, shared, records))
             .expect("spawning the poll thread")
     };
     drop(consumer);
@@ -483,24 +496,23 @@ async fn refresh_dead_letter_partitions(shared: &Arc<Shared>) {
 
 /// The poll thread: hands records to partition tasks until stopping, then drains, commits and
 /// closes the consumer (leaving the group).
-fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
-    let mut burst: Vec<OwnedMessage> = Vec::with_capacity(BURST);
+///
+/// Each pass serves the consumer's events first (rebalance callbacks run there), then takes a
+/// batch of records from `records`. A record still on the consumer's queue was fetched before
+/// its partition was forwarded, so it comes before any of that partition's records in `records`.
+fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>, records: Arc<RecordQueue>) {
+    let mut burst: Vec<Record> = Vec::with_capacity(BURST);
     while !shared.stopping.load(Ordering::Relaxed) {
         throttle(&consumer, &shared);
-        let mut wait = Duration::from_millis(100);
-        while burst.len() < BURST {
-            // Rebalance callbacks run inside poll.
-            let polled = consumer.poll(wait);
-            drop_revoked(&shared, &mut burst);
-            match polled {
-                None => break,
-                Some(Err(e)) => {
-                    warn!(error = %e, "consumer error");
-                    break;
-                }
-                Some(Ok(message)) => burst.push(message.detach()),
-            }
-            wait = Duration::ZERO;
+        serve_events(&consumer, &shared, &records, &mut burst);
+        // Events are looked at again after this wait at the latest.
+        let wait = if burst.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        for e in records.consume(wait, BURST.saturating_sub(burst.len()), &mut burst) {
+            warn!(topic = %e.topic, partition = e.partition, error = %e.message, "consumer error");
         }
         dispatch(&consumer, &shared, &mut burst);
         resume_drained(&consumer, &shared);
@@ -508,13 +520,40 @@ fn poll_loop(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
     shared.stop_partitions(None);
     commit(&consumer, "shutdown");
     consumer.unsubscribe();
+    // Every record is gone with the tasks; the queue goes before the consumer.
+    drop(burst);
+    drop(records);
     // The last reference: dropping closes the consumer and leaves the group.
     drop(consumer);
 }
 
+/// Serves what waits on the consumer's queue: rebalances, commit results, errors, and records
+/// fetched before their partition was forwarded (copied: they are few).
+fn serve_events(
+    consumer: &WorkerConsumer,
+    shared: &Shared,
+    records: &RecordQueue,
+    burst: &mut Vec<Record>,
+) {
+    // Bounded, in case events keep arriving; the next pass serves the rest.
+    for _ in 0..1_000 {
+        if records.events_waiting() == 0 {
+            break;
+        }
+        // Rebalance callbacks run inside poll.
+        let polled = consumer.poll(Duration::ZERO);
+        drop_revoked(shared, burst);
+        match polled {
+            None => {}
+            Some(Err(e)) => warn!(error = %e, "consumer error"),
+            Some(Ok(message)) => burst.push(Record::copy_of(&message)),
+        }
+    }
+}
+
 /// Forgets the records of partitions revoked during the last poll: they were polled for the
 /// previous assignment, their tasks are gone, and their offsets were not stored.
-fn drop_revoked(shared: &Shared, burst: &mut Vec<OwnedMessage>) {
+fn drop_revoked(shared: &Shared, burst: &mut Vec<Record>) {
     let mut revoked = shared.revoked.lock().unwrap_or_else(|p| p.into_inner());
     if !revoked.is_empty() {
         burst.retain(|m| !revoked.contains(&m.partition()));
@@ -523,11 +562,11 @@ fn drop_revoked(shared: &Shared, burst: &mut Vec<OwnedMessage>) {
 }
 
 /// Hands each partition task its records of `burst` (emptied), in poll order.
-fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, burst: &mut Vec<OwnedMessage>) {
+fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, burst: &mut Vec<Record>) {
     if burst.is_empty() {
         return;
     }
-    let mut by_partition: Vec<(i32, Vec<OwnedMessage>)> = Vec::new();
+    let mut by_partition: Vec<(i32, Vec<Record>)> = Vec::new();
     for message in burst.drain(..) {
         let partition = message.partition();
         match by_partition.iter_mut().find(|(p, _)| *p == partition) {
@@ -546,7 +585,7 @@ fn hand_over(
     shared: &Arc<Shared>,
     map: &mut HashMap<i32, PartitionHandle>,
     partition: i32,
-    mut records: Vec<OwnedMessage>,
+    mut records: Vec<Record>,
 ) {
     records.retain(|m| shared.topic_index(m.topic()).is_some());
     if records.is_empty() {
@@ -579,7 +618,7 @@ fn hand_over(
             task,
         }
     });
-    let counts = |records: &[OwnedMessage]| {
+    let counts = |records: &[Record]| {
         let mut counts = vec![0; shared.topics.len()];
         for m in records {
             if let Some(topic) = shared.topic_index(m.topic()) {
@@ -700,7 +739,7 @@ fn set_paused(consumer: &WorkerConsumer, topic: &str, partition: i32, paused: bo
 
 /// One record on its way to a final outcome.
 struct Job {
-    message: OwnedMessage,
+    message: Record,
     /// Index into `Shared::topics`: 0 for the source, n for the n-th retry topic.
     topic: usize,
     key: Option<u64>,
@@ -708,6 +747,16 @@ struct Job {
     attempts: u32,
     /// When this worker first tried it (the processing duration counts from there).
     first_try: Option<Instant>,
+}
+
+impl Job {
+    /// The job with its record copied out of librdkafka's fetch buffer, for a long wait.
+    fn detach(self) -> Self {
+        Self {
+            message: self.message.detach(),
+            ..self
+        }
+    }
 }
 
 /// How a record's processing ended.
@@ -732,7 +781,6 @@ type Done = (Job, Outcome);
 /// retry topic.
 struct PartitionTask {
     shared: Arc<Shared>,
-    consumer: Arc<WorkerConsumer>,
     partition: i32,
     held: Arc<[AtomicUsize]>,
     windows: Vec<OffsetWindow>,
@@ -741,11 +789,14 @@ struct PartitionTask {
     gate: Vec<(usize, i64)>,
     gate_deadline: Option<tokio::time::Instant>,
     /// Source records received while the gate is closed.
-    gated: VecDeque<OwnedMessage>,
+    gated: VecDeque<Record>,
     via_topics: bool,
     slots: Arc<Slots>,
     parked_gauge: prometheus::IntGauge,
     seed: u64,
+    /// Last: fields drop in order, and librdkafka wants every record (`keys`, `gated`) gone
+    /// before the consumer.
+    consumer: Arc<WorkerConsumer>,
 }
 
 impl PartitionTask {
@@ -821,6 +872,9 @@ impl PartitionTask {
             self.complete(done, &mut delayed);
         }
         self.parked_gauge.set(0);
+        // Records go before the consumer reference (`self.consumer`, dropped last).
+        drop(delayed);
+        drop(queue);
     }
 
     /// Starts ready records while there is room.
@@ -880,11 +934,7 @@ impl PartitionTask {
         }
     }
 
-    fn intake_record(
-        &mut self,
-        message: OwnedMessage,
-        delayed: &mut FuturesUnordered<BoxFuture<Job>>,
-    ) {
+    fn intake_record(&mut self, message: Record, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
         let Some(topic) = self.shared.topic_index(message.topic()) else {
             return;
         };
@@ -916,7 +966,7 @@ impl PartitionTask {
     fn admit(
         &mut self,
         topic: usize,
-        message: OwnedMessage,
+        message: Record,
         delayed: &mut FuturesUnordered<BoxFuture<Job>>,
     ) {
         if !self.windows[topic].receive(message.offset()) {
@@ -937,11 +987,13 @@ impl PartitionTask {
             first_try: None,
         };
         match state {
-            None => self.keys.push(key, job),
+            // Parked behind its key: it waits as a copy, not holding its fetch response.
+            None => self.keys.push_or_park(key, job, Job::detach),
             Some((origin_offset, attempts, due_at_ms)) => {
                 self.keys.resume(key, (origin_offset, attempts));
                 let wait = due_at_ms - jiff::Timestamp::now().as_millisecond();
                 if wait > 0 {
+                    let job = job.detach();
                     let due = tokio::time::Instant::now() + Duration::from_millis(wait as u64);
                     delayed.push(Box::pin(async move {
                         tokio::time::sleep_until(due).await;
@@ -958,7 +1010,7 @@ impl PartitionTask {
         let mut moved = vec![None; self.windows.len()];
         // One update per topic, not per record: the poll thread reads these counters.
         let mut finished = vec![0; self.windows.len()];
-        for (mut job, outcome) in done {
+        for (job, outcome) in done {
             match outcome {
                 Outcome::Stopped => continue,
                 Outcome::Retry {
@@ -966,7 +1018,9 @@ impl PartitionTask {
                     delay,
                     tried,
                 } => {
-                    // The key stays taken and the offset unfinished; the slot is free.
+                    // The key stays taken and the offset unfinished; the slot is free. The
+                    // record waits as a copy, not holding its fetch response.
+                    let mut job = job.detach();
                     job.attempts = attempts;
                     job.first_try.get_or_insert(tried);
                     delayed.push(Box::pin(async move {
@@ -1166,7 +1220,7 @@ async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     }
 }
 
-fn delivery<'a>(message: &'a OwnedMessage, event: Option<&'a OrderEvent>) -> Delivery<'a> {
+fn delivery<'a>(message: &'a Record, event: Option<&'a OrderEvent>) -> Delivery<'a> {
     let headers = message.headers();
     Delivery {
         event,
@@ -1186,7 +1240,7 @@ fn delivery<'a>(message: &'a OwnedMessage, event: Option<&'a OrderEvent>) -> Del
 /// records) a record whose encoding checked out.
 type Decoded = Result<Option<OrderEvent>, DecodeError>;
 
-fn decode(message: &OwnedMessage, orders: bool) -> Decoded {
+fn decode(message: &Record, orders: bool) -> Decoded {
     let content_type = headers::get(message.headers(), headers::CONTENT_TYPE);
     if orders {
         order::decode(content_type, message.payload()).map(Some)
@@ -1486,7 +1540,7 @@ enum Published {
 async fn publish(
     shared: &Shared,
     topic: &str,
-    message: &OwnedMessage,
+    message: &Record,
     record_headers: OwnedHeaders,
     with_value: bool,
     stop: &mut watch::Receiver<bool>,
@@ -1539,7 +1593,7 @@ async fn publish(
 /// (the offset then stays unstored and the record is redelivered).
 async fn dead_letter(
     shared: &Shared,
-    message: &OwnedMessage,
+    message: &Record,
     dl: &DeadLetter<'_>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {

@@ -14,6 +14,7 @@ pub mod order;
 pub mod outbox;
 pub mod pg;
 pub mod proto;
+pub mod record;
 pub mod replay;
 pub mod retry;
 pub mod schedule;

@@ -138,13 +138,18 @@ impl<T> KeyQueue<T> {
     /// A new record: ready when its key is idle, parked behind the key's records otherwise.
     /// Records without a key are never ordered.
     pub fn push(&mut self, key: Option<u64>, item: T) {
+        self.push_or_park(key, item, |item| item);
+    }
+
+    /// [`Self::push`], passing a record that parks through `park` first.
+    pub fn push_or_park(&mut self, key: Option<u64>, item: T, park: impl FnOnce(T) -> T) {
         let Some(key) = key else {
             self.ready.push_back(item);
             return;
         };
         match self.keys.get_mut(&key) {
             Some(state) => {
-                state.parked.push_back(item);
+                state.parked.push_back(park(item));
                 self.parked += 1;
             }
             None => {
