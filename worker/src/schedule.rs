@@ -70,10 +70,20 @@ pub fn key_hash(key: Option<&[u8]>) -> Option<u64> {
 /// and the attempts it had failed. A forward and the arrival of its copy match on it.
 pub type RetryId = (i64, u32);
 
-#[derive(Debug)]
-struct KeyState<T> {
+/// A busy key: 16 bytes with its hash in the map, so the thousands of keys in flight per
+/// partition stay in the CPU's cache (every record looks its key up twice). What only a
+/// retrying key has lives in [`Waits`].
+#[derive(Debug, Clone, Copy)]
+struct KeyState {
     /// Records of the key started, ready to start, or waiting for their due time.
     active: u32,
+    /// Whether the key has an entry in `KeyQueue::waits`.
+    waits: bool,
+}
+
+/// What a key whose record is retrying (or away in a retry topic) holds.
+#[derive(Debug)]
+struct Waits<T> {
     /// Copies sent to a retry topic that have not come back yet.
     awaiting: Vec<RetryId>,
     /// Copies that came back before their forward was reported, or after a restart.
@@ -82,14 +92,19 @@ struct KeyState<T> {
     parked: VecDeque<T>,
 }
 
-impl<T> KeyState<T> {
-    fn new(active: u32) -> Self {
+impl<T> Default for Waits<T> {
+    fn default() -> Self {
         Self {
-            active,
             awaiting: Vec::new(),
             arrived: Vec::new(),
             parked: VecDeque::new(),
         }
+    }
+}
+
+impl<T> Waits<T> {
+    fn is_empty(&self) -> bool {
+        self.awaiting.is_empty() && self.arrived.is_empty() && self.parked.is_empty()
     }
 }
 
@@ -119,7 +134,10 @@ type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Prehashed>>;
 /// Which records may start, per key.
 #[derive(Debug)]
 pub struct KeyQueue<T> {
-    keys: KeyMap<KeyState<T>>,
+    /// Every busy key.
+    keys: KeyMap<KeyState>,
+    /// The busy keys that wait for something (few: those retrying, and the keys behind them).
+    waits: KeyMap<Waits<T>>,
     ready: VecDeque<T>,
     parked: usize,
 }
@@ -128,6 +146,7 @@ impl<T> Default for KeyQueue<T> {
     fn default() -> Self {
         Self {
             keys: KeyMap::default(),
+            waits: KeyMap::default(),
             ready: VecDeque::new(),
             parked: 0,
         }
@@ -149,11 +168,22 @@ impl<T> KeyQueue<T> {
         };
         match self.keys.get_mut(&key) {
             Some(state) => {
-                state.parked.push_back(park(item));
+                state.waits = true;
+                self.waits
+                    .entry(key)
+                    .or_default()
+                    .parked
+                    .push_back(park(item));
                 self.parked += 1;
             }
             None => {
-                self.keys.insert(key, KeyState::new(1));
+                self.keys.insert(
+                    key,
+                    KeyState {
+                        active: 1,
+                        waits: false,
+                    },
+                );
                 self.ready.push_back(item);
             }
         }
@@ -165,14 +195,19 @@ impl<T> KeyQueue<T> {
     /// when it is due.
     pub fn resume(&mut self, key: Option<u64>, id: RetryId) {
         let Some(key) = key else { return };
-        let state = self.keys.entry(key).or_insert_with(|| KeyState::new(0));
-        match state.awaiting.iter().position(|a| *a == id) {
-            Some(i) => {
-                state.awaiting.swap_remove(i);
-            }
-            None => state.arrived.push(id),
-        }
+        let state = self.keys.entry(key).or_insert(KeyState {
+            active: 0,
+            waits: false,
+        });
         state.active += 1;
+        state.waits = true;
+        let waits = self.waits.entry(key).or_default();
+        match waits.awaiting.iter().position(|a| *a == id) {
+            Some(i) => {
+                waits.awaiting.swap_remove(i);
+            }
+            None => waits.arrived.push(id),
+        }
     }
 
     /// Makes a record ready without parking (a resumed record that is due).
@@ -203,8 +238,14 @@ impl<T> KeyQueue<T> {
     /// The key's record is final: its next parked record becomes ready.
     pub fn finish(&mut self, key: Option<u64>) {
         let Some(key) = key else { return };
-        if let Some(state) = self.keys.get_mut(&key) {
-            state.active = state.active.saturating_sub(1);
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.active = state.active.saturating_sub(1);
+        if state.active == 0 && !state.waits {
+            // The common case: an idle key with nothing behind it.
+            self.keys.remove(&key);
+            return;
         }
         self.release(key);
     }
@@ -213,14 +254,17 @@ impl<T> KeyQueue<T> {
     /// comes back (it may have already).
     pub fn forwarded(&mut self, key: Option<u64>, id: RetryId) {
         let Some(key) = key else { return };
-        if let Some(state) = self.keys.get_mut(&key) {
-            state.active = state.active.saturating_sub(1);
-            match state.arrived.iter().position(|a| *a == id) {
-                Some(i) => {
-                    state.arrived.swap_remove(i);
-                }
-                None => state.awaiting.push(id),
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.active = state.active.saturating_sub(1);
+        state.waits = true;
+        let waits = self.waits.entry(key).or_default();
+        match waits.arrived.iter().position(|a| *a == id) {
+            Some(i) => {
+                waits.arrived.swap_remove(i);
             }
+            None => waits.awaiting.push(id),
         }
         self.release(key);
     }
@@ -229,18 +273,28 @@ impl<T> KeyQueue<T> {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
-        if state.active > 0 || !state.awaiting.is_empty() {
+        let waits = if state.waits {
+            self.waits.get_mut(&key)
+        } else {
+            None
+        };
+        if state.active > 0 || waits.as_ref().is_some_and(|w| !w.awaiting.is_empty()) {
             return;
         }
-        match state.parked.pop_front() {
-            Some(next) => {
+        match waits.and_then(|w| w.parked.pop_front().map(|next| (w, next))) {
+            Some((waits, next)) => {
                 state.active = 1;
-                state.arrived.clear();
+                waits.arrived.clear();
+                if waits.is_empty() {
+                    self.waits.remove(&key);
+                    state.waits = false;
+                }
                 self.parked -= 1;
                 self.ready.push_back(next);
             }
             None => {
                 self.keys.remove(&key);
+                self.waits.remove(&key);
             }
         }
     }
@@ -374,6 +428,41 @@ mod tests {
         q.pop_ready();
         q.finish(a);
         assert_eq!(q.pop_ready(), Some("a6"));
+    }
+
+    #[test]
+    fn keys_are_forgotten_once_idle_whatever_they_went_through() {
+        let mut q = KeyQueue::default();
+        let (a, b, c) = (
+            key_hash(Some(b"a")),
+            key_hash(Some(b"b")),
+            key_hash(Some(b"c")),
+        );
+        // a: parked records; b: away in a retry topic and back; c: a copy after a restart.
+        q.push(a, "a1");
+        q.push(a, "a2");
+        q.push(b, "b1");
+        q.resume(c, (9, 1));
+        q.push_ready("c1 retried");
+        assert_eq!(q.pop_ready(), Some("a1"));
+        assert_eq!(q.pop_ready(), Some("b1"));
+        q.forwarded(b, (3, 1));
+        q.push(b, "b2");
+        q.finish(a);
+        assert_eq!(q.pop_ready(), Some("c1 retried"));
+        assert_eq!(q.pop_ready(), Some("a2"));
+        q.resume(b, (3, 1));
+        q.push_ready("b1 retried");
+        assert_eq!(q.pop_ready(), Some("b1 retried"));
+        q.finish(b);
+        assert_eq!(q.pop_ready(), Some("b2"));
+        for key in [a, b, c] {
+            q.finish(key);
+        }
+        assert_eq!(q.pop_ready(), None);
+        assert!(q.keys.is_empty(), "{:?}", q.keys);
+        assert!(q.waits.is_empty(), "{:?}", q.waits);
+        assert_eq!(q.parked(), 0);
     }
 
     #[test]
