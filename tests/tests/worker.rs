@@ -606,6 +606,57 @@ async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
     );
 }
 
+/// A record that must go to the dead-letter topic holds back only itself: while the
+/// dead-letter topic does not exist yet (an outage of that topic), the valid records around
+/// 20 poison records are all stored, as the poison records leave their batches to wait alone.
+/// Once the topic exists, the 20 dead letters arrive.
+#[tokio::test]
+async fn a_dead_letter_that_waits_holds_back_only_its_own_record() {
+    let stack = testenv::shared();
+    let admin = admin(&stack.kafka);
+    let topic = testenv::unique_name("dlq-wait");
+    admin
+        .create_topic(&topic, 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("dlq-wait"),
+        worker::event_store(dir.path(), &url),
+    );
+    let valid = 20_000;
+    let mut records = worker::orders("order", valid);
+    // One poison record in every 1,000: each in a different batch of the one partition, 20
+    // batches of up to 500 records, more than the 5,000 records a partition may hold.
+    for i in (0..20).rev() {
+        records.insert(
+            i * 1_000 + 500,
+            (format!("poison-{i}"), b"not an order".to_vec()),
+        );
+    }
+    let producer = worker::producer(&stack.kafka);
+    worker::produce(&producer, &topic, &records).await;
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    wait_stored(&db, valid as i64, &worker).await;
+
+    admin
+        .create_topic(&format!("{topic}-dlq"), 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), 20, WAIT).await;
+    let mut keys: Vec<String> = dead
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+        .collect();
+    keys.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("poison-{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+}
+
 /// What a test compares of a consumed record.
 type Fields = (
     String,

@@ -747,6 +747,8 @@ struct Job {
     attempts: u32,
     /// When this worker first tried it (the processing duration counts from there).
     first_try: Option<Instant>,
+    /// Its batch did not decide it: it runs by itself.
+    alone: bool,
 }
 
 impl Job {
@@ -771,6 +773,9 @@ enum Outcome {
         delay: Duration,
         tried: Instant,
     },
+    /// Its batch did not decide it (not an order, or the batch failed): it runs again by
+    /// itself, so the batch's other records are final without waiting for it.
+    Alone { tried: Instant },
     /// Stopped first: the offset stays unstored.
     Stopped,
 }
@@ -891,7 +896,7 @@ impl PartitionTask {
             let mut jobs = if batches {
                 // Only first attempts share a statement; a retried record runs alone.
                 self.keys
-                    .pop_batch(MAX_BATCH, |j| j.topic == 0 && j.attempts == 0)
+                    .pop_batch(MAX_BATCH, |j| j.topic == 0 && j.attempts == 0 && !j.alone)
             } else {
                 Vec::new()
             };
@@ -985,6 +990,7 @@ impl PartitionTask {
             key,
             attempts: state.map_or(0, |(_, attempts, _)| attempts),
             first_try: None,
+            alone: false,
         };
         match state {
             // Parked behind its key: it waits as a copy, not holding its fetch response.
@@ -1027,6 +1033,17 @@ impl PartitionTask {
                         tokio::time::sleep(delay).await;
                         job
                     }));
+                    continue;
+                }
+                Outcome::Alone { tried } => {
+                    // Its key stays taken. It waits behind the ready records and then, most
+                    // likely, for a dead letter's acknowledgement: as a copy, not holding its
+                    // fetch response (measured: 1% of records dead-lettered at once took the
+                    // peak memory from 100 MiB to 340 MiB).
+                    let mut job = job.detach();
+                    job.alone = true;
+                    job.first_try.get_or_insert(tried);
+                    self.keys.push_ready(job);
                     continue;
                 }
                 Outcome::Final => self.keys.finish(job.key),
@@ -1182,10 +1199,16 @@ async fn run_jobs(
         }
     }
 
+    // What the batch did not decide runs by itself: a dead letter's acknowledgement or a
+    // retry's backoff then holds up only its own record. One record at a time per partition
+    // (strict offset order) takes them here, in order.
+    let separately = jobs.len() > 1 && !mode.wait_in_place;
     for (i, job) in jobs.iter().enumerate() {
         if outcomes[i].is_none() {
             outcomes[i] = Some(if stopping(&stop) {
                 Outcome::Stopped
+            } else if separately {
+                Outcome::Alone { tried: started }
             } else {
                 process_record(
                     &shared,
