@@ -576,8 +576,28 @@ async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
 
     let mut first = WorkerProcess::start(dir.path(), "first", &config).unwrap();
     worker::produce(&producer, &topic, &records[..700]).await;
+    // The first reports the lag of all four partitions...
+    eventually("the first worker's lag series", WAIT, || async {
+        let lagging = lag_partitions(&first, &topic);
+        (lagging.len() == 4)
+            .then_some(())
+            .ok_or(format!("{lagging:?}"))
+    })
+    .await;
     let mut second = WorkerProcess::start(dir.path(), "second", &config).unwrap();
     worker::produce(&producer, &topic, &records[700..1400]).await;
+    // ...and after the rebalance, each worker only those of its own partitions: a revoked
+    // partition's series goes rather than keep its last value.
+    eventually("lag series of disjoint partitions", WAIT, || async {
+        let (a, b) = (
+            lag_partitions(&first, &topic),
+            lag_partitions(&second, &topic),
+        );
+        let disjoint =
+            a.is_disjoint(&b) && a.len() + b.len() == 4 && !a.is_empty() && !b.is_empty();
+        disjoint.then_some(()).ok_or(format!("{a:?} and {b:?}"))
+    })
+    .await;
     // The first leaves cleanly: its partitions move to the second.
     first
         .terminate(Duration::from_secs(40))
@@ -604,6 +624,20 @@ async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
             || second.log_text().contains("partitions revoked"),
         "a rebalance happened"
     );
+}
+
+/// The partitions of `topic` whose `kafka_consumer_lag` the worker exports.
+fn lag_partitions(worker: &WorkerProcess, topic: &str) -> std::collections::BTreeSet<String> {
+    let body = worker.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("kafka_consumer_lag{"))
+        .filter(|l| l.contains(&format!("topic=\"{topic}\"")))
+        .filter_map(|l| {
+            let start = l.find("partition=\"")? + "partition=\"".len();
+            let len = l[start..].find('"')?;
+            Some(l[start..start + len].to_owned())
+        })
+        .collect()
 }
 
 /// A record that must go to the dead-letter topic holds back only itself: while the
