@@ -487,6 +487,79 @@ async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
     );
 }
 
+/// The relay deletes published outbox rows once they are older than its retention; rows
+/// published recently and rows still pending stay (the pending one is then published).
+#[tokio::test]
+async fn the_outbox_relay_purges_published_rows_after_their_retention() {
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-purge", 1).await;
+    let db = stack.postgres.fresh_database("purge").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("database-url");
+    testenv::write_private(&url_file, &stack.postgres.database_url(&db)).unwrap();
+    let relay_port = testenv::free_port().unwrap();
+    let mut args = vec![
+        "outbox-relay".to_owned(),
+        "--database-url-file".into(),
+        url_file.display().to_string(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{relay_port}"),
+        "--retention".into(),
+        "1h".into(),
+    ];
+    args.extend(kafka_args(&stack.kafka));
+    // A first run creates the schema.
+    let mut relay = WorkerProcess::run(dir.path(), "relay", args, relay_port).unwrap();
+    ready(&relay).await;
+    relay.terminate(Duration::from_secs(20)).unwrap();
+
+    let pg = stack.postgres.connect(&db).await.unwrap();
+    let rows: [(&str, Option<i32>); 6] = [
+        ("old-0", Some(120)),
+        ("old-1", Some(120)),
+        ("old-2", Some(61)),
+        ("recent-0", Some(59)),
+        ("recent-1", Some(1)),
+        ("pending", None),
+    ];
+    for (key, sent_minutes_ago) in rows {
+        pg.execute(
+            "INSERT INTO outbox (topic, key, payload, content_type, correlation_id, traceparent, sent_at)
+             VALUES ($1, $2, $3, 'application/json', 'purge-test',
+                     '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+                     CASE WHEN $4::int IS NULL THEN NULL ELSE now() - make_interval(mins => $4::int) END)",
+            &[&orders, &key, &order_body(key), &sent_minutes_ago],
+        )
+        .await
+        .unwrap();
+    }
+    relay.restart().unwrap();
+    eventually("rows published over an hour ago deleted", WAIT, || async {
+        relay.check_alive()?;
+        let left: Vec<(String, bool)> = pg
+            .query(
+                "SELECT key, sent_at IS NOT NULL FROM outbox ORDER BY key",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let want = vec![
+            ("pending".to_owned(), true),
+            ("recent-0".to_owned(), true),
+            ("recent-1".to_owned(), true),
+        ];
+        (left == want).then_some(()).ok_or(format!("{left:?}"))
+    })
+    .await;
+    assert!(
+        relay.log_text().contains("purged published outbox rows"),
+        "the purge is logged"
+    );
+}
+
 /// A receiver that fails every request until switched on.
 #[derive(Clone, Default)]
 struct Switch {

@@ -1,5 +1,6 @@
 //! The transactional outbox: the gateway writes an accepted event and its outbox row in one
-//! PostgreSQL transaction; `outbox-relay` publishes pending rows and marks them sent.
+//! PostgreSQL transaction; `outbox-relay` publishes pending rows, marks them sent, and deletes
+//! sent rows once they are older than its retention (`--retention`, 24 hours by default).
 //!
 //! Several relays can run at once. Each claims rows with `FOR UPDATE SKIP LOCKED`, and takes a
 //! transaction-scoped advisory lock per key, so all pending events of one key (one order) are
@@ -21,7 +22,8 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::{duration, retry};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE gateway_events (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE gateway_events (
         topic TEXT NOT NULL,
         key TEXT NOT NULL,
         content_type TEXT NOT NULL,
@@ -40,7 +42,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE gateway_events (
         created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         sent_at TIMESTAMPTZ
     );
-    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL;"];
+    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL;",
+    // The relay purges published rows by age.
+    "CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;",
+];
 
 const MIGRATION_LOCK: i64 = 0x5053_4b5f_4f55_5442;
 
@@ -73,6 +78,23 @@ impl Outbox {
         )
         .await
         .map_err(|e| e.to_string())
+    }
+
+    /// Deletes the rows published more than `retention` ago, a chunk per statement. Returns
+    /// how many went.
+    pub async fn purge(&self, retention: Duration) -> Result<u64, String> {
+        let client = self.client().await?;
+        let mut deleted = 0;
+        loop {
+            let n = client
+                .execute(PURGE, &[&retention.as_secs_f64(), &PURGE_CHUNK])
+                .await
+                .map_err(|e| e.to_string())?;
+            deleted += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// Stores the event (the record value in its encoding) and its outbox row in one
@@ -127,10 +149,22 @@ pub struct RelayArgs {
     /// Wait between polls when nothing is pending.
     #[arg(long, env = "PSK_RELAY_IDLE", default_value = "200ms", value_parser = duration::parse)]
     pub idle: Duration,
+    /// How long published rows stay in the outbox (to look into) before the relay deletes
+    /// them. The accepted events themselves stay in `gateway_events`.
+    #[arg(long, env = "PSK_OUTBOX_RETENTION", default_value = "24h", value_parser = duration::parse)]
+    pub retention: Duration,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "PSK_HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: std::net::SocketAddr,
 }
+
+/// How often the relay deletes published rows older than the retention.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per statement: short transactions that never hold the table for long.
+const PURGE_CHUNK: i64 = 10_000;
+const PURGE: &str = "DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1)
+    ORDER BY sent_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
 const CLAIM: &str =
     "SELECT id, topic, key, payload, content_type, correlation_id, traceparent FROM outbox
@@ -159,7 +193,19 @@ pub async fn relay(
         }
     }
     failures = 0;
+    let mut next_purge = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_purge {
+            next_purge += PURGE_EVERY;
+            match outbox.purge(args.retention).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(deleted = n, retention = ?args.retention, "purged published outbox rows")
+                }
+                // Only housekeeping: the next purge tries again.
+                Err(e) => warn!(error = %e, "could not purge published outbox rows"),
+            }
+        }
         let published = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             result = relay_once(&outbox, &producer, &metrics, args.batch) => result,
