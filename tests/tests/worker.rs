@@ -691,6 +691,69 @@ async fn a_dead_letter_that_waits_holds_back_only_its_own_record() {
     assert_eq!(keys, want);
 }
 
+/// A dead letter larger than its topic takes (the source allows 4 MiB, the dead-letter topic
+/// the broker's default of 1 MiB) goes without its value, with every header and the size of the
+/// value it left out; the records after it are handled.
+#[tokio::test]
+async fn a_dead_letter_too_large_for_its_topic_goes_without_its_value() {
+    let stack = testenv::shared();
+    let admin = admin(&stack.kafka);
+    let topic = testenv::unique_name("dlq-large");
+    let big = BTreeMap::from([("max.message.bytes".to_owned(), "4194304".to_owned())]);
+    admin.create_topic(&topic, 1, 1, &big).await.unwrap();
+    admin
+        .create_topic(&format!("{topic}-dlq"), 1, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("dlq-large"),
+        HandlerConfig::Noop,
+    );
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    let producer = worker::producer(&stack.kafka);
+    let size = 2 * 1024 * 1024;
+    // Incompressible: the worker's producer compresses (lz4), and the limit is on the batch.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 56) as u8
+        })
+        .collect();
+    let mut records = vec![("oversized".to_owned(), noise)];
+    records.extend(worker::orders("after", 10));
+    worker::produce(&producer, &topic, &records).await;
+
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), 1, WAIT).await;
+    let d = &dead[0];
+    assert_eq!(d.key(), Some(&b"oversized"[..]));
+    assert!(
+        d.payload().is_none_or(<[u8]>::is_empty),
+        "the value is left out"
+    );
+    let header = |name| h::get(d.headers(), name).map(str::to_owned);
+    assert_eq!(header(h::DLQ_VALUE_OMITTED), Some(size.to_string()));
+    assert_eq!(header(h::DLQ_ERROR_CLASS).as_deref(), Some("Validation"));
+    assert_eq!(header(h::DLQ_ORIGINAL_TOPIC), Some(topic.clone()));
+    assert_eq!(header(h::DLQ_ORIGINAL_OFFSET).as_deref(), Some("0"));
+    eventually("the records after it handled", WAIT, || async {
+        worker.check_alive()?;
+        let handled = worker.metric(
+            "kafka_consumer_records_total",
+            &[("topic", topic.as_str()), ("outcome", "handled")],
+        );
+        (handled == 10.0)
+            .then_some(())
+            .ok_or(format!("{handled} handled"))
+    })
+    .await;
+}
+
 /// What a test compares of a consumed record.
 type Fields = (
     String,

@@ -1490,7 +1490,7 @@ async fn process_record(
                             };
                         }
                         Published::Stopped => return Outcome::Stopped,
-                        Published::TooLarge => {
+                        Published::TooLarge(_) => {
                             warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), correlation_id, retry_topic = %topic.name, "the record is too large for the retry topic: retrying in place")
                         }
                     }
@@ -1568,8 +1568,8 @@ enum Published {
     Acked,
     /// Stopped before the broker acknowledged it.
     Stopped,
-    /// The topic refuses records this large.
-    TooLarge,
+    /// The topic refuses records this large; the headers come back for another try.
+    TooLarge(OwnedHeaders),
 }
 
 /// Publishes `message`'s key (and value, when `with_value`) with `record_headers` to `topic`,
@@ -1579,7 +1579,7 @@ async fn publish(
     shared: &Shared,
     topic: &str,
     message: &Record,
-    record_headers: OwnedHeaders,
+    mut record_headers: OwnedHeaders,
     with_value: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Published {
@@ -1587,7 +1587,7 @@ async fn publish(
         || message.partition() < shared.dead_letter_partitions.load(Ordering::Relaxed);
     let mut failures = 0;
     loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(record_headers.clone());
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(record_headers);
         if let Some(key) = message.key() {
             record = record.key(key);
         }
@@ -1606,12 +1606,12 @@ async fn publish(
                     .inc();
                 return Published::Acked;
             }
-            Err((e, _))
-                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
-            {
-                return Published::TooLarge;
-            }
-            Err((e, _)) => {
+            Err((e, mut returned)) => {
+                // A refused record comes back with its headers: they go out again unchanged.
+                record_headers = returned.detach_headers().unwrap_or_default();
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                    return Published::TooLarge(record_headers);
+                }
                 shared
                     .metrics
                     .producer_messages
@@ -1637,8 +1637,8 @@ async fn dead_letter(
 ) -> bool {
     let topic = &shared.config.dead_letter_topic;
     let record_headers = headers::dead_letter_headers(message.headers(), dl);
-    let mut outcome = publish(shared, topic, message, record_headers.clone(), true, stop).await;
-    if let Published::TooLarge = outcome {
+    let mut outcome = publish(shared, topic, message, record_headers, true, stop).await;
+    if let Published::TooLarge(record_headers) = outcome {
         // The dead-letter topic takes smaller records than the source: keep every header (the
         // original coordinates locate the value) and say the value was left out.
         warn!(
@@ -1648,14 +1648,14 @@ async fn dead_letter(
             "the dead letter is too large for its topic; publishing it without its value"
         );
         let size = message.payload().map_or(0, <[u8]>::len).to_string();
-        let record_headers = record_headers.insert(rdkafka::message::Header {
+        let mut record_headers = record_headers.insert(rdkafka::message::Header {
             key: headers::DLQ_VALUE_OMITTED,
             value: Some(&size),
         });
-        loop {
-            outcome = publish(shared, topic, message, record_headers.clone(), false, stop).await;
-            if !matches!(outcome, Published::TooLarge) {
-                break;
+        outcome = loop {
+            match publish(shared, topic, message, record_headers, false, stop).await {
+                Published::TooLarge(returned) => record_headers = returned,
+                done => break done,
             }
             // Even the headers are refused: a broker misconfiguration. Keep trying rather
             // than drop the record.
@@ -1663,7 +1663,7 @@ async fn dead_letter(
             if !pause(stop, Duration::from_secs(10)).await {
                 return false;
             }
-        }
+        };
     }
     if let Published::Acked = outcome {
         shared
