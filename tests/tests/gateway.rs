@@ -38,6 +38,33 @@ async fn ready(process: &WorkerProcess) {
     process.wait_ready().await;
 }
 
+/// The database URL in a private file, as the worker reads it.
+fn database_url_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let file = dir.join("database-url");
+    testenv::write_private(&file, url).unwrap();
+    file
+}
+
+/// `outbox-relay` on the database in `url_file`, with `extra` flags.
+fn start_relay(
+    dir: &std::path::Path,
+    kafka: &KafkaInfo,
+    url_file: &std::path::Path,
+    extra: &[&str],
+) -> WorkerProcess {
+    let port = testenv::free_port().unwrap();
+    let mut args = vec![
+        "outbox-relay".to_owned(),
+        "--database-url-file".into(),
+        url_file.display().to_string(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend(kafka_args(kafka));
+    WorkerProcess::run(dir, "relay", args, port).unwrap()
+}
+
 fn order_body(order_id: &str) -> Vec<u8> {
     worker::order_request(order_id)
 }
@@ -395,8 +422,7 @@ async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
     let orders = topic(&stack.kafka, "gw-outbox", 3).await;
     let db = stack.postgres.fresh_database("outbox").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let url_file = dir.path().join("database-url");
-    testenv::write_private(&url_file, &stack.postgres.database_url(&db)).unwrap();
+    let url_file = database_url_file(dir.path(), &stack.postgres.database_url(&db));
     let url_arg = url_file.display().to_string();
     let gateway = start_gateway(
         dir.path(),
@@ -427,18 +453,7 @@ async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
             })
         })
         .collect();
-    let relay_port = testenv::free_port().unwrap();
-    let mut relay_args = vec![
-        "outbox-relay".to_owned(),
-        "--database-url-file".into(),
-        url_arg.clone(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{relay_port}"),
-        "--batch".into(),
-        "50".into(),
-    ];
-    relay_args.extend(kafka_args(&stack.kafka));
-    let mut relay = WorkerProcess::run(dir.path(), "relay", relay_args, relay_port).unwrap();
+    let mut relay = start_relay(dir.path(), &stack.kafka, &url_file, &["--batch", "50"]);
     let pg = stack.postgres.connect(&db).await.unwrap();
     for kill in 1..=2 {
         let target = kill * 250;
@@ -495,21 +510,9 @@ async fn the_outbox_relay_purges_published_rows_after_their_retention() {
     let orders = topic(&stack.kafka, "gw-purge", 1).await;
     let db = stack.postgres.fresh_database("purge").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let url_file = dir.path().join("database-url");
-    testenv::write_private(&url_file, &stack.postgres.database_url(&db)).unwrap();
-    let relay_port = testenv::free_port().unwrap();
-    let mut args = vec![
-        "outbox-relay".to_owned(),
-        "--database-url-file".into(),
-        url_file.display().to_string(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{relay_port}"),
-        "--retention".into(),
-        "1h".into(),
-    ];
-    args.extend(kafka_args(&stack.kafka));
+    let url_file = database_url_file(dir.path(), &stack.postgres.database_url(&db));
     // A first run creates the schema.
-    let mut relay = WorkerProcess::run(dir.path(), "relay", args, relay_port).unwrap();
+    let mut relay = start_relay(dir.path(), &stack.kafka, &url_file, &["--retention", "1h"]);
     ready(&relay).await;
     relay.terminate(Duration::from_secs(20)).unwrap();
 

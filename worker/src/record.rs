@@ -162,24 +162,22 @@ impl Message for Record {
     type Headers = RecordHeaders;
 
     fn key(&self) -> Option<&[u8]> {
-        match self.fetched() {
-            // SAFETY: the key lives in the message.
-            Some(m) => unsafe { bytes(m.key, m.key_len) },
-            None => match &self.0 {
-                Inner::Copied(c) => c.key.as_deref(),
-                Inner::Fetched { .. } => None,
+        match &self.0 {
+            // SAFETY: the key lives in the message, which lives as long as `self`.
+            Inner::Fetched { message, .. } => unsafe {
+                bytes(message.as_ref().key, message.as_ref().key_len)
             },
+            Inner::Copied(c) => c.key.as_deref(),
         }
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        match self.fetched() {
-            // SAFETY: the payload lives in the message.
-            Some(m) => unsafe { bytes(m.payload, m.len) },
-            None => match &self.0 {
-                Inner::Copied(c) => c.payload.as_deref(),
-                Inner::Fetched { .. } => None,
+        match &self.0 {
+            // SAFETY: the payload lives in the message, which lives as long as `self`.
+            Inner::Fetched { message, .. } => unsafe {
+                bytes(message.as_ref().payload, message.as_ref().len)
             },
+            Inner::Copied(c) => c.payload.as_deref(),
         }
     }
 

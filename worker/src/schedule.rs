@@ -70,6 +70,17 @@ pub fn key_hash(key: Option<&[u8]>) -> Option<u64> {
 /// and the attempts it had failed. A forward and the arrival of its copy match on it.
 pub type RetryId = (i64, u32);
 
+/// A forward and the arrival of its copy cancel out, whichever is reported first: `id` leaves
+/// `pending` if it is there, and is noted in `early` otherwise.
+fn cancel_or_note(pending: &mut Vec<RetryId>, early: &mut Vec<RetryId>, id: RetryId) {
+    match pending.iter().position(|a| *a == id) {
+        Some(i) => {
+            pending.swap_remove(i);
+        }
+        None => early.push(id),
+    }
+}
+
 /// A busy key: 16 bytes with its hash in the map, so the thousands of keys in flight per
 /// partition stay in the CPU's cache (every record looks its key up twice). What only a
 /// retrying key has lives in [`Waits`].
@@ -202,12 +213,7 @@ impl<T> KeyQueue<T> {
         state.active += 1;
         state.waits = true;
         let waits = self.waits.entry(key).or_default();
-        match waits.awaiting.iter().position(|a| *a == id) {
-            Some(i) => {
-                waits.awaiting.swap_remove(i);
-            }
-            None => waits.arrived.push(id),
-        }
+        cancel_or_note(&mut waits.awaiting, &mut waits.arrived, id);
     }
 
     /// Makes a record ready without parking (a resumed record that is due).
@@ -260,12 +266,7 @@ impl<T> KeyQueue<T> {
         state.active = state.active.saturating_sub(1);
         state.waits = true;
         let waits = self.waits.entry(key).or_default();
-        match waits.arrived.iter().position(|a| *a == id) {
-            Some(i) => {
-                waits.arrived.swap_remove(i);
-            }
-            None => waits.awaiting.push(id),
-        }
+        cancel_or_note(&mut waits.arrived, &mut waits.awaiting, id);
         self.release(key);
     }
 
