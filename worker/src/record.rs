@@ -2,8 +2,9 @@
 //!
 //! librdkafka hands out fetched records that point into its fetch buffers. [`Record`] keeps
 //! them there (no copy, no allocation per record) until the record's outcome is final. A record
-//! that has to wait (a retry's backoff, a key parked behind a retrying record) is copied out
-//! first with [`Record::detach`]: one held record keeps its whole fetch response in memory.
+//! that has to wait (a retry's backoff, a key parked behind a retrying record, a retry copy not
+//! yet due, a record its batch left to run alone) is copied out first with [`Record::detach`]:
+//! one held record would keep its whole fetch response in memory.
 //!
 //! [`RecordQueue`] is the queue every assigned partition forwards its fetched records to. The
 //! poll thread takes them in batches (one call for up to a few hundred records) while the
