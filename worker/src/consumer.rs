@@ -114,8 +114,9 @@ impl Shared {
 
 /// What the poll thread sends a partition task.
 enum Input {
-    /// Records of the task's partition number, in the order they were polled.
-    Records(Vec<Record>),
+    /// Records of the task's partition number, in the order they were polled, each with its
+    /// topic's index in `Shared::topics` (looked up once, by the poll thread).
+    Records(Vec<(usize, Record)>),
     Gate(Gate),
 }
 
@@ -581,12 +582,16 @@ fn dispatch(consumer: &Arc<WorkerConsumer>, shared: &Arc<Shared>, burst: &mut Ve
     if burst.is_empty() {
         return;
     }
-    let mut by_partition: Vec<(i32, Vec<Record>)> = Vec::new();
+    let mut by_partition: Vec<(i32, Vec<(usize, Record)>)> = Vec::new();
     for message in burst.drain(..) {
+        // Only the subscribed topics are consumed; anything else is not ours to handle.
+        let Some(topic) = shared.topic_index(message.topic()) else {
+            continue;
+        };
         let partition = message.partition();
         match by_partition.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, records)) => records.push(message),
-            None => by_partition.push((partition, vec![message])),
+            Some((_, records)) => records.push((topic, message)),
+            None => by_partition.push((partition, vec![(topic, message)])),
         }
     }
     let mut map = shared.partitions.lock().unwrap_or_else(|p| p.into_inner());
@@ -600,12 +605,8 @@ fn hand_over(
     shared: &Arc<Shared>,
     map: &mut HashMap<i32, PartitionHandle>,
     partition: i32,
-    mut records: Vec<Record>,
+    records: Vec<(usize, Record)>,
 ) {
-    records.retain(|m| shared.topic_index(m.topic()).is_some());
-    if records.is_empty() {
-        return;
-    }
     let handle = map.entry(partition).or_insert_with(|| {
         let (queue, rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
@@ -633,12 +634,10 @@ fn hand_over(
             task,
         }
     });
-    let counts = |records: &[Record]| {
+    let counts = |records: &[(usize, Record)]| {
         let mut counts = vec![0; shared.topics.len()];
-        for m in records {
-            if let Some(topic) = shared.topic_index(m.topic()) {
-                counts[topic] += 1;
-            }
+        for (topic, _) in records {
+            counts[*topic] += 1;
         }
         counts
     };
@@ -947,17 +946,19 @@ impl PartitionTask {
                 }
             }
             Input::Records(records) => {
-                for message in records {
-                    self.intake_record(message, delayed);
+                for (topic, message) in records {
+                    self.intake_record(topic, message, delayed);
                 }
             }
         }
     }
 
-    fn intake_record(&mut self, message: Record, delayed: &mut FuturesUnordered<BoxFuture<Job>>) {
-        let Some(topic) = self.shared.topic_index(message.topic()) else {
-            return;
-        };
+    fn intake_record(
+        &mut self,
+        topic: usize,
+        message: Record,
+        delayed: &mut FuturesUnordered<BoxFuture<Job>>,
+    ) {
         if topic == 0 && !self.gate.is_empty() {
             self.gated.push_back(message);
             return;
