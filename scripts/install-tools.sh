@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests, the demo and the local stack need on a fresh machine:
 # Debian packages (only those missing, Prometheus and promtool among them), Apache Kafka's jars
-# from Maven Central, and kube-apiserver, kubectl, etcd, helm and Jaeger built from the Go module
-# proxy. Results are cached in
+# from Maven Central, and the Kubernetes node binaries, kubectl, etcd, helm, CoreDNS and Jaeger
+# built from the Go module proxy. Results are cached in
 # $PSK_CACHE (default ~/.cache/pubsubkafka), so a second run takes a second.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,6 +23,15 @@ apt_wanted=(
   "curl:curl"
   "prometheus:/usr/bin/prometheus"
   "wrk:wrk"
+  # The local Kubernetes node: container runtime, CNI plugins, kube-proxy's iptables, and the
+  # tools that build OCI images without a Docker engine.
+  "containerd:containerd"
+  "runc:/usr/sbin/runc"
+  "containernetworking-plugins:/usr/lib/cni/bridge"
+  "iptables:/usr/sbin/iptables"
+  "conntrack:/usr/sbin/conntrack"
+  "umoci:umoci"
+  "skopeo:skopeo"
 )
 missing=()
 for entry in "${apt_wanted[@]}"; do
@@ -46,4 +55,5 @@ command -v cargo >/dev/null || die "Rust (cargo) is required"
 "$here/install-kube.sh" all
 "$here/install-fuzz.sh"
 "$here/install-jaeger.sh"
+"$here/install-prometheus.sh"
 log "tools ready in $PSK_CACHE"

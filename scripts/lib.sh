@@ -5,6 +5,9 @@ KAFKA_VERSION=4.3.1
 KUBERNETES_VERSION=1.36.3
 ETCD_VERSION=3.6.16
 HELM_VERSION=3.22.0
+COREDNS_VERSION=1.14.7
+# Prometheus 2.54.1 is published as Go module github.com/prometheus/prometheus v0.54.1.
+PROMETHEUS_VERSION=0.54.1
 CARGO_FUZZ_VERSION=0.13.2
 # Jaeger v2 (2.0.0) is published as Go module github.com/jaegertracing/jaeger v1.62.0; later
 # module versions need OpenTelemetry Collector modules the Go module proxy here does not serve.
@@ -12,6 +15,8 @@ JAEGER_VERSION=1.62.0
 
 PSK_CACHE="${PSK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pubsubkafka}"
 PSK_BIN="$PSK_CACHE/bin"
+# The pod sandbox image the node's containerd uses, built from Kubernetes' own pause.c.
+PAUSE_IMAGE=localhost/pubsubkafka/pause:$KUBERNETES_VERSION
 
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -56,6 +56,16 @@ pub fn kube_apiserver() -> Result<PathBuf, Error> {
     cached_binary("kube-apiserver", "KUBERNETES_VERSION")
 }
 
+/// A Kubernetes component of the local node (`kubelet`, `kube-proxy`, ...).
+pub fn kube_binary(name: &str) -> Result<PathBuf, Error> {
+    cached_binary(name, "KUBERNETES_VERSION")
+}
+
+/// CoreDNS, the node's cluster DNS.
+pub fn coredns() -> Result<PathBuf, Error> {
+    cached_binary("coredns", "COREDNS_VERSION")
+}
+
 pub fn kubectl() -> Result<PathBuf, Error> {
     cached_binary("kubectl", "KUBERNETES_VERSION")
 }
@@ -73,17 +83,10 @@ pub fn jaeger() -> Result<PathBuf, Error> {
     cached_binary("jaeger", "JAEGER_VERSION")
 }
 
-/// Debian's Prometheus server.
+/// The Prometheus server, built from the Go module proxy (Debian's lacks Kubernetes service
+/// discovery).
 pub fn prometheus() -> Result<PathBuf, Error> {
-    let path = PathBuf::from("/usr/bin/prometheus");
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::Missing {
-            tool: "Prometheus".into(),
-            detail: "no /usr/bin/prometheus; run `make tools` (apt-get install prometheus)".into(),
-        })
-    }
+    cached_binary("prometheus", "PROMETHEUS_VERSION")
 }
 
 /// The directory of Kafka's jars (a classpath of `<dir>/*`).
