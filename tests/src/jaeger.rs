@@ -34,9 +34,10 @@ pub struct Jaeger {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The collector pipeline: OTLP/HTTP in, memory storage, the query extension. Only loopback
-/// ports, and no internal metrics endpoint (it would need a port of its own).
-fn config(otlp: u16, query_http: u16, query_grpc: u16) -> String {
+/// The collector pipeline: OTLP/HTTP in (on `otlp_host`: loopback, or the Kubernetes node's
+/// address so that pods export too), memory storage, the query extension on loopback, and no
+/// internal metrics endpoint (it would need a port of its own).
+fn config(otlp_host: &str, otlp: u16, query_http: u16, query_grpc: u16) -> String {
     format!(
         "# Written by the PubSubKafka test harness.\n\
 service:\n\
@@ -66,7 +67,7 @@ receivers:\n\
 \x20 otlp:\n\
 \x20   protocols:\n\
 \x20     http:\n\
-\x20       endpoint: 127.0.0.1:{otlp}\n\
+\x20       endpoint: {otlp_host}:{otlp}\n\
 processors:\n\
 \x20 batch:\n\
 \x20   timeout: 200ms\n\
@@ -78,17 +79,21 @@ exporters:\n\
 
 impl Jaeger {
     /// Starts Jaeger with its config and log under `dir`; waits until its query API answers.
-    pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
-        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime))
+    /// Its OTLP receiver listens on `otlp_host`.
+    pub fn start(dir: &Path, lifetime: Lifetime, otlp_host: &str) -> Result<Self, Error> {
+        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime, otlp_host))
     }
 
-    fn start_once(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+    fn start_once(dir: &Path, lifetime: Lifetime, otlp_host: &str) -> Result<Self, Error> {
         let bin = tools::jaeger()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the jaeger dir", e))?;
         let (otlp, query_http, query_grpc) = (free_port()?, free_port()?, free_port()?);
         let config_file = dir.join("jaeger.yaml");
-        std::fs::write(&config_file, config(otlp, query_http, query_grpc))
-            .map_err(|e| Error::io("writing jaeger.yaml", e))?;
+        std::fs::write(
+            &config_file,
+            config(otlp_host, otlp, query_http, query_grpc),
+        )
+        .map_err(|e| Error::io("writing jaeger.yaml", e))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&config_file);
         let mut proc_ = Proc::spawn("jaeger", cmd, &dir.join("jaeger.log"), lifetime, None)?;
@@ -101,14 +106,14 @@ impl Jaeger {
                     Ok((200, _)) => {}
                     other => return Err(format!("query API: {other:?}")),
                 }
-                std::net::TcpStream::connect(("127.0.0.1", otlp))
+                std::net::TcpStream::connect((otlp_host, otlp))
                     .map(|_| ())
                     .map_err(|e| format!("OTLP port: {e}"))
             },
         )?;
         Ok(Self {
             info: JaegerInfo {
-                otlp_endpoint: format!("http://127.0.0.1:{otlp}"),
+                otlp_endpoint: format!("http://{otlp_host}:{otlp}"),
                 query_url: format!("http://127.0.0.1:{query_http}"),
                 query_port: query_http,
             },
@@ -301,11 +306,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_config_is_yaml_with_loopback_ports_only() {
-        let yaml: serde_yaml::Value = serde_yaml::from_str(&config(4318, 16686, 16685)).unwrap();
+    fn the_config_is_yaml_with_the_query_api_on_loopback() {
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(&config("10.88.0.1", 4318, 16686, 16685)).unwrap();
         assert_eq!(
             yaml["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
-            "127.0.0.1:4318"
+            "10.88.0.1:4318"
         );
         assert_eq!(
             yaml["extensions"]["jaeger_query"]["http"]["endpoint"],

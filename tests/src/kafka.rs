@@ -3,7 +3,8 @@
 //!
 //! Every node has three listeners on loopback: `CONTROLLER` (PLAINTEXT, KRaft quorum),
 //! `PLAINTEXT` (tests that do not exercise security) and `SASL_SSL` (SCRAM-SHA-512 over TLS with
-//! a CA made per stack). The StandardAuthorizer denies whatever no ACL allows; `admin` is a super
+//! a CA made per stack). The stack's cluster has a fourth, `NODE`, SASL_SSL as well, on the
+//! local Kubernetes node's address, where pods reach it as they would a managed Kafka. The StandardAuthorizer denies whatever no ACL allows; `admin` is a super
 //! user, `guest` has no ACLs at all and exists so tests can prove that denial.
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,10 @@ pub struct KafkaInfo {
     /// `admin`'s password alone, as a mounted Secret key would hold it (mode 0600).
     pub admin_password_file: PathBuf,
     pub nodes: usize,
+    /// SASL_SSL bootstrap servers on the Kubernetes node's address, for pods (the stack's
+    /// cluster only).
+    #[serde(default)]
+    pub node_bootstrap: Option<String>,
 }
 
 impl KafkaInfo {
@@ -151,6 +156,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 impl Kafka {
     /// Formats and starts a cluster of `nodes` (1 or 3) combined nodes under `dir`.
     pub fn start(dir: &Path, nodes: usize, lifetime: Lifetime) -> Result<Self, Error> {
+        Self::start_with(dir, nodes, lifetime, false)
+    }
+
+    /// As [`Kafka::start`]; with `for_pods`, each node also listens on the Kubernetes node's
+    /// address (the bridge must exist).
+    pub fn start_with(
+        dir: &Path,
+        nodes: usize,
+        lifetime: Lifetime,
+        for_pods: bool,
+    ) -> Result<Self, Error> {
         assert!(nodes >= 1, "a cluster needs a node");
         let lib = tools::kafka_lib()?;
         let java = tools::java()?;
@@ -161,7 +177,11 @@ impl Kafka {
             dir,
             "kafka-server",
             "/CN=localhost",
-            &["IP:127.0.0.1", "DNS:localhost"],
+            &[
+                "IP:127.0.0.1",
+                "DNS:localhost",
+                &format!("IP:{}", crate::node::NODE_IP),
+            ],
         )?;
         // Kafka's PEM key store reads the key and its chain from one file.
         let keystore = dir.join("kafka-server.pem");
@@ -185,8 +205,8 @@ impl Kafka {
             password: random_token(24),
         };
 
-        let ports: Vec<[u16; 3]> = (0..nodes)
-            .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
+        let ports: Vec<[u16; 4]> = (0..nodes)
+            .map(|_| Ok([free_port()?, free_port()?, free_port()?, free_port()?]))
             .collect::<Result<_, Error>>()?;
         let voters = ports
             .iter()
@@ -201,7 +221,7 @@ impl Kafka {
         let internal_rf = nodes.min(3);
         let min_isr = if nodes >= 3 { 2 } else { 1 };
         let mut cluster_nodes = Vec::new();
-        for (i, [controller, plain, sasl]) in ports.iter().enumerate() {
+        for (i, [controller, plain, sasl, node_port]) in ports.iter().enumerate() {
             let id = i + 1;
             let node_dir = dir.join(format!("node-{id}"));
             std::fs::create_dir_all(node_dir.join("data"))
@@ -214,6 +234,16 @@ impl Kafka {
                 controller = controller,
                 plain = plain,
                 sasl = sasl,
+                node_listener = if for_pods {
+                    format!(",NODE://{}:{node_port}", crate::node::NODE_IP)
+                } else {
+                    String::new()
+                },
+                node_advertised = if for_pods {
+                    format!(",NODE://{}:{node_port}", crate::node::NODE_IP)
+                } else {
+                    String::new()
+                },
                 data = node_dir.join("data").display(),
                 keystore = keystore.display(),
                 internal_rf = internal_rf,
@@ -241,14 +271,21 @@ impl Kafka {
 
         let bootstrap = ports
             .iter()
-            .map(|[_, plain, _]| format!("127.0.0.1:{plain}"))
+            .map(|[_, plain, ..]| format!("127.0.0.1:{plain}"))
             .collect::<Vec<_>>()
             .join(",");
         let sasl_bootstrap = ports
             .iter()
-            .map(|[_, _, sasl]| format!("localhost:{sasl}"))
+            .map(|[_, _, sasl, _]| format!("localhost:{sasl}"))
             .collect::<Vec<_>>()
             .join(",");
+        let node_bootstrap = for_pods.then(|| {
+            ports
+                .iter()
+                .map(|[.., node_port]| format!("{}:{node_port}", crate::node::NODE_IP))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let admin_properties = dir.join("admin.properties");
         write_private(
             &admin_properties,
@@ -275,6 +312,7 @@ impl Kafka {
                 admin_properties,
                 admin_password_file,
                 nodes,
+                node_bootstrap,
             },
             nodes: cluster_nodes,
             lifetime,

@@ -1,8 +1,11 @@
 //! A real Kubernetes control plane for tests: etcd and kube-apiserver built from the Go module
-//! proxy, with RBAC authorization, as controller-runtime's envtest runs them.
+//! proxy, with RBAC authorization.
 //!
-//! There is no kubelet, scheduler or controller-manager: objects are stored and validated,
-//! nothing runs them. Tests assert on what the controller writes.
+//! Two shapes. [`KubeMode::Node`] is the API server of the stack's real node (`crate::node`): it
+//! listens on the node's address, where pods reach it through the `kubernetes` Service, with
+//! the ServiceAccount admission plugin and Node authorization on. [`KubeMode::ApiOnly`] is an
+//! API server alone on loopback, as controller-runtime's envtest runs it, for tests that stop
+//! and restart their own API server.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,10 +79,31 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> 
     kube::Client::try_from(config).map_err(|e| Error::Kube(format!("building a client: {e}")))
 }
 
+/// Which API server to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeMode {
+    /// On loopback, with no node: objects are stored and validated, nothing runs them.
+    ApiOnly,
+    /// On the node's address, ready for a kubelet and pods (see `crate::node`).
+    Node,
+}
+
+/// The certificate authorities and keys of a control plane, for the node's components.
+#[derive(Debug, Clone)]
+pub struct KubePki {
+    /// Signs the API server's and the kubelet's serving certificates; pods trust it.
+    pub serving_ca: Ca,
+    /// Signs client certificates (the admin, the node's components).
+    pub client_ca: Ca,
+    /// Signs and verifies service-account tokens.
+    pub service_account: pki::Pair,
+}
+
 /// etcd and kube-apiserver owned by this value (or detached).
 #[derive(Debug)]
 pub struct KubeApi {
     pub info: KubeInfo,
+    pub pki: KubePki,
     etcd: Option<Proc>,
     apiserver: Option<Proc>,
     apiserver_cmd: Vec<String>,
@@ -90,7 +114,12 @@ pub struct KubeApi {
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl KubeApi {
+    /// An API server alone on loopback.
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        Self::start_as(dir, lifetime, KubeMode::ApiOnly)
+    }
+
+    pub fn start_as(dir: &Path, lifetime: Lifetime, mode: KubeMode) -> Result<Self, Error> {
         let etcd_bin = tools::etcd()?;
         let apiserver_bin = tools::kube_apiserver()?;
         let kubectl = tools::kubectl()?;
@@ -98,14 +127,19 @@ impl KubeApi {
         std::fs::create_dir_all(&pki_dir).map_err(|e| Error::io("creating the pki dir", e))?;
 
         let serving_ca = Ca::create(&pki_dir, "serving-ca")?;
+        let node_ip = format!("IP:{}", crate::node::NODE_IP);
         let serving = serving_ca.issue(
             &pki_dir,
             "apiserver",
             "/CN=kube-apiserver",
             &[
                 "IP:127.0.0.1",
+                &node_ip,
                 "DNS:localhost",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
                 "DNS:kubernetes.default.svc",
+                "DNS:kubernetes.default.svc.cluster.local",
                 "IP:10.0.0.1",
             ],
         )?;
@@ -133,12 +167,16 @@ impl KubeApi {
         })?;
 
         let port = free_port()?;
-        let server = format!("https://127.0.0.1:{port}");
+        let address = match mode {
+            KubeMode::ApiOnly => "127.0.0.1",
+            KubeMode::Node => crate::node::NODE_IP,
+        };
+        let server = format!("https://{address}:{port}");
         let cert_dir = dir.join("apiserver");
         std::fs::create_dir_all(&cert_dir)
             .map_err(|e| Error::io("creating the apiserver dir", e))?;
         let p = |path: &Path| path.display().to_string();
-        let apiserver_cmd = vec![
+        let mut apiserver_cmd = vec![
             p(&apiserver_bin),
             format!("--etcd-servers={etcd_url}"),
             format!("--cert-dir={}", cert_dir.display()),
@@ -146,13 +184,10 @@ impl KubeApi {
             format!("--tls-private-key-file={}", p(&serving.key)),
             format!("--client-ca-file={}", p(&client_ca.cert)),
             format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            format!("--service-cluster-ip-range={}", crate::node::SERVICE_SUBNET),
             "--allow-privileged=true".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--authorization-mode=RBAC".into(),
-            format!("--service-account-issuer={server}/"),
             format!("--service-account-key-file={}", p(&sa.cert)),
             format!("--service-account-signing-key-file={}", p(&sa.key)),
             "--api-audiences=https://kubernetes.default.svc".into(),
@@ -160,6 +195,31 @@ impl KubeApi {
             "--watch-cache=true".into(),
             "--v=1".into(),
         ];
+        match mode {
+            KubeMode::ApiOnly => apiserver_cmd.extend([
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer={server}/"),
+            ]),
+            KubeMode::Node => {
+                // The API server's client identity towards kubelets (logs, exec, port-forward).
+                let kubelet_client = client_ca.issue(
+                    &pki_dir,
+                    "apiserver-kubelet-client",
+                    "/CN=kube-apiserver-kubelet-client/O=system:masters",
+                    &[],
+                )?;
+                apiserver_cmd.extend([
+                    "--enable-admission-plugins=NodeRestriction".into(),
+                    "--authorization-mode=Node,RBAC".into(),
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                    format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
+                    format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                    format!("--kubelet-certificate-authority={}", p(&serving_ca.cert)),
+                    "--kubelet-preferred-address-types=InternalIP".into(),
+                ]);
+            }
+        }
 
         let kubeconfig = dir.join("kubeconfig");
         let b64 = |path: &Path| -> Result<String, Error> {
@@ -184,6 +244,11 @@ impl KubeApi {
                 kubeconfig,
                 server,
                 kubectl,
+            },
+            pki: KubePki {
+                serving_ca: serving_ca.clone(),
+                client_ca: client_ca.clone(),
+                service_account: sa.clone(),
             },
             etcd: Some(etcd),
             apiserver: None,

@@ -1,6 +1,7 @@
-//! The test environment: real Apache Kafka, a real kube-apiserver with etcd, a real PostgreSQL,
-//! a real Prometheus and a real trace backend (Jaeger), started by this harness on free loopback
-//! ports in a directory of their own.
+//! The test environment: a real single-node Kubernetes (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kubelet, kube-proxy, containerd, CoreDNS), and real
+//! Apache Kafka, PostgreSQL, Prometheus and a trace backend (Jaeger) beside it, started by this
+//! harness in a directory of their own.
 //!
 //! `make test` starts one stack with the `stack` binary and exports `PSK_STACK_DIR`; every test
 //! binary attaches to it through [`shared`]. Run alone (`cargo test -p pubsubkafka-tests`), a test
@@ -8,13 +9,14 @@
 //! (a broker outage, a database outage) start their own instance of it with [`Kafka::start`],
 //! [`Postgres::start`] or [`KubeApi::start`].
 
+pub mod cluster;
 pub mod demo;
 pub mod jaeger;
 pub mod kafka;
 pub mod kube_api;
+pub mod node;
 pub mod operator;
 pub mod pki;
-pub mod pods;
 pub mod postgres;
 pub mod process;
 pub mod prometheus;

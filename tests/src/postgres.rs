@@ -20,6 +20,9 @@ pub struct PostgresInfo {
     pub user: String,
     /// `postgres://user@host:port/postgres`
     pub url: String,
+    /// The address pods reach the server at (the stack's server only): the Kubernetes node's.
+    #[serde(default)]
+    pub node_host: Option<String>,
 }
 
 impl PostgresInfo {
@@ -29,6 +32,15 @@ impl PostgresInfo {
             "postgres://{}@{}:{}/{name}",
             self.user, self.host, self.port
         )
+    }
+
+    /// The URL of database `name` as a pod on the local node reaches it.
+    pub fn database_url_for_pods(&self, name: &str) -> Option<String> {
+        let host = self.node_host.as_deref()?;
+        Some(format!(
+            "postgres://{}@{host}:{}/{name}",
+            self.user, self.port
+        ))
     }
 
     /// Connects to database `name` (driving the connection on the current tokio runtime).
@@ -72,6 +84,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Postgres {
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+        Self::start_with(dir, lifetime, false)
+    }
+
+    /// As [`Postgres::start`]; with `for_pods`, the server also listens on the Kubernetes node's
+    /// address and lets the pod network in (trust, like loopback: a test cluster).
+    pub fn start_with(dir: &Path, lifetime: Lifetime, for_pods: bool) -> Result<Self, Error> {
         let bindir = tools::postgres_bindir()?;
         let run_as = if unsafe_is_root() {
             Some(postgres_user()?)
@@ -121,6 +139,16 @@ impl Postgres {
             });
         }
 
+        let node_host = for_pods.then(|| crate::node::NODE_IP.to_owned());
+        if for_pods {
+            use std::io::Write;
+            let hba = data.join("pg_hba.conf");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)
+                .and_then(|mut f| writeln!(f, "host all all {} trust", crate::node::POD_SUBNET))
+                .map_err(|e| Error::io("letting the pod network into pg_hba.conf", e))?;
+        }
         let port = free_port()?;
         let mut pg = Self {
             info: PostgresInfo {
@@ -128,6 +156,7 @@ impl Postgres {
                 port,
                 user: "postgres".into(),
                 url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                node_host,
             },
             data,
             socket_dir,
@@ -150,9 +179,12 @@ impl Postgres {
             .arg(self.info.port.to_string())
             .arg("-k")
             .arg(&self.socket_dir)
+            .arg("-c")
+            .arg(match &self.info.node_host {
+                Some(node) => format!("listen_addresses=127.0.0.1,{node}"),
+                None => "listen_addresses=127.0.0.1".to_owned(),
+            })
             .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
                 "-c",
                 "max_connections=200",
                 // A test cluster: durability across an OS crash is not what is tested.

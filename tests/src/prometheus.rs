@@ -2,9 +2,12 @@
 //! PubSubKafka ships (`deploy/prometheus/rules.yml`, the chart's PrometheusRule) and scrapes
 //! whatever the tests, the demo or a person register as a target, every 2 seconds.
 //!
-//! Targets are file-based service discovery: [`PrometheusInfo::add_target`] writes
-//! `targets/<job>-<name>.json` and Prometheus picks it up within seconds. Three jobs exist:
-//! `controller`, `gateway` and `worker`.
+//! Processes the tests start on the host are file-based targets: [`PrometheusInfo::add_target`]
+//! writes `targets/<job>-<name>.json` and Prometheus picks it up within seconds. Pods on the
+//! stack's Kubernetes node are discovered through the Kubernetes API, as a cluster's Prometheus
+//! finds them: every Running pod annotated `prometheus.io/scrape: "true"` whose
+//! `app.kubernetes.io/name` is `pubsubkafka-<job>`, at its `prometheus.io/port`, labelled with
+//! its namespace and pod name. Three jobs exist: `controller`, `gateway` and `worker`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,7 +42,7 @@ pub struct Prometheus {
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn config(targets_dir: &Path, rules: &Path) -> String {
+fn config(targets_dir: &Path, rules: &Path, kubeconfig: Option<&Path>) -> String {
     let mut text = format!(
         "# Written by the PubSubKafka test harness.\n\
          global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 2s\n\
@@ -52,17 +55,35 @@ fn config(targets_dir: &Path, rules: &Path) -> String {
             "  - job_name: {job}\n    file_sd_configs:\n      - files: ['{}/{job}-*.json']\n        refresh_interval: 2s\n",
             targets_dir.display()
         ));
+        if let Some(kubeconfig) = kubeconfig {
+            text.push_str(&format!(
+                "    kubernetes_sd_configs:\n      - role: pod\n        kubeconfig_file: '{kubeconfig}'\n\
+                 \x20   relabel_configs:\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], regex: 'pubsubkafka-{job}', action: keep}}\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape], regex: 'true', action: keep}}\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port], regex: '(.+);(.+)', target_label: __address__, replacement: '$1:$2'}}\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
+                 \x20     - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
+                kubeconfig = kubeconfig.display(),
+            ));
+        }
     }
     text
 }
 
 impl Prometheus {
-    /// Starts Prometheus on a free loopback port with its data and targets under `dir`.
-    pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
-        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime))
+    /// Starts Prometheus on a free loopback port with its data and targets under `dir`; with
+    /// `kubeconfig`, it also discovers pods through that cluster's API.
+    pub fn start(dir: &Path, lifetime: Lifetime, kubeconfig: Option<&Path>) -> Result<Self, Error> {
+        crate::process::retry_port_clash(|| Self::start_once(dir, lifetime, kubeconfig))
     }
 
-    fn start_once(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
+    fn start_once(
+        dir: &Path,
+        lifetime: Lifetime,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Self, Error> {
         let bin = tools::prometheus()?;
         let targets_dir = dir.join("targets");
         std::fs::create_dir_all(&targets_dir)
@@ -70,7 +91,7 @@ impl Prometheus {
         let rules = dir.join("rules.yml");
         std::fs::write(&rules, RULES).map_err(|e| Error::io("writing the rules file", e))?;
         let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, config(&targets_dir, &rules))
+        std::fs::write(&config_file, config(&targets_dir, &rules, kubeconfig))
             .map_err(|e| Error::io("writing prometheus.yml", e))?;
         let port = free_port()?;
         let mut cmd = Command::new(bin);
@@ -249,7 +270,11 @@ mod tests {
 
     #[test]
     fn the_config_scrapes_every_job_from_its_target_files() {
-        let text = config(Path::new("/s/targets"), Path::new("/s/rules.yml"));
+        let text = config(
+            Path::new("/s/targets"),
+            Path::new("/s/rules.yml"),
+            Some(Path::new("/s/kubeconfig")),
+        );
         let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(yaml["rule_files"][0], "/s/rules.yml");
         let jobs: Vec<&str> = yaml["scrape_configs"]
@@ -262,6 +287,13 @@ mod tests {
         assert_eq!(
             yaml["scrape_configs"][2]["file_sd_configs"][0]["files"][0],
             "/s/targets/worker-*.json"
+        );
+        let pods = &yaml["scrape_configs"][2]["kubernetes_sd_configs"][0];
+        assert_eq!(pods["role"], "pod");
+        assert_eq!(pods["kubeconfig_file"], "/s/kubeconfig");
+        assert_eq!(
+            yaml["scrape_configs"][2]["relabel_configs"][0]["regex"],
+            "pubsubkafka-worker"
         );
     }
 }

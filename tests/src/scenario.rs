@@ -74,6 +74,19 @@ impl Scenario {
     }
 }
 
+/// On the real node, a test's worker pods would run (or retry their image) until their
+/// namespace goes: the namespace is deleted with the scenario (without waiting; finalizers of
+/// an operator that stopped with the test may keep its custom resources, never its pods).
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = self
+            .kube
+            .kubectl()
+            .args(["delete", "namespace", &self.ns, "--wait=false"])
+            .output();
+    }
+}
+
 /// The condition of `type_` in `conditions`, if any.
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

@@ -1,5 +1,8 @@
-//! The whole local stack (Kafka, API server, PostgreSQL, Prometheus, Jaeger) in one directory,
-//! and its description (`stack.json`, `stack.env`) so that other processes can attach to it.
+//! The whole local stack in one directory: a real single-node Kubernetes (its API server and
+//! etcd, containerd, kubelet, kube-controller-manager, kube-scheduler, kube-proxy, CoreDNS),
+//! and beside it as host processes Kafka, PostgreSQL, Prometheus and Jaeger, which pods reach
+//! at the node's address. Its description (`stack.json`, `stack.env`) lets other processes
+//! attach to it.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -10,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::jaeger::{Jaeger, JaegerInfo};
 use crate::kafka::{Kafka, KafkaInfo};
-use crate::kube_api::{KubeApi, KubeInfo};
+use crate::kube_api::{KubeApi, KubeInfo, KubeMode};
+use crate::node::{self, Node, NodeInfo, Runtime};
 use crate::postgres::{Postgres, PostgresInfo};
 use crate::process::{self, Lifetime};
 use crate::prometheus::{Prometheus, PrometheusInfo};
@@ -26,6 +30,9 @@ pub struct StackInfo {
     pub prometheus: PrometheusInfo,
     /// Receives spans over OTLP; serves them back on its query API.
     pub jaeger: JaegerInfo,
+    /// The Kubernetes node: where its state and logs are.
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
     /// Processes to stop, in order (`stack down`); empty while this process owns them.
     #[serde(default)]
     pub pids: Vec<u32>,
@@ -40,29 +47,60 @@ pub struct Stack {
     pub postgres: Postgres,
     pub prometheus: Prometheus,
     pub jaeger: Jaeger,
+    /// Declared last: dropped after the processes above, it then undoes its host changes.
+    pub node: Node,
 }
 
 impl Stack {
-    /// Starts the components in parallel under `dir`.
+    /// Starts the components in parallel under `dir`, then the node's Kubernetes components.
     pub fn start(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the stack dir", e))?;
-        let (kafka, kube, postgres, prometheus, jaeger) = std::thread::scope(|s| {
-            let kafka = s.spawn(|| Kafka::start(&dir.join("kafka"), 1, lifetime));
-            let kube = s.spawn(|| KubeApi::start(&dir.join("kube"), lifetime));
-            let postgres = s.spawn(|| Postgres::start(&dir.join("postgres"), lifetime));
-            let prometheus = s.spawn(|| Prometheus::start(&dir.join("prometheus"), lifetime));
-            let jaeger = s.spawn(|| Jaeger::start(&dir.join("jaeger"), lifetime));
+        // The node's bridge first: Kafka, PostgreSQL and the API server listen on its address.
+        node::claim_host(dir)?;
+        if lifetime == Lifetime::Owned {
+            node::watch_owner(dir);
+        }
+        let started = std::thread::scope(|s| {
+            let kafka = s.spawn(|| Kafka::start_with(&dir.join("kafka"), 1, lifetime, true));
+            let kube = s.spawn(|| KubeApi::start_as(&dir.join("kube"), lifetime, KubeMode::Node));
+            let postgres = s.spawn(|| Postgres::start_with(&dir.join("postgres"), lifetime, true));
+            // Prometheus reads the kubeconfig once, when it loads its config: wait for the API
+            // server's start to write it (its errors are the API server thread's to report).
+            let kubeconfig = dir.join("kube/kubeconfig");
+            let prometheus = s.spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while !kubeconfig.is_file() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Prometheus::start(&dir.join("prometheus"), lifetime, Some(&kubeconfig))
+            });
+            let jaeger = s.spawn(|| Jaeger::start(&dir.join("jaeger"), lifetime, node::NODE_IP));
+            let runtime = s.spawn(|| Runtime::start(&dir.join("node"), lifetime));
             (
                 kafka.join().expect("kafka start panicked"),
                 kube.join().expect("kube start panicked"),
                 postgres.join().expect("postgres start panicked"),
                 prometheus.join().expect("prometheus start panicked"),
                 jaeger.join().expect("jaeger start panicked"),
+                runtime.join().expect("containerd start panicked"),
             )
         });
-        // Any failure stops the components that did start (their handles drop here).
-        let (kafka, kube, postgres, prometheus, jaeger) =
-            (kafka?, kube?, postgres?, prometheus?, jaeger?);
+        let (kafka, kube, postgres, prometheus, jaeger, runtime) = started;
+        // Any failure stops the components that did start (their handles drop here) and
+        // undoes the host changes.
+        let outcome = (|| {
+            let (kafka, kube, postgres, prometheus, jaeger, runtime) =
+                (kafka?, kube?, postgres?, prometheus?, jaeger?, runtime?);
+            let node = Node::start(runtime, &kube, lifetime)?;
+            Ok((kafka, kube, postgres, prometheus, jaeger, node))
+        })();
+        let (kafka, kube, postgres, prometheus, jaeger, node) = match outcome {
+            Ok(parts) => parts,
+            Err(e) => {
+                node::clean_host(dir);
+                return Err(e);
+            }
+        };
         let info = StackInfo {
             dir: dir.to_owned(),
             kafka: kafka.info.clone(),
@@ -70,6 +108,7 @@ impl Stack {
             postgres: postgres.info.clone(),
             prometheus: prometheus.info.clone(),
             jaeger: jaeger.info.clone(),
+            node: Some(node.info.clone()),
             pids: Vec::new(),
         };
         Ok(Self {
@@ -79,14 +118,16 @@ impl Stack {
             postgres,
             prometheus,
             jaeger,
+            node,
         })
     }
 
     /// Lets the processes outlive this process and writes the description files.
     pub fn detach(self) -> Result<StackInfo, Error> {
         let mut info = self.info;
-        // Stop order for `stack down`: Prometheus and Jaeger, API server and etcd, then Kafka,
-        // then PostgreSQL.
+        // Stop order for `stack down`: the node's components (pods first), Prometheus and
+        // Jaeger, API server and etcd, then Kafka, then PostgreSQL.
+        info.pids.extend(self.node.detach());
         info.pids.extend(self.prometheus.detach());
         info.pids.extend(self.jaeger.detach());
         info.pids.extend(self.kube.detach());
@@ -143,6 +184,7 @@ impl StackInfo {
             ("DATABASE_URL", self.postgres.url.clone()),
             ("PSK_PROMETHEUS_URL", self.prometheus.url.clone()),
             ("PSK_JAEGER_URL", self.jaeger.query_url.clone()),
+            ("PSK_NODE_IP", node::NODE_IP.to_owned()),
             // Processes started from this shell export their spans to the stack's Jaeger.
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -154,10 +196,14 @@ impl StackInfo {
             .collect()
     }
 
-    /// Stops the processes of a detached stack, in order, and removes its directory.
+    /// Stops the processes of a detached stack, in order, undoes the node's host changes and
+    /// removes its directory.
     pub fn stop_detached(&self) {
         for pid in &self.pids {
             process::terminate_pid(*pid, Duration::from_secs(20));
+        }
+        if self.node.is_some() {
+            node::clean_host(&self.dir);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -198,6 +244,7 @@ fn sweep_dead_runs() {
             continue;
         };
         if !process::pid_alive(pid) {
+            node::clean_host(&entry.path());
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

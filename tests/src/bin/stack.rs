@@ -35,6 +35,15 @@ enum Cmd {
         #[arg(long, default_value = ".stack")]
         dir: PathBuf,
     },
+    /// Wait for process PID to exit, then undo the host changes of the node in DIR (started
+    /// by test binaries that own a stack).
+    #[command(hide = true)]
+    Janitor {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        pid: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +71,7 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                 print!("{}", old.env_exports());
                 return Ok(());
             }
+            testenv::node::clean_host(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             let started = std::time::Instant::now();
             let info = Stack::start(&dir, Lifetime::Detached)?.detach()?;
@@ -70,8 +80,9 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
             } else {
                 println!(
                     "Local stack up in {:.1}s ({}).\n\n\
-                     Kubernetes API   {}\n  export KUBECONFIG={}\n  kubectl: {}\n\
-                     Kafka            PLAINTEXT {}  SASL_SSL {} (SCRAM-SHA-512)\n  \
+                     Kubernetes       {} (node {} at {}: `kubectl get pods -A`)\n  \
+                     export KUBECONFIG={}\n  kubectl: {}\n  component logs: {}\n\
+                     Kafka            PLAINTEXT {}  SASL_SSL {} (SCRAM-SHA-512), for pods {}\n  \
                      CA file: {}\n  admin client properties (librdkafka, mode 0600): {}\n\
                      PostgreSQL       {}\n\
                      Prometheus       {}  (scrapes the targets in {})\n\
@@ -80,10 +91,17 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
                     started.elapsed().as_secs_f64(),
                     dir.display(),
                     info.kube.server,
+                    testenv::node::NODE_NAME,
+                    testenv::node::NODE_IP,
                     info.kube.kubeconfig.display(),
                     info.kube.kubectl.display(),
+                    info.node
+                        .as_ref()
+                        .map(|n| n.logs.display().to_string())
+                        .unwrap_or_default(),
                     info.kafka.bootstrap,
                     info.kafka.sasl_bootstrap,
+                    info.kafka.node_bootstrap.as_deref().unwrap_or("-"),
                     info.kafka.ca_file.display(),
                     info.kafka.admin_properties.display(),
                     info.postgres.url,
@@ -108,6 +126,10 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
         }
         Cmd::Env { dir } => {
             print!("{}", StackInfo::read(&dir)?.env_exports());
+            Ok(())
+        }
+        Cmd::Janitor { dir, pid } => {
+            testenv::node::janitor(&dir, pid);
             Ok(())
         }
     }
