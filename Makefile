@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test test-faults fuzz bench tools up down env fmt lint crds rules
+.PHONY: demo demo-down test test-faults fuzz bench tools images up down env fmt lint crds rules
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
@@ -35,8 +35,13 @@ bench:
 tools:
 	scripts/install-tools.sh
 
+## images: the operator and worker OCI images from the release binaries, without Docker
+## (target/images/*.tar; imported into the local node's containerd by `make up`)
+images:
+	scripts/images.sh
+
 ## up: start the local stack for a person and print how to reach it; down: stop it
-up: tools
+up: tools images
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --dir $(STACK_DIR)
 
 down:

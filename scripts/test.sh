@@ -22,6 +22,8 @@ cargo run -q --locked -p pubsubkafka-controller --bin crdgen -- --check
 log "building the tests"
 cargo test --workspace --locked --no-run
 cargo build --workspace --locked --bins
+# The images the node runs (operator and workers), from the release binaries.
+"$here/images.sh"
 
 start_stack
 
