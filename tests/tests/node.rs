@@ -1,0 +1,420 @@
+//! End to end on the stack's real Kubernetes node: the chart installed with `helm`, the operator
+//! running as a pod under the chart's RBAC, workers started by the Deployments it owns, probed
+//! by the kubelet, replaced, scaled, garbage-collected and deleted with their namespace, all by
+//! Kubernetes itself. Kafka and PostgreSQL are the stack's host processes, reached from pods at
+//! the node's address.
+//!
+//! Each test installs its own release watching its own namespace, so tests run side by side;
+//! a cluster-wide release (which would reconcile every namespace) takes the node to itself.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams};
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
+use pubsubkafka_controller::kafka::AclFilter;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use testenv::cluster::{self, Release};
+use testenv::{StackInfo, eventually, worker};
+use tokio::sync::RwLock;
+
+/// Namespace-scoped releases share the node; a cluster-wide one has it alone.
+static NODE: RwLock<()> = RwLock::const_new(());
+
+const PODS: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(120);
+
+struct App {
+    stack: &'static StackInfo,
+    client: kube::Client,
+    ns: String,
+    topic: String,
+    database: String,
+}
+
+impl App {
+    /// A fresh namespace with a database Secret for pods, and (unless `operator_elsewhere`) a
+    /// release of the chart watching only it.
+    async fn new(prefix: &str, set: &[&str]) -> (Self, Release) {
+        let stack = testenv::shared();
+        let client = stack.kube.client().await.expect("client");
+        let ns = testenv::unique_name(prefix);
+        let watch = format!("watchNamespace={ns}");
+        let mut values = vec![watch.as_str()];
+        values.extend_from_slice(set);
+        let release = cluster::install(stack, &ns, "psk", &values);
+        (Self::in_namespace(stack, client, ns).await, release)
+    }
+
+    async fn in_namespace(stack: &'static StackInfo, client: kube::Client, ns: String) -> Self {
+        let mut create = stack.kube.kubectl();
+        create.args(["create", "namespace", &ns]);
+        let _ = create.output();
+        let database = stack
+            .postgres
+            .fresh_database("node")
+            .await
+            .expect("a database");
+        let url = stack
+            .postgres
+            .database_url_for_pods(&database)
+            .expect("the stack's PostgreSQL listens for pods");
+        let app = Self {
+            stack,
+            client,
+            topic: format!("{ns}.orders"),
+            ns,
+            database,
+        };
+        app.kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db}}\nstringData:\n  url: {url}\n"
+        ));
+        app
+    }
+
+    fn kubectl_apply(&self, yaml: &str) {
+        self.stack
+            .kube
+            .kubectl_with_stdin(&["apply", "-n", &self.ns, "-f", "-"], yaml)
+            .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"));
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = args.to_vec();
+        all.extend(["-n", &self.ns]);
+        self.stack.kube.kubectl_with_stdin(&all, "")
+    }
+
+    /// A KafkaTopic `orders` (topic `<ns>.orders`, 3 partitions) and an OrderConsumer
+    /// `order-store` with `replicas` storing into the namespace's database.
+    fn apply_pipeline(&self, replicas: i32, topic_spec: &str) {
+        self.kubectl_apply(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: orders}}\n\
+             spec:\n  topicName: {topic}\n  partitions: 3\n  replicationFactor: 1\n{topic_spec}---\n\
+             apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {{name: order-store}}\n\
+             spec:\n  topicRef: {{name: orders}}\n  replicas: {replicas}\n  handler:\n    eventStore:\n      \
+             connectionSecret: {{name: orders-db, key: url}}\n",
+            topic = self.topic,
+        ));
+    }
+
+    async fn consumer(&self) -> OrderConsumer {
+        Api::<OrderConsumer>::namespaced(self.client.clone(), &self.ns)
+            .get("order-store")
+            .await
+            .expect("the consumer")
+    }
+
+    async fn worker_selector_from_status(&self) -> String {
+        eventually("the consumer's selector in its status", WAIT, || async {
+            self.consumer()
+                .await
+                .status
+                .and_then(|s| s.selector)
+                .ok_or("no selector yet".to_owned())
+        })
+        .await
+    }
+
+    async fn ready_workers(&self, count: usize) -> Vec<Pod> {
+        let selector = self.worker_selector_from_status().await;
+        let pods = cluster::wait_pods_ready(&self.client, &self.ns, &selector, count, PODS).await;
+        // The consumer's status agrees with what the kubelet reports.
+        eventually("the consumer's readyReplicas", WAIT, || async {
+            let ready = self.consumer().await.status.and_then(|s| s.ready_replicas);
+            (ready == Some(count as i32))
+                .then_some(())
+                .ok_or(format!("readyReplicas {ready:?}, {count} pods Ready"))
+        })
+        .await;
+        pods
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        self.stack
+            .postgres
+            .connect(&self.database)
+            .await
+            .expect("the database")
+    }
+
+    async fn wait_stored(&self, expected: i64) {
+        let db = self.db().await;
+        eventually(&format!("{expected} orders stored"), WAIT, || async {
+            let (rows, distinct) = worker::stored(&db).await;
+            assert_eq!(rows, distinct, "an order stored twice");
+            assert!(rows <= expected, "{rows} stored of {expected} produced");
+            (rows == expected)
+                .then_some(())
+                .ok_or(format!("{rows} stored"))
+        })
+        .await;
+    }
+
+    fn delete_namespace(&self) {
+        let _ = self
+            .stack
+            .kube
+            .kubectl_with_stdin(&["delete", "namespace", &self.ns, "--wait=false"], "");
+    }
+}
+
+async fn kafka_principal_acls(stack: &StackInfo, principal: &str) -> usize {
+    stack
+        .kafka
+        .kafka_admin()
+        .describe_acls(&AclFilter {
+            principal: Some(principal.to_owned()),
+            ..Default::default()
+        })
+        .await
+        .expect("describing ACLs")
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_as_pods_survive_deletion_scale_and_are_collected() {
+    let _node = NODE.read().await;
+    let (app, _release) = App::new("node-e2e", &[]).await;
+    app.apply_pipeline(2, "");
+    let pods = app.ready_workers(2).await;
+
+    // Orders flow through the pods; one pod is deleted mid-stream.
+    let producer = worker::producer(&app.stack.kafka);
+    let orders = worker::orders(&app.ns, 600);
+    worker::produce(&producer, &app.topic, &orders[..200]).await;
+    app.wait_stored(200).await;
+    let victim = pods[0].metadata.name.clone().unwrap();
+    app.kubectl(&["delete", "pod", &victim, "--wait=false"])
+        .expect("kubectl delete pod");
+    worker::produce(&producer, &app.topic, &orders[200..]).await;
+    let replaced = app.ready_workers(2).await;
+    assert!(
+        replaced
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some(&victim)),
+        "the deleted pod {victim} was replaced"
+    );
+    // Every acknowledged order is stored, once.
+    app.wait_stored(600).await;
+
+    // The scale subresource drives the pods, capped at the partition count.
+    app.kubectl(&["scale", "orderconsumer/order-store", "--replicas=5"])
+        .expect("kubectl scale");
+    app.ready_workers(3).await;
+    let capped = app.consumer().await;
+    let capped_status = capped.status.expect("status");
+    assert_eq!(capped_status.replicas, Some(3));
+    assert!(
+        capped_status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Capped" && c.status == "True"),
+        "{:?}",
+        capped_status.conditions
+    );
+    app.kubectl(&["scale", "orderconsumer/order-store", "--replicas=1"])
+        .expect("kubectl scale");
+    app.ready_workers(1).await;
+
+    // Deleting the consumer: Kubernetes collects what it owns, the operator its principal.
+    let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
+    assert!(kafka_principal_acls(app.stack, &principal).await > 0);
+    Api::<OrderConsumer>::namespaced(app.client.clone(), &app.ns)
+        .delete("order-store", &DeleteParams::default())
+        .await
+        .expect("deleting the consumer");
+    let deployments: Api<Deployment> = Api::namespaced(app.client.clone(), &app.ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(app.client.clone(), &app.ns);
+    let secrets: Api<Secret> = Api::namespaced(app.client.clone(), &app.ns);
+    let pods_api: Api<Pod> = Api::namespaced(app.client.clone(), &app.ns);
+    let selector = capped_status.selector.clone().expect("a selector");
+    eventually("the consumer's objects collected", WAIT, || async {
+        let mut left = Vec::new();
+        if deployments
+            .get_opt("order-store-worker")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            left.push("Deployment");
+        }
+        if config_maps
+            .get_opt("order-store-worker")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            left.push("ConfigMap");
+        }
+        if secrets
+            .get_opt("order-store-kafka-credentials")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            left.push("Secret");
+        }
+        let pods = pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !pods.items.is_empty() {
+            left.push("pods");
+        }
+        left.is_empty()
+            .then_some(())
+            .ok_or(format!("{left:?} remain"))
+    })
+    .await;
+    assert_eq!(
+        kafka_principal_acls(app.stack, &principal).await,
+        0,
+        "the principal's ACLs are gone"
+    );
+    let login: BaseConsumer = app
+        .stack
+        .kafka
+        .sasl_config(&format!("pubsubkafka.{}.order-store", app.ns), "any")
+        .create()
+        .expect("client");
+    assert!(
+        login.fetch_metadata(None, Duration::from_secs(5)).is_err(),
+        "the principal no longer logs in"
+    );
+    app.delete_namespace();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_outage_turns_readiness_false_and_recovery_back() {
+    let _node = NODE.read().await;
+    let (app, _release) = App::new("node-sink", &[]).await;
+    // A PostgreSQL of this test's own, reachable from pods, that it can stop.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pg = testenv::Postgres::start_with(dir.path(), testenv::Lifetime::Owned, true)
+        .expect("own PostgreSQL");
+    let url = pg.info.database_url_for_pods("postgres").expect("for pods");
+    app.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: outage-db}}\nstringData:\n  url: {url}\n"
+    ));
+    app.kubectl_apply(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: orders}}\n\
+         spec:\n  topicName: {topic}\n  partitions: 1\n  replicationFactor: 1\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {{name: order-store}}\n\
+         spec:\n  topicRef: {{name: orders}}\n  replicas: 1\n  handler:\n    eventStore:\n      \
+         connectionSecret: {{name: outage-db, key: url}}\n",
+        topic = app.topic
+    ));
+    let pods = app.ready_workers(1).await;
+    let pod = pods[0].metadata.name.clone().unwrap();
+    let pods_api: Api<Pod> = Api::namespaced(app.client.clone(), &app.ns);
+    let readiness = |want: bool| {
+        let pods_api = pods_api.clone();
+        let pod = pod.clone();
+        async move {
+            eventually(&format!("pod {pod} Ready={want}"), WAIT, || async {
+                let p = pods_api.get(&pod).await.map_err(|e| e.to_string())?;
+                (cluster::pod_ready(&p) == want)
+                    .then_some(())
+                    .ok_or(format!("Ready={}", cluster::pod_ready(&p)))
+            })
+            .await
+        }
+    };
+    pg.stop();
+    // The worker notices on its next write; give it records to write.
+    let producer = worker::producer(&app.stack.kafka);
+    worker::produce(&producer, &app.topic, &worker::orders(&app.ns, 10)).await;
+    readiness(false).await;
+    // The same pod, not a restart: the kubelet only took it out of rotation.
+    let restarts = pods_api
+        .get(&pod)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.container_statuses)
+        .map(|c| c.iter().map(|c| c.restart_count).sum::<i32>());
+    assert_eq!(
+        restarts,
+        Some(0),
+        "the worker was not restarted by the outage"
+    );
+    pg.restart().expect("PostgreSQL back");
+    readiness(true).await;
+    let db = pg.info.connect("postgres").await.expect("own database");
+    eventually("the orders written after the outage", WAIT, || async {
+        let (rows, _) = worker::stored(&db).await;
+        (rows == 10).then_some(()).ok_or(format!("{rows} stored"))
+    })
+    .await;
+    app.delete_namespace();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_with_topics_policies_and_consumers_deletes_while_the_operator_runs() {
+    // A cluster-wide release, as the README installs it: it would reconcile every namespace.
+    let _node = NODE.write().await;
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.expect("client");
+    let operator_ns = testenv::unique_name("pubsubkafka-system");
+    let release_name = testenv::unique_name("psk");
+    let release = cluster::install(stack, &operator_ns, &release_name, &[]);
+    let app = App::in_namespace(stack, client.clone(), testenv::unique_name("node-ns")).await;
+    app.kubectl_apply(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: DLQPolicy\nmetadata: {name: orders-policy}\n\
+         spec:\n  maxRetries: 2\n",
+    );
+    app.apply_pipeline(1, "  deletionPolicy: Delete\n");
+    app.ready_workers(1).await;
+    let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), &app.ns);
+    eventually("the topic Ready", WAIT, || async {
+        topics
+            .get("orders")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_ready()
+            .then_some(())
+            .ok_or("not Ready".to_owned())
+    })
+    .await;
+    let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
+    assert!(kafka_principal_acls(stack, &principal).await > 0);
+
+    let started = std::time::Instant::now();
+    stack
+        .kube
+        .kubectl_with_stdin(&["delete", "namespace", &app.ns, "--timeout=150s"], "")
+        .unwrap_or_else(|e| {
+            panic!(
+                "namespace deletion did not finish: {e}\n{}",
+                cluster::describe_namespace(stack, &operator_ns)
+            )
+        });
+    eprintln!(
+        "namespace {} deleted in {:.1}s",
+        app.ns,
+        started.elapsed().as_secs_f64()
+    );
+    // The operator's cleanups ran: no ACLs left, the Delete topic is gone from Kafka.
+    assert_eq!(kafka_principal_acls(stack, &principal).await, 0);
+    let metadata_consumer: BaseConsumer = stack
+        .kafka
+        .admin_config()
+        .create()
+        .expect("metadata client");
+    let topic = app.topic.clone();
+    eventually("the topic deleted from Kafka", WAIT, || async {
+        let metadata = metadata_consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        (!metadata.topics().iter().any(|t| t.name() == topic))
+            .then_some(())
+            .ok_or("still in Kafka".to_owned())
+    })
+    .await;
+    release.uninstall(stack).expect("helm uninstall");
+    let _ = stack
+        .kube
+        .kubectl_with_stdin(&["delete", "namespace", &operator_ns, "--wait=false"], "");
+}
