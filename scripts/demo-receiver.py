@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The demo's stand-in for a notification service: accepts every POST (204) and counts them;
-GET /count returns the count. Usage: demo-receiver.py PORT"""
+GET /count returns the count. Usage: demo-receiver.py PORT [ADDRESS] (default 127.0.0.1; the demo
+gives the Kubernetes node's address, where pods reach host processes)"""
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,4 +30,5 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+ThreadingHTTPServer((address, int(sys.argv[1])), Handler).serve_forever()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: the operator on a local control plane and Kafka, examples/dev applied, worker
-# pods run as their Deployments define them, the gateway, orders flowing, and a summary.
+# `make demo`: a local Kubernetes node beside Kafka, the chart installed with the images built
+# here, examples/dev applied, worker and gateway pods started by Kubernetes, orders flowing,
+# and a summary.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -8,4 +9,5 @@ cd "$root"
 "$here/install-tools.sh"
 echo "==> building the operator, the worker and the demo (first run: several minutes)"
 cargo build -q --locked --workspace --bins
+"$here/images.sh"
 exec "$root/target/debug/demo" up --dir "${STACK_DIR:-.stack}" "$@"

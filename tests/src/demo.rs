@@ -1,25 +1,27 @@
-//! The demo (`make demo`): the local stack (with Prometheus and Jaeger), the operator,
-//! `examples/dev` applied, worker pods run from the Deployments the operator wrote, the gateway,
-//! and a stream of orders (with some bad ones) flowing through; it ends with a summary of what
-//! happened and where to look. Every process exports its traces to Jaeger and is scraped by
-//! Prometheus.
+//! The demo (`make demo`): the local stack with its real Kubernetes node, the chart installed by
+//! `helm` (the operator runs as a pod), `examples/dev` applied, worker pods started by the
+//! Deployments the operator owns, the gateway as a pod behind a Service, and a stream of orders
+//! (with some bad ones) sent through that Service; it ends with a summary read back from the
+//! system (pods as the kubelet reports them, rows in PostgreSQL, records in Kafka) and where to
+//! look. Every pod exports its traces to Jaeger and is found by Prometheus through the
+//! Kubernetes API.
 //!
-//! Everything it starts keeps running after the summary (for exploring) until `make demo-down`;
-//! the end-to-end test runs the same path and stops it.
+//! Everything keeps running after the summary (for exploring) until `make demo-down`; the
+//! end-to-end test runs the same path on the test suite's stack and removes what it installed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
 use pubsubkafka_controller::kafka::KafkaAdmin;
 use serde::{Deserialize, Serialize};
 
 use crate::process::{self, Lifetime, Proc};
-use crate::{Error, Stack, StackInfo, free_port, pods, worker};
+use crate::{Error, Stack, StackInfo, free_port, worker};
 
 /// How much traffic the demo sends.
 #[derive(Debug, Clone)]
@@ -51,7 +53,18 @@ pub struct Summary {
     pub lag: i64,
     /// The trace id of one dead-lettered order (its `x-dlq-trace-id`).
     pub dead_letter_trace: Option<String>,
+    /// Every pod of the operator's and the shop's namespaces, as the API reports them.
+    pub pods: Vec<PodSummary>,
     pub urls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PodSummary {
+    pub name: String,
+    pub phase: String,
+    pub ready: bool,
+    pub restarts: i32,
+    pub ip: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -68,23 +81,6 @@ pub struct ConsumerSummary {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Processes {
     pids: Vec<u32>,
-}
-
-fn binaries(repo: &Path) -> Result<(PathBuf, PathBuf), Error> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("target"));
-    let controller = target.join("debug/pubsubkafka-controller");
-    let worker = target.join("debug/pubsubkafka-worker");
-    for b in [&controller, &worker] {
-        if !b.is_file() {
-            return Err(Error::Missing {
-                tool: b.display().to_string(),
-                detail: "build it first: cargo build --workspace --bins".into(),
-            });
-        }
-    }
-    Ok((controller, worker))
 }
 
 fn kubectl(info: &StackInfo, args: &[&str]) -> Result<String, Error> {
@@ -110,10 +106,13 @@ fn say(line: &str) {
 
 /// Runs the demo with `lifetime` for what it starts (Detached for `make demo`, Owned for the
 /// test) and returns its summary with the started processes.
+/// Starts the local stack in `opts.dir` and runs the demo on it.
 pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running), Error> {
-    let started = Instant::now();
-    let (controller_bin, worker_bin) = binaries(&opts.repo)?;
-    say("starting the local stack (Kafka, kube-apiserver + etcd, PostgreSQL, Prometheus, Jaeger)");
+    say(
+        "starting the local stack: a Kubernetes node (kubelet, containerd, CoreDNS, ...) and \
+         beside it Kafka, PostgreSQL, Prometheus and Jaeger",
+    );
+    crate::node::clean_host(&opts.dir);
     let _ = std::fs::remove_dir_all(&opts.dir);
     let stack = Stack::start(&opts.dir, lifetime)?;
     let info = stack.info.clone();
@@ -124,98 +123,136 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         }
         Lifetime::Owned => Some(stack),
     };
-    let mut procs: Vec<Proc> = Vec::new();
+    let (summary, mut running) = run_on(opts, &info, lifetime).await?;
+    running.stack = stack;
+    Ok((summary, running))
+}
 
+/// The demo's namespace (from `examples/dev`) and its release of the chart.
+pub const NAMESPACE: &str = "shop";
+pub const RELEASE: &str = "pubsubkafka";
+pub const RELEASE_NAMESPACE: &str = "pubsubkafka-system";
+
+/// The demo on a running stack: the chart installed by `helm`, `examples/dev` applied, the
+/// gateway as a pod behind a Service, orders sent through that Service, and the summary read
+/// back from the system. The demo starts no operator or worker process of its own and writes
+/// no status: the node runs the pods.
+pub async fn run_on(
+    opts: &Options,
+    info: &StackInfo,
+    lifetime: Lifetime,
+) -> Result<(Summary, Running), Error> {
+    let started = Instant::now();
+    let mut running = Running {
+        procs: Vec::new(),
+        stack: None,
+        installed_on: None,
+    };
+    let node = info.node.clone().ok_or_else(|| Error::Missing {
+        tool: "a Kubernetes node".into(),
+        detail: "the stack has none".into(),
+    })?;
+    for name in ["controller", "worker"] {
+        if !node.images.contains(&crate::node::product_image(name)) {
+            return Err(Error::Missing {
+                tool: format!("the {name} image"),
+                detail: "run `make images` before the stack starts (`make demo` does)".into(),
+            });
+        }
+    }
     let client = info.kube.client().await?;
-    say("installing the CRDs");
-    kubectl(
-        &info,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=demo",
-            "-f",
-            &opts.repo.join("crds").display().to_string(),
-        ],
-    )?;
-    crate::operator::install_crds(&client).await;
-
     let demo_dir = opts.dir.join("demo");
     std::fs::create_dir_all(&demo_dir).map_err(|e| Error::io("creating the demo dir", e))?;
-    let controller_port = free_port()?;
-    say("starting the operator");
-    let mut cmd = Command::new(&controller_bin);
-    cmd.env("KUBECONFIG", &info.kube.kubeconfig)
-        .args(["--kafka-bootstrap-servers", &info.kafka.sasl_bootstrap])
-        .args(["--kafka-security-protocol", "SASL_SSL"])
-        .args(["--kafka-username", &info.kafka.admin.username])
-        .arg("--kafka-password-file")
-        .arg(&info.kafka.admin_password_file)
-        .arg("--kafka-ca-file")
-        .arg(&info.kafka.ca_file)
-        .args(["--resync-interval", "5s", "--log-format", "json"])
-        .args(["--otlp-endpoint", &info.jaeger.otlp_endpoint])
-        .args(["--metrics-addr", &format!("127.0.0.1:{controller_port}")]);
-    procs.push(Proc::spawn(
-        "pubsubkafka-controller",
-        cmd,
-        &demo_dir.join("controller.log"),
-        lifetime,
-        None,
-    )?);
-    info.prometheus
-        .add_target("controller", "operator", controller_port, &[])?;
+    let node_ip = crate::node::NODE_IP;
+
+    say(
+        "installing the chart: helm install pubsubkafka charts/pubsubkafka (the operator runs as a pod)",
+    );
+    let otlp = format!("tracing.otlpEndpoint={}", info.jaeger.otlp_endpoint);
+    crate::cluster::try_install(
+        info,
+        RELEASE_NAMESPACE,
+        RELEASE,
+        &[&otlp, "resyncInterval=5s", "logFormat=json"],
+    )
+    .map_err(Error::Kube)?;
+    running.installed_on = Some(info.clone());
 
     say("applying examples/dev");
     kubectl(
-        &info,
+        info,
         &[
             "apply",
             "-f",
             &opts.repo.join("examples/dev").display().to_string(),
         ],
     )?;
-    // The example's database Secret points at a cluster service; the demo has its own.
+    // The example's database Secret points at a cluster service; the demo has its own
+    // PostgreSQL, which pods reach at the node's address.
     let db = info.postgres.fresh_database("shop").await?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
-    secrets
-        .patch(
-            "orders-db",
-            &PatchParams::apply("demo").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "orders-db", "namespace": "shop"},
-                "stringData": {"url": info.postgres.database_url(&db)},
-            })),
-        )
-        .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
-    // The users' notifier: a small HTTP receiver standing in for the notification service.
+    let db_url = info
+        .postgres
+        .database_url_for_pods(&db)
+        .ok_or_else(|| Error::Postgres("the stack's PostgreSQL does not listen for pods".into()))?;
+    apply(
+        &client,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "orders-db", "namespace": NAMESPACE},
+            "stringData": {"url": db_url},
+        }),
+    )
+    .await?;
+    // The users' notifier: a small HTTP receiver on the node's address standing in for the
+    // notification service.
     let receiver_port = free_port()?;
     let mut cmd = Command::new("python3");
     cmd.arg(opts.repo.join("scripts/demo-receiver.py"))
-        .arg(receiver_port.to_string());
-    procs.push(Proc::spawn(
+        .arg(receiver_port.to_string())
+        .arg(node_ip);
+    running.procs.push(Proc::spawn(
         "user-notifications",
         cmd,
         &demo_dir.join("receiver.log"),
         lifetime,
         None,
     )?);
-    let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), "shop");
+    let receiver = format!("{node_ip}:{receiver_port}");
+    let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), NAMESPACE);
     consumers
         .patch(
             "user-notifier",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"handler": {"http": {"url": format!("http://127.0.0.1:{receiver_port}/events")}}}})),
+            &Patch::Merge(serde_json::json!({"spec": {"handler": {"http": {"url": format!("http://{receiver}/events")}}}})),
         )
         .await
         .map_err(|e| Error::Kube(e.to_string()))?;
 
-    say("waiting for the operator: topics, principals, ACLs, dead-letter topics, Deployments");
-    let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), "shop");
+    say("starting the gateway as a pod (principal User:order-gateway) behind a Service");
+    let admin = KafkaAdmin::new(
+        &info
+            .kafka
+            .admin_connection()
+            .client_config()
+            .map_err(|e| Error::Kube(e.to_string()))?,
+        Duration::from_secs(10),
+    )
+    .map_err(|e| Error::Kube(e.to_string()))?;
+    let gateway_password = crate::random_token(32);
+    admin
+        .upsert_scram_user("order-gateway", &gateway_password)
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    let ca = std::fs::read_to_string(&info.kafka.ca_file)
+        .map_err(|e| Error::io("reading the Kafka CA", e))?;
+    for object in gateway_objects(info, &gateway_password, &ca) {
+        apply(&client, object).await?;
+    }
+
+    say("waiting for the operator and the node: topics, principals, ACLs, Deployments, pods");
+    let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), NAMESPACE);
     wait(
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         "KafkaTopics and OrderConsumers Ready",
         || async {
             let t = topics
@@ -240,93 +277,59 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         },
     )
     .await?;
-
-    say("running the worker pods as the Deployments define them");
-    let mut worker_ports = BTreeMap::new();
-    for deployment in ["order-store-worker", "user-notifier-worker"] {
-        let pods = pods::start_deployment(
-            &client,
-            "shop",
-            deployment,
-            &worker_bin,
-            &demo_dir.join("pods"),
-            lifetime,
-        )
-        .await?;
-        let ports: Vec<u16> = pods.iter().map(|p| p.http_port).collect();
-        for pod in &pods {
-            info.prometheus.add_target(
-                "worker",
-                &pod.name,
-                pod.http_port,
-                &[("namespace", "shop")],
-            )?;
-        }
-        for pod in pods {
-            worker_ports.insert(pod.name.clone(), pod.http_port);
-            procs.push(pod.proc_);
-        }
-        wait(
-            Duration::from_secs(60),
-            "the worker pods to be ready",
-            || async {
-                let ready = ports
-                    .iter()
-                    .all(|p| matches!(worker::http_get(*p, "/readyz"), Ok((200, _))));
-                ready.then_some(()).ok_or_else(|| "not yet".to_owned())
-            },
-        )
-        .await?;
-        pods::report_ready(&client, "shop", deployment, ports.len() as i32).await?;
-    }
-
-    say("starting the gateway as principal User:order-gateway");
-    let admin = KafkaAdmin::new(
-        &info
-            .kafka
-            .admin_connection()
-            .client_config()
-            .map_err(|e| Error::Kube(e.to_string()))?,
-        Duration::from_secs(10),
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    wait(
+        Duration::from_secs(240),
+        "every worker and gateway pod Running and Ready",
+        || async {
+            let mut missing = Vec::new();
+            for c in consumers
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+            {
+                let Some(status) = c.status else {
+                    return Err("no status yet".into());
+                };
+                let selector = status.selector.clone().unwrap_or_default();
+                let ready = ready_pods(&pods, &selector).await?;
+                if ready != status.replicas.unwrap_or(0) as usize
+                    || status.ready_replicas != status.replicas
+                {
+                    missing.push(format!(
+                        "{}: {ready} of {:?} pods ready",
+                        c.metadata.name.unwrap_or_default(),
+                        status.replicas
+                    ));
+                }
+            }
+            if ready_pods(&pods, GATEWAY_SELECTOR).await? != 1 {
+                missing.push("the gateway pod".into());
+            }
+            missing
+                .is_empty()
+                .then_some(())
+                .ok_or_else(|| missing.join(", "))
+        },
     )
-    .map_err(|e| Error::Kube(e.to_string()))?;
-    let gateway_password = crate::random_token(32);
-    admin
-        .upsert_scram_user("order-gateway", &gateway_password)
+    .await?;
+    // The Service's address from the host, as a client inside the cluster would use it; its
+    // rules appear a moment after the pod is Ready.
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let gateway_ip = services
+        .get("order-gateway")
         .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
-    let password_file = demo_dir.join("order-gateway.password");
-    crate::write_private(&password_file, &gateway_password)?;
-    let gateway_port = free_port()?;
-    let mut cmd = Command::new(&worker_bin);
-    cmd.args([
-        "--log-format",
-        "json",
-        "gateway",
-        "--listen",
-        &format!("127.0.0.1:{gateway_port}"),
-    ])
-    .args(["--kafka-bootstrap-servers", &info.kafka.sasl_bootstrap])
-    .args(["--kafka-username", "order-gateway"])
-    .arg("--kafka-password-file")
-    .arg(&password_file)
-    .arg("--kafka-ca-file")
-    .arg(&info.kafka.ca_file)
-    .args(["--otlp-endpoint", &info.jaeger.otlp_endpoint]);
-    procs.push(Proc::spawn(
-        "gateway",
-        cmd,
-        &demo_dir.join("gateway.log"),
-        lifetime,
-        None,
-    )?);
-    info.prometheus
-        .add_target("gateway", "gateway", gateway_port, &[])?;
+        .map_err(|e| Error::Kube(e.to_string()))?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or_else(|| Error::Kube("the gateway Service has no ClusterIP".into()))?;
+    let gateway = format!("{gateway_ip}:80");
     wait(
         Duration::from_secs(60),
-        "the gateway to be ready",
+        "the gateway Service to answer",
         || async {
-            match worker::http_get(gateway_port, "/readyz") {
+            match worker::http_request_at(&gateway, "GET", "/readyz", &[], b"") {
                 Ok((200, _)) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
@@ -334,7 +337,7 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
     )
     .await?;
 
-    let mut summary = traffic(opts, &info, gateway_port, &admin).await?;
+    let mut summary = traffic(opts, info, &gateway).await?;
 
     // Read everything back from the system.
     say("waiting for the workers to drain");
@@ -372,15 +375,15 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
         }
     }
     wait(Duration::from_secs(60), "users delivered", || async {
-        let delivered = receiver_count(receiver_port);
+        let delivered = receiver_count(&receiver);
         (delivered >= summary.users_accepted)
             .then_some(())
             .ok_or(format!("{delivered} delivered"))
     })
     .await?;
-    summary.users_delivered = receiver_count(receiver_port);
+    summary.users_delivered = receiver_count(&receiver);
 
-    // The operator measures lag and readiness on its resync; wait for fresh figures.
+    // The operator measures lag on its resync; wait for fresh figures.
     wait(
         Duration::from_secs(60),
         "the operator to report zero lag",
@@ -431,13 +434,40 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
             lag: s.lag.unwrap_or(0),
         });
     }
+    // What the kubelet reports, not the operator: every pod's phase, readiness and restarts.
+    for namespace in [RELEASE_NAMESPACE, NAMESPACE] {
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        for p in api
+            .list(&Default::default())
+            .await
+            .map_err(|e| Error::Kube(e.to_string()))?
+            .items
+        {
+            let status = p.status.clone().unwrap_or_default();
+            summary.pods.push(PodSummary {
+                name: format!(
+                    "{namespace}/{}",
+                    p.metadata.name.clone().unwrap_or_default()
+                ),
+                phase: status.phase.clone().unwrap_or_default(),
+                ready: crate::cluster::pod_ready(&p),
+                restarts: status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .map(|c| c.restart_count)
+                    .sum(),
+                ip: status.pod_ip.clone().unwrap_or_default(),
+            });
+        }
+    }
     summary.urls.insert(
-        "gateway".into(),
-        format!("http://127.0.0.1:{gateway_port}/orders"),
+        "gateway (Service)".into(),
+        format!("http://{gateway}/orders"),
     );
     summary.urls.insert(
         "gateway metrics".into(),
-        format!("http://127.0.0.1:{gateway_port}/metrics"),
+        format!("http://{gateway}/metrics"),
     );
     summary
         .urls
@@ -451,35 +481,167 @@ pub async fn run(opts: &Options, lifetime: Lifetime) -> Result<(Summary, Running
             info.jaeger.trace_url(trace),
         );
     }
-    summary.urls.insert(
-        "operator metrics".into(),
-        format!("http://127.0.0.1:{controller_port}/metrics"),
-    );
-    for (pod, port) in &worker_ports {
+    for pod in &summary.pods {
+        let port = if pod.name.starts_with(RELEASE_NAMESPACE) {
+            8080
+        } else if pod.name.contains("gateway") {
+            continue;
+        } else {
+            9090
+        };
         summary.urls.insert(
-            format!("{pod} metrics"),
-            format!("http://127.0.0.1:{port}/metrics"),
+            format!("{} metrics", pod.name),
+            format!("http://{}:{port}/metrics", pod.ip),
         );
     }
     say(&format!("done in {:.0}s", started.elapsed().as_secs_f64()));
 
     if lifetime == Lifetime::Detached {
         let pids = Processes {
-            pids: procs.drain(..).map(Proc::detach).collect(),
+            pids: running.procs.drain(..).map(Proc::detach).collect(),
         };
         std::fs::write(
             opts.dir.join("demo.json"),
             serde_json::to_string(&pids).expect("serializes"),
         )
         .map_err(|e| Error::io("writing demo.json", e))?;
+        running.installed_on = None;
     }
-    Ok((summary, Running { procs, stack }))
+    Ok((summary, running))
 }
 
-/// What a demo run started, when it owns it (the test): dropped, everything stops.
+/// The gateway's pods, by the labels [`gateway_objects`] gives them.
+const GATEWAY_SELECTOR: &str = "app.kubernetes.io/name=pubsubkafka-gateway";
+
+/// The gateway as a cluster runs it: its Kafka credentials in a Secret, a Deployment of the
+/// worker image (`gateway`), non-root with a read-only root filesystem, probed on `/readyz`
+/// and scraped on `/metrics`, and a Service in front.
+fn gateway_objects(info: &StackInfo, password: &str, ca: &str) -> Vec<serde_json::Value> {
+    let bootstrap = info.kafka.node_bootstrap.clone().unwrap_or_default();
+    let labels = serde_json::json!({"app.kubernetes.io/name": "pubsubkafka-gateway", "app.kubernetes.io/instance": "order-gateway"});
+    vec![
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "order-gateway-kafka", "namespace": NAMESPACE},
+            "stringData": {"password": password, "ca.crt": ca},
+        }),
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "order-gateway", "namespace": NAMESPACE, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
+                    },
+                    "spec": {
+                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "gateway",
+                            "image": crate::node::product_image("worker"),
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": [
+                                "--log-format", "json", "gateway",
+                                "--listen", "0.0.0.0:8080",
+                                "--kafka-bootstrap-servers", bootstrap,
+                                "--kafka-username", "order-gateway",
+                                "--kafka-password-file", "/etc/pubsubkafka/kafka/password",
+                                "--kafka-ca-file", "/etc/pubsubkafka/kafka/ca.crt",
+                                "--otlp-endpoint", info.jaeger.otlp_endpoint,
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "kafka", "mountPath": "/etc/pubsubkafka/kafka", "readOnly": true}],
+                        }],
+                        "volumes": [{"name": "kafka", "secret": {"secretName": "order-gateway-kafka", "defaultMode": 0o440}}],
+                    },
+                },
+            },
+        }),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "order-gateway", "namespace": NAMESPACE},
+            "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        }),
+    ]
+}
+
+/// Server-side apply of one object with the demo's field manager.
+async fn apply(client: &kube::Client, object: serde_json::Value) -> Result<(), Error> {
+    let object: kube::api::DynamicObject =
+        serde_json::from_value(object).map_err(|e| Error::Kube(e.to_string()))?;
+    let types = object
+        .types
+        .clone()
+        .ok_or_else(|| Error::Kube("an object without a kind".into()))?;
+    let (group, version) = types
+        .api_version
+        .split_once('/')
+        .unwrap_or(("", types.api_version.as_str()));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &resource);
+    api.patch(
+        &name,
+        &PatchParams::apply("demo").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .map_err(|e| Error::Kube(format!("applying {} {name}: {e}", types.kind)))?;
+    Ok(())
+}
+
+/// Pods matching `selector` that are Running and Ready, not being deleted.
+async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Result<usize, String> {
+    Ok(pods
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && crate::cluster::pod_ready(p))
+        .count())
+}
+
+/// What a demo run started, when it owns it (the test): dropped, everything stops; a demo run
+/// on a shared stack deletes its namespace (the operator still running) and uninstalls its
+/// release.
 pub struct Running {
     pub procs: Vec<Proc>,
     pub stack: Option<Stack>,
+    installed_on: Option<StackInfo>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(info) = self.installed_on.take() else {
+            return;
+        };
+        let _ = info
+            .kube
+            .kubectl()
+            .args(["delete", "namespace", NAMESPACE, "--timeout=120s"])
+            .output();
+        let _ = crate::cluster::Release {
+            name: RELEASE.into(),
+            namespace: RELEASE_NAMESPACE.into(),
+        }
+        .uninstall(&info);
+        let _ = info
+            .kube
+            .kubectl()
+            .args(["delete", "namespace", RELEASE_NAMESPACE, "--wait=false"])
+            .output();
+    }
 }
 
 async fn wait<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<(), Error>
@@ -510,20 +672,15 @@ async fn dead_letter_count(admin: &KafkaAdmin) -> usize {
     }
 }
 
-fn receiver_count(port: u16) -> usize {
-    worker::http_get(port, "/count")
+fn receiver_count(address: &str) -> usize {
+    worker::http_request_at(address, "GET", "/count", &[], b"")
         .ok()
         .and_then(|(_, body)| body.trim().parse().ok())
         .unwrap_or(0)
 }
 
 /// Sends orders, users, bad requests and poison records; returns the sender's side.
-async fn traffic(
-    opts: &Options,
-    info: &StackInfo,
-    port: u16,
-    _admin: &KafkaAdmin,
-) -> Result<Summary, Error> {
+async fn traffic(opts: &Options, info: &StackInfo, gateway: &str) -> Result<Summary, Error> {
     say(&format!(
         "sending {} orders, {} users and {} bad requests to the gateway; injecting {} poison records",
         opts.orders, opts.users, opts.bad_requests, opts.poison
@@ -539,6 +696,7 @@ async fn traffic(
     let progress = opts.progress;
     let handles: Vec<_> = (0..lanes)
         .map(|lane| {
+            let gateway = gateway.to_owned();
             tokio::task::spawn_blocking(move || {
                 let mut accepted = 0;
                 for i in (lane..total).step_by(lanes) {
@@ -551,8 +709,8 @@ async fn traffic(
                     }))
                     .expect("serializes");
                     let correlation = format!("demo-request-{i}");
-                    if let Ok((202, _)) = worker::http_request(
-                        port,
+                    if let Ok((202, _)) = worker::http_request_at(
+                        &gateway,
                         "POST",
                         "/orders",
                         &[
@@ -578,7 +736,9 @@ async fn traffic(
         let body = format!(
             r#"{{"user_id": "user-{i}", "name": "User {i}", "email": "user{i}@example.com", "country": "FR"}}"#
         );
-        if let Ok((202, _)) = worker::http_request(port, "POST", "/users", &json, body.as_bytes()) {
+        if let Ok((202, _)) =
+            worker::http_request_at(gateway, "POST", "/users", &json, body.as_bytes())
+        {
             summary.users_accepted += 1;
         }
     }
@@ -591,7 +751,8 @@ async fn traffic(
     ];
     for i in 0..opts.bad_requests {
         let (headers, body) = bad[i % bad.len()];
-        if let Ok((status, _)) = worker::http_request(port, "POST", "/orders", headers, body) {
+        if let Ok((status, _)) = worker::http_request_at(gateway, "POST", "/orders", headers, body)
+        {
             *summary.rejected.entry(status).or_default() += 1;
         }
     }
@@ -729,18 +890,31 @@ pub fn render(s: &Summary) -> String {
         s.users_accepted, s.users_delivered
     ));
     out.push_str(&format!("  Total lag     {}\n", s.lag));
+    let running = s
+        .pods
+        .iter()
+        .filter(|p| p.phase == "Running" && p.ready)
+        .count();
+    let restarts: i32 = s.pods.iter().map(|p| p.restarts).sum();
+    out.push_str(&format!(
+        "  Pods          {running} of {} Running and Ready, {restarts} restarts (started by Kubernetes: \
+         the operator, the workers, the gateway)\n",
+        s.pods.len()
+    ));
     if let Some(trace) = &s.dead_letter_trace {
         out.push_str(&format!(
             "  Traces        a dead-lettered order is trace {trace} (link below)\n"
         ));
     }
     out.push_str("\nWhere to look next:\n  source .stack/stack.env\n");
+    out.push_str("  kubectl get pods -A -o wide\n");
     out.push_str("  kubectl get kafkatopics,dlqpolicies,orderconsumers -n shop\n");
+    out.push_str("  kubectl logs -n pubsubkafka-system deploy/pubsubkafka-controller\n");
     out.push_str("  kubectl describe orderconsumer order-store -n shop\n");
     for (name, url) in &s.urls {
         out.push_str(&format!("  {name:<31} {url}\n"));
     }
-    out.push_str("  logs: .stack/demo/*.log    stop everything: make demo-down\n");
+    out.push_str("  node logs: .stack/node/logs/*.log    stop everything: make demo-down\n");
     out
 }
 

@@ -298,8 +298,18 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, String), String> {
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    http_request_at(&format!("127.0.0.1:{port}"), method, path, headers, body)
+}
+
+/// A minimal HTTP/1.0 request on `address` (`host:port`): (status, body).
+pub fn http_request_at(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    let mut stream = std::net::TcpStream::connect(address).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

@@ -1,11 +1,16 @@
-//! The demo's scripted path, as `make demo` runs it, with its summary numbers checked; and every
-//! example manifest accepted by the real API server.
+//! The demo's scripted path, as `make demo` runs it (on the suite's stack and its node), with
+//! its summary numbers checked against the system; and every example manifest accepted by the
+//! real API server.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use testenv::Lifetime;
 use testenv::demo::{self, Options};
+use tokio::sync::Mutex;
+
+/// Both tests use the examples' namespace.
+static SHOP: Mutex<()> = Mutex::const_new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -13,6 +18,7 @@ fn repo() -> PathBuf {
 
 #[tokio::test]
 async fn the_demo_accounts_for_every_order() {
+    let _shop = SHOP.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         dir: dir.path().join("demo"),
@@ -23,7 +29,8 @@ async fn the_demo_accounts_for_every_order() {
         poison: 6,
         progress: false,
     };
-    let (summary, running) = demo::run(&options, Lifetime::Owned)
+    let stack = testenv::shared();
+    let (summary, running) = demo::run_on(&options, stack, Lifetime::Owned)
         .await
         .expect("the demo runs");
     println!("{}", demo::render(&summary));
@@ -57,21 +64,39 @@ async fn the_demo_accounts_for_every_order() {
     );
     assert!(summary.topics.contains(&("orders".to_owned(), 3)));
     assert!(summary.topics.contains(&("orders-dlq".to_owned(), 3)));
+    // Every pod was started by Kubernetes and is Running and Ready, none restarted: the
+    // operator, 3 + 1 workers and the gateway.
+    assert_eq!(summary.pods.len(), 6, "{:?}", summary.pods);
+    for pod in &summary.pods {
+        assert_eq!(
+            (pod.phase.as_str(), pod.ready, pod.restarts),
+            ("Running", true, 0),
+            "{pod:?}"
+        );
+    }
 
-    // Prometheus scrapes the operator, the gateway and every worker pod, and counts the dead
-    // letters the workers published; Jaeger holds the trace the summary names.
-    let stack = &running
-        .stack
-        .as_ref()
-        .expect("the test owns the stack")
-        .info;
-    testenv::eventually("every demo target up", Duration::from_secs(60), || async {
-        let targets = stack.prometheus.targets()?;
-        let up = targets.iter().filter(|t| t.health == "up").count();
-        (targets.len() == 6 && up == 6)
-            .then_some(())
-            .ok_or(format!("{up} of {} up: {targets:?}", targets.len()))
-    })
+    // Prometheus finds the operator, the gateway and every worker pod through the Kubernetes
+    // API, and counts the dead letters the workers published; Jaeger holds the trace the
+    // summary names.
+    testenv::eventually(
+        "every demo pod scraped",
+        Duration::from_secs(60),
+        || async {
+            let targets: Vec<_> = stack
+                .prometheus
+                .targets()?
+                .into_iter()
+                .filter(|t| {
+                    ["shop", "pubsubkafka-system"]
+                        .contains(&t.labels.get("namespace").map(String::as_str).unwrap_or(""))
+                })
+                .collect();
+            let up = targets.iter().filter(|t| t.health == "up").count();
+            (targets.len() == 6 && up == 6)
+                .then_some(())
+                .ok_or(format!("{up} of {} up: {targets:?}", targets.len()))
+        },
+    )
     .await;
     testenv::eventually(
         "the dead letters counted",
@@ -104,10 +129,12 @@ async fn the_demo_accounts_for_every_order() {
         },
     )
     .await;
+    drop(running);
 }
 
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {
+    let _shop = SHOP.lock().await;
     let stack = testenv::shared();
     let client = stack.kube.client().await.unwrap();
     testenv::operator::install_crds(&client).await;
