@@ -337,6 +337,8 @@ pub async fn run_on(
     )
     .await?;
 
+    // The dead-letter topic outlives a namespace (Retain): count only this run's records.
+    let dead_before = dead_letter_offsets(&admin).await;
     let mut summary = traffic(opts, info, &gateway).await?;
 
     // Read everything back from the system.
@@ -348,7 +350,7 @@ pub async fn run_on(
         "orders stored and dead letters published",
         || async {
             let (stored, _) = worker::stored(&pg).await;
-            let dead = dead_letter_count(&admin).await;
+            let dead = dead_letter_count(&admin, &dead_before).await;
             (stored as usize == summary.orders_accepted && dead >= expected_dead)
                 .then_some(())
                 .ok_or(format!("{stored} stored, {dead} dead letters"))
@@ -356,14 +358,19 @@ pub async fn run_on(
     )
     .await?;
     summary.orders_stored = worker::stored(&pg).await.0;
+    let earlier: usize = dead_before.values().sum::<i64>() as usize;
     for m in worker::read_all(
         &info.kafka,
         "orders-dlq",
-        expected_dead,
+        earlier + expected_dead,
         Duration::from_secs(20),
     )
     .await
-    {
+    .into_iter()
+    .filter(|m| {
+        use rdkafka::Message;
+        m.offset() >= dead_before.get(&m.partition()).copied().unwrap_or(0)
+    }) {
         let headers = rdkafka::Message::headers(&m);
         let class = pubsubkafka_worker::headers::get(headers, "x-dlq-error-class")
             .unwrap_or("?")
@@ -661,15 +668,24 @@ where
     }
 }
 
-async fn dead_letter_count(admin: &KafkaAdmin) -> usize {
+/// The end offset of each partition of `orders-dlq` (none before the topic exists).
+async fn dead_letter_offsets(admin: &KafkaAdmin) -> BTreeMap<i32, i64> {
     match admin.describe_topic("orders-dlq").await {
         Ok(Some(d)) => admin
             .end_offsets("orders-dlq", d.partition_count())
             .await
-            .map(|ends| ends.values().sum::<i64>() as usize)
-            .unwrap_or(0),
-        _ => 0,
+            .unwrap_or_default(),
+        _ => BTreeMap::new(),
     }
+}
+
+/// Dead letters published since `before` was read.
+async fn dead_letter_count(admin: &KafkaAdmin, before: &BTreeMap<i32, i64>) -> usize {
+    dead_letter_offsets(admin)
+        .await
+        .iter()
+        .map(|(p, end)| end - before.get(p).copied().unwrap_or(0))
+        .sum::<i64>() as usize
 }
 
 fn receiver_count(address: &str) -> usize {

@@ -55,14 +55,19 @@ fn config(targets_dir: &Path, rules: &Path, kubeconfig: Option<&Path>) -> String
             "  - job_name: {job}\n    file_sd_configs:\n      - files: ['{}/{job}-*.json']\n        refresh_interval: 2s\n",
             targets_dir.display()
         ));
-        if let Some(kubeconfig) = kubeconfig {
+    }
+    // Pods in jobs of their own (relabelling applies to every target of a job), named back to
+    // the component's job so that queries and dashboards see one job per component.
+    if let Some(kubeconfig) = kubeconfig {
+        for job in JOBS {
             text.push_str(&format!(
-                "    kubernetes_sd_configs:\n      - role: pod\n        kubeconfig_file: '{kubeconfig}'\n\
+                "  - job_name: {job}-pods\n    kubernetes_sd_configs:\n      - role: pod\n        kubeconfig_file: '{kubeconfig}'\n\
                  \x20   relabel_configs:\n\
                  \x20     - {{source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name], regex: 'pubsubkafka-{job}', action: keep}}\n\
                  \x20     - {{source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape], regex: 'true', action: keep}}\n\
                  \x20     - {{source_labels: [__meta_kubernetes_pod_phase], regex: Running, action: keep}}\n\
                  \x20     - {{source_labels: [__meta_kubernetes_pod_ip, __meta_kubernetes_pod_annotation_prometheus_io_port], regex: '(.+);(.+)', target_label: __address__, replacement: '$1:$2'}}\n\
+                 \x20     - {{target_label: job, replacement: {job}}}\n\
                  \x20     - {{source_labels: [__meta_kubernetes_namespace], target_label: namespace}}\n\
                  \x20     - {{source_labels: [__meta_kubernetes_pod_name], target_label: pod}}\n",
                 kubeconfig = kubeconfig.display(),
@@ -283,17 +288,29 @@ mod tests {
             .iter()
             .map(|j| j["job_name"].as_str().unwrap())
             .collect();
-        assert_eq!(jobs, JOBS);
+        assert_eq!(
+            jobs,
+            [
+                "controller",
+                "gateway",
+                "worker",
+                "controller-pods",
+                "gateway-pods",
+                "worker-pods"
+            ]
+        );
+        assert!(yaml["scrape_configs"][2]["relabel_configs"].is_null());
         assert_eq!(
             yaml["scrape_configs"][2]["file_sd_configs"][0]["files"][0],
             "/s/targets/worker-*.json"
         );
-        let pods = &yaml["scrape_configs"][2]["kubernetes_sd_configs"][0];
-        assert_eq!(pods["role"], "pod");
-        assert_eq!(pods["kubeconfig_file"], "/s/kubeconfig");
+        let pods = &yaml["scrape_configs"][5];
+        assert_eq!(pods["kubernetes_sd_configs"][0]["role"], "pod");
         assert_eq!(
-            yaml["scrape_configs"][2]["relabel_configs"][0]["regex"],
-            "pubsubkafka-worker"
+            pods["kubernetes_sd_configs"][0]["kubeconfig_file"],
+            "/s/kubeconfig"
         );
+        assert_eq!(pods["relabel_configs"][0]["regex"], "pubsubkafka-worker");
+        assert_eq!(pods["relabel_configs"][4]["replacement"], "worker");
     }
 }

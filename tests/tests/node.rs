@@ -418,3 +418,236 @@ async fn a_namespace_with_topics_policies_and_consumers_deletes_while_the_operat
         .kube
         .kubectl_with_stdin(&["delete", "namespace", &operator_ns, "--wait=false"], "");
 }
+
+/// The operator's Lease in `namespace`: its holder, if any.
+async fn lease_holder(client: &kube::Client, namespace: &str, name: &str) -> Option<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    Api::<Lease>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_rolls_out_with_two_replicas_and_hands_its_lease_over() {
+    let _node = NODE.read().await;
+    // helm --wait needs both replicas Ready: a standby is Ready too.
+    let (app, release) = App::new("node-rollout", &["replicas=2"]).await;
+    let operators = release.operator_selector();
+    cluster::wait_pods_ready(&app.client, &app.ns, &operators, 2, PODS).await;
+    let lease = "pubsubkafka-controller";
+    let first = eventually("a leader", WAIT, || async {
+        lease_holder(&app.client, &app.ns, lease)
+            .await
+            .ok_or("no holder".to_owned())
+    })
+    .await;
+
+    // A rolling restart completes (it deadlocked while only the leader could be Ready), and a
+    // new pod holds the Lease within seconds of the old leader's SIGTERM.
+    let started = std::time::Instant::now();
+    app.kubectl(&["rollout", "restart", "deployment/psk-controller"])
+        .expect("rollout restart");
+    app.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/psk-controller",
+        "--timeout=180s",
+    ])
+    .unwrap_or_else(|e| {
+        panic!(
+            "the rollout did not finish: {e}\n{}",
+            cluster::describe_namespace(app.stack, &app.ns)
+        )
+    });
+    let pods = cluster::wait_pods_ready(&app.client, &app.ns, &operators, 2, PODS).await;
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let second = eventually("a new leader among the new pods", WAIT, || async {
+        match lease_holder(&app.client, &app.ns, lease).await {
+            Some(h) if h != first && names.contains(&h) => Ok(h),
+            other => Err(format!("holder {other:?}, pods {names:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "rollout with leader hand-over ({first} -> {second}) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // An upgrade that waits for readiness completes too.
+    let mut upgrade = cluster::helm(app.stack);
+    upgrade
+        .args(["upgrade", &release.name])
+        .arg(cluster::chart_dir())
+        .args([
+            "--namespace",
+            &app.ns,
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .args(["--set", "replicas=1"]);
+    let out = upgrade.output().expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm upgrade --wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster::wait_pods_ready(&app.client, &app.ns, &operators, 1, PODS).await;
+    app.delete_namespace();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_uninstall_with_consumers_left_never_leaves_a_namespace_stuck() {
+    let _node = NODE.read().await;
+    let (app, release) = App::new("node-uninstall", &[]).await;
+    app.apply_pipeline(1, "");
+    app.ready_workers(1).await;
+    let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
+    assert!(kafka_principal_acls(app.stack, &principal).await > 0);
+
+    // The operator goes with its release while the consumer (and its finalizer) stays: the
+    // chart's pre-delete hook, a Job on the node, cleans up what the operator would have.
+    release.uninstall(app.stack).unwrap_or_else(|e| {
+        panic!(
+            "helm uninstall: {e}\n{}",
+            cluster::describe_namespace(app.stack, &app.ns)
+        )
+    });
+    assert_eq!(
+        kafka_principal_acls(app.stack, &principal).await,
+        0,
+        "the hook removed the consumer's ACLs"
+    );
+    let started = std::time::Instant::now();
+    app.stack
+        .kube
+        .kubectl_with_stdin(&["delete", "namespace", &app.ns, "--timeout=120s"], "")
+        .unwrap_or_else(|e| {
+            panic!(
+                "with no operator left, the namespace did not finish deleting: {e}\n{}",
+                cluster::describe_namespace(app.stack, &app.ns)
+            )
+        });
+    eprintln!(
+        "namespace deleted {:.1}s after the uninstall",
+        started.elapsed().as_secs_f64()
+    );
+    // The topic was declared with the default Retain: uninstalling never deletes data.
+    let metadata: BaseConsumer = app
+        .stack
+        .kafka
+        .admin_config()
+        .create()
+        .expect("metadata client");
+    let topics = metadata
+        .fetch_metadata(Some(&app.topic), Duration::from_secs(10))
+        .expect("metadata");
+    assert!(
+        topics
+            .topics()
+            .iter()
+            .any(|t| t.name() == app.topic && t.error().is_none()),
+        "the Retain topic {} is still in Kafka",
+        app.topic
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_database_secret_reaches_the_running_workers() {
+    let _node = NODE.read().await;
+    let (app, _release) = App::new("node-secret", &[]).await;
+    app.apply_pipeline(1, "");
+    let before = app.ready_workers(1).await;
+    let producer = worker::producer(&app.stack.kafka);
+    let orders = worker::orders(&app.ns, 40);
+    worker::produce(&producer, &app.topic, &orders[..20]).await;
+    app.wait_stored(20).await;
+
+    // The Secret now names another database: the workers roll and write there.
+    let second = app
+        .stack
+        .postgres
+        .fresh_database("node2")
+        .await
+        .expect("a second database");
+    let url = app
+        .stack
+        .postgres
+        .database_url_for_pods(&second)
+        .expect("for pods");
+    app.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db}}\nstringData:\n  url: {url}\n"
+    ));
+    let old = before[0].metadata.name.clone().unwrap();
+    let selector = app.worker_selector_from_status().await;
+    let pods_api: Api<Pod> = Api::namespaced(app.client.clone(), &app.ns);
+    eventually("a new worker pod", PODS, || async {
+        let pods = pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let fresh = pods.items.iter().any(|p| {
+            p.metadata.name.as_deref() != Some(&old)
+                && p.metadata.deletion_timestamp.is_none()
+                && cluster::pod_ready(p)
+        });
+        let old_gone = pods
+            .items
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some(&old));
+        (fresh && old_gone)
+            .then_some(())
+            .ok_or(format!("{} pods", pods.items.len()))
+    })
+    .await;
+    worker::produce(&producer, &app.topic, &orders[20..]).await;
+    let db = app
+        .stack
+        .postgres
+        .connect(&second)
+        .await
+        .expect("the second database");
+    eventually("the new orders in the second database", WAIT, || async {
+        let (rows, _) = worker::stored(&db).await;
+        (rows == 20).then_some(()).ok_or(format!("{rows} stored"))
+    })
+    .await;
+    app.delete_namespace();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
+    let _node = NODE.read().await;
+    let (app, release) = App::new(
+        "node-pull",
+        &[
+            "imagePullSecrets[0].name=registry-a",
+            "workerImagePullSecrets[0].name=registry-b",
+        ],
+    )
+    .await;
+    app.apply_pipeline(1, "");
+    let workers = app.ready_workers(1).await;
+    let pull_secrets = |pod: &Pod| -> Vec<String> {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    let operators =
+        cluster::wait_pods_ready(&app.client, &app.ns, &release.operator_selector(), 1, PODS).await;
+    assert_eq!(pull_secrets(&operators[0]), vec!["registry-a".to_owned()]);
+    assert_eq!(pull_secrets(&workers[0]), vec!["registry-b".to_owned()]);
+    app.delete_namespace();
+}
