@@ -155,6 +155,7 @@ pub async fn run(
         consumers,
         policies,
         namespaces,
+        created_topics: Default::default(),
     });
     let shutdown = shutdown.shared();
     // With leader election, wait for the Lease (or shutdown), and stop when it is lost.

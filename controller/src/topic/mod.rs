@@ -167,7 +167,8 @@ async fn converge(
 ) -> Result<(TopicDescription, TopicOrigin, Vec<Problem>), Error> {
     let admin = &ctx.admin;
     let observed = gather(admin, &desired.topic_name).await?;
-    let origin = match plan::management(topic, observed.topic.as_ref()) {
+    let created_here = ctx.created_topics.by(&desired.topic_name, topic);
+    let origin = match plan::management(topic, observed.topic.as_ref(), created_here) {
         Management::Create => TopicOrigin::Created,
         Management::Manage(origin) => origin,
         Management::Unmanaged => {
@@ -240,9 +241,13 @@ async fn apply(
             )
             .await
         {
-            // Created meanwhile (another pass, or someone else): adopt it next pass.
+            // Created meanwhile by someone else: next pass, it is an existing topic (adopted
+            // only with spec.adopt).
             Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {}
-            other => other?,
+            other => {
+                other?;
+                ctx.created_topics.record(name, topic);
+            }
         }
         info!(topic = %name, partitions = desired.partitions, "created topic");
         ctx.event(

@@ -227,9 +227,14 @@ pub enum Management {
 
 /// Whether to create, keep managing, adopt or leave alone the topic Kafka reports. A topic this
 /// resource managed is recognised by its id in the status (a topic deleted and created again by
-/// someone else has another id); a status from before `origin` existed counts as adopted, the
-/// cautious reading for deletion.
-pub fn management(topic: &KafkaTopic, observed: Option<&TopicDescription>) -> Management {
+/// someone else has another id), or, when the status could not be written after the topic was
+/// created, by `created_here` (this process created it for this resource); a status from
+/// before `origin` existed counts as adopted, the cautious reading for deletion.
+pub fn management(
+    topic: &KafkaTopic,
+    observed: Option<&TopicDescription>,
+    created_here: bool,
+) -> Management {
     let Some(observed) = observed else {
         return Management::Create;
     };
@@ -240,6 +245,8 @@ pub fn management(topic: &KafkaTopic, observed: Option<&TopicDescription>) -> Ma
     };
     if known {
         Management::Manage(status.origin.unwrap_or(TopicOrigin::Adopted))
+    } else if created_here && status.topic_id.is_none() {
+        Management::Manage(TopicOrigin::Created)
     } else if topic.spec.adopt {
         Management::Manage(TopicOrigin::Adopted)
     } else {
@@ -518,12 +525,28 @@ spec:
         ] {
             let topic = with_status(spec, status);
             assert_eq!(
-                management(&topic, observed),
+                management(&topic, observed, false),
                 expected,
                 "{status} adopt={}",
                 topic.spec.adopt
             );
         }
+    }
+
+    #[test]
+    fn a_topic_created_here_is_known_even_when_its_status_was_not_written() {
+        let topic = topic_yaml(ORDERS);
+        let fresh = described(6, 1);
+        assert_eq!(
+            management(&topic, Some(&fresh), true),
+            Management::Manage(TopicOrigin::Created)
+        );
+        let other = with_status(ORDERS, "{topicId: xyz, origin: Created}");
+        assert_eq!(
+            management(&other, Some(&fresh), true),
+            Management::Unmanaged,
+            "a status naming another topic id wins"
+        );
     }
 
     #[test]
