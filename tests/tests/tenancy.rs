@@ -752,6 +752,75 @@ async fn grants_to_another_namespaces_principals_or_everyone_are_refused() {
     assert_eq!(t.acls_of(&victim_principal).await, victim_acls);
 }
 
+/// Inside one namespace nothing changes: consumers of a domain share its dead-letter topic,
+/// and a dead-letter topic the namespace declares as a KafkaTopic first stays that KafkaTopic's.
+#[tokio::test]
+async fn inside_one_namespace_consumers_share_dead_letter_topics_as_before() {
+    let t = tenants(DefaultAccessPolicy::Open).await;
+    let ns = &t.victim;
+    let topic = testenv::unique_name("orders");
+    victim_consumer(&t, &topic, false).await;
+    t.apply_ok(ns, &t.consumer("notifier", &topic, ""));
+    t.wait_reason::<OrderConsumer>(ns, "notifier", "Reconciled")
+        .await;
+    let dead_letter = format!("{topic}-dlq");
+    let consumers: Api<OrderConsumer> = Api::namespaced(t.client.clone(), ns);
+    for name in ["store", "notifier"] {
+        let c = consumers.get(name).await.unwrap();
+        let owned: Vec<String> = c.owned_topics().iter().map(|o| o.name.clone()).collect();
+        assert_eq!(
+            owned,
+            std::slice::from_ref(&dead_letter),
+            "{name} shares the domain's DLQ"
+        );
+        let principal = format!("User:pubsubkafka.{ns}.{name}");
+        assert!(
+            t.acls_of(&principal)
+                .await
+                .iter()
+                .any(|a| a.name == dead_letter
+                    && a.operation == pubsubkafka_controller::kafka::AclOperation::Write),
+            "{principal} writes dead letters"
+        );
+    }
+
+    // Declared first as a KafkaTopic of the namespace: the consumer writes to it, the
+    // KafkaTopic keeps deciding its configs.
+    let declared = testenv::unique_name("users");
+    let declared_dlq = format!("{declared}-dlq");
+    t.apply_ok(ns, &t.topic(&declared, ""));
+    t.apply_ok(
+        ns,
+        &t.topic(
+            "users-dlq",
+            &format!("  topicName: {declared_dlq}\n  config: {{retention.ms: 1209600000}}\n"),
+        ),
+    );
+    t.wait_reason::<KafkaTopic>(ns, "users-dlq", "Reconciled")
+        .await;
+    t.wait_reason::<KafkaTopic>(ns, &declared, "Reconciled")
+        .await;
+    t.apply_ok(ns, &t.consumer("welcomer", &declared, ""));
+    t.wait_reason::<OrderConsumer>(ns, "welcomer", "Reconciled")
+        .await;
+    let welcomer = consumers.get("welcomer").await.unwrap();
+    assert!(
+        welcomer.owned_topics().is_empty(),
+        "a KafkaTopic manages it: {:?}",
+        welcomer.owned_topics()
+    );
+    t.wait_reason::<KafkaTopic>(ns, "users-dlq", "Reconciled")
+        .await;
+    assert_eq!(
+        t.topic_state(&declared_dlq)
+            .await
+            .config
+            .get("retention.ms")
+            .map(String::as_str),
+        Some("1209600000")
+    );
+}
+
 #[tokio::test]
 async fn the_namespaced_default_keeps_each_namespace_to_its_own_names() {
     let t = tenants(DefaultAccessPolicy::Namespaced).await;
