@@ -1,6 +1,9 @@
 //! The OrderConsumer reconciler: gather (the KafkaTopic, the DLQPolicy, the credentials, the
-//! principal's ACLs, the lag), decide ([`plan`], pure), apply in order (dead-letter topic,
-//! credentials Secret, SCRAM principal, ACLs, worker ConfigMap and Deployment), then status.
+//! principal's ACLs, the lag), decide ([`plan`], pure: first [`plan::admit`], the tenancy and
+//! ownership checks of its group and topics), apply in order (the claim on its topics in
+//! status.ownedTopics, dead-letter and retry topics, credentials Secret, SCRAM principal, ACLs,
+//! worker ConfigMap and Deployment), then status. A refused consumer creates nothing and its
+//! principal keeps no ACL.
 //!
 //! Deleting a consumer removes its principal and ACLs (finalizer); its Secret, ConfigMap and
 //! Deployment go with it through their owner references.

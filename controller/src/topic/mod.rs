@@ -1,8 +1,12 @@
-//! The KafkaTopic reconciler: gather what Kafka has (I/O), decide what to change ([`plan`],
-//! pure), apply it in a fixed order (create, partitions, configs, ACLs), then write status.
+//! The KafkaTopic reconciler: admit the resource (tenancy and ownership, [`plan::admit`]:
+//! nothing is asked of Kafka for a refused one), gather what Kafka has (I/O), decide whether
+//! this resource may manage the topic ([`plan::management`]: an existing topic only with
+//! `adopt`) and what to change ([`plan`], pure), apply it in a fixed order (create, partitions,
+//! configs, ACLs), then write status.
 //!
 //! A `Retain` topic carries no finalizer, so deleting it (or uninstalling the operator) never
-//! blocks. A `Delete` topic carries [`FINALIZER`] until its Kafka topic and ACLs are gone.
+//! blocks. A `Delete` topic carries [`FINALIZER`] until its Kafka topic and ACLs are gone; it
+//! removes only what it managed ([`plan::cleanup`]).
 
 pub mod plan;
 
