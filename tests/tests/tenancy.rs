@@ -63,6 +63,20 @@ async fn tenants(default: DefaultAccessPolicy) -> Tenants {
     }
 }
 
+/// Both namespaces go with the test (without waiting): on a stack with a node, the victims'
+/// worker pods would otherwise run on after it.
+impl Drop for Tenants {
+    fn drop(&mut self) {
+        for ns in [&self.victim, &self.attacker] {
+            let _ = self
+                .kube
+                .kubectl()
+                .args(["delete", "namespace", ns, "--wait=false"])
+                .output();
+        }
+    }
+}
+
 /// What the victim's topic is in Kafka: what no attempt may change.
 #[derive(Debug, PartialEq)]
 struct TopicState {
