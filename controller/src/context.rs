@@ -5,16 +5,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kube::Resource;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
 
 use pubsubkafka_worker::config::SecurityProtocol;
 
-use crate::crd::KafkaTopic;
+use crate::crd::{KafkaAccessPolicy, KafkaTopic, OrderConsumer};
 use crate::kafka::KafkaAdmin;
 use crate::metrics::Metrics;
+use crate::tenancy::{self, DefaultAccessPolicy, Rules};
 
 /// Operator-wide settings.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Settings {
     pub kafka_ca_pem: Option<String>,
     /// OTLP endpoint rendered into worker.json (tracing off when none).
     pub worker_otlp_endpoint: Option<String>,
+    /// The rules of a namespace that no KafkaAccessPolicy selects.
+    pub default_access_policy: DefaultAccessPolicy,
 }
 
 /// Shared reconciler state.
@@ -42,9 +47,76 @@ pub struct Context {
     pub backoff: Backoff,
     /// Every KafkaTopic the operator sees (for conflicts and topic lookups).
     pub topics: Store<KafkaTopic>,
+    /// Every OrderConsumer the operator sees (the topics and groups they own).
+    pub consumers: Store<OrderConsumer>,
+    /// Every KafkaAccessPolicy.
+    pub policies: Store<KafkaAccessPolicy>,
+    /// Every Namespace (their labels select policies).
+    pub namespaces: Store<Namespace>,
+    /// The topics this process created, and for which KafkaTopic.
+    pub created_topics: CreatedTopics,
+}
+
+/// Kafka topics this process created, by name, with the uid of the KafkaTopic it created each
+/// for: a topic whose status could not be written right after its creation (an API server
+/// blip) is still known as created by that resource on the next pass, not taken for a foreign
+/// topic that needs `adopt`.
+#[derive(Debug, Default)]
+pub struct CreatedTopics(Mutex<HashMap<String, String>>);
+
+impl CreatedTopics {
+    pub fn record(&self, topic: &str, by: &KafkaTopic) {
+        if let Some(uid) = &by.metadata.uid {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(topic.to_owned(), uid.clone());
+        }
+    }
+
+    /// True when this process created `topic` for `resource`.
+    pub fn by(&self, topic: &str, resource: &KafkaTopic) -> bool {
+        let created = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        created.get(topic).is_some() && created.get(topic) == resource.metadata.uid.as_ref()
+    }
 }
 
 impl Context {
+    /// Waits until every store has listed its objects once: an ownership or policy decision
+    /// made on a half-filled cache could hand out what another resource owns.
+    pub async fn caches_ready(&self) -> Result<(), crate::error::Error> {
+        let all = async {
+            self.topics.wait_until_ready().await?;
+            self.consumers.wait_until_ready().await?;
+            self.policies.wait_until_ready().await?;
+            self.namespaces.wait_until_ready().await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), all).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(crate::error::Error::CachesNotReady),
+        }
+    }
+
+    /// The tenancy rules of `namespace`, from its labels and the KafkaAccessPolicies.
+    pub async fn access_rules(&self, namespace: &str) -> Result<Rules, crate::error::Error> {
+        let labels = match self.namespaces.get(&ObjectRef::new(namespace)) {
+            Some(ns) => ns.labels().clone(),
+            // Just created: not in the cache yet.
+            None => Api::<Namespace>::all(self.client.clone())
+                .get(namespace)
+                .await?
+                .labels()
+                .clone(),
+        };
+        let policies = self.policies.state();
+        Ok(tenancy::rules(
+            namespace,
+            &labels,
+            policies.iter().map(|p| p.as_ref()),
+            self.settings.default_access_policy,
+        ))
+    }
+
     /// When to try `object` again after `error`: backing off on transient failures, at the
     /// resync otherwise (a spec that must change, or a dependency to wait for).
     pub fn retry_after<K>(&self, object: &K, error: &crate::error::Error) -> Action

@@ -14,14 +14,29 @@ pub enum Error {
     Kafka(#[from] AdminError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the topic is owned by KafkaTopic {owner}")]
-    Conflict { owner: String },
+    /// Another resource owns the topic or group this one names: nothing is changed.
+    #[error("{message}")]
+    Conflict { message: String },
+    /// Refused by the tenancy rules (a KafkaAccessPolicy or the default, Kafka's internal
+    /// topics, an existing topic without `adopt`): nothing is changed until the spec or the
+    /// policy does.
+    #[error("{message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
     /// A dependency is missing or not ready (a KafkaTopic, a DLQPolicy): wait for it.
     #[error("{message}")]
     Waiting {
         reason: &'static str,
         message: String,
     },
+    /// The operator has not listed every resource yet: no ownership decision before it has.
+    #[error(
+        "the operator's caches of KafkaTopics, OrderConsumers, KafkaAccessPolicies and Namespaces \
+         are not filled yet (check its RBAC: list and watch on each)"
+    )]
+    CachesNotReady,
     /// The spec cannot be acted on as written.
     #[error("{0}")]
     InvalidSpec(String),
@@ -45,9 +60,9 @@ impl Error {
                 | RDKafkaErrorCode::SecurityDisabled => reason::NOT_AUTHORIZED,
                 _ => reason::KAFKA_ERROR,
             },
-            Self::Kube(_) => reason::KUBERNETES_ERROR,
+            Self::Kube(_) | Self::CachesNotReady => reason::KUBERNETES_ERROR,
             Self::Conflict { .. } => reason::RESOURCE_CONFLICT,
-            Self::Waiting { reason, .. } => reason,
+            Self::Waiting { reason, .. } | Self::Refused { reason, .. } => reason,
             Self::InvalidSpec(_) => reason::INVALID_SPEC,
         }
     }
@@ -56,8 +71,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Kafka(e) => e.is_unavailable() || self.reason() == reason::KAFKA_ERROR,
-            Self::Kube(_) => true,
-            Self::Conflict { .. } | Self::Waiting { .. } | Self::InvalidSpec(_) => false,
+            Self::Kube(_) | Self::CachesNotReady => true,
+            Self::Conflict { .. }
+            | Self::Refused { .. }
+            | Self::Waiting { .. }
+            | Self::InvalidSpec(_) => false,
         }
     }
 }

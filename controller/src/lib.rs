@@ -11,7 +11,9 @@ pub mod kafka;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod ownership;
 pub mod settings;
+pub mod tenancy;
 pub mod topic;
 
 /// The field manager of every object and status the operator writes (server-side apply).

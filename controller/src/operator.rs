@@ -5,13 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{error, info};
 
 use crate::context::{Backoff, Context, Settings};
-use crate::crd::KafkaTopic;
+use crate::crd::{KafkaAccessPolicy, KafkaTopic};
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::metrics::Metrics;
 use crate::settings::Args;
@@ -58,6 +60,7 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     check_crds(&topics).await?;
+    check_crds(&Api::<KafkaAccessPolicy>::all(client.clone())).await?;
 
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -87,9 +90,45 @@ pub async fn run(
         ),
         None => None,
     };
-    let (topic_controller, store) = topic::controller(topics);
-    let (consumer_controller, _consumers) =
-        consumer::controller(&client, args.watch_namespace.as_deref());
+    let selector = args.watch_selector.as_deref();
+    let (topic_controller, store) = topic::controller(topics, selector);
+    let (consumer_controller, consumers) =
+        consumer::controller(&client, args.watch_namespace.as_deref(), selector);
+    // KafkaAccessPolicies and Namespaces are cluster-scoped: watched whole, whatever the
+    // operator's namespace. A policy change re-checks every resource at once.
+    let (policies, policy_writer) = reflector::store::<KafkaAccessPolicy>();
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let (topic_trigger, topic_recheck) = futures::channel::mpsc::unbounded::<()>();
+    let (consumer_trigger, consumer_recheck) = futures::channel::mpsc::unbounded::<()>();
+    let policy_stream = reflector(
+        policy_writer,
+        watcher(
+            Api::<KafkaAccessPolicy>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects()
+    .for_each(move |event| {
+        if event.is_ok() {
+            let _ = topic_trigger.unbounded_send(());
+            let _ = consumer_trigger.unbounded_send(());
+        }
+        futures::future::ready(())
+    });
+    let namespace_stream = reflector(
+        namespace_writer,
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let _policy_watch = AbortOnDrop(tokio::spawn(policy_stream));
+    let _namespace_watch = AbortOnDrop(tokio::spawn(namespace_stream));
+    let topic_controller = topic_controller.reconcile_all_on(topic_recheck);
+    let consumer_controller = consumer_controller.reconcile_all_on(consumer_recheck);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -109,9 +148,14 @@ pub async fn run(
                 .clone()
                 .or_else(|| args.trace.otlp_endpoint.clone())
                 .filter(|e| !e.trim().is_empty()),
+            default_access_policy: args.default_access_policy,
         },
         backoff: Backoff::default(),
         topics: store,
+        consumers,
+        policies,
+        namespaces,
+        created_topics: Default::default(),
     });
     let shutdown = shutdown.shared();
     // With leader election, wait for the Lease (or shutdown), and stop when it is lost.
@@ -152,7 +196,13 @@ pub async fn run(
         .shared()
     };
     ready.store(true, Ordering::Relaxed);
-    info!(resync = ?args.resync_interval, namespace = ?args.watch_namespace, "operator started");
+    info!(
+        resync = ?args.resync_interval,
+        namespace = ?args.watch_namespace,
+        selector = ?args.watch_selector,
+        default_access_policy = args.default_access_policy.as_str(),
+        "operator started"
+    );
     tokio::join!(
         topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
         consumer::run(ctx, consumer_controller, stop),
@@ -180,14 +230,16 @@ async fn probe_kafka(admin: KafkaAdmin, metrics: Metrics) {
     }
 }
 
-async fn check_crds(topics: &Api<KafkaTopic>) -> Result<(), StartError> {
-    match topics.list(&ListParams::default().limit(1)).await {
+async fn check_crds<K>(api: &Api<K>) -> Result<(), StartError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => {
-            error!("KafkaTopic CRD missing");
-            Err(StartError::CrdsMissing(
-                "kafkatopics.pubsubkafka.io is not served".into(),
-            ))
+            let crd = format!("{}.{}", K::plural(&()), K::group(&()));
+            error!(%crd, "CRD missing");
+            Err(StartError::CrdsMissing(format!("{crd} is not served")))
         }
         Err(e) => Err(e.into()),
     }

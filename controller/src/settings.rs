@@ -43,6 +43,21 @@ pub struct Args {
     /// Watch only this namespace (all namespaces when absent).
     #[arg(long, env = "PSK_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Reconcile only the KafkaTopics and OrderConsumers whose labels match this selector
+    /// (e.g. "environment=staging"); all when absent. Ownership is decided among the resources
+    /// the operator sees, so one operator should see every resource on one Kafka cluster.
+    #[arg(long, env = "PSK_WATCH_SELECTOR")]
+    pub watch_selector: Option<String>,
+    /// What a namespace that no KafkaAccessPolicy selects may do: `namespaced` (topic names and
+    /// group ids start with "<namespace>.", grants only to its own principals) or `open` (any
+    /// name, except what others own and Kafka's internal topics).
+    #[arg(
+        long,
+        env = "PSK_DEFAULT_ACCESS_POLICY",
+        value_enum,
+        default_value = "namespaced"
+    )]
+    pub default_access_policy: crate::tenancy::DefaultAccessPolicy,
     /// Elect a leader among replicas on a Lease; only the leader reconciles.
     #[arg(long, env = "PSK_LEADER_ELECT")]
     pub leader_elect: bool,

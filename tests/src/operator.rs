@@ -79,6 +79,10 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         kafka_timeout: Duration::from_secs(5),
         resync_interval: resync,
         watch_namespace: Some(namespace.to_owned()),
+        watch_selector: None,
+        // Today's behaviour for the tests that do not test tenancy; the chart's default is
+        // `namespaced` and tests/tenancy.rs sets it where it matters.
+        default_access_policy: pubsubkafka_controller::tenancy::DefaultAccessPolicy::Open,
         worker_image: "pubsubkafka/worker:test".into(),
         leader_elect: false,
         leader_election_namespace: namespace.to_owned(),

@@ -91,3 +91,81 @@ impl Drop for Scenario {
 pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
+
+/// Creates namespace `name` carrying `labels` (policies select namespaces by label).
+pub async fn create_labeled_namespace(client: &kube::Client, name: &str, labels: &[(&str, &str)]) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let labels: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels}
+    }))
+    .expect("namespace object");
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+/// Produces `count` records to `topic` as the Kafka admin, each acknowledged.
+pub async fn produce_records(kafka: &KafkaInfo, topic: &str, count: usize) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka
+        .admin_config()
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("a producer");
+    for i in 0..count {
+        let key = format!("order-{i}");
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload("{}"),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("producing to {topic}: {e}"));
+    }
+}
+
+/// Reads `topic` from the beginning of every partition to its end, as the Kafka admin, and
+/// returns how many records it holds (a deleted topic holds none).
+pub fn count_records(kafka: &KafkaInfo, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = kafka
+        .admin_config()
+        .set("group.id", crate::unique_name("count"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = match consumer.fetch_metadata(Some(topic), timeout) {
+        Ok(m) => m,
+        Err(_) => return 0,
+    };
+    let Some(described) = metadata.topics().first().filter(|t| t.error().is_none()) else {
+        return 0;
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut to_read = 0;
+    for partition in described.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), timeout)
+            .expect("watermarks");
+        to_read += high - low;
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut read = 0;
+    while read < to_read && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    read
+}

@@ -86,6 +86,24 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         "templates/deployment.yaml",
     ]);
     assert!(!untraced.contains("OTEL_"), "tracing is off by default");
+    // Tenancy: namespaced by default, open on request; anything else is refused by the schema.
+    assert!(
+        untraced.contains("name: PSK_DEFAULT_ACCESS_POLICY\n              value: \"namespaced\""),
+        "{untraced}"
+    );
+    let open = helm(&[
+        "template",
+        "x",
+        chart,
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set",
+        "defaultAccessPolicy=open",
+    ]);
+    assert!(
+        open.contains("name: PSK_DEFAULT_ACCESS_POLICY\n              value: \"open\""),
+        "{open}"
+    );
     for crd in pubsubkafka_controller::crd::all() {
         let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap());
         let shipped =
@@ -109,6 +127,18 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("securityProtocol"));
+    let out = Command::new(tools::helm().unwrap())
+        .args([
+            "template",
+            "x",
+            chart,
+            "--set",
+            "defaultAccessPolicy=everyone",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defaultAccessPolicy"));
 }
 
 /// The rule group of the chart's PrometheusRule rendered with `values`.
@@ -272,8 +302,18 @@ async fn the_operator_reconciles_the_dev_examples_with_only_the_charts_rbac() {
     let client = chart_identity(&api.info, "pubsubkafka-system", "psk").await;
 
     let kafka = &testenv::shared().kafka;
+    // The examples' topics belong to this test on the shared Kafka; a topic left by an earlier
+    // run would need `adopt` (no resource of this fresh API server manages it).
+    let kafka_admin = kafka.kafka_admin();
+    for topic in ["orders", "users", "orders-dlq", "users-dlq"] {
+        if kafka_admin.describe_topic(topic).await.unwrap().is_some() {
+            kafka_admin.delete_topic(topic).await.unwrap();
+        }
+    }
     let mut args = operator::args(kafka, "unused", Duration::from_secs(3));
     args.watch_namespace = None;
+    // As the chart installs it: the examples' KafkaAccessPolicy makes them comply.
+    args.default_access_policy = pubsubkafka_controller::tenancy::DefaultAccessPolicy::Namespaced;
     args.leader_elect = true;
     args.leader_election_namespace = "pubsubkafka-system".into();
     let _operator = Operator::start_with_client(client, args).await;

@@ -235,7 +235,7 @@ async fn out_of_band_config_changes_are_reverted() {
 }
 
 #[tokio::test]
-async fn an_existing_topic_is_adopted_and_a_second_claim_is_refused() {
+async fn an_existing_topic_is_adopted_on_request_and_a_second_claim_is_refused() {
     let env = env().await;
     let name = testenv::unique_name("existing");
     env.admin
@@ -251,12 +251,31 @@ async fn an_existing_topic_is_adopted_and_a_second_claim_is_refused() {
     })
     .await;
 
-    env.apply_ok(&topic_yaml(&name, 2, ""));
+    // Never silently: without the opt-in the status says how to adopt, and nothing changes.
+    env.apply_ok(&topic_yaml(
+        &name,
+        2,
+        "  config: {retention.ms: 1000}\n  deletionPolicy: Delete\n",
+    ));
+    let refused = env.wait_reason(&name, "TopicExists").await;
+    let message = refused.status.unwrap().conditions[0].message.clone();
+    assert!(message.contains("spec.adopt: true"), "{message}");
+    assert!(
+        !env.dynamic_config(&name).await.contains_key("retention.ms"),
+        "an unadopted topic keeps its configs"
+    );
+
+    env.apply_ok(&topic_yaml(&name, 2, "  adopt: true\n"));
     let adopted = env.wait_ready(&name).await;
+    let status = adopted.status.unwrap();
     assert_eq!(
-        adopted.status.unwrap().topic_id,
+        status.topic_id,
         Some(existing.id.clone()),
         "same topic, adopted"
+    );
+    assert_eq!(
+        status.origin,
+        Some(pubsubkafka_controller::crd::kafka_topic::TopicOrigin::Adopted)
     );
 
     let rival = testenv::unique_name("rival");

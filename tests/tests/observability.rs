@@ -94,6 +94,8 @@ impl Pipeline {
             .env("RUST_LOG", "info")
             .args(worker::kafka_args(&stack.kafka))
             .args(["--watch-namespace", &ns, "--resync-interval", "5s"])
+            // Its topics are "<namespace>-orders", not "<namespace>.orders": today's rules.
+            .args(["--default-access-policy", "open"])
             .args(["--log-format", "text", "--otlp-endpoint", &otlp])
             .args(["--metrics-addr", &format!("127.0.0.1:{controller_port}")]);
         let controller = Proc::spawn(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
+use pubsubkafka_controller::crd::order_consumer::OwnedTopicKind;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
 use pubsubkafka_worker::config::WorkerConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -465,6 +466,19 @@ async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
     for name in &names {
         assert_eq!(partitions(name.clone()).await, Some(2), "{name}");
     }
+    // The consumer owns its dead-letter and retry topics: recorded in its status, so no
+    // KafkaTopic can take them over (tests/tenancy.rs).
+    let owned: Vec<(String, OwnedTopicKind)> = c
+        .status
+        .as_ref()
+        .unwrap()
+        .owned_topics
+        .iter()
+        .map(|o| (o.name.clone(), o.kind))
+        .collect();
+    let mut expected = vec![(format!("{topic}-dlq"), OwnedTopicKind::DeadLetter)];
+    expected.extend(names.iter().map(|n| (n.clone(), OwnedTopicKind::Retry)));
+    assert_eq!(owned, expected);
     let config = env.worker_config("retrier").await;
     assert_eq!(config.concurrency, 4);
     let delays: Vec<u64> = config.retry_topics.iter().map(|t| t.delay_ms).collect();

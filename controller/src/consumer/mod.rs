@@ -1,6 +1,9 @@
 //! The OrderConsumer reconciler: gather (the KafkaTopic, the DLQPolicy, the credentials, the
-//! principal's ACLs, the lag), decide ([`plan`], pure), apply in order (dead-letter topic,
-//! credentials Secret, SCRAM principal, ACLs, worker ConfigMap and Deployment), then status.
+//! principal's ACLs, the lag), decide ([`plan`], pure: first [`plan::admit`], the tenancy and
+//! ownership checks of its group and topics), apply in order (the claim on its topics in
+//! status.ownedTopics, dead-letter and retry topics, credentials Secret, SCRAM principal, ACLs,
+//! worker ConfigMap and Deployment), then status. A refused consumer creates nothing and its
+//! principal keeps no ACL.
 //!
 //! Deleting a consumer removes its principal and ACLs (finalizer); its Secret, ConfigMap and
 //! Deployment go with it through their owner references.
@@ -28,10 +31,11 @@ use crate::FIELD_MANAGER;
 use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
-use crate::crd::order_consumer::FINALIZER;
+use crate::crd::order_consumer::{FINALIZER, OwnedTopic, OwnedTopicKind};
 use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::error::Error;
 use crate::kafka::{AclFilter, AdminError};
+use crate::ownership::Companion;
 use plan::Names;
 
 const KIND: &str = "OrderConsumer";
@@ -41,6 +45,7 @@ const KIND: &str = "OrderConsumer";
 pub fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
+    selector: Option<&str>,
 ) -> (Controller<OrderConsumer>, Store<OrderConsumer>) {
     fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
     where
@@ -52,7 +57,11 @@ pub fn controller(
         }
     }
     let config = watcher::Config::default().any_semantic();
-    let controller = Controller::new(api::<OrderConsumer>(client, namespace), config.clone());
+    let mut own_config = config.clone();
+    if let Some(selector) = selector {
+        own_config = own_config.labels(selector);
+    }
+    let controller = Controller::new(api::<OrderConsumer>(client, namespace), own_config);
     let store = controller.store();
     let by_topic = store.clone();
     let by_policy = store.clone();
@@ -124,6 +133,10 @@ async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Ac
             ctx.client.clone(),
             &consumer.namespace().unwrap_or_default(),
         );
+        if let Err(e) = ctx.caches_ready().await {
+            timer.finish(Some(e.reason()));
+            return Err(e);
+        }
         let result = finalizer::finalizer(&api, FINALIZER, consumer, |event| async {
             match event {
                 Finalizer::Apply(c) => apply(&c, &ctx, &api).await,
@@ -241,25 +254,56 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     let retry_topics =
         plan::retry_topics(&source, &consumer.name_any(), &retry).map_err(Error::InvalidSpec)?;
 
-    let dead_letter_partitions = plan::dead_letter_partitions(gathered.partitions, policy);
-    ensure_companion_topic(
+    // Tenancy first: a refused consumer creates no topic and keeps no ACL.
+    let companions: Vec<OwnedTopic> = std::iter::once(OwnedTopic {
+        name: dead_letter.clone(),
+        kind: OwnedTopicKind::DeadLetter,
+    })
+    .chain(retry_topics.iter().map(|t| OwnedTopic {
+        name: t.name.clone(),
+        kind: OwnedTopicKind::Retry,
+    }))
+    .collect();
+    let rules = ctx.access_rules(&ns).await?;
+    let topics = ctx.topics.state();
+    let consumers = ctx.consumers.state();
+    let admitted = match plan::admit(
         consumer,
-        ctx,
-        &gathered,
-        &dead_letter,
-        dead_letter_partitions,
-        true,
-    )
-    .await?;
-    for topic in &retry_topics {
-        // Partition p of every retry topic goes with partition p of the source.
+        &rules,
+        &companions,
+        &topics.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+        &consumers.iter().map(Arc::as_ref).collect::<Vec<_>>(),
+    ) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            ensure_acls(consumer, ctx, &names, &BTreeSet::new()).await?;
+            return Err(refusal);
+        }
+    };
+    // Recorded before the topics are created, so no one else can claim them meanwhile.
+    let owned_topics = plan::owned_topics(consumer.owned_topics(), &admitted);
+    if owned_topics != consumer.owned_topics() {
+        record_owned_topics(consumer, ctx, &owned_topics).await?;
+    }
+
+    let dead_letter_partitions = plan::dead_letter_partitions(gathered.partitions, policy);
+    for (topic, used) in &admitted {
+        if *used != Companion::Owned {
+            // A KafkaTopic of this namespace manages it.
+            continue;
+        }
+        let (partitions, is_dead_letter) = match topic.kind {
+            OwnedTopicKind::DeadLetter => (dead_letter_partitions, true),
+            // Partition p of every retry topic goes with partition p of the source.
+            OwnedTopicKind::Retry => (gathered.partitions, false),
+        };
         ensure_companion_topic(
             consumer,
             ctx,
             &gathered,
             &topic.name,
-            gathered.partitions,
-            false,
+            partitions,
+            is_dead_letter,
         )
         .await?;
     }
@@ -396,12 +440,33 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         group_id: Some(group),
         dead_letter_topic: Some(dead_letter),
         retry_topics: retry_topics.into_iter().map(|t| t.name).collect(),
+        owned_topics,
         principal: Some(names.principal.clone()),
         credentials_secret: Some(names.credentials_secret.clone()),
         selector: Some(plan::selector(consumer)),
         recommendations,
         conditions: merged,
     })
+}
+
+/// Writes status.ownedTopics, the consumer's claim on its topics (a merge patch: the rest of
+/// the status is written at the end of the pass).
+async fn record_owned_topics(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+    owned: &[OwnedTopic],
+) -> Result<(), kube::Error> {
+    let api: Api<OrderConsumer> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    api.patch_status(
+        &consumer.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "ownedTopics": owned } })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Creates the dead-letter topic or a retry topic, or grows it to the partitions it needs.

@@ -19,11 +19,15 @@ use pubsubkafka_worker::config::{
     WorkerConfig,
 };
 
-use crate::crd::OrderConsumer;
+use crate::crd::conditions::reason;
 use crate::crd::dlq_policy::DLQPolicySpec;
-use crate::crd::order_consumer::{Autoscaling, Recommendation};
+use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind, Recommendation};
+use crate::crd::{KafkaTopic, OrderConsumer};
 use crate::duration;
+use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
+use crate::ownership::{self, Companion};
+use crate::tenancy::{self, Rules};
 
 /// Where the worker pod mounts what the operator gives it.
 pub const CONFIG_DIR: &str = "/etc/pubsubkafka/config";
@@ -113,6 +117,84 @@ pub fn consumer_acls(
         }
     }
     acls
+}
+
+/// The tenancy checks before the operator touches anything for a consumer: its group id is
+/// allowed and not another consumer's, and each topic it would create (dead-letter, retry) is
+/// not internal, is allowed, and is not owned by another namespace. Returns how each topic is
+/// used; a refusal means no topic, principal or ACL is created.
+pub fn admit(
+    consumer: &OrderConsumer,
+    rules: &Rules,
+    companions: &[OwnedTopic],
+    topics: &[&KafkaTopic],
+    consumers: &[&OrderConsumer],
+) -> Result<Vec<(OwnedTopic, Companion)>, Error> {
+    let refused = |v: tenancy::Violation| Error::Refused {
+        reason: reason::POLICY_VIOLATION,
+        message: v.message,
+    };
+    let group = consumer.group_id();
+    rules.check_group(&group).map_err(refused)?;
+    if let Some(owner) = ownership::group_conflict(consumer, consumers.iter().copied()) {
+        return Err(Error::Conflict {
+            message: format!(
+                "consumer group {group:?} belongs to {owner}; this consumer gets no ACL until it \
+                 uses another group id"
+            ),
+        });
+    }
+    companions
+        .iter()
+        .map(|topic| {
+            let kind = match topic.kind {
+                OwnedTopicKind::DeadLetter => "dead-letter",
+                OwnedTopicKind::Retry => "retry",
+            };
+            if tenancy::is_internal_topic(&topic.name) {
+                return Err(Error::Refused {
+                    reason: reason::RESERVED_TOPIC_NAME,
+                    message: format!(
+                        "{kind} topic {} is a Kafka internal topic (names starting with '__')",
+                        topic.name
+                    ),
+                });
+            }
+            rules.check_topic(&topic.name).map_err(refused)?;
+            let used = ownership::companion_topic(
+                consumer,
+                &topic.name,
+                topics.iter().copied(),
+                consumers.iter().copied(),
+            )
+            .map_err(|owner| Error::Conflict {
+                message: format!(
+                    "{kind} topic {:?} is owned by {owner}; this consumer changes nothing until \
+                     its DLQPolicy names another topic",
+                    topic.name
+                ),
+            })?;
+            Ok((topic.clone(), used))
+        })
+        .collect()
+}
+
+/// The topics the consumer owns after this pass: what it owned before (their records are
+/// still there) and the admitted ones it owns now.
+pub fn owned_topics(
+    before: &[OwnedTopic],
+    admitted: &[(OwnedTopic, Companion)],
+) -> Vec<OwnedTopic> {
+    let mut owned: Vec<OwnedTopic> = before.to_vec();
+    owned.extend(
+        admitted
+            .iter()
+            .filter(|(_, used)| *used == Companion::Owned)
+            .map(|(topic, _)| topic.clone()),
+    );
+    owned.sort();
+    owned.dedup_by(|a, b| a.name == b.name);
+    owned
 }
 
 /// Replicas after the partition cap, and whether the cap applied.
@@ -730,6 +812,65 @@ spec:
                 .unwrap()
                 .len(),
             2
+        );
+    }
+
+    fn owned(name: &str, kind: OwnedTopicKind) -> OwnedTopic {
+        OwnedTopic {
+            name: name.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn a_consumer_is_admitted_only_with_its_own_group_and_topics() {
+        use tenancy::DefaultAccessPolicy::{Namespaced, Open};
+        let me = consumer(ORDERS);
+        let victim_yaml = ORDERS.replace("namespace: shop", "namespace: victim");
+        let mut victim = consumer(&format!("{victim_yaml}  groupId: shop.order-store\n"));
+        victim.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        victim.status = Some(crate::crd::OrderConsumerStatus {
+            group_id: Some("shop.order-store".into()),
+            owned_topics: vec![owned("victim-dlq", OwnedTopicKind::DeadLetter)],
+            ..Default::default()
+        });
+        let own_dlq = [owned("orders-dlq", OwnedTopicKind::DeadLetter)];
+        let stolen_dlq = [owned("victim-dlq", OwnedTopicKind::DeadLetter)];
+        let internal = [owned("__consumer_offsets", OwnedTopicKind::Retry)];
+        let rules = |default| tenancy::rules("shop", &BTreeMap::new(), [], default);
+        let refusal = |r: Result<Vec<(OwnedTopic, Companion)>, Error>| r.err().map(|e| e.reason());
+        // Alone, under open: admitted, and owns its dead-letter topic.
+        let admitted = admit(&me, &rules(Open), &own_dlq, &[], &[&me]).unwrap();
+        assert_eq!(admitted, [(own_dlq[0].clone(), Companion::Owned)]);
+        assert_eq!(owned_topics(&stolen_dlq, &admitted).len(), 2);
+        // Namespaced: the topic must start with "shop."; the default group id does.
+        assert_eq!(
+            refusal(admit(&me, &rules(Namespaced), &own_dlq, &[], &[])),
+            Some("PolicyViolation")
+        );
+        // Another namespace's consumer was granted the same group first.
+        assert_eq!(
+            refusal(admit(&me, &rules(Open), &own_dlq, &[], &[&me, &victim])),
+            Some("ResourceConflict")
+        );
+        // Another namespace's dead-letter topic, and Kafka's internal topics.
+        let mut other_group = me.clone();
+        other_group.spec.group_id = Some("mine".into());
+        assert_eq!(
+            refusal(admit(
+                &other_group,
+                &rules(Open),
+                &stolen_dlq,
+                &[],
+                &[&victim]
+            )),
+            Some("ResourceConflict")
+        );
+        assert_eq!(
+            refusal(admit(&other_group, &rules(Open), &internal, &[], &[])),
+            Some("ReservedTopicName")
         );
     }
 }

@@ -25,6 +25,13 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PARTITION_CAP: &str = "PartitionCap";
     pub const WITHIN_PARTITIONS: &str = "WithinPartitions";
+    /// The topic exists in Kafka, no resource manages it, and the spec does not say `adopt`.
+    pub const TOPIC_EXISTS: &str = "TopicExists";
+    /// A KafkaAccessPolicy (or the operator's default policy) does not allow the name,
+    /// principal or group id.
+    pub const POLICY_VIOLATION: &str = "PolicyViolation";
+    /// A Kafka internal topic (`__...`): never managed.
+    pub const RESERVED_TOPIC_NAME: &str = "ReservedTopicName";
 }
 
 /// A condition observed now for `generation`.

@@ -58,6 +58,8 @@ pub struct DLQPolicySpec {
     #[x_kube(validation = Rule::new(
         "self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'"
     ).message("must be 1-249 characters of [a-zA-Z0-9._-], and not '.' or '..'"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('__')")
+        .message("names starting with '__' are Kafka's internal topics; the operator never writes to them"))]
     pub dead_letter_topic: Option<String>,
 
     /// Settings of the dead-letter topic when the operator creates it.

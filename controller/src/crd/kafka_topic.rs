@@ -13,9 +13,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Kafka topic. The operator creates it (or adopts an existing topic of the same name), grows
-/// its partitions, reverts configuration drift, writes the ACLs listed in `access`, and deletes
-/// it only when `deletionPolicy` is `Delete`.
+/// A Kafka topic. The operator creates it (or, with `adopt`, takes over an existing topic of the
+/// same name that no resource manages), grows its partitions, reverts configuration drift,
+/// writes the ACLs listed in `access`, and deletes it only when `deletionPolicy` is `Delete`.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "pubsubkafka.io",
@@ -41,6 +41,12 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1
     ),
+    printcolumn(
+        name = "Origin",
+        type_ = "string",
+        json_path = ".status.origin",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(
         "(has(self.spec.topicName) ? self.spec.topicName : self.metadata.name) == \
@@ -60,6 +66,8 @@ pub struct KafkaTopicSpec {
     #[x_kube(validation = Rule::new(
         "self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'"
     ).message("must be 1-249 characters of [a-zA-Z0-9._-], and not '.' or '..'"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('__')")
+        .message("names starting with '__' are Kafka's internal topics (such as __consumer_offsets); the operator never manages them"))]
     pub topic_name: Option<String>,
 
     /// Number of partitions. It can grow but never shrink: Kafka cannot remove partitions.
@@ -84,6 +92,18 @@ pub struct KafkaTopicSpec {
     /// the topic and its data; Delete deletes the topic.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Take over a topic that already exists in Kafka and that no resource manages (its
+    /// configs and ACLs are then set to this spec). Without it, such a topic is left alone and
+    /// Ready is False with reason TopicExists. status.origin shows whether the topic was
+    /// created or adopted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
+
+    /// With deletionPolicy Delete, also delete the topic when it was adopted rather than
+    /// created by this resource. Without it an adopted topic is kept, whatever deletionPolicy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_adopted: bool,
 
     /// Principals allowed on this topic and what they may do; the operator writes exactly these
     /// ACLs (literal, on this topic, from any host) and removes the ones taken out of this list.
@@ -148,13 +168,27 @@ pub struct KafkaTopicStatus {
     /// Replication factor the topic has in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_factor: Option<i32>,
+    /// Created (this resource created the topic) or Adopted (it existed and was taken over
+    /// with spec.adopt); absent while this resource manages no topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<TopicOrigin>,
     /// The access entries whose ACLs are in Kafka, so removals from spec.access can be undone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_access: Vec<TopicAccess>,
     /// Ready (True when Kafka matches the spec) with a reason such as Reconciled,
-    /// KafkaUnavailable, InvalidConfig, ResourceConflict or ReplicationFactorChangeUnsupported.
+    /// KafkaUnavailable, InvalidConfig, ResourceConflict, TopicExists, PolicyViolation,
+    /// ReservedTopicName or ReplicationFactorChangeUnsupported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How the topic came under this resource's management.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TopicOrigin {
+    /// This resource created the topic in Kafka.
+    Created,
+    /// The topic existed and this resource adopted it (spec.adopt).
+    Adopted,
 }
 
 /// The finalizer a `deletionPolicy: Delete` topic carries until its Kafka topic is deleted.

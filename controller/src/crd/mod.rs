@@ -1,11 +1,13 @@
 //! The custom resource types: the single source of the CRD YAML in `crds/` (written by the
 //! `crdgen` binary) and of what the reconcilers read.
 
+pub mod access_policy;
 pub mod conditions;
 pub mod dlq_policy;
 pub mod kafka_topic;
 pub mod order_consumer;
 
+pub use access_policy::{KafkaAccessPolicy, KafkaAccessPolicySpec};
 pub use dlq_policy::{DLQPolicy, DLQPolicySpec};
 pub use kafka_topic::{KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
 pub use order_consumer::{OrderConsumer, OrderConsumerSpec, OrderConsumerStatus};
@@ -15,7 +17,12 @@ use kube::CustomResourceExt;
 
 /// Every CRD the operator serves, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![KafkaTopic::crd(), DLQPolicy::crd(), OrderConsumer::crd()]
+    vec![
+        KafkaTopic::crd(),
+        DLQPolicy::crd(),
+        OrderConsumer::crd(),
+        KafkaAccessPolicy::crd(),
+    ]
 }
 
 /// A CRD as the YAML file `crds/<plural>.yaml` holds it.

@@ -237,6 +237,12 @@ pub struct OrderConsumerStatus {
     /// The retry topics (mode RetryTopics), in order of attempts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_topics: Vec<String>,
+    /// Every topic the operator created or claimed for this consumer (dead-letter and retry
+    /// topics). They belong to it: a KafkaTopic naming one, or a consumer of another namespace,
+    /// gets ResourceConflict and changes nothing. Kept while the consumer exists, even after a
+    /// policy change names other topics, because the old ones still hold its records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owned_topics: Vec<OwnedTopic>,
     /// The consumer's Kafka principal (User:...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
@@ -255,6 +261,25 @@ pub struct OrderConsumerStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// A topic that exists for one consumer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub struct OwnedTopic {
+    /// The topic's name in Kafka.
+    pub name: String,
+    /// What the consumer uses it for.
+    pub kind: OwnedTopicKind,
+}
+
+/// Why the operator made a topic for a consumer. A new kind of owned topic is a new variant
+/// here, recorded in status.ownedTopics like the others, so it is protected the same way.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum OwnedTopicKind {
+    DeadLetter,
+    Retry,
+}
+
 /// One replica recommendation and when it was made.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct Recommendation {
@@ -267,6 +292,14 @@ pub struct Recommendation {
 pub const FINALIZER: &str = "pubsubkafka.io/consumer-cleanup";
 
 impl OrderConsumer {
+    /// The topics this consumer owns, as its status records them.
+    pub fn owned_topics(&self) -> &[OwnedTopic] {
+        self.status
+            .as_ref()
+            .map(|s| s.owned_topics.as_slice())
+            .unwrap_or_default()
+    }
+
     /// The consumer group: spec.groupId, else "<namespace>.<name>".
     pub fn group_id(&self) -> String {
         self.spec.group_id.clone().unwrap_or_else(|| {

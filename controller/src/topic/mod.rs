@@ -1,8 +1,12 @@
-//! The KafkaTopic reconciler: gather what Kafka has (I/O), decide what to change ([`plan`],
-//! pure), apply it in a fixed order (create, partitions, configs, ACLs), then write status.
+//! The KafkaTopic reconciler: admit the resource (tenancy and ownership, [`plan::admit`]:
+//! nothing is asked of Kafka for a refused one), gather what Kafka has (I/O), decide whether
+//! this resource may manage the topic ([`plan::management`]: an existing topic only with
+//! `adopt`) and what to change ([`plan`], pure), apply it in a fixed order (create, partitions,
+//! configs, ACLs), then write status.
 //!
 //! A `Retain` topic carries no finalizer, so deleting it (or uninstalling the operator) never
-//! blocks. A `Delete` topic carries [`FINALIZER`] until its Kafka topic and ACLs are gone.
+//! blocks. A `Delete` topic carries [`FINALIZER`] until its Kafka topic and ACLs are gone; it
+//! removes only what it managed ([`plan::cleanup`]).
 
 pub mod plan;
 
@@ -22,11 +26,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
-use crate::crd::kafka_topic::{DeletionPolicy, FINALIZER};
+use crate::crd::kafka_topic::{DeletionPolicy, FINALIZER, TopicOrigin};
 use crate::crd::{KafkaTopic, KafkaTopicStatus};
 use crate::error::Error;
 use crate::kafka::{AclFilter, AdminError, KafkaAdmin, ResourceKind, TopicDescription};
-use plan::{Desired, Observed, Plan, Problem};
+use crate::ownership;
+use plan::{Desired, Management, Observed, Plan, Problem};
 
 const KIND: &str = "KafkaTopic";
 
@@ -52,9 +57,16 @@ pub async fn run(
         .await;
 }
 
-/// A controller over every KafkaTopic the API allows, with its store.
-pub fn controller(api: Api<KafkaTopic>) -> (Controller<KafkaTopic>, Store<KafkaTopic>) {
-    let controller = Controller::new(api, watcher::Config::default().any_semantic()).with_config(
+/// A controller over every KafkaTopic the API allows (matching `selector`), with its store.
+pub fn controller(
+    api: Api<KafkaTopic>,
+    selector: Option<&str>,
+) -> (Controller<KafkaTopic>, Store<KafkaTopic>) {
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = selector {
+        config = config.labels(selector);
+    }
+    let controller = Controller::new(api, config).with_config(
         kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
     );
     let store = controller.store();
@@ -90,6 +102,7 @@ fn error_policy(topic: Arc<KafkaTopic>, error: &Error, ctx: Arc<Context>) -> Act
 async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Error> {
     let api: Api<KafkaTopic> =
         Api::namespaced(ctx.client.clone(), &topic.namespace().unwrap_or_default());
+    ctx.caches_ready().await?;
     if topic.metadata.deletion_timestamp.is_some() {
         return cleanup(topic, ctx, &api).await;
     }
@@ -103,23 +116,27 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
         }
     }
 
-    let store: Vec<Arc<KafkaTopic>> = ctx.topics.state();
-    if let Some(owner) = plan::conflicting_owner(topic, store.iter().map(Arc::as_ref)) {
-        let message = format!(
-            "Kafka topic {:?} is already managed by KafkaTopic {owner}; this resource changes \
-             nothing until that one is deleted",
-            topic.topic_name()
-        );
-        let status = failed_status(topic, reason::RESOURCE_CONFLICT, &message);
+    let rules = ctx
+        .access_rules(&topic.namespace().unwrap_or_default())
+        .await?;
+    let topics = ctx.topics.state();
+    let consumers = ctx.consumers.state();
+    if let Err(refusal) = plan::admit(
+        topic,
+        &rules,
+        topics.iter().map(Arc::as_ref),
+        consumers.iter().map(Arc::as_ref),
+    ) {
+        let status = failed_status(topic, refusal.reason(), &refusal.to_string());
         write_status(topic, ctx, &api, status).await?;
-        return Err(Error::Conflict { owner });
+        return Err(refusal);
     }
 
     let desired = Desired::of(topic);
     match converge(topic, &desired, ctx).await {
-        Ok((description, problems)) => {
+        Ok((description, origin, problems)) => {
             ctx.metrics.set_kafka_up(true);
-            let status = converged_status(topic, &description, &problems);
+            let status = converged_status(topic, &description, origin, &problems);
             write_status(topic, ctx, &api, status).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }
@@ -130,6 +147,9 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
                 }
                 other => other.to_string(),
             };
+            if matches!(error, Error::Refused { .. } | Error::Conflict { .. }) {
+                ctx.metrics.set_kafka_up(true);
+            }
             write_status(
                 topic,
                 ctx,
@@ -142,21 +162,49 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
     }
 }
 
-/// Gathers Kafka's view, applies the plan, and returns the topic as it now is.
+/// Gathers Kafka's view, applies the plan, and returns the topic as it now is and how this
+/// resource came to manage it.
 async fn converge(
     topic: &KafkaTopic,
     desired: &Desired,
     ctx: &Context,
-) -> Result<(TopicDescription, Vec<Problem>), Error> {
+) -> Result<(TopicDescription, TopicOrigin, Vec<Problem>), Error> {
     let admin = &ctx.admin;
     let observed = gather(admin, &desired.topic_name).await?;
+    let created_here = ctx.created_topics.by(&desired.topic_name, topic);
+    let origin = match plan::management(topic, observed.topic.as_ref(), created_here) {
+        Management::Create => TopicOrigin::Created,
+        Management::Manage(origin) => origin,
+        Management::Unmanaged => {
+            return Err(Error::Refused {
+                reason: reason::TOPIC_EXISTS,
+                message: format!(
+                    "Kafka topic {} already exists and no resource manages it, so this resource \
+                     changes nothing. To take it over (its configs and ACLs are then set to this \
+                     spec) set spec.adopt: true; an adopted topic is kept on deletion unless \
+                     spec.deleteAdopted is also true",
+                    desired.topic_name
+                ),
+            });
+        }
+    };
+    if origin == TopicOrigin::Adopted && topic.status.as_ref().and_then(|s| s.origin).is_none() {
+        info!(topic = %desired.topic_name, "adopting an existing topic");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "Adopted",
+            format!("adopted the existing Kafka topic {}", desired.topic_name),
+        )
+        .await;
+    }
     let plan = plan::plan(desired, &observed);
     apply(topic, desired, &plan, ctx).await?;
     let description = match observed.topic {
         Some(d) if !plan.create && plan.grow_partitions_to.is_none() => d,
         _ => describe_settled(admin, desired).await?,
     };
-    Ok((description, plan.problems))
+    Ok((description, origin, plan.problems))
 }
 
 async fn gather(admin: &KafkaAdmin, topic: &str) -> Result<Observed, AdminError> {
@@ -197,9 +245,13 @@ async fn apply(
             )
             .await
         {
-            // Created meanwhile (another pass, or someone else): adopt it next pass.
+            // Created meanwhile by someone else: next pass, it is an existing topic (adopted
+            // only with spec.adopt).
             Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {}
-            other => other?,
+            other => {
+                other?;
+                ctx.created_topics.record(name, topic);
+            }
         }
         info!(topic = %name, partitions = desired.partitions, "created topic");
         ctx.event(
@@ -284,6 +336,7 @@ async fn describe_settled(
 fn converged_status(
     topic: &KafkaTopic,
     description: &TopicDescription,
+    origin: TopicOrigin,
     problems: &[Problem],
 ) -> KafkaTopicStatus {
     let old = topic.status.clone().unwrap_or_default();
@@ -319,6 +372,7 @@ fn converged_status(
         topic_id: Some(description.id.clone()).filter(|id| !id.is_empty()),
         partitions: Some(description.partition_count()),
         replication_factor: Some(description.replication_factor()),
+        origin: Some(origin),
         applied_access: topic.spec.access.clone(),
         conditions: conditions::merge(&old.conditions, ready),
     }
@@ -411,7 +465,9 @@ async fn set_finalizer(
 }
 
 /// Deletion of a resource carrying the finalizer: remove the ACLs it wrote and, with
-/// `deletionPolicy: Delete`, the topic, unless another resource owns that topic.
+/// `deletionPolicy: Delete`, the topic, but only a topic this resource manages (see
+/// [`plan::cleanup`]): never one another resource owns, nor an adopted one without
+/// `deleteAdopted`.
 async fn cleanup(
     topic: &KafkaTopic,
     ctx: &Context,
@@ -420,21 +476,32 @@ async fn cleanup(
     if !topic.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let store: Vec<Arc<KafkaTopic>> = ctx.topics.state();
-    let owned = plan::conflicting_owner(topic, store.iter().map(Arc::as_ref)).is_none();
-    if owned {
-        let name = topic.topic_name();
-        let result = async {
+    let topics = ctx.topics.state();
+    let consumers = ctx.consumers.state();
+    let owned_elsewhere = ownership::topic_conflict(
+        topic,
+        topics.iter().map(Arc::as_ref),
+        consumers.iter().map(Arc::as_ref),
+    )
+    .is_some();
+    let name = topic.topic_name();
+    let result = async {
+        let kafka_id = ctx.admin.describe_topic(&name).await?.map(|d| d.id);
+        let steps = plan::cleanup(topic, kafka_id.as_deref(), owned_elsewhere);
+        if steps.remove_acls {
             let applied = Desired::of(topic).applied_acls;
             let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
             ctx.admin.delete_acls(&filters).await?;
-            if topic.spec.deletion_policy == DeletionPolicy::Delete {
-                ctx.admin.delete_topic(&name).await?;
-            }
-            Ok::<_, AdminError>(())
         }
-        .await;
-        if let Err(e) = result {
+        if steps.delete_topic {
+            ctx.admin.delete_topic(&name).await?;
+        }
+        Ok::<_, AdminError>(steps)
+    }
+    .await;
+    let steps = match result {
+        Ok(steps) => steps,
+        Err(e) => {
             let error = Error::from(e);
             let message = format!("cannot delete Kafka topic {name} yet: {error}");
             write_status(
@@ -446,16 +513,25 @@ async fn cleanup(
             .await?;
             return Err(error);
         }
-        if topic.spec.deletion_policy == DeletionPolicy::Delete {
-            info!(topic = %name, "deleted topic");
-            ctx.event(
-                topic,
-                EventType::Normal,
-                "Deleted",
-                format!("deleted Kafka topic {name}"),
-            )
-            .await;
-        }
+    };
+    if steps.delete_topic {
+        info!(topic = %name, "deleted topic");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "Deleted",
+            format!("deleted Kafka topic {name}"),
+        )
+        .await;
+    } else if let Some(why) = steps.kept_because {
+        info!(topic = %name, why, "kept topic despite deletionPolicy Delete");
+        ctx.event(
+            topic,
+            EventType::Normal,
+            "Kept",
+            format!("kept Kafka topic {name}: {why}"),
+        )
+        .await;
     }
     set_finalizer(api, topic, false).await?;
     Ok(Action::await_change())

@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::ResourceExt;
-
-use crate::crd::KafkaTopic;
-use crate::crd::kafka_topic::{TopicAccess, TopicOperation};
+use crate::crd::conditions::reason;
+use crate::crd::kafka_topic::{DeletionPolicy, TopicAccess, TopicOperation, TopicOrigin};
+use crate::crd::{KafkaTopic, OrderConsumer};
+use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ConfigEntry, ResourceKind, TopicDescription};
+use crate::ownership;
+use crate::tenancy::{self, Rules};
 
 /// What Kafka reports about the topic.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,34 +176,124 @@ pub fn acls_for(topic: &str, access: &[TopicAccess]) -> BTreeSet<Acl> {
         .collect()
 }
 
-/// Among every resource that names the same Kafka topic as `me`, the oldest owns it (ties
-/// broken by namespace and name). Returns the owner's `namespace/name` when it is not `me`.
-pub fn conflicting_owner<'a>(
-    me: &KafkaTopic,
-    all: impl IntoIterator<Item = &'a KafkaTopic>,
-) -> Option<String> {
-    let topic = me.topic_name();
-    let key = |t: &KafkaTopic| {
-        (
-            t.metadata.creation_timestamp.clone().map(|ts| ts.0),
-            t.namespace().unwrap_or_default(),
-            t.name_any(),
-        )
+/// Whether the namespace may manage this topic at all, before Kafka is asked anything: not a
+/// Kafka internal topic, a name and grants its policy allows, and a topic no other resource
+/// owns. A refusal changes nothing in Kafka.
+pub fn admit<'a>(
+    topic: &KafkaTopic,
+    rules: &Rules,
+    topics: impl IntoIterator<Item = &'a KafkaTopic>,
+    consumers: impl IntoIterator<Item = &'a OrderConsumer>,
+) -> Result<(), Error> {
+    let name = topic.topic_name();
+    if tenancy::is_internal_topic(&name) {
+        return Err(Error::Refused {
+            reason: reason::RESERVED_TOPIC_NAME,
+            message: format!(
+                "{name} is a Kafka internal topic (names starting with '__'); the operator never \
+                 creates, adopts or changes one"
+            ),
+        });
+    }
+    let refused = |v: tenancy::Violation| Error::Refused {
+        reason: reason::POLICY_VIOLATION,
+        message: v.message,
     };
-    let owner = all
-        .into_iter()
-        .filter(|t| t.topic_name() == topic)
-        .min_by_key(|t| key(t))?;
-    let mine = (me.namespace().unwrap_or_default(), me.name_any());
-    let theirs = (owner.namespace().unwrap_or_default(), owner.name_any());
-    (theirs != mine).then(|| format!("{}/{}", theirs.0, theirs.1))
+    rules.check_topic(&name).map_err(refused)?;
+    for entry in &topic.spec.access {
+        rules.check_principal(&entry.principal).map_err(refused)?;
+    }
+    if let Some(owner) = ownership::topic_conflict(topic, topics, consumers) {
+        return Err(Error::Conflict {
+            message: format!(
+                "Kafka topic {name:?} is owned by {owner}; this resource changes nothing until \
+                 that one is deleted"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How this resource relates to the topic Kafka has under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Management {
+    /// No such topic: create it.
+    Create,
+    /// This resource manages it: it created it, or adopted it.
+    Manage(TopicOrigin),
+    /// It exists, this resource never managed it, and the spec does not say `adopt`.
+    Unmanaged,
+}
+
+/// Whether to create, keep managing, adopt or leave alone the topic Kafka reports. A topic this
+/// resource managed is recognised by its id in the status (a topic deleted and created again by
+/// someone else has another id), or, when the status could not be written after the topic was
+/// created, by `created_here` (this process created it for this resource); a status from
+/// before `origin` existed counts as adopted, the cautious reading for deletion.
+pub fn management(
+    topic: &KafkaTopic,
+    observed: Option<&TopicDescription>,
+    created_here: bool,
+) -> Management {
+    let Some(observed) = observed else {
+        return Management::Create;
+    };
+    let status = topic.status.clone().unwrap_or_default();
+    let known = match status.topic_id.as_deref() {
+        Some(id) if !observed.id.is_empty() => id == observed.id,
+        _ => observed.id.is_empty() && status.origin.is_some(),
+    };
+    if known {
+        Management::Manage(status.origin.unwrap_or(TopicOrigin::Adopted))
+    } else if created_here && status.topic_id.is_none() {
+        Management::Manage(TopicOrigin::Created)
+    } else if topic.spec.adopt {
+        Management::Manage(TopicOrigin::Adopted)
+    } else {
+        Management::Unmanaged
+    }
+}
+
+/// What deleting the resource removes from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleanup {
+    /// The ACLs it wrote (status.appliedAccess).
+    pub remove_acls: bool,
+    pub delete_topic: bool,
+    /// Why a `Delete` topic is kept, when it is.
+    pub kept_because: Option<&'static str>,
+}
+
+/// Deleting the resource removes only what it manages: its ACLs when it managed the topic, and
+/// with `deletionPolicy: Delete` the topic itself when it is the same topic (same id), no other
+/// resource owns it, and this resource created it or `deleteAdopted` says to delete it.
+pub fn cleanup(topic: &KafkaTopic, kafka_id: Option<&str>, owned_elsewhere: bool) -> Cleanup {
+    let status = topic.status.clone().unwrap_or_default();
+    let managed = !owned_elsewhere
+        && !tenancy::is_internal_topic(&topic.topic_name())
+        && status.origin.is_some();
+    let wants_delete = topic.spec.deletion_policy == DeletionPolicy::Delete;
+    let kept_because = if !wants_delete || kafka_id.is_none() {
+        None
+    } else if !managed {
+        Some("this resource never managed it")
+    } else if kafka_id != status.topic_id.as_deref() && kafka_id != Some("") {
+        Some("it is not the topic this resource managed (another topic id)")
+    } else if status.origin == Some(TopicOrigin::Adopted) && !topic.spec.delete_adopted {
+        Some("it was adopted, not created, by this resource (set spec.deleteAdopted to delete it)")
+    } else {
+        None
+    };
+    Cleanup {
+        remove_acls: managed,
+        delete_topic: wants_delete && kafka_id.is_some() && kept_because.is_none(),
+        kept_because,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::KafkaTopicSpec;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn topic_yaml(yaml: &str) -> KafkaTopic {
         serde_yaml::from_str(yaml).expect("fixture parses")
@@ -378,36 +470,163 @@ spec:
         assert!(plan.create_acls.is_empty());
     }
 
-    #[test]
-    fn the_oldest_claim_owns_a_topic_name() {
-        let at = |secs: i64| Some(Time(jiff::Timestamp::from_second(secs).unwrap()));
-        let mut older = KafkaTopic::new(
-            "orders",
-            KafkaTopicSpec {
-                topic_name: None,
-                partitions: 3,
-                replication_factor: 1,
-                config: Default::default(),
-                deletion_policy: Default::default(),
-                access: vec![],
-            },
-        );
-        older.metadata.namespace = Some("team-a".into());
-        older.metadata.creation_timestamp = at(100);
-        let mut newer = older.clone();
-        newer.metadata.namespace = Some("team-b".into());
-        newer.metadata.name = Some("my-orders".into());
-        newer.spec.topic_name = Some("orders".into());
-        newer.metadata.creation_timestamp = at(200);
-        let mut unrelated = older.clone();
-        unrelated.metadata.name = Some("users".into());
-        unrelated.metadata.creation_timestamp = at(1);
+    fn with_status(yaml: &str, status: &str) -> KafkaTopic {
+        let mut topic = topic_yaml(yaml);
+        topic.status = Some(serde_yaml::from_str(status).expect("status parses"));
+        topic
+    }
 
-        let all = [older.clone(), newer.clone(), unrelated];
-        assert_eq!(conflicting_owner(&older, &all), None);
+    #[test]
+    fn an_existing_topic_is_adopted_only_when_asked() {
+        let adopting = format!("{ORDERS}  adopt: true\n");
+        let fresh = described(6, 1);
+        let none = "{}";
+        let created = "{topicId: abc, origin: Created}";
+        let adopted = "{topicId: abc, origin: Adopted}";
+        let legacy = "{topicId: abc}";
+        let other_id = "{topicId: xyz, origin: Created}";
+        for (spec, status, observed, expected) in [
+            (ORDERS, none, None, Management::Create),
+            (ORDERS, created, None, Management::Create),
+            (ORDERS, none, Some(&fresh), Management::Unmanaged),
+            (
+                adopting.as_str(),
+                none,
+                Some(&fresh),
+                Management::Manage(TopicOrigin::Adopted),
+            ),
+            (
+                ORDERS,
+                created,
+                Some(&fresh),
+                Management::Manage(TopicOrigin::Created),
+            ),
+            (
+                ORDERS,
+                adopted,
+                Some(&fresh),
+                Management::Manage(TopicOrigin::Adopted),
+            ),
+            // Managed before origin was recorded: the cautious reading.
+            (
+                ORDERS,
+                legacy,
+                Some(&fresh),
+                Management::Manage(TopicOrigin::Adopted),
+            ),
+            // Deleted and created again by someone else: not ours any more.
+            (ORDERS, other_id, Some(&fresh), Management::Unmanaged),
+            (
+                adopting.as_str(),
+                other_id,
+                Some(&fresh),
+                Management::Manage(TopicOrigin::Adopted),
+            ),
+        ] {
+            let topic = with_status(spec, status);
+            assert_eq!(
+                management(&topic, observed, false),
+                expected,
+                "{status} adopt={}",
+                topic.spec.adopt
+            );
+        }
+    }
+
+    #[test]
+    fn a_topic_created_here_is_known_even_when_its_status_was_not_written() {
+        let topic = topic_yaml(ORDERS);
+        let fresh = described(6, 1);
         assert_eq!(
-            conflicting_owner(&newer, &all).as_deref(),
-            Some("team-a/orders")
+            management(&topic, Some(&fresh), true),
+            Management::Manage(TopicOrigin::Created)
         );
+        let other = with_status(ORDERS, "{topicId: xyz, origin: Created}");
+        assert_eq!(
+            management(&other, Some(&fresh), true),
+            Management::Unmanaged,
+            "a status naming another topic id wins"
+        );
+    }
+
+    #[test]
+    fn deletion_removes_only_what_this_resource_manages() {
+        let delete = format!("{ORDERS}  deletionPolicy: Delete\n");
+        let delete_adopted = format!("{delete}  adopt: true\n  deleteAdopted: true\n");
+        let created = "{topicId: abc, origin: Created}";
+        let adopted = "{topicId: abc, origin: Adopted}";
+        let never = "{topicName: orders}";
+        // (spec, status, id in Kafka, owned elsewhere, remove ACLs, delete topic)
+        for (spec, status, kafka_id, elsewhere, acls, deleted) in [
+            (delete.as_str(), created, Some("abc"), false, true, true),
+            (ORDERS, created, Some("abc"), false, true, false),
+            (delete.as_str(), adopted, Some("abc"), false, true, false),
+            (
+                delete_adopted.as_str(),
+                adopted,
+                Some("abc"),
+                false,
+                true,
+                true,
+            ),
+            (delete.as_str(), never, Some("abc"), false, false, false),
+            (delete.as_str(), created, Some("abc"), true, false, false),
+            (delete.as_str(), created, Some("new"), false, true, false),
+            (delete.as_str(), created, None, false, true, false),
+        ] {
+            let steps = cleanup(&with_status(spec, status), kafka_id, elsewhere);
+            assert_eq!(
+                (steps.remove_acls, steps.delete_topic),
+                (acls, deleted),
+                "{status} {kafka_id:?} elsewhere={elsewhere}: {:?}",
+                steps.kept_because
+            );
+        }
+    }
+
+    #[test]
+    fn internal_topics_bad_names_and_foreign_grants_are_refused() {
+        let rules = |default| tenancy::rules("shop", &BTreeMap::new(), [], default);
+        let named = |name: &str, access: &str| {
+            topic_yaml(&format!(
+                "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\n\
+                 metadata: {{name: t, namespace: shop}}\n\
+                 spec: {{topicName: {name}, partitions: 1, replicationFactor: 1, access: {access}}}"
+            ))
+        };
+        use tenancy::DefaultAccessPolicy::{Namespaced, Open};
+        for (name, access, default, expected) in [
+            ("__consumer_offsets", "[]", Open, Some("ReservedTopicName")),
+            ("__transaction_state", "[]", Open, Some("ReservedTopicName")),
+            ("orders", "[]", Open, None),
+            ("orders", "[]", Namespaced, Some("PolicyViolation")),
+            ("shop.orders", "[]", Namespaced, None),
+            (
+                "shop.orders",
+                "[{principal: 'User:pubsubkafka.shop.store', operations: [Read]}]",
+                Namespaced,
+                None,
+            ),
+            (
+                "orders",
+                "[{principal: 'User:pubsubkafka.other.store', operations: [Read]}]",
+                Open,
+                Some("PolicyViolation"),
+            ),
+            (
+                "orders",
+                "[{principal: 'User:*', operations: [Read]}]",
+                Open,
+                Some("PolicyViolation"),
+            ),
+        ] {
+            let topic = named(name, access);
+            let got = admit(&topic, &rules(default), [&topic], []).err();
+            assert_eq!(
+                got.as_ref().map(Error::reason),
+                expected,
+                "{name} {access} {default:?}: {got:?}"
+            );
+        }
     }
 }
