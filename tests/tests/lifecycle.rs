@@ -1,13 +1,15 @@
 //! The operator's life as a Deployment sees it, against the real API server and the real
-//! secured Kafka: a standby replica is Ready, and a SIGTERMed leader hands the Lease over at once.
+//! secured Kafka: a standby replica is Ready, a SIGTERMed leader hands the Lease over at once,
+//! and restarts never flip consumers to `TopicNotReady`.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use pubsubkafka_controller::crd::KafkaTopic;
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, conditions};
 use testenv::operator::{self, OperatorProcess};
 use testenv::scenario::Scenario;
+use testenv::worker::metric_value;
 use testenv::{eventually, unique_name};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -19,9 +21,44 @@ fn topic_yaml(name: &str) -> String {
     )
 }
 
+fn consumer_yaml(name: &str, topic: &str, db_secret: &str) -> String {
+    format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: {name}\nspec:\n  \
+         topicRef: {{name: {topic}}}\n  handler:\n    eventStore:\n      connectionSecret: {{name: {db_secret}, key: url}}\n"
+    )
+}
+
 async fn holder(leases: &Api<Lease>, name: &str) -> Result<Option<String>, String> {
     let lease = leases.get_opt(name).await.map_err(|e| e.to_string())?;
     Ok(lease.and_then(|l| l.spec?.holder_identity))
+}
+
+async fn consumer_ready(scenario: &Scenario, name: &str) -> OrderConsumer {
+    let consumers: Api<OrderConsumer> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    eventually(&format!("OrderConsumer {name} Ready"), WAIT, || async {
+        let c = consumers.get(name).await.map_err(|e| e.to_string())?;
+        c.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_ready(&s.conditions))
+            .then(|| c.clone())
+            .ok_or(format!("{:?}", c.status))
+    })
+    .await
+}
+
+/// The Warning events in the namespace with `reason`.
+async fn events_with_reason(scenario: &Scenario, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(scenario.client.clone(), &scenario.ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| format!("{:?}: {:?}", e.regarding.and_then(|r| r.name), e.note))
+        .collect()
 }
 
 #[tokio::test]
@@ -110,5 +147,74 @@ async fn a_standby_is_ready_and_takes_over_within_seconds_of_the_leaders_sigterm
     })
     .await;
     second.check_alive().unwrap();
+}
+
+#[tokio::test]
+async fn restarts_never_flip_a_ready_consumer_to_topic_not_ready() {
+    let scenario = Scenario::with("restarts", &testenv::shared().kafka, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = &testenv::shared().kafka;
+    // A long resync: a consumer flipped by a cold cache would stay flipped for the whole test.
+    let flags = operator::process_args(kafka, &scenario.ns, Duration::from_secs(600));
+    let topic = unique_name("orders");
+    let mut operator = OperatorProcess::start(&scenario.kube, &flags, &dir.path().join("0.log"));
+    scenario.apply_ok(&topic_yaml(&topic));
+    let topics: Api<KafkaTopic> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    eventually("the topic Ready", WAIT, || async {
+        let t = topics.get(&topic).await.map_err(|e| e.to_string())?;
+        t.is_ready().then_some(()).ok_or(format!("{:?}", t.status))
+    })
+    .await;
+    for name in ["store-a", "store-b", "store-c"] {
+        scenario.apply_ok(&consumer_yaml(name, &topic, "orders-db"));
+    }
+    for name in ["store-a", "store-b", "store-c"] {
+        consumer_ready(&scenario, name).await;
+    }
+    assert_eq!(
+        events_with_reason(&scenario, conditions::reason::TOPIC_NOT_READY).await,
+        Vec::<String>::new(),
+        "the topic was Ready before any consumer existed"
+    );
+    let restarts = 10;
+    for round in 1..=restarts {
+        operator.terminate(Duration::from_secs(20));
+        operator = OperatorProcess::start(
+            &scenario.kube,
+            &flags,
+            &dir.path().join(format!("{round}.log")),
+        );
+        // Every consumer has been reconciled once by the new process (the initial list).
+        let metrics = eventually("the restarted operator's first passes", WAIT, || async {
+            let (_, text) = operator.get("/metrics")?;
+            let passes = metric_value(
+                &text,
+                "pubsubkafka_controller_reconciliations_total",
+                &[("kind", "OrderConsumer")],
+            );
+            (passes >= 3.0).then_some(text).ok_or(format!("{passes}"))
+        })
+        .await;
+        let not_ready = metric_value(
+            &metrics,
+            "pubsubkafka_controller_reconcile_errors_total",
+            &[("kind", "OrderConsumer"), ("reason", "TopicNotReady")],
+        );
+        assert_eq!(
+            not_ready,
+            0.0,
+            "restart {round}: a consumer found no Ready topic in a cold cache\n{}",
+            operator.log_tail()
+        );
+        for name in ["store-a", "store-b", "store-c"] {
+            let c = consumer_ready(&scenario, name).await;
+            let ready = conditions::ready(&c.status.unwrap().conditions)
+                .cloned()
+                .unwrap();
+            assert_eq!(ready.reason, conditions::reason::RECONCILED, "{name}");
+        }
+    }
+    let flips = events_with_reason(&scenario, conditions::reason::TOPIC_NOT_READY).await;
+    assert!(flips.is_empty(), "TopicNotReady after a restart: {flips:?}");
 }
 

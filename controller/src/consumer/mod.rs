@@ -94,12 +94,26 @@ fn users(
         .collect()
 }
 
-/// Runs the reconciler until `shutdown`.
+/// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed.
+///
+/// A consumer reads its topic from that cache (`ctx.topics`, filled by the KafkaTopic
+/// controller started beside this one). Reconciled before the first list completes, every
+/// consumer would find no topic and go `Ready=False TopicNotReady` until the next resync.
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<OrderConsumer>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
+    tokio::select! {
+        synced = ctx.topics.wait_until_ready() => {
+            if synced.is_err() {
+                warn!("the KafkaTopic cache was dropped before it listed; not reconciling OrderConsumers");
+                return;
+            }
+        }
+        _ = shutdown.clone() => return,
+    }
+    info!("the KafkaTopic cache has listed; reconciling OrderConsumers");
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
