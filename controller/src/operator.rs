@@ -103,6 +103,12 @@ pub async fn run(
         settings: Settings {
             resync: args.resync_interval,
             worker_image: args.worker_image.clone(),
+            worker_image_pull_secrets: args
+                .worker_image_pull_secrets
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             worker_bootstrap_servers: args
                 .worker_bootstrap_servers
                 .clone()

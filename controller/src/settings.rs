@@ -37,6 +37,10 @@ pub struct Args {
     /// Worker image for OrderConsumers that name none.
     #[arg(long, env = "PSK_WORKER_IMAGE", default_value = concat!("pubsubkafka/worker:", env!("CARGO_PKG_VERSION")))]
     pub worker_image: String,
+    /// Image pull Secrets for every worker pod the operator creates (names, comma-separated).
+    /// Each must exist in the namespace of the OrderConsumers that use the default registry.
+    #[arg(long, env = "PSK_WORKER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub worker_image_pull_secrets: Vec<String>,
     /// Bootstrap servers as worker pods reach them (the operator's own when absent).
     #[arg(long, env = "PSK_WORKER_BOOTSTRAP_SERVERS")]
     pub worker_bootstrap_servers: Option<String>,

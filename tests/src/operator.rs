@@ -80,6 +80,7 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         resync_interval: resync,
         watch_namespace: Some(namespace.to_owned()),
         worker_image: "pubsubkafka/worker:test".into(),
+        worker_image_pull_secrets: Vec::new(),
         leader_elect: false,
         leader_election_namespace: namespace.to_owned(),
         leader_election_lease: "pubsubkafka-controller".into(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use clap::Parser;
 use kube::api::{Api, PostParams};
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
 use serde::Deserialize;
@@ -411,4 +412,81 @@ async fn a_standby_replica_takes_over_when_the_leader_goes() {
         t.is_ready().then_some(()).ok_or(format!("{:?}", t.status))
     })
     .await;
+}
+
+/// `imagePullSecrets` reaches the operator's pod, and `workerImagePullSecrets` every worker
+/// Deployment the operator creates.
+#[tokio::test]
+async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
+    let rendered = helm(&[
+        "template",
+        "x",
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set",
+        "imagePullSecrets[0].name=operator-registry,workerImagePullSecrets[0].name=registry-a,workerImagePullSecrets[1].name=registry-b",
+    ]);
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_str(&rendered).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect::<Vec<_>>(),
+        ["operator-registry"]
+    );
+    let env = pod.containers[0].env.clone().unwrap();
+    let setting = env
+        .iter()
+        .find(|e| e.name == "PSK_WORKER_IMAGE_PULL_SECRETS")
+        .and_then(|e| e.value.clone())
+        .expect("the operator is told the workers' pull secrets");
+    assert_eq!(setting, "registry-a,registry-b");
+
+    // The operator, given that setting as the chart gives it, puts them in the worker pods.
+    let scenario = testenv::scenario::Scenario::with("pull", &testenv::shared().kafka, false).await;
+    let mut args = operator::args(
+        &testenv::shared().kafka,
+        &scenario.ns,
+        Duration::from_secs(3),
+    );
+    let parsed = pubsubkafka_controller::settings::Args::try_parse_from([
+        "pubsubkafka-controller",
+        "--kafka-bootstrap-servers",
+        "unused:9092",
+        "--worker-image-pull-secrets",
+        &setting,
+    ])
+    .unwrap();
+    args.worker_image_pull_secrets = parsed.worker_image_pull_secrets;
+    let _operator = Operator::start(&scenario.kube, args).await;
+    let topic = testenv::unique_name("orders");
+    scenario.apply_ok(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {topic}\nspec:\n  partitions: 1\n  replicationFactor: 1\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: store\nspec:\n  topicRef: {{name: {topic}}}\n  \
+         handler:\n    http: {{url: 'http://receiver:8080/orders'}}\n"
+    ));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let names = eventually("the worker Deployment", WAIT, || async {
+        let d = deployments
+            .get_opt("store-worker")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())?;
+        Ok::<_, String>(
+            d.spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.image_pull_secrets)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await;
+    assert_eq!(names, ["registry-a", "registry-b"]);
 }

@@ -338,7 +338,16 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         .unwrap_or_else(|| ctx.settings.worker_image.clone());
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let before = deployments.get_opt(&names.deployment).await?;
-    let deployment = plan::deployment(consumer, &names, replicas, &image, &hash);
+    let deployment = plan::deployment(
+        consumer,
+        &names,
+        replicas,
+        plan::WorkerImage {
+            image: &image,
+            pull_secrets: &ctx.settings.worker_image_pull_secrets,
+        },
+        &hash,
+    );
     let applied = deployments
         .patch(&names.deployment, &params, &Patch::Apply(&deployment))
         .await?;

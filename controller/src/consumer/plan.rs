@@ -8,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -315,12 +316,19 @@ pub fn child_meta(consumer: &OrderConsumer, name: &str) -> ObjectMeta {
     }
 }
 
+/// What the worker pods run: image and the pull Secrets to fetch it with.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerImage<'a> {
+    pub image: &'a str,
+    pub pull_secrets: &'a [String],
+}
+
 /// The worker Deployment running `replicas` pods of `image` with the rendered config.
 pub fn deployment(
     consumer: &OrderConsumer,
     names: &Names,
     replicas: i32,
-    image: &str,
+    image: WorkerImage<'_>,
     config_hash: &str,
 ) -> Deployment {
     let spec = &consumer.spec;
@@ -405,6 +413,13 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(30),
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: (!image.pull_secrets.is_empty()).then(|| {
+                        image
+                            .pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -418,7 +433,7 @@ pub fn deployment(
                     }),
                     containers: vec![Container {
                         name: "worker".into(),
-                        image: Some(image.to_owned()),
+                        image: Some(image.image.to_owned()),
                         args: Some(vec![
                             "consume".into(),
                             "--config".into(),
@@ -685,7 +700,16 @@ spec:
     fn the_deployment_is_locked_down_and_probed() {
         let c = consumer(ORDERS);
         let names = Names::of(&c);
-        let d = deployment(&c, &names, 3, "pubsubkafka/worker:test", "abc");
+        let d = deployment(
+            &c,
+            &names,
+            3,
+            WorkerImage {
+                image: "pubsubkafka/worker:test",
+                pull_secrets: &[],
+            },
+            "abc",
+        );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.unwrap();
@@ -711,6 +735,36 @@ spec:
     }
 
     #[test]
+    fn worker_pods_carry_the_image_pull_secrets() {
+        let c = consumer(ORDERS);
+        let names = Names::of(&c);
+        let secrets = ["registry-a".to_owned(), "registry-b".to_owned()];
+        for (pull_secrets, expected) in [
+            (&secrets[..], Some(vec!["registry-a", "registry-b"])),
+            (&[][..], None),
+        ] {
+            let d = deployment(
+                &c,
+                &names,
+                1,
+                WorkerImage {
+                    image: "registry.example/worker:1",
+                    pull_secrets,
+                },
+                "h",
+            );
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let names: Option<Vec<String>> = pod
+                .image_pull_secrets
+                .map(|s| s.into_iter().map(|r| r.name).collect());
+            assert_eq!(
+                names,
+                expected.map(|e| e.into_iter().map(String::from).collect())
+            );
+        }
+    }
+
+    #[test]
     fn an_http_consumer_mounts_no_database() {
         let mut c = consumer(ORDERS);
         c.spec = OrderConsumerSpec {
@@ -719,7 +773,16 @@ spec:
             ..c.spec
         };
         let names = Names::of(&c);
-        let d = deployment(&c, &names, 1, "img", "h");
+        let d = deployment(
+            &c,
+            &names,
+            1,
+            WorkerImage {
+                image: "img",
+                pull_secrets: &[],
+            },
+            "h",
+        );
         assert_eq!(
             d.spec
                 .unwrap()
