@@ -1,13 +1,17 @@
 //! The operator's life as a Deployment sees it, against the real API server and the real
 //! secured Kafka: a standby replica is Ready, a SIGTERMed leader hands the Lease over at once,
-//! and restarts never flip consumers to `TopicNotReady`.
+//! restarts never flip consumers to `TopicNotReady`, and a changed Secret the workers mount
+//! rolls them.
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use pubsubkafka_controller::consumer::plan::CONFIG_HASH_ANNOTATION;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, conditions};
-use testenv::operator::{self, OperatorProcess};
+use testenv::operator::{self, Operator, OperatorProcess};
 use testenv::scenario::Scenario;
 use testenv::worker::metric_value;
 use testenv::{eventually, unique_name};
@@ -26,6 +30,10 @@ fn consumer_yaml(name: &str, topic: &str, db_secret: &str) -> String {
         "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: {name}\nspec:\n  \
          topicRef: {{name: {topic}}}\n  handler:\n    eventStore:\n      connectionSecret: {{name: {db_secret}, key: url}}\n"
     )
+}
+
+fn secret_yaml(name: &str, url: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  url: {url}\n")
 }
 
 async fn holder(leases: &Api<Lease>, name: &str) -> Result<Option<String>, String> {
@@ -218,3 +226,73 @@ async fn restarts_never_flip_a_ready_consumer_to_topic_not_ready() {
     assert!(flips.is_empty(), "TopicNotReady after a restart: {flips:?}");
 }
 
+#[tokio::test]
+async fn a_changed_database_secret_rolls_the_workers_and_an_unrelated_one_does_not() {
+    let scenario = Scenario::with("secret-roll", &testenv::shared().kafka, false).await;
+    // Resync far beyond the test: only the Secret watch can roll the workers in time.
+    let args = operator::args(
+        &testenv::shared().kafka,
+        &scenario.ns,
+        Duration::from_secs(600),
+    );
+    let _operator = Operator::start(&scenario.kube, args).await;
+    let topic = unique_name("orders");
+    scenario.apply_ok(&secret_yaml("orders-db", "postgres://wrong-host/orders"));
+    scenario.apply_ok(&secret_yaml("unrelated", "postgres://a/b"));
+    scenario.apply_ok(&topic_yaml(&topic));
+    scenario.apply_ok(&consumer_yaml("store", &topic, "orders-db"));
+    consumer_ready(&scenario, "store").await;
+
+    let deployments: Api<Deployment> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let template_hash = |d: &Deployment| -> Option<String> {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(CONFIG_HASH_ANNOTATION)
+            .cloned()
+    };
+    let before = deployments.get("store-worker").await.unwrap();
+    let hash_before = template_hash(&before).expect("a config hash on the pod template");
+    let generation_before = before.metadata.generation.unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let set_url = |name: &'static str, url: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"stringData": {"url": url}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // First a Secret no consumer mounts, then the corrected database URL.
+    set_url("unrelated", "postgres://c/d").await;
+    set_url("orders-db", "postgres://orders-db.shop.svc/orders").await;
+    let after = eventually(
+        "the corrected database Secret to roll the workers",
+        Duration::from_secs(30),
+        || async {
+            let d = deployments
+                .get("store-worker")
+                .await
+                .map_err(|e| e.to_string())?;
+            (template_hash(&d).as_deref() != Some(hash_before.as_str()))
+                .then_some(d)
+                .ok_or_else(|| "same hash".to_owned())
+        },
+    )
+    .await;
+    assert_eq!(
+        after.metadata.generation.unwrap(),
+        generation_before + 1,
+        "exactly one rollout: the unrelated Secret changed nothing"
+    );
+}

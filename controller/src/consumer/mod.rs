@@ -56,10 +56,18 @@ pub fn controller(
     let store = controller.store();
     let by_topic = store.clone();
     let by_policy = store.clone();
+    let by_secret = store.clone();
     let controller = controller
         .owns(api::<Deployment>(client, namespace), config.clone())
-        .owns(api::<Secret>(client, namespace), config.clone())
         .owns(api::<ConfigMap>(client, namespace), config.clone())
+        // A Secret wakes the consumer that owns it (its credentials) and every consumer whose
+        // pods mount it (an event store's connection Secret), so a change rolls the workers.
+        // Trigger streams keep no cache: Secrets pass through, only their names are used.
+        .watches(
+            api::<Secret>(client, namespace),
+            config.clone(),
+            move |secret| secret_users(&by_secret, &secret),
+        )
         .watches(
             api::<KafkaTopic>(client, namespace),
             config.clone(),
@@ -78,6 +86,26 @@ pub fn controller(
             })
         });
     (controller, store)
+}
+
+/// The consumers that own `secret` or mount it.
+fn secret_users(store: &Store<OrderConsumer>, secret: &Secret) -> Vec<ObjectRef<OrderConsumer>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let owners: BTreeSet<String> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == KIND && o.api_version == OrderConsumer::api_version(&()))
+        .map(|o| o.name.clone())
+        .collect();
+    users(store, &namespace, |c| {
+        owners.contains(&c.name_any())
+            || c.spec
+                .handler
+                .event_store
+                .as_ref()
+                .is_some_and(|s| s.connection_secret.name == name)
+    })
 }
 
 /// The consumers in `namespace` matching `uses`.
@@ -277,7 +305,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         )
         .await?;
     }
-    ensure_principal(consumer, ctx, &names).await?;
+    let credentials_version = ensure_principal(consumer, ctx, &names).await?;
     let desired_acls = plan::consumer_acls(
         &names.principal,
         &source,
@@ -318,7 +346,19 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     })
     .map_err(Error::InvalidSpec)?
     .to_json();
-    let hash = plan::config_hash(&config);
+    // The pods read the database URL and their Kafka credentials (with the CA) only at start:
+    // a new version of either Secret must roll them.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut mounted = vec![(names.credentials_secret.clone(), credentials_version)];
+    if let Some(store) = &consumer.spec.handler.event_store {
+        let name = &store.connection_secret.name;
+        let version = secrets
+            .get_metadata_opt(name)
+            .await?
+            .and_then(|s| s.metadata.resource_version);
+        mounted.push((name.clone(), version));
+    }
+    let hash = plan::pod_template_hash(&config, &mounted);
     let params = PatchParams::apply(FIELD_MANAGER).force();
 
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -498,11 +538,12 @@ async fn ensure_companion_topic(
 }
 
 /// The credentials Secret (password generated once and kept) and the SCRAM credential.
+/// Returns the Secret's resourceVersion.
 async fn ensure_principal(
     consumer: &OrderConsumer,
     ctx: &Context,
     names: &Names,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(
         ctx.client.clone(),
         &consumer.namespace().unwrap_or_default(),
@@ -546,7 +587,7 @@ async fn ensure_principal(
         ),
         ..Default::default()
     };
-    secrets
+    let applied = secrets
         .patch(
             &names.credentials_secret,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -567,7 +608,7 @@ async fn ensure_principal(
         )
         .await;
     }
-    Ok(())
+    Ok(applied.metadata.resource_version)
 }
 
 /// Makes the principal's ACLs exactly `desired`.

@@ -258,6 +258,24 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
     })
 }
 
+/// The pod template's hash: the rendered config and the version of every Secret the pods mount
+/// (`(name, resourceVersion)`, `None` while it does not exist). A corrected database URL or a
+/// new CA in the credentials Secret therefore rolls the workers, which read both only at
+/// start. Versions, not contents, go in: no value derived from a secret lands in an annotation
+/// anyone who can read Deployments can see.
+pub fn pod_template_hash(config: &str, mounted_secrets: &[(String, Option<String>)]) -> String {
+    let mut text = config.to_owned();
+    let mut secrets: Vec<_> = mounted_secrets.iter().collect();
+    secrets.sort();
+    for (name, version) in secrets {
+        text.push_str(&format!(
+            "\nsecret/{name}@{}",
+            version.as_deref().unwrap_or("-")
+        ));
+    }
+    config_hash(&text)
+}
+
 /// A stable 64-bit FNV-1a hash, hex: the same config gives the same hash across releases.
 pub fn config_hash(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -762,6 +780,25 @@ spec:
                 expected.map(|e| e.into_iter().map(String::from).collect())
             );
         }
+    }
+
+    #[test]
+    fn the_pod_template_hash_follows_the_mounted_secrets_versions() {
+        let secrets = |db: Option<&str>| {
+            vec![
+                ("c-kafka-credentials".to_owned(), Some("10".to_owned())),
+                ("orders-db".to_owned(), db.map(str::to_owned)),
+            ]
+        };
+        let base = pod_template_hash("{}", &secrets(Some("7")));
+        assert_eq!(base, pod_template_hash("{}", &secrets(Some("7"))));
+        let mut reordered = secrets(Some("7"));
+        reordered.reverse();
+        assert_eq!(base, pod_template_hash("{}", &reordered), "order-free");
+        assert_ne!(base, pod_template_hash("{}", &secrets(Some("8"))));
+        assert_ne!(base, pod_template_hash("{}", &secrets(None)));
+        assert_ne!(base, pod_template_hash("{\"a\":1}", &secrets(Some("7"))));
+        assert_ne!(base, config_hash("{}"), "the secrets count");
     }
 
     #[test]
