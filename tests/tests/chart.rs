@@ -57,6 +57,17 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         "--set",
         "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
     ]);
+    // The Prometheus Operator's kinds render where its API is served (see
+    // monitoring_objects_need_the_prometheus_operators_api).
+    helm(&[
+        "template",
+        "x",
+        chart,
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ]);
     // Tracing on: the operator gets the standard OTEL_* variables, the workers' endpoint too.
     let traced = helm(&[
         "template",
@@ -121,6 +132,8 @@ fn rendered_rule_groups(values: &[&str]) -> serde_yaml::Value {
         &chart,
         "--show-only",
         "templates/monitoring.yaml",
+        "--api-versions",
+        "monitoring.coreos.com/v1",
         "--set",
         "metrics.prometheusRule.enabled=true",
     ];
@@ -204,6 +217,8 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
         "template",
         &release,
         chart().to_str().unwrap(),
+        "--api-versions",
+        "monitoring.coreos.com/v1",
         "--set",
         "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
     ]);
@@ -414,6 +429,80 @@ async fn a_standby_replica_takes_over_when_the_leader_goes() {
     .await;
 }
 
+/// `helm` with `args`, as a user runs it: (success, stdout + stderr).
+fn helm_output(args: &[&str]) -> (bool, String) {
+    let out = Command::new(tools::helm().expect("helm is installed by make tools"))
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-data"),
+        )
+        .output()
+        .expect("helm runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The API server serves no `monitoring.coreos.com/v1`: the README's `helm install` with the
+/// Prometheus Operator's objects turned on fails before creating anything, saying why.
+#[tokio::test]
+async fn monitoring_objects_need_the_prometheus_operators_api() {
+    let stack = testenv::shared();
+    let ns = testenv::unique_name("monitoring");
+    let client = stack.kube.client().await.unwrap();
+    operator::create_namespace(&client, &ns).await;
+    let kubeconfig = stack.kube.kubeconfig.display().to_string();
+    let chart = chart().display().to_string();
+    let install = |values: &str| {
+        helm_output(&[
+            "install",
+            "psk",
+            &chart,
+            "--namespace",
+            &ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--dry-run=server",
+            "--set",
+            values,
+        ])
+    };
+    for values in [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ] {
+        let (ok, out) = install(values);
+        assert!(
+            !ok,
+            "{values}: installed without the Prometheus Operator\n{out}"
+        );
+        assert!(
+            out.contains("need the Prometheus Operator's CRDs (monitoring.coreos.com/v1)"),
+            "{values}: {out}"
+        );
+        assert!(!out.contains("no matches for kind"), "failed early: {out}");
+    }
+    // What needs nothing installs.
+    let (ok, out) = install("metrics.dashboard.enabled=true");
+    assert!(ok, "{out}");
+    assert!(out.contains("grafana_dashboard"), "{out}");
+}
+
 /// `imagePullSecrets` reaches the operator's pod, and `workerImagePullSecrets` every worker
 /// Deployment the operator creates.
 #[tokio::test]
@@ -490,3 +579,4 @@ async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
     .await;
     assert_eq!(names, ["registry-a", "registry-b"]);
 }
+
