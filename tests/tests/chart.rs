@@ -580,3 +580,76 @@ async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
     assert_eq!(names, ["registry-a", "registry-b"]);
 }
 
+/// With `watchNamespace`, deleting that namespace deletes the operator's Role in it first; the
+/// chart's small ClusterRole still lets the operator remove its finalizers, and nothing more.
+#[tokio::test]
+async fn watch_namespace_mode_keeps_the_rights_to_remove_finalizers() {
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.unwrap();
+    let release_ns = testenv::unique_name("psk-system");
+    let watched = testenv::unique_name("shop");
+    operator::create_namespace(&client, &release_ns).await;
+    operator::create_namespace(&client, &watched).await;
+    let release = testenv::unique_name("psk");
+    let rendered = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        &release_ns,
+        "--set",
+        &format!("watchNamespace={watched}"),
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    kubectl(&stack.kube, &["apply", "-f", "-"], &rendered).unwrap_or_else(|e| panic!("{e}"));
+    let account = format!("system:serviceaccount:{release_ns}:{release}-controller");
+    let can = |verb: &str, resource: &str| {
+        kubectl(
+            &stack.kube,
+            &[
+                "auth", "can-i", verb, resource, "-n", &watched, "--as", &account,
+            ],
+            "",
+        )
+        .map(|out| out.trim() == "yes")
+        .unwrap_or(false)
+    };
+    assert!(can("create", "deployments.apps"), "the Role applies first");
+    // As the namespace controller would: the Role goes with the namespace's content.
+    kubectl(
+        &stack.kube,
+        &["delete", "role,rolebinding", "--all", "-n", &watched],
+        "",
+    )
+    .unwrap();
+    for resource in [
+        "orderconsumers.pubsubkafka.io",
+        "kafkatopics.pubsubkafka.io",
+    ] {
+        for verb in ["get", "list", "watch", "patch"] {
+            assert!(
+                can(verb, resource),
+                "{verb} {resource} after the namespace's Role is gone"
+            );
+        }
+    }
+    for (verb, resource) in [
+        ("list", "secrets"),
+        ("create", "deployments.apps"),
+        ("delete", "orderconsumers.pubsubkafka.io"),
+    ] {
+        assert!(!can(verb, resource), "{verb} {resource} stays namespaced");
+    }
+    // Cluster-wide mode needs no extra grant.
+    let cluster_wide = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    assert!(!cluster_wide.contains("-finalizers"), "{cluster_wide}");
+}
