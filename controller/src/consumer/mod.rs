@@ -727,16 +727,25 @@ async fn write_status(
 
 /// Removes the consumer's ACLs and SCRAM credential from Kafka.
 async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
+    remove_principal(consumer, &ctx.admin).await?;
+    Ok(Action::await_change())
+}
+
+/// Deletes the consumer's ACLs and its SCRAM credential (both idempotent).
+pub async fn remove_principal(
+    consumer: &OrderConsumer,
+    admin: &crate::kafka::KafkaAdmin,
+) -> Result<(), AdminError> {
     let names = Names::of(consumer);
-    ctx.admin
+    admin
         .delete_acls(&[AclFilter {
             principal: Some(names.principal.clone()),
             ..AclFilter::default()
         }])
         .await?;
-    ctx.admin.delete_scram_user(&names.user).await?;
+    admin.delete_scram_user(&names.user).await?;
     info!(principal = %names.principal, "removed the consumer's principal and ACLs");
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// 32 random alphanumeric characters from the kernel's random source.

@@ -410,6 +410,18 @@ async fn set_finalizer(
     Ok(())
 }
 
+/// What a deleted KafkaTopic gives back to Kafka: the ACLs it wrote and, with
+/// `deletionPolicy: Delete`, the topic. Only for the resource that owns the topic name.
+pub async fn release_kafka(topic: &KafkaTopic, admin: &KafkaAdmin) -> Result<(), AdminError> {
+    let applied = Desired::of(topic).applied_acls;
+    let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
+    admin.delete_acls(&filters).await?;
+    if topic.spec.deletion_policy == DeletionPolicy::Delete {
+        admin.delete_topic(&topic.topic_name()).await?;
+    }
+    Ok(())
+}
+
 /// Deletion of a resource carrying the finalizer: remove the ACLs it wrote and, with
 /// `deletionPolicy: Delete`, the topic, unless another resource owns that topic.
 async fn cleanup(
@@ -424,17 +436,7 @@ async fn cleanup(
     let owned = plan::conflicting_owner(topic, store.iter().map(Arc::as_ref)).is_none();
     if owned {
         let name = topic.topic_name();
-        let result = async {
-            let applied = Desired::of(topic).applied_acls;
-            let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
-            ctx.admin.delete_acls(&filters).await?;
-            if topic.spec.deletion_policy == DeletionPolicy::Delete {
-                ctx.admin.delete_topic(&name).await?;
-            }
-            Ok::<_, AdminError>(())
-        }
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = release_kafka(topic, &ctx.admin).await {
             let error = Error::from(e);
             let message = format!("cannot delete Kafka topic {name} yet: {error}");
             write_status(
