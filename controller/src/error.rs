@@ -76,7 +76,10 @@ mod tests {
             detail: "GroupAuthorizationFailed".into(),
         });
         assert_eq!(missing.reason(), reason::NOT_AUTHORIZED);
-        assert!(!missing.is_transient(), "retried at the resync, not hammered");
+        assert!(
+            !missing.is_transient(),
+            "retried at the resync, not hammered"
+        );
         assert!(
             missing
                 .to_string()
