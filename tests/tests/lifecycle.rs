@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use pubsubkafka_controller::consumer::plan::CONFIG_HASH_ANNOTATION;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, conditions};
-use testenv::operator::{self, Operator, OperatorProcess};
+use testenv::operator::{self, OperatorProcess};
 use testenv::scenario::Scenario;
 use testenv::worker::metric_value;
 use testenv::{eventually, unique_name};
@@ -229,13 +229,14 @@ async fn restarts_never_flip_a_ready_consumer_to_topic_not_ready() {
 #[tokio::test]
 async fn a_changed_database_secret_rolls_the_workers_and_an_unrelated_one_does_not() {
     let scenario = Scenario::with("secret-roll", &testenv::shared().kafka, false).await;
+    let dir = tempfile::tempdir().unwrap();
     // Resync far beyond the test: only the Secret watch can roll the workers in time.
-    let args = operator::args(
+    let flags = operator::process_args(
         &testenv::shared().kafka,
         &scenario.ns,
         Duration::from_secs(600),
     );
-    let _operator = Operator::start(&scenario.kube, args).await;
+    let operator = OperatorProcess::start(&scenario.kube, &flags, &dir.path().join("op.log"));
     let topic = unique_name("orders");
     scenario.apply_ok(&secret_yaml("orders-db", "postgres://wrong-host/orders"));
     scenario.apply_ok(&secret_yaml("unrelated", "postgres://a/b"));
@@ -294,5 +295,47 @@ async fn a_changed_database_secret_rolls_the_workers_and_an_unrelated_one_does_n
         after.metadata.generation.unwrap(),
         generation_before + 1,
         "exactly one rollout: the unrelated Secret changed nothing"
+    );
+
+    // Passes that find every Secret unchanged roll nothing: re-applying the credentials Secret
+    // is a no-op that keeps its version. Each of three metadata changes wakes a pass.
+    let consumers: Api<OrderConsumer> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let passes = || {
+        let (_, text) = operator.get("/metrics").unwrap();
+        metric_value(
+            &text,
+            "pubsubkafka_controller_reconciliations_total",
+            &[("kind", "OrderConsumer")],
+        )
+    };
+    for round in 0..3 {
+        let passes_before = passes();
+        consumers
+            .patch(
+                "store",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({
+                    "metadata": {"annotations": {"example.com/touched": round.to_string()}}
+                })),
+            )
+            .await
+            .unwrap();
+        eventually(
+            "a pass after the change",
+            Duration::from_secs(30),
+            || async {
+                let now = passes();
+                (now > passes_before)
+                    .then_some(())
+                    .ok_or(format!("{now} after {passes_before}"))
+            },
+        )
+        .await;
+    }
+    let settled = deployments.get("store-worker").await.unwrap();
+    assert_eq!(template_hash(&settled), template_hash(&after));
+    assert_eq!(
+        settled.metadata.generation, after.metadata.generation,
+        "no rollout from passes that changed nothing"
     );
 }
