@@ -12,7 +12,8 @@
 //!   longer waits for an operator that is gone.
 //!
 //! So no namespace hangs on a finalizer after uninstall, and no principal or ACL outlives the
-//! consumer it was made for.
+//! consumer it was made for. Having stopped the operator's Deployment, it deletes the
+//! leader-election Lease as well.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -117,10 +118,20 @@ pub async fn run(args: CleanupArgs, client: kube::Client) -> Result<Summary, Cle
 
     let result = clean(&client, &admin, settings.watch_namespace.as_deref()).await;
 
-    if let Some((leases, election)) = &lease
-        && let Err(e) = leader::release(leases, election).await
-    {
-        warn!(error = %e, "could not release the Lease; it expires on its own");
+    if let Some((leases, election)) = &lease {
+        // With the operator stopped for good (the uninstall hook), the Lease goes too; an
+        // operator brought back (rollback) creates it again. Otherwise it is handed back.
+        let outcome = if args.stop_deployment.is_some() && result.is_ok() {
+            leases
+                .delete(&election.name, &Default::default())
+                .await
+                .map(drop)
+        } else {
+            leader::release(leases, election).await.map(drop)
+        };
+        if let Err(e) = outcome {
+            warn!(error = %e, "could not give the Lease up; it expires on its own");
+        }
     }
     result
 }
