@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "cleanup") {
         argv.remove(1);
+        argv[0] = "pubsubkafka-controller cleanup".into();
         return cleanup_main(CleanupArgs::parse_from(argv)).await;
     }
     let args = Args::parse_from(argv);
