@@ -716,6 +716,17 @@ async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
         .iter()
         .find(|d| d["kind"] == "Job")
         .expect("the hook's Job");
+    let (ok, without) = helm_output(&[
+        "template",
+        &release,
+        &chart_path,
+        "--set",
+        "cleanupOnUninstall=false",
+    ]);
+    assert!(
+        ok && !without.contains("pre-delete"),
+        "the hook can be turned off"
+    );
     let container = &job["spec"]["template"]["spec"]["containers"][0];
     let job_args: Vec<String> = container["args"]
         .as_sequence()
