@@ -26,6 +26,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Worker image when an OrderConsumer names none.
     pub worker_image: String,
+    /// Image pull Secrets of every worker pod.
+    pub worker_image_pull_secrets: Vec<String>,
     /// Bootstrap servers as worker pods reach them.
     pub worker_bootstrap_servers: String,
     pub worker_security_protocol: SecurityProtocol,

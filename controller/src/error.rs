@@ -48,6 +48,7 @@ impl Error {
         match self {
             Self::Kafka(AdminError::Unavailable(_)) => reason::KAFKA_UNAVAILABLE,
             Self::Kafka(AdminError::InvalidRequest(_)) => reason::INVALID_CONFIG,
+            Self::Kafka(AdminError::NotAuthorized { .. }) => reason::NOT_AUTHORIZED,
             Self::Kafka(AdminError::Rejected { code, .. }) => match code {
                 RDKafkaErrorCode::InvalidConfig
                 | RDKafkaErrorCode::InvalidRequest
@@ -56,6 +57,7 @@ impl Error {
                 | RDKafkaErrorCode::InvalidPartitions => reason::INVALID_CONFIG,
                 RDKafkaErrorCode::InvalidReplicationFactor => reason::INVALID_REPLICATION_FACTOR,
                 RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
                 | RDKafkaErrorCode::SecurityDisabled => reason::NOT_AUTHORIZED,
                 _ => reason::KAFKA_ERROR,
@@ -77,5 +79,44 @@ impl Error {
             | Self::Waiting { .. }
             | Self::InvalidSpec(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_acl_is_not_authorized_and_waits_for_a_grant() {
+        let missing = Error::Kafka(AdminError::NotAuthorized {
+            operation: "DESCRIBE",
+            resource: "group shop.order-store".into(),
+            detail: "GroupAuthorizationFailed".into(),
+        });
+        assert_eq!(missing.reason(), reason::NOT_AUTHORIZED);
+        assert!(
+            !missing.is_transient(),
+            "retried at the resync, not hammered"
+        );
+        assert!(
+            missing
+                .to_string()
+                .contains("lacks DESCRIBE on group shop.order-store"),
+            "{missing}"
+        );
+        for code in [
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            let raw = Error::Kafka(AdminError::Rejected {
+                code,
+                message: String::new(),
+            });
+            assert_eq!(raw.reason(), reason::NOT_AUTHORIZED, "{code:?}");
+        }
+        let outage = Error::Kafka(AdminError::Unavailable("OperationTimedOut".into()));
+        assert_eq!(outage.reason(), reason::KAFKA_UNAVAILABLE);
+        assert!(outage.is_transient());
     }
 }

@@ -1,5 +1,6 @@
 //! The controller's HTTP endpoints: `/metrics`, `/healthz` (the process serves requests) and
-//! `/readyz` (the CRDs are installed and the reconcilers run).
+//! `/readyz` (the CRDs answered at start-up; leader or standby alike, so readiness never waits
+//! for the leader-election Lease).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,11 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so two or more operator replicas are
 //! safe: only the holder reconciles. A replica takes the Lease when it is free or expired, renews
 //! it every few seconds, and stops (the process exits and Kubernetes restarts it as a candidate)
-//! if it cannot renew before the Lease expires.
+//! if it cannot renew before the Lease expires. On a clean shutdown the holder releases the
+//! Lease ([`release`]), so a standby takes over at its next try instead of after the expiry.
+//!
+//! Leadership decides who reconciles, never readiness: a standby is Ready too (the
+//! controller-runtime convention), so a rolling update or `replicas: 2` can become available.
 
 use std::time::Duration;
 
@@ -83,6 +87,36 @@ pub async fn hold(api: &Api<Lease>, election: &Election) {
                 }
             }
         }
+    }
+}
+
+/// Gives the Lease up if this replica holds it: no holder, a one-second duration (as
+/// client-go's `ReleaseOnCancel` leaves it). Returns whether it was ours to release.
+pub async fn release(api: &Api<Lease>, election: &Election) -> Result<bool, kube::Error> {
+    let Some(mut lease) = api.get_opt(&election.name).await? else {
+        return Ok(false);
+    };
+    let current = lease.spec.clone().unwrap_or_default();
+    if current.holder_identity.as_deref() != Some(election.identity.as_str()) {
+        return Ok(false);
+    }
+    lease.spec = Some(LeaseSpec {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        renew_time: Some(MicroTime(jiff::Timestamp::now())),
+        ..current
+    });
+    // Compare-and-swap on the resourceVersion: never clear a successor's hold.
+    match api
+        .replace(&election.name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => {
+            info!(lease = %election.name, identity = %election.identity, "released the Lease");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

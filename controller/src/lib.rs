@@ -1,6 +1,7 @@
 //! PubSubKafka's control plane: the custom resource types, one reconciler per kind, and the
 //! Kafka admin adapter they share.
 
+pub mod cleanup;
 pub mod consumer;
 pub mod context;
 pub mod crd;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::context::{Backoff, Context, Settings};
 use crate::crd::{KafkaAccessPolicy, KafkaTopic};
@@ -72,6 +72,11 @@ pub async fn run(
         })?;
     info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: args.metrics_addr, source })?, "serving /metrics, /healthz and /readyz");
     tokio::spawn(http::serve(listener, metrics.clone(), Arc::clone(&ready)));
+    // Ready once the endpoints are up and the CRDs answer, leader or standby (the
+    // controller-runtime convention): readiness gated on the Lease would keep the new pod of a
+    // rolling update unready while the old one holds it, and a standby of `replicas: 2`
+    // unready forever.
+    ready.store(true, Ordering::Relaxed);
     // Every replica, leader or not, reports whether it reaches Kafka: `kafka_up` is never a
     // start-up 0 nor a standby's stale value, so `min(pubsubkafka_controller_kafka_up) == 0`
     // alerts only on a real outage. Reconciles update it between probes.
@@ -137,6 +142,12 @@ pub async fn run(
         settings: Settings {
             resync: args.resync_interval,
             worker_image: args.worker_image.clone(),
+            worker_image_pull_secrets: args
+                .worker_image_pull_secrets
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
             worker_bootstrap_servers: args
                 .worker_bootstrap_servers
                 .clone()
@@ -184,6 +195,7 @@ pub async fn run(
     let stop = {
         let shutdown = shutdown.clone();
         let lost = Arc::clone(&lost);
+        let leadership = leadership.clone();
         async move {
             match leadership {
                 Some((leases, election)) => tokio::select! {
@@ -195,7 +207,6 @@ pub async fn run(
         }
         .shared()
     };
-    ready.store(true, Ordering::Relaxed);
     info!(
         resync = ?args.resync_interval,
         namespace = ?args.watch_namespace,
@@ -207,12 +218,25 @@ pub async fn run(
         topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
         consumer::run(ctx, consumer_controller, stop),
     );
-    info!("operator stopped");
     if lost.load(Ordering::Relaxed) {
+        info!("operator stopped");
         return Err(StartError::LeadershipLost);
     }
+    // A clean shutdown (SIGTERM): the reconcilers have finished their passes; hand the Lease
+    // over now rather than leave the successor waiting for it to expire.
+    if let Some((leases, election)) = &leadership {
+        match tokio::time::timeout(RELEASE_TIMEOUT, leader::release(leases, election)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not release the Lease; it expires on its own"),
+            Err(_) => warn!("releasing the Lease timed out; it expires on its own"),
+        }
+    }
+    info!("operator stopped");
     Ok(())
 }
+
+/// How long a stopping operator tries to release its Lease.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Stops a background task when the operator's run ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

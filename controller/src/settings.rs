@@ -11,7 +11,12 @@ use pubsubkafka_worker::telemetry::TraceArgs;
 
 /// PubSubKafka operator: reconciles KafkaTopic, DLQPolicy and OrderConsumer resources.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "pubsubkafka-controller", version)]
+#[command(
+    name = "pubsubkafka-controller",
+    version,
+    after_help = "`pubsubkafka-controller cleanup [OPTIONS]` (the same options) runs the uninstall \
+                  step instead: see `pubsubkafka-controller cleanup --help`."
+)]
 pub struct Args {
     /// Kafka bootstrap servers (host:port, comma-separated).
     #[arg(long, env = "PSK_KAFKA_BOOTSTRAP_SERVERS")]
@@ -37,6 +42,10 @@ pub struct Args {
     /// Worker image for OrderConsumers that name none.
     #[arg(long, env = "PSK_WORKER_IMAGE", default_value = concat!("pubsubkafka/worker:", env!("CARGO_PKG_VERSION")))]
     pub worker_image: String,
+    /// Image pull Secrets for every worker pod the operator creates (names, comma-separated).
+    /// Each must exist in every namespace with OrderConsumers.
+    #[arg(long, env = "PSK_WORKER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub worker_image_pull_secrets: Vec<String>,
     /// Bootstrap servers as worker pods reach them (the operator's own when absent).
     #[arg(long, env = "PSK_WORKER_BOOTSTRAP_SERVERS")]
     pub worker_bootstrap_servers: Option<String>,

@@ -84,6 +84,7 @@ pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
         // `namespaced` and tests/tenancy.rs sets it where it matters.
         default_access_policy: pubsubkafka_controller::tenancy::DefaultAccessPolicy::Open,
         worker_image: "pubsubkafka/worker:test".into(),
+        worker_image_pull_secrets: Vec::new(),
         leader_elect: false,
         leader_election_namespace: namespace.to_owned(),
         leader_election_lease: "pubsubkafka-controller".into(),
@@ -164,4 +165,96 @@ pub fn init_test_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// The operator's binary run as a process, as in a pod: it stops on SIGTERM, and its
+/// `/metrics`, `/healthz` and `/readyz` answer on `metrics_port`.
+pub struct OperatorProcess {
+    proc_: crate::process::Proc,
+    pub metrics_port: u16,
+}
+
+/// The binary next to this test executable (`target/<profile>/pubsubkafka-controller`).
+pub fn binary() -> std::path::PathBuf {
+    crate::worker::binary().with_file_name("pubsubkafka-controller")
+}
+
+/// Flags that connect the operator to `kafka` as its admin over SASL_SSL, scoped to
+/// `namespace`, with a short resync: the binary's counterpart of [`args`].
+pub fn process_args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Vec<String> {
+    let mut flags = crate::worker::kafka_args(kafka);
+    flags.extend([
+        "--watch-namespace".into(),
+        namespace.to_owned(),
+        "--resync-interval".into(),
+        format!("{}s", resync.as_secs().max(1)),
+        "--kafka-timeout".into(),
+        "5s".into(),
+        "--worker-image".into(),
+        "pubsubkafka/worker:test".into(),
+        "--log-format".into(),
+        "text".into(),
+    ]);
+    flags
+}
+
+impl OperatorProcess {
+    /// Starts the binary with `flags` against `kube`'s API server, logging to `log`.
+    pub fn start(kube: &KubeInfo, flags: &[String], log: &std::path::Path) -> Self {
+        let metrics_port = crate::free_port().expect("a free port");
+        let mut cmd = std::process::Command::new(binary());
+        cmd.env("KUBECONFIG", &kube.kubeconfig)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .args(flags)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+        let proc_ = crate::process::Proc::spawn(
+            "pubsubkafka-controller",
+            cmd,
+            log,
+            crate::Lifetime::Owned,
+            None,
+        )
+        .expect("starting the operator binary");
+        Self {
+            proc_,
+            metrics_port,
+        }
+    }
+
+    /// `GET path` on the metrics port: (status, body).
+    pub fn get(&self, path: &str) -> Result<(u16, String), String> {
+        crate::worker::http_get(self.metrics_port, path)
+    }
+
+    /// Fails with the log tail if the process has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        self.proc_.check_alive().map_err(|e| e.to_string())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.check_alive().unwrap_or_else(|e| panic!("{e}"));
+            if matches!(self.get("/readyz"), Ok((200, _))) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                self.proc_.failure("/readyz not 200 within 60s")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGTERM, and waits up to `grace` for the process to exit (SIGKILL after that).
+    pub fn terminate(&mut self, grace: Duration) {
+        self.proc_.stop(grace);
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        self.proc_.failure("log").to_string()
+    }
 }

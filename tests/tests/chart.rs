@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use clap::Parser;
 use kube::api::{Api, PostParams};
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
 use serde::Deserialize;
@@ -53,6 +54,17 @@ fn the_chart_lints_and_ships_the_generated_crds() {
         "lint",
         "--strict",
         chart,
+        "--set",
+        "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ]);
+    // The Prometheus Operator's kinds render where its API is served (see
+    // monitoring_objects_need_the_prometheus_operators_api).
+    helm(&[
+        "template",
+        "x",
+        chart,
+        "--api-versions",
+        "monitoring.coreos.com/v1",
         "--set",
         "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
     ]);
@@ -150,6 +162,8 @@ fn rendered_rule_groups(values: &[&str]) -> serde_yaml::Value {
         &chart,
         "--show-only",
         "templates/monitoring.yaml",
+        "--api-versions",
+        "monitoring.coreos.com/v1",
         "--set",
         "metrics.prometheusRule.enabled=true",
     ];
@@ -233,6 +247,8 @@ async fn the_rendered_chart_is_accepted_by_the_api_server() {
         "template",
         &release,
         chart().to_str().unwrap(),
+        "--api-versions",
+        "monitoring.coreos.com/v1",
         "--set",
         "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
     ]);
@@ -261,6 +277,20 @@ async fn chart_identity(api: &KubeInfo, ns: &str, release: &str) -> kube::Client
         "templates/rbac.yaml",
     ]);
     kubectl(api, &["apply", "-f", "-"], &rendered).unwrap_or_else(|e| panic!("{e}"));
+    let token = service_account_token(&admin, ns, &format!("{release}-controller")).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A token of ServiceAccount `ns/account`, as its pods get one.
+async fn service_account_token(admin: &kube::Client, ns: &str, account: &str) -> String {
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(admin.clone(), ns);
     let request = k8s_openapi::api::authentication::v1::TokenRequest {
@@ -272,24 +302,10 @@ async fn chart_identity(api: &KubeInfo, ns: &str, release: &str) -> kube::Client
         ..Default::default()
     };
     let token: k8s_openapi::api::authentication::v1::TokenRequest = accounts
-        .create_subresource(
-            "token",
-            &format!("{release}-controller"),
-            &PostParams::default(),
-            &request,
-        )
+        .create_subresource("token", account, &PostParams::default(), &request)
         .await
         .unwrap();
-    let token = token.status.and_then(|s| s.token).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.into()),
-        ..Default::default()
-    };
-    kube::Client::try_from(config).unwrap()
+    token.status.and_then(|s| s.token).unwrap()
 }
 
 #[tokio::test]
@@ -451,4 +467,489 @@ async fn a_standby_replica_takes_over_when_the_leader_goes() {
         t.is_ready().then_some(()).ok_or(format!("{:?}", t.status))
     })
     .await;
+}
+
+/// `helm` with `args`, as a user runs it: (success, stdout + stderr).
+fn helm_output(args: &[&str]) -> (bool, String) {
+    let out = Command::new(tools::helm().expect("helm is installed by make tools"))
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("pubsubkafka-helm-data"),
+        )
+        .output()
+        .expect("helm runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The API server serves no `monitoring.coreos.com/v1`: the README's `helm install` with the
+/// Prometheus Operator's objects turned on fails before creating anything, saying why.
+#[tokio::test]
+async fn monitoring_objects_need_the_prometheus_operators_api() {
+    let stack = testenv::shared();
+    let ns = testenv::unique_name("monitoring");
+    let client = stack.kube.client().await.unwrap();
+    operator::create_namespace(&client, &ns).await;
+    let kubeconfig = stack.kube.kubeconfig.display().to_string();
+    let chart = chart().display().to_string();
+    let install = |values: &str| {
+        helm_output(&[
+            "install",
+            "psk",
+            &chart,
+            "--namespace",
+            &ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--dry-run=server",
+            "--set",
+            values,
+        ])
+    };
+    for values in [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    ] {
+        let (ok, out) = install(values);
+        assert!(
+            !ok,
+            "{values}: installed without the Prometheus Operator\n{out}"
+        );
+        assert!(
+            out.contains("need the Prometheus Operator's CRDs (monitoring.coreos.com/v1)"),
+            "{values}: {out}"
+        );
+        assert!(!out.contains("no matches for kind"), "failed early: {out}");
+    }
+    // What needs nothing installs.
+    let (ok, out) = install("metrics.dashboard.enabled=true");
+    assert!(ok, "{out}");
+    assert!(out.contains("grafana_dashboard"), "{out}");
+}
+
+/// With `watchNamespace`, deleting that namespace deletes the operator's Role in it first; the
+/// chart's small ClusterRole still lets the operator remove its finalizers, and nothing more.
+#[tokio::test]
+async fn watch_namespace_mode_keeps_the_rights_to_remove_finalizers() {
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.unwrap();
+    let release_ns = testenv::unique_name("psk-system");
+    let watched = testenv::unique_name("shop");
+    operator::create_namespace(&client, &release_ns).await;
+    operator::create_namespace(&client, &watched).await;
+    let release = testenv::unique_name("psk");
+    let rendered = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--namespace",
+        &release_ns,
+        "--set",
+        &format!("watchNamespace={watched}"),
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    kubectl(&stack.kube, &["apply", "-f", "-"], &rendered).unwrap_or_else(|e| panic!("{e}"));
+    let account = format!("system:serviceaccount:{release_ns}:{release}-controller");
+    let can = |verb: &str, resource: &str| {
+        kubectl(
+            &stack.kube,
+            &[
+                "auth", "can-i", verb, resource, "-n", &watched, "--as", &account,
+            ],
+            "",
+        )
+        .map(|out| out.trim() == "yes")
+        .unwrap_or(false)
+    };
+    assert!(can("create", "deployments.apps"), "the Role applies first");
+    // As the namespace controller would: the Role goes with the namespace's content.
+    kubectl(
+        &stack.kube,
+        &["delete", "role,rolebinding", "--all", "-n", &watched],
+        "",
+    )
+    .unwrap();
+    for resource in [
+        "orderconsumers.pubsubkafka.io",
+        "kafkatopics.pubsubkafka.io",
+    ] {
+        for verb in ["get", "list", "watch", "patch"] {
+            assert!(
+                can(verb, resource),
+                "{verb} {resource} after the namespace's Role is gone"
+            );
+        }
+    }
+    for (verb, resource) in [
+        ("list", "secrets"),
+        ("create", "deployments.apps"),
+        ("delete", "orderconsumers.pubsubkafka.io"),
+    ] {
+        assert!(!can(verb, resource), "{verb} {resource} stays namespaced");
+    }
+    // Cluster-wide mode needs no extra grant.
+    let cluster_wide = helm(&[
+        "template",
+        &release,
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    assert!(!cluster_wide.contains("-finalizers"), "{cluster_wide}");
+}
+
+/// `imagePullSecrets` reaches the operator's pod, and `workerImagePullSecrets` every worker
+/// Deployment the operator creates.
+#[tokio::test]
+async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
+    let rendered = helm(&[
+        "template",
+        "x",
+        chart().to_str().unwrap(),
+        "--show-only",
+        "templates/deployment.yaml",
+        "--set",
+        "imagePullSecrets[0].name=operator-registry,workerImagePullSecrets[0].name=registry-a,workerImagePullSecrets[1].name=registry-b",
+    ]);
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_str(&rendered).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect::<Vec<_>>(),
+        ["operator-registry"]
+    );
+    let env = pod.containers[0].env.clone().unwrap();
+    let setting = env
+        .iter()
+        .find(|e| e.name == "PSK_WORKER_IMAGE_PULL_SECRETS")
+        .and_then(|e| e.value.clone())
+        .expect("the operator is told the workers' pull secrets");
+    assert_eq!(setting, "registry-a,registry-b");
+
+    // The operator, given that setting as the chart gives it, puts them in the worker pods.
+    let scenario = testenv::scenario::Scenario::with("pull", &testenv::shared().kafka, false).await;
+    let mut args = operator::args(
+        &testenv::shared().kafka,
+        &scenario.ns,
+        Duration::from_secs(3),
+    );
+    let parsed = pubsubkafka_controller::settings::Args::try_parse_from([
+        "pubsubkafka-controller",
+        "--kafka-bootstrap-servers",
+        "unused:9092",
+        "--worker-image-pull-secrets",
+        &setting,
+    ])
+    .unwrap();
+    args.worker_image_pull_secrets = parsed.worker_image_pull_secrets;
+    let _operator = Operator::start(&scenario.kube, args).await;
+    let topic = testenv::unique_name("orders");
+    scenario.apply_ok(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {topic}\nspec:\n  partitions: 1\n  replicationFactor: 1\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: store\nspec:\n  topicRef: {{name: {topic}}}\n  \
+         handler:\n    http: {{url: 'http://receiver:8080/orders'}}\n"
+    ));
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let names = eventually("the worker Deployment", WAIT, || async {
+        let d = deployments
+            .get_opt("store-worker")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_owned())?;
+        Ok::<_, String>(
+            d.spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.image_pull_secrets)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await;
+    assert_eq!(names, ["registry-a", "registry-b"]);
+}
+
+/// A kubeconfig for the API server of `api` that authenticates with `token`.
+fn kubeconfig_with_token(api: &KubeInfo, token: &str, path: &std::path::Path) {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(&api.kubeconfig).unwrap();
+    for user in &mut kubeconfig.auth_infos {
+        user.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..Default::default()
+        });
+    }
+    testenv::write_private(path, &serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+}
+
+/// `helm uninstall`'s pre-delete hook as the chart defines it: its ServiceAccount and RBAC
+/// applied for real, its command (`pubsubkafka-controller cleanup`) run as the binary with that
+/// account's token, after the operator reconciled consumers and topics and went away with two
+/// deletions pending. Afterwards Kafka holds none of the consumers' principals or ACLs, no
+/// finalizer is left, the pending deletions completed, and the topic still declared is kept.
+#[tokio::test]
+async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
+    use pubsubkafka_controller::kafka::AclFilter;
+    let kafka = &testenv::shared().kafka;
+    let scenario = testenv::scenario::Scenario::with("uninstall", kafka, false).await;
+    let admin_client = scenario.client.clone();
+    let release_ns = testenv::unique_name("psk-system");
+    operator::create_namespace(&admin_client, &release_ns).await;
+    let release = testenv::unique_name("psk");
+    let chart_path = chart().display().to_string();
+    let template = |only: &str| {
+        helm(&[
+            "template",
+            &release,
+            &chart_path,
+            "--namespace",
+            &release_ns,
+            "--set",
+            &format!("watchNamespace={}", scenario.ns),
+            "--show-only",
+            only,
+        ])
+    };
+    // The operator's Deployment as the chart installs it (nothing runs it here) and the hook.
+    kubectl(
+        &scenario.kube,
+        &["apply", "-f", "-"],
+        &template("templates/deployment.yaml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hook = template("templates/cleanup-hook.yaml");
+    let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&hook)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect();
+    for doc in &documents {
+        assert_eq!(
+            doc["metadata"]["annotations"]["helm.sh/hook"], "pre-delete",
+            "every hook object exists only for the uninstall: {doc:?}"
+        );
+    }
+    let job = documents
+        .iter()
+        .find(|d| d["kind"] == "Job")
+        .expect("the hook's Job");
+    let (ok, without) = helm_output(&[
+        "template",
+        &release,
+        &chart_path,
+        "--set",
+        "cleanupOnUninstall=false",
+    ]);
+    assert!(
+        ok && !without.contains("pre-delete"),
+        "the hook can be turned off"
+    );
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let job_args: Vec<String> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(job_args[0], "cleanup", "{job_args:?}");
+    let rights: String = documents
+        .iter()
+        .filter(|d| d["kind"] != "Job")
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    kubectl(&scenario.kube, &["apply", "-f", "-"], &rights).unwrap_or_else(|e| panic!("{e}"));
+
+    // The operator reconciles two consumers and two Delete topics, then stops.
+    let mut args = operator::args(kafka, &scenario.ns, Duration::from_secs(3));
+    args.leader_elect = true;
+    args.leader_election_namespace = release_ns.clone();
+    let running = Operator::start(&scenario.kube, args).await;
+    let kept = testenv::unique_name("kept");
+    let doomed = testenv::unique_name("doomed");
+    for topic in [&kept, &doomed] {
+        scenario.apply_ok(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {topic}\nspec:\n  partitions: 1\n  replicationFactor: 1\n  deletionPolicy: Delete\n"
+        ));
+    }
+    for consumer in ["store", "gone"] {
+        scenario.apply_ok(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: {consumer}\nspec:\n  topicRef: {{name: {kept}}}\n  \
+             handler:\n    http: {{url: 'http://receiver:8080/orders'}}\n"
+        ));
+    }
+    let topics: Api<KafkaTopic> = Api::namespaced(admin_client.clone(), &scenario.ns);
+    let consumers: Api<OrderConsumer> = Api::namespaced(admin_client.clone(), &scenario.ns);
+    eventually("everything Ready", WAIT, || async {
+        let t = topics
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = consumers
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = t.items.iter().all(KafkaTopic::is_ready)
+            && c.items.iter().all(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
+                })
+            });
+        (ready && t.items.len() == 2 && c.items.len() == 2)
+            .then_some(())
+            .ok_or("not yet".to_owned())
+    })
+    .await;
+    running.stop().await.unwrap();
+    // Deleted while no operator runs: both wait on their finalizers.
+    consumers.delete("gone", &Default::default()).await.unwrap();
+    topics.delete(&doomed, &Default::default()).await.unwrap();
+    assert!(
+        consumers
+            .get("gone")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(
+        topics
+            .get(&doomed)
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+
+    // The hook's command, as the hook's ServiceAccount.
+    let dir = tempfile::tempdir().unwrap();
+    let token = service_account_token(
+        &admin_client,
+        &release_ns,
+        &format!("{release}-controller-cleanup"),
+    )
+    .await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    kubeconfig_with_token(&scenario.kube, &token, &kubeconfig);
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(operator::binary())
+            .args(&job_args)
+            .args(testenv::worker::kafka_args(kafka))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", &release_ns)
+            .env("PSK_WATCH_NAMESPACE", &scenario.ns)
+            .env("PSK_LOG_FORMAT", "text")
+            .output(),
+    )
+    .await
+    .expect("the cleanup finishes")
+    .unwrap();
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{output}");
+    assert!(
+        output.contains("removed the principals and ACLs of 2 OrderConsumers"),
+        "{output}"
+    );
+
+    // The operator was scaled to zero first.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin_client.clone(), &release_ns);
+    let operator_deployment = deployments
+        .get(&format!("{release}-controller"))
+        .await
+        .unwrap();
+    assert_eq!(operator_deployment.spec.unwrap().replicas, Some(0));
+    // No finalizer left; the pending deletions completed.
+    assert!(consumers.get_opt("gone").await.unwrap().is_none());
+    assert!(topics.get_opt(&doomed).await.unwrap().is_none());
+    for c in consumers.list(&Default::default()).await.unwrap().items {
+        assert!(
+            c.metadata.finalizers.unwrap_or_default().is_empty(),
+            "{:?}",
+            c.metadata.name
+        );
+    }
+    for t in topics.list(&Default::default()).await.unwrap().items {
+        assert!(
+            t.metadata.finalizers.unwrap_or_default().is_empty(),
+            "{:?}",
+            t.metadata.name
+        );
+    }
+    // Kafka: no principal, no ACL of either consumer; the declared topic kept, the deleted gone.
+    for consumer in ["store", "gone"] {
+        let user = format!("pubsubkafka.{}.{consumer}", scenario.ns);
+        assert!(
+            !scenario.admin.scram_user_exists(&user).await.unwrap(),
+            "{user}"
+        );
+        let acls = scenario
+            .admin
+            .describe_acls(&AclFilter {
+                principal: Some(format!("User:{user}")),
+                ..AclFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(acls.is_empty(), "{user}: {acls:?}");
+    }
+    assert!(
+        scenario
+            .admin
+            .describe_topic(&kept)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        scenario
+            .admin
+            .describe_topic(&doomed)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The operator's Lease is gone with it.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin_client.clone(), &release_ns);
+    assert!(
+        leases
+            .get_opt("pubsubkafka-controller")
+            .await
+            .unwrap()
+            .is_none(),
+        "the leader-election Lease is left behind"
+    );
+    for topic in [&kept, &format!("{kept}-dlq")] {
+        scenario.admin.delete_topic(topic).await.unwrap();
+    }
 }

@@ -65,10 +65,18 @@ pub fn controller(
     let store = controller.store();
     let by_topic = store.clone();
     let by_policy = store.clone();
+    let by_secret = store.clone();
     let controller = controller
         .owns(api::<Deployment>(client, namespace), config.clone())
-        .owns(api::<Secret>(client, namespace), config.clone())
         .owns(api::<ConfigMap>(client, namespace), config.clone())
+        // A Secret wakes the consumer that owns it (its credentials) and every consumer whose
+        // pods mount it (an event store's connection Secret), so a change rolls the workers.
+        // Trigger streams keep no cache: Secrets pass through, only their names are used.
+        .watches(
+            api::<Secret>(client, namespace),
+            config.clone(),
+            move |secret| secret_users(&by_secret, &secret),
+        )
         .watches(
             api::<KafkaTopic>(client, namespace),
             config.clone(),
@@ -89,6 +97,26 @@ pub fn controller(
     (controller, store)
 }
 
+/// The consumers that own `secret` or mount it.
+fn secret_users(store: &Store<OrderConsumer>, secret: &Secret) -> Vec<ObjectRef<OrderConsumer>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let owners: BTreeSet<String> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == KIND && o.api_version == OrderConsumer::api_version(&()))
+        .map(|o| o.name.clone())
+        .collect();
+    users(store, &namespace, |c| {
+        owners.contains(&c.name_any())
+            || c.spec
+                .handler
+                .event_store
+                .as_ref()
+                .is_some_and(|s| s.connection_secret.name == name)
+    })
+}
+
 /// The consumers in `namespace` matching `uses`.
 fn users(
     store: &Store<OrderConsumer>,
@@ -103,12 +131,26 @@ fn users(
         .collect()
 }
 
-/// Runs the reconciler until `shutdown`.
+/// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed.
+///
+/// A consumer reads its topic from that cache (`ctx.topics`, filled by the KafkaTopic
+/// controller started beside this one). Reconciled before the first list completes, every
+/// consumer would find no topic and go `Ready=False TopicNotReady` until the next resync.
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<OrderConsumer>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
+    tokio::select! {
+        synced = ctx.topics.wait_until_ready() => {
+            if synced.is_err() {
+                warn!("the KafkaTopic cache was dropped before it listed; not reconciling OrderConsumers");
+                return;
+            }
+        }
+        _ = shutdown.clone() => return,
+    }
+    info!("the KafkaTopic cache has listed; reconciling OrderConsumers");
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -307,7 +349,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         )
         .await?;
     }
-    ensure_principal(consumer, ctx, &names).await?;
+    let credentials_version = ensure_principal(consumer, ctx, &names).await?;
     let desired_acls = plan::consumer_acls(
         &names.principal,
         &source,
@@ -348,7 +390,19 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     })
     .map_err(Error::InvalidSpec)?
     .to_json();
-    let hash = plan::config_hash(&config);
+    // The pods read the database URL and their Kafka credentials (with the CA) only at start:
+    // a new version of either Secret must roll them.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut mounted = vec![(names.credentials_secret.clone(), credentials_version)];
+    if let Some(store) = &consumer.spec.handler.event_store {
+        let name = &store.connection_secret.name;
+        let version = secrets
+            .get_metadata_opt(name)
+            .await?
+            .and_then(|s| s.metadata.resource_version);
+        mounted.push((name.clone(), version));
+    }
+    let hash = plan::pod_template_hash(&config, &mounted);
     let params = PatchParams::apply(FIELD_MANAGER).force();
 
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
@@ -368,7 +422,16 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         .unwrap_or_else(|| ctx.settings.worker_image.clone());
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let before = deployments.get_opt(&names.deployment).await?;
-    let deployment = plan::deployment(consumer, &names, replicas, &image, &hash);
+    let deployment = plan::deployment(
+        consumer,
+        &names,
+        replicas,
+        plan::WorkerImage {
+            image: &image,
+            pull_secrets: &ctx.settings.worker_image_pull_secrets,
+        },
+        &hash,
+    );
     let applied = deployments
         .patch(&names.deployment, &params, &Patch::Apply(&deployment))
         .await?;
@@ -540,11 +603,12 @@ async fn ensure_companion_topic(
 }
 
 /// The credentials Secret (password generated once and kept) and the SCRAM credential.
+/// Returns the Secret's resourceVersion.
 async fn ensure_principal(
     consumer: &OrderConsumer,
     ctx: &Context,
     names: &Names,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(
         ctx.client.clone(),
         &consumer.namespace().unwrap_or_default(),
@@ -588,7 +652,7 @@ async fn ensure_principal(
         ),
         ..Default::default()
     };
-    secrets
+    let applied = secrets
         .patch(
             &names.credentials_secret,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -609,7 +673,7 @@ async fn ensure_principal(
         )
         .await;
     }
-    Ok(())
+    Ok(applied.metadata.resource_version)
 }
 
 /// Makes the principal's ACLs exactly `desired`.
@@ -728,16 +792,25 @@ async fn write_status(
 
 /// Removes the consumer's ACLs and SCRAM credential from Kafka.
 async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
+    remove_principal(consumer, &ctx.admin).await?;
+    Ok(Action::await_change())
+}
+
+/// Deletes the consumer's ACLs and its SCRAM credential (both idempotent).
+pub async fn remove_principal(
+    consumer: &OrderConsumer,
+    admin: &crate::kafka::KafkaAdmin,
+) -> Result<(), AdminError> {
     let names = Names::of(consumer);
-    ctx.admin
+    admin
         .delete_acls(&[AclFilter {
             principal: Some(names.principal.clone()),
             ..AclFilter::default()
         }])
         .await?;
-    ctx.admin.delete_scram_user(&names.user).await?;
+    admin.delete_scram_user(&names.user).await?;
     info!(principal = %names.principal, "removed the consumer's principal and ACLs");
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// 32 random alphanumeric characters from the kernel's random source.

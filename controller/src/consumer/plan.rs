@@ -8,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -339,6 +340,24 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
     })
 }
 
+/// The pod template's hash: the rendered config and the version of every Secret the pods mount
+/// (`(name, resourceVersion)`, `None` while it does not exist). A corrected database URL or a
+/// new CA in the credentials Secret therefore rolls the workers, which read both only at
+/// start. Versions, not contents, go in: no value derived from a secret lands in an annotation
+/// anyone who can read Deployments can see.
+pub fn pod_template_hash(config: &str, mounted_secrets: &[(String, Option<String>)]) -> String {
+    let mut text = config.to_owned();
+    let mut secrets: Vec<_> = mounted_secrets.iter().collect();
+    secrets.sort();
+    for (name, version) in secrets {
+        text.push_str(&format!(
+            "\nsecret/{name}@{}",
+            version.as_deref().unwrap_or("-")
+        ));
+    }
+    config_hash(&text)
+}
+
 /// A stable 64-bit FNV-1a hash, hex: the same config gives the same hash across releases.
 pub fn config_hash(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -397,12 +416,19 @@ pub fn child_meta(consumer: &OrderConsumer, name: &str) -> ObjectMeta {
     }
 }
 
+/// What the worker pods run: image and the pull Secrets to fetch it with.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerImage<'a> {
+    pub image: &'a str,
+    pub pull_secrets: &'a [String],
+}
+
 /// The worker Deployment running `replicas` pods of `image` with the rendered config.
 pub fn deployment(
     consumer: &OrderConsumer,
     names: &Names,
     replicas: i32,
-    image: &str,
+    image: WorkerImage<'_>,
     config_hash: &str,
 ) -> Deployment {
     let spec = &consumer.spec;
@@ -487,6 +513,13 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(30),
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: (!image.pull_secrets.is_empty()).then(|| {
+                        image
+                            .pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -500,7 +533,7 @@ pub fn deployment(
                     }),
                     containers: vec![Container {
                         name: "worker".into(),
-                        image: Some(image.to_owned()),
+                        image: Some(image.image.to_owned()),
                         args: Some(vec![
                             "consume".into(),
                             "--config".into(),
@@ -767,7 +800,16 @@ spec:
     fn the_deployment_is_locked_down_and_probed() {
         let c = consumer(ORDERS);
         let names = Names::of(&c);
-        let d = deployment(&c, &names, 3, "pubsubkafka/worker:test", "abc");
+        let d = deployment(
+            &c,
+            &names,
+            3,
+            WorkerImage {
+                image: "pubsubkafka/worker:test",
+                pull_secrets: &[],
+            },
+            "abc",
+        );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.unwrap();
@@ -793,6 +835,55 @@ spec:
     }
 
     #[test]
+    fn worker_pods_carry_the_image_pull_secrets() {
+        let c = consumer(ORDERS);
+        let names = Names::of(&c);
+        let secrets = ["registry-a".to_owned(), "registry-b".to_owned()];
+        for (pull_secrets, expected) in [
+            (&secrets[..], Some(vec!["registry-a", "registry-b"])),
+            (&[][..], None),
+        ] {
+            let d = deployment(
+                &c,
+                &names,
+                1,
+                WorkerImage {
+                    image: "registry.example/worker:1",
+                    pull_secrets,
+                },
+                "h",
+            );
+            let pod = d.spec.unwrap().template.spec.unwrap();
+            let names: Option<Vec<String>> = pod
+                .image_pull_secrets
+                .map(|s| s.into_iter().map(|r| r.name).collect());
+            assert_eq!(
+                names,
+                expected.map(|e| e.into_iter().map(String::from).collect())
+            );
+        }
+    }
+
+    #[test]
+    fn the_pod_template_hash_follows_the_mounted_secrets_versions() {
+        let secrets = |db: Option<&str>| {
+            vec![
+                ("c-kafka-credentials".to_owned(), Some("10".to_owned())),
+                ("orders-db".to_owned(), db.map(str::to_owned)),
+            ]
+        };
+        let base = pod_template_hash("{}", &secrets(Some("7")));
+        assert_eq!(base, pod_template_hash("{}", &secrets(Some("7"))));
+        let mut reordered = secrets(Some("7"));
+        reordered.reverse();
+        assert_eq!(base, pod_template_hash("{}", &reordered), "order-free");
+        assert_ne!(base, pod_template_hash("{}", &secrets(Some("8"))));
+        assert_ne!(base, pod_template_hash("{}", &secrets(None)));
+        assert_ne!(base, pod_template_hash("{\"a\":1}", &secrets(Some("7"))));
+        assert_ne!(base, config_hash("{}"), "the secrets count");
+    }
+
+    #[test]
     fn an_http_consumer_mounts_no_database() {
         let mut c = consumer(ORDERS);
         c.spec = OrderConsumerSpec {
@@ -801,7 +892,16 @@ spec:
             ..c.spec
         };
         let names = Names::of(&c);
-        let d = deployment(&c, &names, 1, "img", "h");
+        let d = deployment(
+            &c,
+            &names,
+            1,
+            WorkerImage {
+                image: "img",
+                pull_secrets: &[],
+            },
+            "h",
+        );
         assert_eq!(
             d.spec
                 .unwrap()

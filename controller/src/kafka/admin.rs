@@ -52,7 +52,34 @@ pub enum AdminError {
     /// The request could not even be built (an argument librdkafka refused).
     #[error("invalid admin request: {0}")]
     InvalidRequest(String),
+    /// The operator's own Kafka principal lacks the ACL for `operation` on `resource`.
+    #[error(
+        "the operator's Kafka principal lacks {operation} on {resource} (grant it the ACLs the \
+         README lists under \"Kafka permissions\"): {detail}"
+    )]
+    NotAuthorized {
+        /// Kafka's ACL operation, as `kafka-acls.sh --operation` names it.
+        operation: &'static str,
+        /// `topic <name>`, `group <name>` or `the cluster`.
+        resource: String,
+        detail: String,
+    },
 }
+
+/// Broker error codes that mean "your principal has no ACL for this".
+fn is_authorization(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed
+    )
+}
+
+const CLUSTER: &str = "the cluster";
 
 impl AdminError {
     fn from_code(code: RDKafkaErrorCode, message: String) -> Self {
@@ -85,6 +112,31 @@ impl AdminError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// Names what the operator was refused when the broker refused for lack of an ACL, so the
+    /// condition says which ACL to grant.
+    fn needing(self, operation: &'static str, resource: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::Rejected { code, message } if is_authorization(code) => Self::NotAuthorized {
+                operation,
+                resource: resource(),
+                detail: if message.is_empty() {
+                    format!("{code:?}")
+                } else {
+                    format!("{code:?}: {message}")
+                },
+            },
+            other => other,
+        }
+    }
+}
+
+fn topic_resource(topic: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("topic {topic}")
+}
+
+fn cluster() -> String {
+    CLUSTER.to_owned()
 }
 
 pub type Result<T, E = AdminError> = std::result::Result<T, E>;
@@ -235,9 +287,10 @@ impl KafkaAdmin {
 
     /// Describes `topic`, or `None` when it does not exist.
     pub async fn describe_topic(&self, topic: &str) -> Result<Option<TopicDescription>> {
-        let topic = cstring(topic)?;
-        self.call(move |n| unsafe { n.describe_topic(&topic) })
+        let name = cstring(topic)?;
+        self.call(move |n| unsafe { n.describe_topic(&name) })
             .await
+            .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
     }
 
     /// Creates a topic with `configs`; the broker's message explains a refusal.
@@ -248,27 +301,29 @@ impl KafkaAdmin {
         replication_factor: i32,
         configs: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let topic = cstring(topic)?;
+        let name = cstring(topic)?;
         let configs = cstring_pairs(configs)?;
         self.call(move |n| unsafe {
-            n.create_topic(&topic, partitions, replication_factor, &configs)
+            n.create_topic(&name, partitions, replication_factor, &configs)
         })
         .await
+        .map_err(|e| e.needing("CREATE", topic_resource(topic)))
     }
 
     /// Grows `topic` to `total` partitions.
     pub async fn create_partitions(&self, topic: &str, total: i32) -> Result<()> {
-        let topic = cstring(topic)?;
-        self.call(move |n| unsafe { n.create_partitions(&topic, total) })
+        let name = cstring(topic)?;
+        self.call(move |n| unsafe { n.create_partitions(&name, total) })
             .await
+            .map_err(|e| e.needing("ALTER", topic_resource(topic)))
     }
 
     /// Deletes `topic`; a topic that is already gone is not an error.
     pub async fn delete_topic(&self, topic: &str) -> Result<()> {
-        let topic = cstring(topic)?;
-        match self.call(move |n| unsafe { n.delete_topic(&topic) }).await {
+        let name = cstring(topic)?;
+        match self.call(move |n| unsafe { n.delete_topic(&name) }).await {
             Err(e) if e.code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(()),
-            other => other,
+            other => other.map_err(|e| e.needing("DELETE", topic_resource(topic))),
         }
     }
 
@@ -277,9 +332,10 @@ impl KafkaAdmin {
         &self,
         topic: &str,
     ) -> Result<BTreeMap<String, ConfigEntry>> {
-        let topic = cstring(topic)?;
-        self.call(move |n| unsafe { n.describe_topic_config(&topic) })
+        let name = cstring(topic)?;
+        self.call(move |n| unsafe { n.describe_topic_config(&name) })
             .await
+            .map_err(|e| e.needing("DESCRIBE_CONFIGS", topic_resource(topic)))
     }
 
     /// Sets `set` and removes `delete` on `topic` in one incremental request.
@@ -289,14 +345,15 @@ impl KafkaAdmin {
         set: &BTreeMap<String, String>,
         delete: &[String],
     ) -> Result<()> {
-        let topic = cstring(topic)?;
+        let name = cstring(topic)?;
         let set = cstring_pairs(set)?;
         let delete = delete
             .iter()
             .map(|k| cstring(k))
             .collect::<Result<Vec<_>>>()?;
-        self.call(move |n| unsafe { n.alter_topic_config(&topic, &set, &delete) })
+        self.call(move |n| unsafe { n.alter_topic_config(&name, &set, &delete) })
             .await
+            .map_err(|e| e.needing("ALTER_CONFIGS", topic_resource(topic)))
     }
 
     /// Creates ALLOW ACLs (creating an existing ACL is a no-op in Kafka).
@@ -305,7 +362,9 @@ impl KafkaAdmin {
             return Ok(());
         }
         let acls = acls.to_vec();
-        self.call(move |n| unsafe { n.create_acls(&acls) }).await
+        self.call(move |n| unsafe { n.create_acls(&acls) })
+            .await
+            .map_err(|e| e.needing("ALTER", cluster))
     }
 
     /// ALLOW ACLs on literal resources matching `filter`.
@@ -313,6 +372,7 @@ impl KafkaAdmin {
         let filter = filter.clone();
         self.call(move |n| unsafe { n.describe_acls(&filter) })
             .await
+            .map_err(|e| e.needing("DESCRIBE", cluster))
     }
 
     /// Deletes the ALLOW ACLs matching any of `filters`; returns how many went.
@@ -321,7 +381,9 @@ impl KafkaAdmin {
             return Ok(0);
         }
         let filters = filters.to_vec();
-        self.call(move |n| unsafe { n.delete_acls(&filters) }).await
+        self.call(move |n| unsafe { n.delete_acls(&filters) })
+            .await
+            .map_err(|e| e.needing("ALTER", cluster))
     }
 
     /// Creates or replaces `user`'s SCRAM-SHA-512 credential (random salt, 8192 iterations).
@@ -330,6 +392,7 @@ impl KafkaAdmin {
         let password = password.as_bytes().to_vec();
         self.call(move |n| unsafe { n.alter_scram(&user, Some(&password)) })
             .await
+            .map_err(|e| e.needing("ALTER", cluster))
     }
 
     /// True when `user` has a SCRAM credential.
@@ -337,6 +400,7 @@ impl KafkaAdmin {
         let user = cstring(user)?;
         self.call(move |n| unsafe { n.scram_user_exists(&user) })
             .await
+            .map_err(|e| e.needing("DESCRIBE", cluster))
     }
 
     /// Removes `user`'s SCRAM-SHA-512 credential; an unknown user is not an error.
@@ -347,7 +411,7 @@ impl KafkaAdmin {
             .await
         {
             Err(e) if e.code() == Some(RDKafkaErrorCode::ResourceNotFound) => Ok(()),
-            other => other,
+            other => other.map_err(|e| e.needing("ALTER", cluster)),
         }
     }
 
@@ -356,6 +420,12 @@ impl KafkaAdmin {
     /// Asked through a consumer of that group that never subscribes: librdkafka's
     /// ListConsumerGroupOffsets crashes an admin client when the group coordinator moves
     /// (it answers NOT_COORDINATOR while a fresh cluster loads its offsets topic).
+    ///
+    /// A principal without DESCRIBE on the group is refused at FindCoordinator; librdkafka
+    /// retries that internally, reports it only as an error event on the consumer's queue, and
+    /// the request itself ends in `OperationTimedOut`. So the request is made in short attempts
+    /// and the queue is served between them: the refusal becomes [`AdminError::NotAuthorized`]
+    /// naming the group, not an outage.
     pub async fn group_offsets(
         &self,
         group: &str,
@@ -368,6 +438,7 @@ impl KafkaAdmin {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let topic = topic.to_owned();
+        let group = group.to_owned();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config
@@ -377,12 +448,22 @@ impl KafkaAdmin {
             for partition in 0..partitions {
                 wanted.add_partition(&topic, partition);
             }
-            // The coordinator answers NOT_COORDINATOR while it moves or loads; ask again until
-            // the deadline.
             let deadline = std::time::Instant::now() + timeout;
             let committed = loop {
-                match consumer.committed_offsets(wanted.clone(), timeout) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let attempt = left.min(GROUP_ATTEMPT).max(Duration::from_millis(100));
+                let result = consumer.committed_offsets(wanted.clone(), attempt);
+                if let Some((code, refused)) = refusal(&consumer, &group, &topic) {
+                    return Err(AdminError::Rejected {
+                        code,
+                        message: format!("fetching committed offsets: {code}"),
+                    }
+                    .needing("DESCRIBE", || refused));
+                }
+                match result {
                     Ok(committed) => break committed,
+                    // The coordinator answers NOT_COORDINATOR while it moves or loads, and an
+                    // attempt may end before it answers at all: ask again until the deadline.
                     Err(e)
                         if std::time::Instant::now() < deadline
                             && e.rdkafka_error_code().is_some_and(|c| {
@@ -391,6 +472,7 @@ impl KafkaAdmin {
                                     RDKafkaErrorCode::NotCoordinator
                                         | RDKafkaErrorCode::CoordinatorLoadInProgress
                                         | RDKafkaErrorCode::CoordinatorNotAvailable
+                                        | RDKafkaErrorCode::OperationTimedOut
                                 )
                             }) =>
                     {
@@ -401,7 +483,8 @@ impl KafkaAdmin {
                             Some(code) => AdminError::from_code(
                                 code,
                                 format!("fetching committed offsets: {e}"),
-                            ),
+                            )
+                            .needing("DESCRIBE", || format!("group {group}")),
                             None => AdminError::Unavailable(e.to_string()),
                         });
                     }
@@ -422,10 +505,38 @@ impl KafkaAdmin {
 
     /// The high watermark (next offset) of each of `topic`'s `partitions`.
     pub async fn end_offsets(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
-        let topic = cstring(topic)?;
-        self.call(move |n| unsafe { n.end_offsets(&topic, partitions) })
+        let name = cstring(topic)?;
+        self.call(move |n| unsafe { n.end_offsets(&name, partitions) })
             .await
+            .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
     }
+}
+
+/// One attempt of an offset fetch; the queue is served for refusals between attempts.
+const GROUP_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// An authorization refusal the consumer's queue holds, with the resource it concerns.
+fn refusal(
+    consumer: &BaseConsumer,
+    group: &str,
+    topic: &str,
+) -> Option<(RDKafkaErrorCode, String)> {
+    let mut found = None;
+    // Errors arrive as events on the consumer's queue; nothing is subscribed, so polling only
+    // serves them.
+    while let Some(event) = consumer.poll(Duration::ZERO) {
+        let Err(e) = event else { continue };
+        match e.rdkafka_error_code() {
+            Some(code @ RDKafkaErrorCode::GroupAuthorizationFailed) => {
+                found = Some((code, format!("group {group}")));
+            }
+            Some(code @ RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                found = found.or(Some((code, format!("topic {topic}"))));
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 fn cstring(s: &str) -> Result<CString> {

@@ -464,6 +464,28 @@ async fn set_finalizer(
     Ok(())
 }
 
+/// What a deleted KafkaTopic gives back to Kafka, as [`plan::cleanup`] decides: the ACLs it
+/// wrote and, with `deletionPolicy: Delete`, a topic it manages. `owned_elsewhere`: another
+/// resource owns the topic name. Shared by the reconciler and `pubsubkafka-controller cleanup`.
+pub async fn release_kafka(
+    topic: &KafkaTopic,
+    admin: &KafkaAdmin,
+    owned_elsewhere: bool,
+) -> Result<plan::Cleanup, AdminError> {
+    let name = topic.topic_name();
+    let kafka_id = admin.describe_topic(&name).await?.map(|d| d.id);
+    let steps = plan::cleanup(topic, kafka_id.as_deref(), owned_elsewhere);
+    if steps.remove_acls {
+        let applied = Desired::of(topic).applied_acls;
+        let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
+        admin.delete_acls(&filters).await?;
+    }
+    if steps.delete_topic {
+        admin.delete_topic(&name).await?;
+    }
+    Ok(steps)
+}
+
 /// Deletion of a resource carrying the finalizer: remove the ACLs it wrote and, with
 /// `deletionPolicy: Delete`, the topic, but only a topic this resource manages (see
 /// [`plan::cleanup`]): never one another resource owns, nor an adopted one without
@@ -485,21 +507,7 @@ async fn cleanup(
     )
     .is_some();
     let name = topic.topic_name();
-    let result = async {
-        let kafka_id = ctx.admin.describe_topic(&name).await?.map(|d| d.id);
-        let steps = plan::cleanup(topic, kafka_id.as_deref(), owned_elsewhere);
-        if steps.remove_acls {
-            let applied = Desired::of(topic).applied_acls;
-            let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();
-            ctx.admin.delete_acls(&filters).await?;
-        }
-        if steps.delete_topic {
-            ctx.admin.delete_topic(&name).await?;
-        }
-        Ok::<_, AdminError>(steps)
-    }
-    .await;
-    let steps = match result {
+    let steps = match release_kafka(topic, &ctx.admin, owned_elsewhere).await {
         Ok(steps) => steps,
         Err(e) => {
             let error = Error::from(e);

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::Pool;
 
-use super::{Delivery, HandlerError};
+use super::{Delivery, HandlerError, with_causes};
 use crate::config::ErrorClass;
 
 /// Ordered schema migrations; the index + 1 is the version.
@@ -54,7 +54,7 @@ impl EventStore {
         self.pool
             .get()
             .await
-            .map_err(|e| HandlerError::Unavailable(format!("PostgreSQL: {e}")))
+            .map_err(|e| HandlerError::Unavailable(format!("PostgreSQL: {}", with_causes(&e))))
     }
 
     /// Brings the schema to the latest version.
@@ -141,11 +141,11 @@ fn classify(e: tokio_postgres::Error) -> HandlerError {
             code.starts_with("08") || code.starts_with("57P") || code == "53300"
         });
     if outage {
-        HandlerError::Unavailable(format!("PostgreSQL: {e}"))
+        HandlerError::Unavailable(format!("PostgreSQL: {}", with_causes(&e)))
     } else {
         HandlerError::Failed {
             class: ErrorClass::Transient,
-            message: format!("PostgreSQL refused the insert: {e}"),
+            message: format!("PostgreSQL refused the insert: {}", with_causes(&e)),
         }
     }
 }

@@ -81,12 +81,16 @@ impl HttpHandler {
                 });
             }
             Ok(Err(e)) if e.is_connect() => {
-                return Err(HandlerError::Unavailable(format!("{}: {e}", self.url)));
+                return Err(HandlerError::Unavailable(format!(
+                    "{}: {}",
+                    self.url,
+                    super::with_causes(&e)
+                )));
             }
             Ok(Err(e)) => {
                 return Err(HandlerError::Failed {
                     class: ErrorClass::Transient,
-                    message: format!("{}: {e}", self.url),
+                    message: format!("{}: {}", self.url, super::with_causes(&e)),
                 });
             }
             Ok(Ok(response)) => response,

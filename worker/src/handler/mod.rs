@@ -35,6 +35,24 @@ pub enum HandlerError {
     Failed { class: ErrorClass, message: String },
 }
 
+/// `error` and every error under it, `: `-separated (`error connecting to server: Connection
+/// refused (os error 111)`): the top-level message of a pool or an HTTP client often hides the
+/// cause an operator needs (no such host, refused, bad password).
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors already print their source; do not say it twice.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The configured handler.
 pub enum Handler {
     EventStore(event_store::EventStore),
@@ -103,5 +121,33 @@ impl Handler {
     /// Whether `handle_batch` does better than one call per record.
     pub fn batches(&self) -> bool {
         matches!(self, Self::EventStore(_) | Self::Noop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error connecting to server")]
+    struct Connect(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pool: {0}")]
+    struct Pool(#[source] Connect);
+
+    #[test]
+    fn the_cause_under_a_vague_error_is_printed_once() {
+        let refused =
+            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        assert_eq!(
+            with_causes(&Connect(refused())),
+            "error connecting to server: Connection refused"
+        );
+        // A message that already ends with its source's text does not repeat it.
+        assert_eq!(
+            with_causes(&Pool(Connect(refused()))),
+            "pool: error connecting to server: Connection refused"
+        );
     }
 }

@@ -1,0 +1,284 @@
+//! The operator as a Kafka principal that is not a super user and holds exactly the ACLs the
+//! README lists ("Kafka permissions"): every kind reconciles, grows, corrects and cleans up;
+//! with one ACL taken away, the consumer's condition names the missing ACL and `kafka_up` stays 1.
+
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams};
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, conditions};
+use pubsubkafka_controller::kafka::{Acl, AclFilter, AclOperation, KafkaAdmin, ResourceKind};
+use testenv::operator::{self, OperatorProcess};
+use testenv::scenario::Scenario;
+use testenv::worker::metric_value;
+use testenv::{eventually, random_token, unique_name};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The README's list, verbatim: what `kafka-acls.sh` grants the operator's user.
+fn documented_acls(principal: &str) -> Vec<Acl> {
+    let acl = |resource, name: &str, operation| Acl {
+        resource,
+        name: name.to_owned(),
+        principal: principal.to_owned(),
+        operation,
+    };
+    let mut acls = vec![
+        acl(ResourceKind::Cluster, "kafka-cluster", AclOperation::Alter),
+        acl(
+            ResourceKind::Cluster,
+            "kafka-cluster",
+            AclOperation::Describe,
+        ),
+    ];
+    for operation in [
+        AclOperation::Create,
+        AclOperation::Delete,
+        AclOperation::Alter,
+        AclOperation::Describe,
+        AclOperation::AlterConfigs,
+        AclOperation::DescribeConfigs,
+    ] {
+        acls.push(acl(ResourceKind::Topic, "*", operation));
+    }
+    acls.push(acl(ResourceKind::Group, "*", AclOperation::Describe));
+    acls
+}
+
+/// The operator's flags with the Kafka user swapped for `user`.
+fn flags_as(user: &str, password_file: &std::path::Path, ns: &str) -> Vec<String> {
+    let mut flags = operator::process_args(&testenv::shared().kafka, ns, Duration::from_secs(3));
+    for (flag, value) in [
+        ("--kafka-username", user.to_owned()),
+        ("--kafka-password-file", password_file.display().to_string()),
+    ] {
+        let at = flags.iter().position(|f| f == flag).expect("flag present");
+        flags[at + 1] = value;
+    }
+    flags
+}
+
+async fn ready_condition(
+    consumers: &Api<OrderConsumer>,
+    name: &str,
+    what: &str,
+    wanted: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    eventually(what, WAIT, || async {
+        let c = consumers.get(name).await.map_err(|e| e.to_string())?;
+        let ready = c
+            .status
+            .as_ref()
+            .and_then(|s| conditions::ready(&s.conditions).cloned());
+        match ready {
+            Some(r) if wanted(&r) => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_documented_acls_are_enough_and_a_missing_one_is_named() {
+    let kafka = &testenv::shared().kafka;
+    let scenario = Scenario::with("acls", kafka, false).await;
+    let admin: &KafkaAdmin = &scenario.admin;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A user of its own, not a super user, with exactly the documented ACLs.
+    let user = unique_name("psk-operator");
+    let password = random_token(24);
+    let password_file = dir.path().join("password");
+    testenv::write_private(&password_file, &password).unwrap();
+    admin.upsert_scram_user(&user, &password).await.unwrap();
+    let principal = format!("User:{user}");
+    let granted = documented_acls(&principal);
+    admin.create_acls(&granted).await.unwrap();
+
+    let mut operator = OperatorProcess::start(
+        &scenario.kube,
+        &flags_as(&user, &password_file, &scenario.ns),
+        &dir.path().join("operator.log"),
+    );
+    operator.wait_ready().await;
+
+    // Every kind: a topic (configs, access ACLs, deletion), a DLQPolicy with retry topics, a
+    // consumer (dead-letter and retry topics, principal, ACLs, lag).
+    let topic = unique_name("orders");
+    let policy = "apiVersion: pubsubkafka.io/v1alpha1\nkind: DLQPolicy\nmetadata:\n  name: retries\nspec:\n  \
+                  maxRetries: 2\n  mode: RetryTopics\n  backoff: {initial: 1s, max: 2s}\n";
+    let topic_yaml = |partitions: i32, retention: &str| {
+        format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {topic}\nspec:\n  \
+             partitions: {partitions}\n  replicationFactor: 1\n  deletionPolicy: Delete\n  \
+             config: {{retention.ms: \"{retention}\"}}\n  access:\n    - principal: User:{topic}-gateway\n      \
+             operations: [Write, Describe]\n"
+        )
+    };
+    let consumer = format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata:\n  name: store\nspec:\n  \
+         topicRef: {{name: {topic}}}\n  dlqPolicyRef: {{name: retries}}\n  handler:\n    eventStore:\n      \
+         connectionSecret: {{name: orders-db, key: url}}\n"
+    );
+    scenario.apply_ok(policy);
+    scenario.apply_ok(&topic_yaml(2, "3600000"));
+    scenario.apply_ok(&consumer);
+
+    let topics: Api<KafkaTopic> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let consumers: Api<OrderConsumer> = Api::namespaced(scenario.client.clone(), &scenario.ns);
+    let topic_at = |partitions: i32| {
+        let topics = topics.clone();
+        let topic = topic.clone();
+        async move {
+            eventually(
+                &format!("KafkaTopic Ready with {partitions} partitions"),
+                WAIT,
+                || async {
+                    let t = topics.get(&topic).await.map_err(|e| e.to_string())?;
+                    (t.is_ready()
+                        && t.metadata.generation
+                            == t.status.as_ref().and_then(|s| s.observed_generation)
+                        && t.status.as_ref().and_then(|s| s.partitions) == Some(partitions))
+                    .then_some(())
+                    .ok_or(format!("{:?}", t.status))
+                },
+            )
+            .await
+        }
+    };
+    topic_at(2).await;
+    ready_condition(&consumers, "store", "the consumer Ready", |r| {
+        r.status == "True"
+    })
+    .await;
+    // Growing and reconfiguring the topic: ALTER and ALTER_CONFIGS on it.
+    scenario.apply_ok(&topic_yaml(3, "7200000"));
+    topic_at(3).await;
+    let config = admin.describe_topic_config(&topic).await.unwrap();
+    assert_eq!(
+        config["retention.ms"].value.as_deref(),
+        Some("7200000"),
+        "the config change reached Kafka"
+    );
+    ready_condition(
+        &consumers,
+        "store",
+        "the consumer Ready on 3 partitions",
+        |r| r.status == "True",
+    )
+    .await;
+
+    // Take DESCRIBE on groups away: lag cannot be measured, and the condition says which ACL.
+    let group_describe = granted
+        .iter()
+        .find(|a| a.resource == ResourceKind::Group)
+        .unwrap()
+        .clone();
+    admin
+        .delete_acls(&[AclFilter::from(&group_describe)])
+        .await
+        .unwrap();
+    let refused = ready_condition(&consumers, "store", "the consumer NotAuthorized", |r| {
+        r.status == "False"
+    })
+    .await;
+    assert_eq!(
+        refused.reason,
+        conditions::reason::NOT_AUTHORIZED,
+        "{refused:?}"
+    );
+    let group = format!("{}.store", scenario.ns);
+    assert!(
+        refused
+            .message
+            .contains(&format!("DESCRIBE on group {group}")),
+        "the message names the operation and the group: {}",
+        refused.message
+    );
+    let (_, metrics) = operator.get("/metrics").unwrap();
+    assert_eq!(
+        metric_value(&metrics, "pubsubkafka_controller_kafka_up", &[]),
+        1.0,
+        "an authorization failure is not an outage"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "pubsubkafka_controller_reconcile_errors_total",
+            &[("kind", "OrderConsumer"), ("reason", "KafkaUnavailable")]
+        ),
+        0.0,
+        "never reported as KafkaUnavailable"
+    );
+
+    // Granted again, the consumer recovers; deleting everything cleans Kafka up.
+    admin.create_acls(&[group_describe]).await.unwrap();
+    ready_condition(&consumers, "store", "the consumer Ready again", |r| {
+        r.status == "True"
+    })
+    .await;
+    let status = consumers.get("store").await.unwrap().status.unwrap();
+    let mut companions = status.retry_topics.clone();
+    companions.extend(status.dead_letter_topic.clone());
+    assert!(
+        companions.len() >= 2,
+        "a dead-letter and retry topics: {companions:?}"
+    );
+    let consumer_principal = format!("User:pubsubkafka.{}.store", scenario.ns);
+    consumers
+        .delete("store", &DeleteParams::default())
+        .await
+        .unwrap();
+    topics
+        .delete(&topic, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("both resources gone", WAIT, || async {
+        let left = consumers
+            .get_opt("store")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+            || topics
+                .get_opt(&topic)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
+        (!left).then_some(()).ok_or("still there".to_owned())
+    })
+    .await;
+    assert!(
+        !admin
+            .scram_user_exists(&format!("pubsubkafka.{}.store", scenario.ns))
+            .await
+            .unwrap(),
+        "the consumer's SCRAM user was removed"
+    );
+    let acls = admin
+        .describe_acls(&AclFilter {
+            principal: Some(consumer_principal),
+            ..AclFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        acls.is_empty(),
+        "the consumer's ACLs were removed: {acls:?}"
+    );
+    assert!(
+        admin.describe_topic(&topic).await.unwrap().is_none(),
+        "deletionPolicy Delete deleted the topic"
+    );
+    operator.check_alive().unwrap();
+
+    admin
+        .delete_acls(&[AclFilter {
+            principal: Some(principal),
+            ..AclFilter::default()
+        }])
+        .await
+        .unwrap();
+    admin.delete_scram_user(&user).await.unwrap();
+    for topic in companions {
+        admin.delete_topic(&topic).await.unwrap();
+    }
+}
