@@ -22,11 +22,5 @@ package tools
 import _ "github.com/jaegertracing/jaeger/cmd/jaeger"
 GO
 go mod init pubsubkafka.local/jaeger >/dev/null 2>&1
-go mod edit -require="github.com/jaegertracing/jaeger@v$JAEGER_VERSION"
-gomod=$(go mod download -json "github.com/jaegertracing/jaeger@v$JAEGER_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-[[ -f $gomod ]] || die "could not download github.com/jaegertracing/jaeger@v$JAEGER_VERSION from the Go module proxy"
-while read -r from to ver; do
-  go mod edit -replace="$from=$to@$ver"
-done < <(awk '/^replace[ \t]+[^ (]/ {print $2, $4, $5} /^replace[ \t]*\(/ {r=1; next} r && /^\)/ {r=0} r && NF>=4 {print $1, $3, $4}' "$gomod")
-go mod tidy >/dev/null 2>&1 || go mod tidy
+require_go_module github.com/jaegertracing/jaeger "$JAEGER_VERSION"
 go build -o "$want.tmp" github.com/jaegertracing/jaeger/cmd/jaeger && mv "$want.tmp" "$want"

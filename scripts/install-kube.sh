@@ -92,14 +92,7 @@ package tools
 import _ "helm.sh/helm/v3/cmd/helm"
 GO
   go mod init pubsubkafka.local/helm >/dev/null 2>&1
-  go mod edit -require="helm.sh/helm/v3@v$HELM_VERSION"
-  # Carry over helm's own replace directives, if it has any.
-  local gomod
-  gomod=$(go mod download -json "helm.sh/helm/v3@v$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  while read -r from to ver; do
-    go mod edit -replace="$from=$to@$ver"
-  done < <(awk '/^replace[ \t]+[^ (]/ {print $2, $4, $5} /^replace[ \t]*\(/ {r=1; next} r && /^\)/ {r=0} r && NF>=4 {print $1, $3, $4}' "$gomod")
-  go mod tidy >/dev/null 2>&1 || go mod tidy
+  require_go_module helm.sh/helm/v3 "$HELM_VERSION"
   go build -o "$want.tmp" helm.sh/helm/v3/cmd/helm && mv "$want.tmp" "$want"
 }
 

@@ -21,14 +21,7 @@ package tools
 import _ "github.com/prometheus/prometheus/cmd/prometheus"
 GO
 go mod init pubsubkafka.local/prometheus >/dev/null 2>&1
-go mod edit -require="github.com/prometheus/prometheus@v$PROMETHEUS_VERSION"
-# Prometheus replaces klog with a go-kit adapter; a dependency's replace lines do not apply to
-# the module that requires it, so carry them over (as for helm and Jaeger).
-gomod=$(go mod download -json "github.com/prometheus/prometheus@v$PROMETHEUS_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-[[ -f $gomod ]] || die "could not download github.com/prometheus/prometheus@v$PROMETHEUS_VERSION from the Go module proxy"
-while read -r from to ver; do
-  go mod edit -replace="$from=$to@$ver"
-done < <(awk '/^replace[ \t]+[^ (]/ {print $2, $4, $5} /^replace[ \t]*\(/ {r=1; next} r && /^\)/ {r=0} r && NF>=4 {print $1, $3, $4}' "$gomod")
-go mod tidy >/dev/null 2>&1 || go mod tidy
+# Prometheus replaces klog with a go-kit adapter: its replace lines come along.
+require_go_module github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
 go build -ldflags "-s -w" -o "$want.tmp" github.com/prometheus/prometheus/cmd/prometheus
 mv "$want.tmp" "$want"

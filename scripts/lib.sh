@@ -30,3 +30,16 @@ start_stack() {
   cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --quiet --dir "$stack_dir" >/dev/null
   export PSK_STACK_DIR="$stack_dir"
 }
+
+# In the Go module of ours in the current directory, requires MODULE@vVERSION and carries over
+# that module's own replace directives (which Go applies only in the main module), then tidies.
+require_go_module() {
+  local module=$1 version=$2 gomod from to ver
+  go mod edit -require="$module@v$version"
+  gomod=$(go mod download -json "$module@v$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  [[ -f $gomod ]] || die "could not download $module@v$version from the Go module proxy"
+  while read -r from to ver; do
+    go mod edit -replace="$from=$to@$ver"
+  done < <(awk '/^replace[ \t]+[^ (]/ {print $2, $4, $5} /^replace[ \t]*\(/ {r=1; next} r && /^\)/ {r=0} r && NF>=4 {print $1, $3, $4}' "$gomod")
+  go mod tidy >/dev/null 2>&1 || go mod tidy
+}
