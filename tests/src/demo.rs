@@ -271,9 +271,38 @@ pub async fn run_on(
                             && pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
                     })
                 });
-            (topics_ready && consumers_ready)
-                .then_some(())
-                .ok_or_else(|| "not yet".to_owned())
+            if topics_ready && consumers_ready {
+                return Ok(());
+            }
+            // What a person would look at: each resource's Ready condition.
+            let ready_of = |name: Option<String>, conditions: Option<&Vec<_>>| {
+                let ready = conditions
+                    .and_then(
+                        |cs: &Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>| {
+                            cs.iter().find(|c| c.type_ == "Ready").cloned()
+                        },
+                    )
+                    .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
+                    .unwrap_or_else(|| "no Ready condition yet".into());
+                format!("{}: {ready}", name.unwrap_or_default())
+            };
+            let mut states: Vec<String> = t
+                .items
+                .iter()
+                .map(|t| {
+                    ready_of(
+                        t.metadata.name.clone(),
+                        t.status.as_ref().map(|s| &s.conditions),
+                    )
+                })
+                .collect();
+            states.extend(c.items.iter().map(|c| {
+                ready_of(
+                    c.metadata.name.clone(),
+                    c.status.as_ref().map(|s| &s.conditions),
+                )
+            }));
+            Err(states.join("; "))
         },
     )
     .await?;

@@ -180,7 +180,8 @@ pub fn binary() -> std::path::PathBuf {
 }
 
 /// Flags that connect the operator to `kafka` as its admin over SASL_SSL, scoped to
-/// `namespace`, with a short resync: the binary's counterpart of [`args`].
+/// `namespace`, with a short resync and the `open` access policy (tests of other rules use
+/// free topic names): the binary's counterpart of [`args`].
 pub fn process_args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Vec<String> {
     let mut flags = crate::worker::kafka_args(kafka);
     flags.extend([
@@ -194,6 +195,8 @@ pub fn process_args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Vec
         "pubsubkafka/worker:test".into(),
         "--log-format".into(),
         "text".into(),
+        "--default-access-policy".into(),
+        "open".into(),
     ]);
     flags
 }

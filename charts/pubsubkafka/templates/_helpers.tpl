@@ -2,6 +2,14 @@
 {{- printf "%s-controller" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- /*
+Cluster-scoped objects (ClusterRoles and their bindings) carry the release's namespace too: two
+releases of one name in two namespaces (a team each, with watchNamespace) must not share them.
+*/ -}}
+{{- define "pubsubkafka.clusterName" -}}
+{{- printf "%s-%s" (include "pubsubkafka.name" .) .Release.Namespace -}}
+{{- end -}}
+
 {{- define "pubsubkafka.labels" -}}
 app.kubernetes.io/name: pubsubkafka-controller
 app.kubernetes.io/instance: {{ .Release.Name }}
