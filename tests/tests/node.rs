@@ -651,3 +651,39 @@ async fn image_pull_secrets_reach_the_operator_and_every_worker_pod() {
     assert_eq!(pull_secrets(&workers[0]), vec!["registry-b".to_owned()]);
     app.delete_namespace();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_watched_namespace_finishes_with_the_operator_elsewhere() {
+    let _node = NODE.read().await;
+    // The operator in a namespace of its own watches only the app's: its Role lives in the app's
+    // namespace and goes first when that namespace is deleted.
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.expect("client");
+    let app = App::in_namespace(stack, client.clone(), testenv::unique_name("node-watched")).await;
+    let operator_ns = format!("{}-op", app.ns);
+    let watch = format!("watchNamespace={}", app.ns);
+    let release = cluster::install(stack, &operator_ns, "psk", &[&watch]);
+    app.apply_pipeline(1, "  deletionPolicy: Delete\n");
+    app.ready_workers(1).await;
+    let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
+    assert!(kafka_principal_acls(stack, &principal).await > 0);
+
+    stack
+        .kube
+        .kubectl_with_stdin(&["delete", "namespace", &app.ns, "--timeout=150s"], "")
+        .unwrap_or_else(|e| {
+            panic!(
+                "the watched namespace did not finish deleting: {e}\n{}",
+                cluster::describe_namespace(stack, &operator_ns)
+            )
+        });
+    assert_eq!(
+        kafka_principal_acls(stack, &principal).await,
+        0,
+        "the operator cleaned the consumer's principal up"
+    );
+    release.uninstall(stack).expect("helm uninstall");
+    let _ = stack
+        .kube
+        .kubectl_with_stdin(&["delete", "namespace", &operator_ns, "--wait=false"], "");
+}
