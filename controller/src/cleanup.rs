@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::context::scoped_api as api;
 use crate::crd::{KafkaTopic, OrderConsumer, kafka_topic, order_consumer};
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::settings::Args;
@@ -173,16 +174,6 @@ async fn stop_deployment(
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 

@@ -136,6 +136,18 @@ impl Context {
 }
 
 /// `Kind/namespace/name`: the backoff key of an object.
+/// The API of a namespaced kind in the operator's scope: one namespace (`--watch-namespace`),
+/// or all of them.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",

@@ -47,15 +47,7 @@ pub fn controller(
     namespace: Option<&str>,
     selector: Option<&str>,
 ) -> (Controller<OrderConsumer>, Store<OrderConsumer>) {
-    fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
+    use crate::context::scoped_api as api;
     let config = watcher::Config::default().any_semantic();
     let mut own_config = config.clone();
     if let Some(selector) = selector {
