@@ -28,7 +28,7 @@ cargo build --workspace --locked --bins
 start_stack
 
 log "running the tests"
-cargo test --workspace --locked -- "$@"
+"$here/run-tests.sh" "$@"
 if [[ $# -eq 0 && -z ${PSK_SKIP_FUZZ:-} ]]; then
   # The fuzz targets, shorter than `make test-faults` runs them. The first run builds them with
   # the nightly toolchain (minutes); PSK_SKIP_FUZZ=1 leaves them out.
