@@ -2,14 +2,18 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test test-faults fuzz bench tools images up down env fmt lint crds rules
+.PHONY: demo demo-down test test-faults fuzz bench tools images up reload down env fmt lint crds rules
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
 	scripts/demo.sh
 
 ## demo-down: stop everything the demo started and remove its data
-demo-down:
+demo-## reload: rebuild the images and import them into the running stack's node
+reload: images
+	cargo run -q --locked -p pubsubkafka-tests --bin stack -- images --dir $(STACK_DIR)
+
+down:
 	@if [ -x target/debug/demo ]; then target/debug/demo down --dir $(STACK_DIR); \
 	else cargo run -q --locked -p pubsubkafka-tests --bin demo -- down --dir $(STACK_DIR); fi
 
@@ -43,6 +47,10 @@ images:
 ## up: start the local stack for a person and print how to reach it; down: stop it
 up: tools images
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --dir $(STACK_DIR)
+
+## reload: rebuild the images and import them into the running stack's node
+reload: images
+	cargo run -q --locked -p pubsubkafka-tests --bin stack -- images --dir $(STACK_DIR)
 
 down:
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir $(STACK_DIR)

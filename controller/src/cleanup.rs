@@ -2,9 +2,9 @@
 //! (the chart's pre-delete hook first scales the operator's Deployment to zero and takes its
 //! Lease; run by hand, after the operator is gone) and leaves nothing of the operator behind:
 //!
-//! - every OrderConsumer: its ACLs and SCRAM user are deleted from Kafka (its workers lose
-//!   access; a reinstalled operator recreates both from the credentials Secret), then its
-//!   finalizer is removed;
+//! - every OrderConsumer and OrderGateway: its ACLs and SCRAM user are deleted from Kafka (its
+//!   pods lose access; a reinstalled operator recreates both from the credentials Secret), then
+//!   its finalizer is removed;
 //! - every KafkaTopic being deleted: what its deletion would have done (the ACLs it wrote, and
 //!   the topic with `deletionPolicy: Delete`), then its finalizer;
 //! - every other KafkaTopic with a finalizer: the finalizer only. Uninstalling the operator
@@ -27,7 +27,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::context::scoped_api as api;
-use crate::crd::{KafkaTopic, OrderConsumer, kafka_topic, order_consumer};
+use crate::crd::{
+    KafkaTopic, OrderConsumer, OrderGateway, kafka_topic, order_consumer, order_gateway,
+};
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::settings::Args;
 use crate::{consumer, leader, topic};
@@ -76,6 +78,8 @@ pub enum CleanupError {
 pub struct Summary {
     /// OrderConsumers whose principal and ACLs went, `namespace/name`.
     pub consumers: Vec<String>,
+    /// OrderGateways whose principal and ACLs went, `namespace/name`.
+    pub gateways: Vec<String>,
     /// KafkaTopics whose finalizer went, `namespace/name`.
     pub topics: Vec<String>,
 }
@@ -217,6 +221,29 @@ async fn clean(
         }
     }
 
+    let gateways = api::<OrderGateway>(client, namespace)
+        .list(&ListParams::default())
+        .await?;
+    for gateway in &gateways.items {
+        if !gateway
+            .finalizers()
+            .iter()
+            .any(|f| f == order_gateway::FINALIZER)
+        {
+            continue;
+        }
+        let outcome = async {
+            crate::gateway::remove_principal(gateway, admin).await?;
+            remove_finalizer(client, gateway, order_gateway::FINALIZER).await?;
+            Ok::<_, CleanupError>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => summary.gateways.push(key(gateway)),
+            Err(e) => failed.push(format!("OrderGateway {}: {e}", key(gateway))),
+        }
+    }
+
     let topics = api::<KafkaTopic>(client, namespace)
         .list(&ListParams::default())
         .await?;
@@ -256,6 +283,7 @@ async fn clean(
     }
     info!(
         consumers = summary.consumers.len(),
+        gateways = summary.gateways.len(),
         topics = summary.topics.len(),
         "removed the operator's principals, ACLs and finalizers"
     );

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use pubsubkafka_worker::config::SecurityProtocol;
 
-use crate::crd::{KafkaAccessPolicy, KafkaTopic, OrderConsumer};
+use crate::crd::{KafkaAccessPolicy, KafkaTopic, OrderConsumer, OrderGateway};
 use crate::kafka::KafkaAdmin;
 use crate::metrics::Metrics;
 use crate::tenancy::{self, DefaultAccessPolicy, Rules};
@@ -51,6 +51,9 @@ pub struct Context {
     pub topics: Store<KafkaTopic>,
     /// Every OrderConsumer the operator sees (the topics and groups they own).
     pub consumers: Store<OrderConsumer>,
+    /// Every OrderGateway in scope (an OrderConsumer of the same name may not share its
+    /// principal).
+    pub gateways: Store<OrderGateway>,
     /// Every KafkaAccessPolicy.
     pub policies: Store<KafkaAccessPolicy>,
     /// Every Namespace (their labels select policies).
@@ -90,6 +93,7 @@ impl Context {
         let all = async {
             self.topics.wait_until_ready().await?;
             self.consumers.wait_until_ready().await?;
+            self.gateways.wait_until_ready().await?;
             self.policies.wait_until_ready().await?;
             self.namespaces.wait_until_ready().await
         };

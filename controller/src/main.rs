@@ -63,10 +63,10 @@ async fn cleanup_main(args: CleanupArgs) -> ExitCode {
     match cleanup::run(args, client).await {
         Ok(summary) => {
             println!(
-                "removed the principals and ACLs of {} OrderConsumers and the finalizers of \
-                 {} OrderConsumers and {} KafkaTopics",
+                "removed the principals, ACLs and finalizers of {} OrderConsumers and {} \
+                 OrderGateways, and the finalizers of {} KafkaTopics",
                 summary.consumers.len(),
-                summary.consumers.len(),
+                summary.gateways.len(),
                 summary.topics.len()
             );
             ExitCode::SUCCESS

@@ -17,7 +17,7 @@ use crate::crd::{KafkaAccessPolicy, KafkaTopic};
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::metrics::Metrics;
 use crate::settings::Args;
-use crate::{FIELD_MANAGER, consumer, http, leader, topic};
+use crate::{FIELD_MANAGER, consumer, gateway, http, leader, topic};
 use k8s_openapi::api::coordination::v1::Lease;
 
 /// Why the operator could not start.
@@ -99,6 +99,8 @@ pub async fn run(
     let (topic_controller, store) = topic::controller(topics, selector);
     let (consumer_controller, consumers) =
         consumer::controller(&client, args.watch_namespace.as_deref(), selector);
+    let (gateway_controller, gateways) =
+        gateway::controller(&client, args.watch_namespace.as_deref(), selector);
     // KafkaAccessPolicies and Namespaces are cluster-scoped: watched whole, whatever the
     // operator's namespace. A policy change re-checks every resource at once.
     let (policies, policy_writer) = reflector::store::<KafkaAccessPolicy>();
@@ -164,6 +166,7 @@ pub async fn run(
         backoff: Backoff::default(),
         topics: store,
         consumers,
+        gateways,
         policies,
         namespaces,
         created_topics: Default::default(),
@@ -216,7 +219,8 @@ pub async fn run(
     );
     tokio::join!(
         topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
-        consumer::run(ctx, consumer_controller, stop),
+        consumer::run(Arc::clone(&ctx), consumer_controller, stop.clone()),
+        gateway::run(ctx, gateway_controller, stop),
     );
     if lost.load(Ordering::Relaxed) {
         info!("operator stopped");

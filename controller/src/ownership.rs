@@ -16,7 +16,8 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::order_consumer::OwnedTopicKind;
-use crate::crd::{KafkaTopic, OrderConsumer};
+use crate::crd::{KafkaTopic, OrderConsumer, OrderGateway};
+use kube::Resource;
 
 /// A resource that owns a topic or a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +197,17 @@ pub fn group_conflict<'a>(
         .chain([me])
         .min_by_key(|c| rank(*c, recorded(c)))?;
     (!same(owner, me)).then(|| Owner::consumer(owner, None))
+}
+
+/// Which kind keeps the Kafka principal `pubsubkafka.<namespace>.<name>` when an OrderConsumer
+/// and an OrderGateway of one namespace share a name: the older of the two (the consumer on a
+/// tie). The other is refused with ResourceConflict, and gets no principal or ACL, until it
+/// is renamed; both reconcilers apply this one rule, so they never write each other's ACLs.
+pub fn consumer_keeps_principal(consumer: &OrderConsumer, gateway: &OrderGateway) -> bool {
+    let created = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.creation_timestamp.as_ref().map(|t| t.0)
+    };
+    created(consumer.meta()) <= created(gateway.meta())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
-use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer};
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, OrderGateway};
 use pubsubkafka_controller::kafka::KafkaAdmin;
 use serde::{Deserialize, Serialize};
 
@@ -228,7 +228,6 @@ pub async fn run_on(
         .await
         .map_err(|e| Error::Kube(e.to_string()))?;
 
-    say("starting the gateway as a pod (principal User:order-gateway) behind a Service");
     let admin = KafkaAdmin::new(
         &info
             .kafka
@@ -238,22 +237,13 @@ pub async fn run_on(
         Duration::from_secs(10),
     )
     .map_err(|e| Error::Kube(e.to_string()))?;
-    let gateway_password = crate::random_token(32);
-    admin
-        .upsert_scram_user("order-gateway", &gateway_password)
-        .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
-    let ca = std::fs::read_to_string(&info.kafka.ca_file)
-        .map_err(|e| Error::io("reading the Kafka CA", e))?;
-    for object in gateway_objects(info, &gateway_password, &ca) {
-        apply(&client, object).await?;
-    }
 
     say("waiting for the operator and the node: topics, principals, ACLs, Deployments, pods");
     let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), NAMESPACE);
+    let gateways: Api<OrderGateway> = Api::namespaced(client.clone(), NAMESPACE);
     wait(
         Duration::from_secs(180),
-        "KafkaTopics and OrderConsumers Ready",
+        "KafkaTopics and OrderConsumers Ready, OrderGateways reconciled",
         || async {
             let t = topics
                 .list(&Default::default())
@@ -263,7 +253,22 @@ pub async fn run_on(
                 .list(&Default::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            let g = gateways
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
             let topics_ready = t.items.len() == 2 && t.items.iter().all(KafkaTopic::is_ready);
+            // Their pods are waited for below, with the workers'.
+            let gateways_reconciled = g.items.len() == 2
+                && g.items.iter().all(|g| {
+                    g.status.as_ref().is_some_and(|s| {
+                        s.observed_generation == g.metadata.generation
+                            && s.conditions.iter().any(|c| {
+                                c.type_ == pubsubkafka_controller::crd::conditions::RECONCILED
+                                    && c.status == "True"
+                            })
+                    })
+                });
             let consumers_ready = c.items.len() == 2
                 && c.items.iter().all(|c| {
                     c.status.as_ref().is_some_and(|s| {
@@ -271,7 +276,7 @@ pub async fn run_on(
                             && pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
                     })
                 });
-            if topics_ready && consumers_ready {
+            if topics_ready && consumers_ready && gateways_reconciled {
                 return Ok(());
             }
             // What a person would look at: each resource's Ready condition.
@@ -300,6 +305,12 @@ pub async fn run_on(
                 ready_of(
                     c.metadata.name.clone(),
                     c.status.as_ref().map(|s| &s.conditions),
+                )
+            }));
+            states.extend(g.items.iter().map(|g| {
+                ready_of(
+                    g.metadata.name.clone(),
+                    g.status.as_ref().map(|s| &s.conditions),
                 )
             }));
             Err(states.join("; "))
@@ -333,8 +344,26 @@ pub async fn run_on(
                     ));
                 }
             }
-            if ready_pods(&pods, GATEWAY_SELECTOR).await? != 1 {
-                missing.push("the gateway pod".into());
+            for g in gateways
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+            {
+                let Some(status) = g.status else {
+                    return Err("no gateway status yet".into());
+                };
+                let selector = status.selector.clone().unwrap_or_default();
+                let ready = ready_pods(&pods, &selector).await?;
+                if ready != g.spec.replicas as usize
+                    || !pubsubkafka_controller::crd::conditions::is_ready(&status.conditions)
+                {
+                    missing.push(format!(
+                        "{}: {ready} of {} gateway pods ready",
+                        g.metadata.name.unwrap_or_default(),
+                        g.spec.replicas
+                    ));
+                }
             }
             missing
                 .is_empty()
@@ -343,32 +372,43 @@ pub async fn run_on(
         },
     )
     .await?;
-    // The Service's address from the host, as a client inside the cluster would use it; its
-    // rules appear a moment after the pod is Ready.
+    // The Services' addresses from the host, as a client inside the cluster would use them;
+    // their rules appear a moment after the pods are Ready.
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
-    let gateway_ip = services
-        .get("order-gateway")
-        .await
-        .map_err(|e| Error::Kube(e.to_string()))?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .ok_or_else(|| Error::Kube("the gateway Service has no ClusterIP".into()))?;
-    let gateway = format!("{gateway_ip}:80");
-    wait(
-        Duration::from_secs(60),
-        "the gateway Service to answer",
-        || async {
-            match worker::http_request_at(&gateway, "GET", "/readyz", &[], b"") {
-                Ok((200, _)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await?;
+    let mut addresses = Vec::new();
+    for name in ["orders-gateway", "users-gateway"] {
+        let service = services
+            .get(name)
+            .await
+            .map_err(|e| Error::Kube(e.to_string()))?;
+        let spec = service.spec.unwrap_or_default();
+        let ip = spec
+            .cluster_ip
+            .ok_or_else(|| Error::Kube(format!("Service {name} has no ClusterIP")))?;
+        let port = spec
+            .ports
+            .unwrap_or_default()
+            .first()
+            .map_or(80, |p| p.port);
+        let address = format!("{ip}:{port}");
+        wait(
+            Duration::from_secs(60),
+            &format!("Service {name} to answer"),
+            || async {
+                match worker::http_request_at(&address, "GET", "/readyz", &[], b"") {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await?;
+        addresses.push(address);
+    }
+    let (orders_gateway, users_gateway) = (addresses[0].clone(), addresses[1].clone());
 
     // The dead-letter topic outlives a namespace (Retain): count only this run's records.
     let dead_before = dead_letter_offsets(&admin).await;
-    let mut summary = traffic(opts, info, &gateway).await?;
+    let mut summary = traffic(opts, info, &orders_gateway, &users_gateway).await?;
 
     // Read everything back from the system.
     say("waiting for the workers to drain");
@@ -498,12 +538,16 @@ pub async fn run_on(
         }
     }
     summary.urls.insert(
-        "gateway (Service)".into(),
-        format!("http://{gateway}/orders"),
+        "orders gateway (Service orders-gateway)".into(),
+        format!("http://{orders_gateway}/orders"),
     );
     summary.urls.insert(
-        "gateway metrics".into(),
-        format!("http://{gateway}/metrics"),
+        "users gateway (Service users-gateway)".into(),
+        format!("http://{users_gateway}/users"),
+    );
+    summary.urls.insert(
+        "orders gateway metrics".into(),
+        format!("http://{orders_gateway}/metrics"),
     );
     summary
         .urls
@@ -544,66 +588,6 @@ pub async fn run_on(
         running.installed_on = None;
     }
     Ok((summary, running))
-}
-
-/// The gateway's pods, by the labels [`gateway_objects`] gives them.
-const GATEWAY_SELECTOR: &str = "app.kubernetes.io/name=pubsubkafka-gateway";
-
-/// The gateway as a cluster runs it: its Kafka credentials in a Secret, a Deployment of the
-/// worker image (`gateway`), non-root with a read-only root filesystem, probed on `/readyz`
-/// and scraped on `/metrics`, and a Service in front.
-fn gateway_objects(info: &StackInfo, password: &str, ca: &str) -> Vec<serde_json::Value> {
-    let bootstrap = info.kafka.node_bootstrap.clone().unwrap_or_default();
-    let labels = serde_json::json!({"app.kubernetes.io/name": "pubsubkafka-gateway", "app.kubernetes.io/instance": "order-gateway"});
-    vec![
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "order-gateway-kafka", "namespace": NAMESPACE},
-            "stringData": {"password": password, "ca.crt": ca},
-        }),
-        serde_json::json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "order-gateway", "namespace": NAMESPACE, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {
-                        "labels": labels,
-                        "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"},
-                    },
-                    "spec": {
-                        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [{
-                            "name": "gateway",
-                            "image": crate::node::product_image("worker"),
-                            "imagePullPolicy": "IfNotPresent",
-                            "args": [
-                                "--log-format", "json", "gateway",
-                                "--listen", "0.0.0.0:8080",
-                                "--kafka-bootstrap-servers", bootstrap,
-                                "--kafka-username", "order-gateway",
-                                "--kafka-password-file", "/etc/pubsubkafka/kafka/password",
-                                "--kafka-ca-file", "/etc/pubsubkafka/kafka/ca.crt",
-                                "--otlp-endpoint", info.jaeger.otlp_endpoint,
-                            ],
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
-                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-                            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                            "volumeMounts": [{"name": "kafka", "mountPath": "/etc/pubsubkafka/kafka", "readOnly": true}],
-                        }],
-                        "volumes": [{"name": "kafka", "secret": {"secretName": "order-gateway-kafka", "defaultMode": 0o440}}],
-                    },
-                },
-            },
-        }),
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "order-gateway", "namespace": NAMESPACE},
-            "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-        }),
-    ]
 }
 
 /// Server-side apply of one object with the demo's field manager.
@@ -725,9 +709,14 @@ fn receiver_count(address: &str) -> usize {
 }
 
 /// Sends orders, users, bad requests and poison records; returns the sender's side.
-async fn traffic(opts: &Options, info: &StackInfo, gateway: &str) -> Result<Summary, Error> {
+async fn traffic(
+    opts: &Options,
+    info: &StackInfo,
+    gateway: &str,
+    users_gateway: &str,
+) -> Result<Summary, Error> {
     say(&format!(
-        "sending {} orders, {} users and {} bad requests to the gateway; injecting {} poison records",
+        "sending {} orders, {} users and {} bad requests to the gateways; injecting {} poison records",
         opts.orders, opts.users, opts.bad_requests, opts.poison
     ));
     let mut summary = Summary {
@@ -782,7 +771,7 @@ async fn traffic(opts: &Options, info: &StackInfo, gateway: &str) -> Result<Summ
             r#"{{"user_id": "user-{i}", "name": "User {i}", "email": "user{i}@example.com", "country": "FR"}}"#
         );
         if let Ok((202, _)) =
-            worker::http_request_at(gateway, "POST", "/users", &json, body.as_bytes())
+            worker::http_request_at(users_gateway, "POST", "/users", &json, body.as_bytes())
         {
             summary.users_accepted += 1;
         }

@@ -520,23 +520,30 @@ impl Runtime {
 
     /// Imports a docker archive into containerd's `k8s.io` namespace (the kubelet's).
     pub fn import(&mut self, archive: &Path, name: &str) -> Result<(), Error> {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(archive)
-            .output()
-            .map_err(|e| Error::io("running ctr images import", e))?;
-        if !out.status.success() {
-            return Err(Error::Component {
-                component: "containerd".into(),
-                reason: format!("importing {} failed", archive.display()),
-                log_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
+        import_image(&self.socket, archive)?;
         self.images.push(name.to_owned());
         Ok(())
     }
+}
+
+/// Imports the docker archive `archive` into the `k8s.io` namespace of the containerd at
+/// `socket`, replacing an image of the same name.
+pub fn import_image(socket: &Path, archive: &Path) -> Result<(), Error> {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io", "images", "import"])
+        .arg(archive)
+        .output()
+        .map_err(|e| Error::io("running ctr images import", e))?;
+    if !out.status.success() {
+        return Err(Error::Component {
+            component: "containerd".into(),
+            reason: format!("importing {} failed", archive.display()),
+            log_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn containerd_config(dir: &Path) -> String {

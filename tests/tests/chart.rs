@@ -386,7 +386,30 @@ async fn the_operator_reconciles_the_dev_examples_with_only_the_charts_rbac() {
                     )
                 })
             }));
-            (t.items.len() == 2 && c.items.len() == 2 && pending.is_empty())
+            // Gateways: reconciled under the chart's RBAC (this API server runs no pods, so
+            // they never become Ready).
+            let gateways: Api<pubsubkafka_controller::crd::OrderGateway> =
+                Api::namespaced(admin.clone(), "shop");
+            let g = gateways
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            pending.extend(g.items.iter().filter_map(|g| {
+                let reconciled = g.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == pubsubkafka_controller::crd::conditions::RECONCILED
+                            && c.status == "True"
+                    })
+                });
+                (!reconciled).then(|| {
+                    format!(
+                        "{:?}: {:?}",
+                        g.metadata.name,
+                        g.status.as_ref().map(|s| &s.conditions)
+                    )
+                })
+            }));
+            (t.items.len() == 2 && c.items.len() == 2 && g.items.len() == 2 && pending.is_empty())
                 .then_some(())
                 .ok_or(format!("{pending:?}"))
         },
@@ -590,6 +613,7 @@ async fn watch_namespace_mode_keeps_the_rights_to_remove_finalizers() {
     .unwrap();
     for resource in [
         "orderconsumers.pubsubkafka.io",
+        "ordergateways.pubsubkafka.io",
         "kafkatopics.pubsubkafka.io",
     ] {
         for verb in ["get", "list", "watch", "patch"] {
@@ -876,7 +900,7 @@ async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
     );
     assert!(out.status.success(), "{output}");
     assert!(
-        output.contains("removed the principals and ACLs of 2 OrderConsumers"),
+        output.contains("removed the principals, ACLs and finalizers of 2 OrderConsumers"),
         "{output}"
     );
 

@@ -84,6 +84,19 @@ pub struct GatewayArgs {
     /// Largest request body accepted (413 beyond).
     #[arg(long, env = "PSK_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most orders one `POST /orders` may carry as a JSON array (422 beyond).
+    #[arg(long, env = "PSK_MAX_ORDERS_PER_REQUEST", default_value_t = MAX_ORDERS_PER_REQUEST,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_ORDERS_PER_REQUEST as u64))]
+    pub max_orders_per_request: usize,
+    /// The routes this gateway serves (comma-separated): `orders` (POST /orders), `users`
+    /// (POST /users). A route it does not serve answers 404. An OrderGateway serves one.
+    #[arg(
+        long,
+        env = "PSK_SERVE",
+        value_delimiter = ',',
+        default_value = "orders,users"
+    )]
+    pub serve: Vec<Domain>,
     /// Write each event and an outbox row in one PostgreSQL transaction instead of producing;
     /// `outbox-relay` publishes them.
     #[arg(long, env = "PSK_OUTBOX")]
@@ -91,6 +104,24 @@ pub struct GatewayArgs {
     /// File holding the PostgreSQL URL (outbox mode).
     #[arg(long, env = "PSK_DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+}
+
+/// A route of the gateway, and the topic its events go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Domain {
+    /// `POST /orders`, to `--orders-topic`.
+    Orders,
+    /// `POST /users`, to `--users-topic`.
+    Users,
+}
+
+impl Domain {
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::Orders => "/orders",
+            Self::Users => "/users",
+        }
+    }
 }
 
 /// An order as a client submits it; the gateway adds the metadata.
@@ -139,6 +170,7 @@ struct Gateway {
     orders_topic: String,
     users_topic: String,
     delivery_timeout: Duration,
+    max_orders_per_request: usize,
     metrics: Metrics,
     /// The hot series, resolved once: a request does no label lookups on success.
     orders_acked: prometheus::IntCounter,
@@ -190,9 +222,11 @@ pub async fn run(
         orders_topic: args.orders_topic,
         users_topic: args.users_topic,
         delivery_timeout: args.delivery_timeout,
+        max_orders_per_request: args.max_orders_per_request,
         metrics: metrics.clone(),
     });
-    let app = router(gateway, args.max_body_bytes).merge(crate::http::routes(metrics, health));
+    let app = router(gateway, args.max_body_bytes, &args.serve)
+        .merge(crate::http::routes(metrics, health));
     // On the runtime's workers, not the thread that started it: every core serves requests.
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -248,10 +282,28 @@ async fn watch_broker(producer: FutureProducer, health: Arc<Health>, ready: Arc<
     }
 }
 
-fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
-    Router::new()
-        .route("/orders", post(post_order))
-        .route("/users", post(post_user))
+fn router(gateway: Arc<Gateway>, max_body: usize, serve: &[Domain]) -> Router {
+    let served: Vec<&str> = serve.iter().map(|d| d.route()).collect();
+    let mut router = Router::new();
+    for domain in [Domain::Orders, Domain::Users] {
+        router = if serve.contains(&domain) {
+            match domain {
+                Domain::Orders => router.route(domain.route(), post(post_order)),
+                Domain::Users => router.route(domain.route(), post(post_user)),
+            }
+        } else {
+            let message = format!(
+                "this gateway does not serve {}; it serves {}",
+                domain.route(),
+                served.join(" and ")
+            );
+            router.route(
+                domain.route(),
+                post(move || async move { Rejection::new(StatusCode::NOT_FOUND, message) }),
+            )
+        };
+    }
+    router
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(gateway)
 }
@@ -507,10 +559,10 @@ async fn accept_orders(
     body: &[u8],
 ) -> Result<Response, Rejection> {
     let requests: Vec<OrderRequest> = parse_json(headers, body)?;
-    if requests.is_empty() || requests.len() > MAX_ORDERS_PER_REQUEST {
+    if requests.is_empty() || requests.len() > gw.max_orders_per_request {
         return Err(Rejection::fields(vec![FieldError {
             field: "(body)".into(),
-            message: format!("an array of 1 to {MAX_ORDERS_PER_REQUEST} orders"),
+            message: format!("an array of 1 to {} orders", gw.max_orders_per_request),
         }]));
     }
     let mut pending = Vec::with_capacity(requests.len());

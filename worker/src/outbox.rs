@@ -143,6 +143,10 @@ pub struct RelayArgs {
     /// File holding the PostgreSQL URL of the gateway's database.
     #[arg(long, env = "PSK_DATABASE_URL_FILE")]
     pub database_url_file: PathBuf,
+    /// Publish only the rows of these topics (comma-separated; all when absent), so that
+    /// gateways sharing one database each relay their own events with their own principal.
+    #[arg(long, env = "PSK_RELAY_TOPICS", value_delimiter = ',')]
+    pub topics: Vec<String>,
     /// Rows published per transaction.
     #[arg(long, env = "PSK_RELAY_BATCH", default_value_t = 500)]
     pub batch: i64,
@@ -168,7 +172,8 @@ const PURGE: &str = "DELETE FROM outbox WHERE id IN (
 
 const CLAIM: &str =
     "SELECT id, topic, key, payload, content_type, correlation_id, traceparent FROM outbox
-    WHERE sent_at IS NULL AND pg_try_advisory_xact_lock(hashtext(key))
+    WHERE sent_at IS NULL AND (cardinality($2::text[]) = 0 OR topic = ANY($2))
+    AND pg_try_advisory_xact_lock(hashtext(key))
     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Publishes pending outbox rows until `shutdown`.
@@ -208,7 +213,7 @@ pub async fn relay(
         }
         let published = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            result = relay_once(&outbox, &producer, &metrics, args.batch) => result,
+            result = relay_once(&outbox, &producer, &metrics, args.batch, &args.topics) => result,
         };
         match published {
             Ok(0) => {
@@ -242,11 +247,12 @@ async fn relay_once(
     producer: &FutureProducer,
     metrics: &Metrics,
     batch: i64,
+    topics: &[String],
 ) -> Result<usize, String> {
     let mut client = outbox.client().await?;
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     let rows = tx
-        .query(CLAIM, &[&batch])
+        .query(CLAIM, &[&batch, &topics])
         .await
         .map_err(|e| e.to_string())?;
     if rows.is_empty() {

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
@@ -34,8 +33,9 @@ use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::{FINALIZER, OwnedTopic, OwnedTopicKind};
 use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::error::Error;
-use crate::kafka::{AclFilter, AdminError};
+use crate::kafka::AdminError;
 use crate::ownership::Companion;
+use crate::principal;
 use plan::Names;
 
 const KIND: &str = "OrderConsumer";
@@ -284,6 +284,16 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     let dead_letter = plan::dead_letter_topic(&source, policy);
     let group = consumer.group_id();
 
+    if let Some(gateway) = principal_holder(consumer, ctx) {
+        return Err(Error::Conflict {
+            message: format!(
+                "Kafka principal {} belongs to OrderGateway {ns}/{gateway}, which is older; \
+                 rename this consumer",
+                names.principal
+            ),
+        });
+    }
+
     let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
     let retry_topics =
         plan::retry_topics(&source, &consumer.name_any(), &retry).map_err(Error::InvalidSpec)?;
@@ -310,7 +320,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     ) {
         Ok(admitted) => admitted,
         Err(refusal) => {
-            ensure_acls(consumer, ctx, &names, &BTreeSet::new()).await?;
+            principal::ensure_acls(consumer, ctx, &names.principal, &BTreeSet::new()).await?;
             return Err(refusal);
         }
     };
@@ -341,7 +351,13 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         )
         .await?;
     }
-    let credentials_version = ensure_principal(consumer, ctx, &names).await?;
+    let credentials_version = principal::ensure(
+        consumer,
+        ctx,
+        &names.kafka_principal(),
+        plan::child_meta(consumer, &names.credentials_secret),
+    )
+    .await?;
     let desired_acls = plan::consumer_acls(
         &names.principal,
         &source,
@@ -349,7 +365,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         &retry_topics,
         &group,
     );
-    ensure_acls(consumer, ctx, &names, &desired_acls).await?;
+    principal::ensure_acls(consumer, ctx, &names.principal, &desired_acls).await?;
 
     let lag = measure_lag(ctx, &group, &source, gathered.partitions).await?;
     let old = consumer.status.clone().unwrap_or_default();
@@ -426,6 +442,13 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     );
     let applied = deployments
         .patch(&names.deployment, &params, &Patch::Apply(&deployment))
+        .await?;
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &names.deployment,
+            &params,
+            &Patch::Apply(&plan::disruption_budget(consumer, &names)),
+        )
         .await?;
     let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
     if before_replicas != Some(replicas) {
@@ -594,118 +617,6 @@ async fn ensure_companion_topic(
     Ok(())
 }
 
-/// The credentials Secret (password generated once and kept) and the SCRAM credential.
-/// Returns the Secret's resourceVersion.
-async fn ensure_principal(
-    consumer: &OrderConsumer,
-    ctx: &Context,
-    names: &Names,
-) -> Result<Option<String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(
-        ctx.client.clone(),
-        &consumer.namespace().unwrap_or_default(),
-    );
-    let existing = secrets.get_opt(&names.credentials_secret).await?;
-    let kept = existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-        .filter(|p| !p.is_empty());
-    let fresh = kept.is_none();
-    let password = kept.unwrap_or_else(generate_password);
-    let settings = &ctx.settings;
-    let mut data = BTreeMap::from([
-        ("username".to_owned(), names.user.clone()),
-        ("password".to_owned(), password.clone()),
-        (
-            "sasl.jaas.config".to_owned(),
-            plan::jaas_config(&names.user, &password),
-        ),
-        ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
-        (
-            "security.protocol".to_owned(),
-            settings.worker_security_protocol.as_kafka().to_owned(),
-        ),
-        (
-            "bootstrap.servers".to_owned(),
-            settings.worker_bootstrap_servers.clone(),
-        ),
-    ]);
-    if let Some(ca) = &settings.kafka_ca_pem {
-        data.insert("ca.crt".to_owned(), ca.clone());
-    }
-    let secret = Secret {
-        metadata: plan::child_meta(consumer, &names.credentials_secret),
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    let applied = secrets
-        .patch(
-            &names.credentials_secret,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
-    if fresh || !ctx.admin.scram_user_exists(&names.user).await? {
-        ctx.admin.upsert_scram_user(&names.user, &password).await?;
-        info!(principal = %names.principal, "created the consumer's SCRAM credential");
-        ctx.event(
-            consumer,
-            EventType::Normal,
-            "PrincipalCreated",
-            format!(
-                "created Kafka principal {} (credentials in Secret {})",
-                names.principal, names.credentials_secret
-            ),
-        )
-        .await;
-    }
-    Ok(applied.metadata.resource_version)
-}
-
-/// Makes the principal's ACLs exactly `desired`.
-async fn ensure_acls(
-    consumer: &OrderConsumer,
-    ctx: &Context,
-    names: &Names,
-    desired: &BTreeSet<crate::kafka::Acl>,
-) -> Result<(), Error> {
-    let actual: BTreeSet<_> = ctx
-        .admin
-        .describe_acls(&AclFilter {
-            principal: Some(names.principal.clone()),
-            ..AclFilter::default()
-        })
-        .await?
-        .into_iter()
-        .collect();
-    let missing: Vec<_> = desired.difference(&actual).cloned().collect();
-    let extra: Vec<AclFilter> = actual.difference(desired).map(AclFilter::from).collect();
-    if missing.is_empty() && extra.is_empty() {
-        return Ok(());
-    }
-    ctx.admin.create_acls(&missing).await?;
-    ctx.admin.delete_acls(&extra).await?;
-    ctx.event(
-        consumer,
-        EventType::Normal,
-        "AclsUpdated",
-        format!(
-            "{} ACLs written, {} removed for {}",
-            missing.len(),
-            extra.len(),
-            names.principal
-        ),
-    )
-    .await;
-    Ok(())
-}
-
 /// Records the group has not committed, summed over the source's partitions.
 async fn measure_lag(
     ctx: &Context,
@@ -782,10 +693,23 @@ async fn write_status(
     Ok(())
 }
 
-/// Removes the consumer's ACLs and SCRAM credential from Kafka.
+/// Removes the consumer's ACLs and SCRAM credential from Kafka, unless an OrderGateway of the
+/// same name holds that principal.
 async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
-    remove_principal(consumer, &ctx.admin).await?;
+    if principal_holder(consumer, ctx).is_none() {
+        remove_principal(consumer, &ctx.admin).await?;
+    }
     Ok(Action::await_change())
+}
+
+/// The OrderGateway of the same name that holds the principal both would use, if any
+/// ([`crate::ownership::consumer_keeps_principal`]).
+fn principal_holder(consumer: &OrderConsumer, ctx: &Context) -> Option<String> {
+    let ns = consumer.namespace().unwrap_or_default();
+    let gateway = ctx
+        .gateways
+        .get(&ObjectRef::new(&consumer.name_any()).within(&ns))?;
+    (!crate::ownership::consumer_keeps_principal(consumer, &gateway)).then(|| gateway.name_any())
 }
 
 /// Deletes the consumer's ACLs and its SCRAM credential (both idempotent).
@@ -794,30 +718,5 @@ pub async fn remove_principal(
     admin: &crate::kafka::KafkaAdmin,
 ) -> Result<(), AdminError> {
     let names = Names::of(consumer);
-    admin
-        .delete_acls(&[AclFilter {
-            principal: Some(names.principal.clone()),
-            ..AclFilter::default()
-        }])
-        .await?;
-    admin.delete_scram_user(&names.user).await?;
-    info!(principal = %names.principal, "removed the consumer's principal and ACLs");
-    Ok(())
-}
-
-/// 32 random alphanumeric characters from the kernel's random source.
-fn generate_password() -> String {
-    use std::io::Read;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(32);
-    let mut file = std::fs::File::open("/dev/urandom").expect("the kernel's random source");
-    while out.len() < 32 {
-        let mut byte = [0u8; 1];
-        file.read_exact(&mut byte).expect("reading /dev/urandom");
-        // 62 * 4 = 248: reject the top of the range so every character is equally likely.
-        if byte[0] < 248 {
-            out.push(ALPHABET[(byte[0] % 62) as usize] as char);
-        }
-    }
-    out
+    principal::remove(admin, &names.user, &names.principal).await
 }

@@ -52,6 +52,15 @@ pub struct Names {
 }
 
 impl Names {
+    /// The principal with its credentials Secret.
+    pub fn kafka_principal(&self) -> crate::principal::Principal {
+        crate::principal::Principal {
+            user: self.user.clone(),
+            principal: self.principal.clone(),
+            secret: self.credentials_secret.clone(),
+        }
+    }
+
     pub fn of(consumer: &OrderConsumer) -> Self {
         let name = consumer.name_any();
         let user = format!(
@@ -416,6 +425,27 @@ pub fn child_meta(consumer: &OrderConsumer, name: &str) -> ObjectMeta {
     }
 }
 
+/// At most one worker pod down at a time for a voluntary disruption (a node drain): the group
+/// rebalances once per pod rather than losing every consumer at once.
+pub fn disruption_budget(
+    consumer: &OrderConsumer,
+    names: &Names,
+) -> k8s_openapi::api::policy::v1::PodDisruptionBudget {
+    use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+    PodDisruptionBudget {
+        metadata: child_meta(consumer, &names.deployment),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(consumer)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
 /// What the worker pods run: image and the pull Secrets to fetch it with.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerImage<'a> {
@@ -579,14 +609,6 @@ pub fn deployment(
         }),
         status: None,
     }
-}
-
-/// The SASL JAAS line a Java client needs for this principal.
-pub fn jaas_config(user: &str, password: &str) -> String {
-    format!(
-        "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" \
-         password=\"{password}\";"
-    )
 }
 
 #[cfg(test)]

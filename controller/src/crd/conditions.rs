@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// OrderConsumer: replicas were limited by the partition count.
 pub const CAPPED: &str = "Capped";
+/// OrderGateway: the operator applied the spec (Ready then says whether the pods are up).
+pub const RECONCILED: &str = "Reconciled";
 
 /// Reasons, stable and machine-readable (alerts and runbooks key on them).
 pub mod reason {
@@ -21,6 +23,7 @@ pub mod reason {
     pub const KAFKA_ERROR: &str = "KafkaError";
     pub const TOPIC_NOT_READY: &str = "TopicNotReady";
     pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PARTITION_CAP: &str = "PartitionCap";
@@ -32,6 +35,10 @@ pub mod reason {
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
     /// A Kafka internal topic (`__...`): never managed.
     pub const RESERVED_TOPIC_NAME: &str = "ReservedTopicName";
+    /// Every wanted pod is ready and runs the current template.
+    pub const REPLICAS_READY: &str = "ReplicasReady";
+    /// Fewer pods are ready (or updated) than wanted.
+    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
 }
 
 /// A condition observed now for `generation`.

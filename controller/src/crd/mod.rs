@@ -6,11 +6,13 @@ pub mod conditions;
 pub mod dlq_policy;
 pub mod kafka_topic;
 pub mod order_consumer;
+pub mod order_gateway;
 
 pub use access_policy::{KafkaAccessPolicy, KafkaAccessPolicySpec};
 pub use dlq_policy::{DLQPolicy, DLQPolicySpec};
 pub use kafka_topic::{KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
 pub use order_consumer::{OrderConsumer, OrderConsumerSpec, OrderConsumerStatus};
+pub use order_gateway::{OrderGateway, OrderGatewaySpec, OrderGatewayStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -21,6 +23,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         KafkaTopic::crd(),
         DLQPolicy::crd(),
         OrderConsumer::crd(),
+        OrderGateway::crd(),
         KafkaAccessPolicy::crd(),
     ]
 }

@@ -35,6 +35,12 @@ enum Cmd {
         #[arg(long, default_value = ".stack")]
         dir: PathBuf,
     },
+    /// Import the images `make images` built into the running node in DIR (new pods use
+    /// them; running pods keep theirs until they are replaced).
+    Images {
+        #[arg(long, default_value = ".stack")]
+        dir: PathBuf,
+    },
     /// Wait for process PID to exit, then undo the host changes of the node in DIR (started
     /// by test binaries that own a stack).
     #[command(hide = true)]
@@ -126,6 +132,19 @@ fn run(cli: Cli) -> Result<(), testenv::Error> {
         }
         Cmd::Env { dir } => {
             print!("{}", StackInfo::read(&dir)?.env_exports());
+            Ok(())
+        }
+        Cmd::Images { dir } => {
+            let info = StackInfo::read(&dir)?;
+            let node = info.node.as_ref().ok_or_else(|| testenv::Error::Missing {
+                tool: "a Kubernetes node".into(),
+                detail: format!("the stack in {} has none", dir.display()),
+            })?;
+            for name in ["controller", "worker"] {
+                let archive = testenv::node::images_dir().join(format!("{name}.tar"));
+                testenv::node::import_image(&node.containerd_socket, &archive)?;
+                eprintln!("imported {}", testenv::node::product_image(name));
+            }
             Ok(())
         }
         Cmd::Janitor { dir, pid } => {

@@ -1,0 +1,754 @@
+//! The OrderGateway reconciler's decisions, as pure functions: names, the principal's exact
+//! ACLs, the gateway and relay Deployments, the Service, the PodDisruptionBudget, and the
+//! status the observed Deployments give.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use pubsubkafka_worker::config::SecurityProtocol;
+
+use crate::consumer::plan::{DATABASE_DIR, KAFKA_DIR, WorkerImage};
+use crate::crd::OrderGateway;
+use crate::crd::conditions::{self, reason};
+use crate::crd::order_gateway::OrderGatewayStatus;
+use crate::kafka::{Acl, AclOperation, ResourceKind};
+
+/// The port the gateway listens on in its pod (API, /metrics and probes).
+pub const GATEWAY_PORT: i32 = 8080;
+/// The port of the relay's /metrics and probes.
+pub const RELAY_PORT: i32 = 9090;
+/// Seconds a gateway pod has to answer the requests it holds when it is stopped.
+pub const GATEWAY_GRACE_SECONDS: i64 = 30;
+pub const GATEWAY_LABEL: &str = "pubsubkafka.io/gateway";
+/// Annotation on the pod templates whose change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = crate::consumer::plan::CONFIG_HASH_ANNOTATION;
+
+/// Names of everything the operator creates for one gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// SCRAM user name.
+    pub user: String,
+    /// `User:<user>`.
+    pub principal: String,
+    pub credentials_secret: String,
+    /// The gateway Deployment, its Service and its PodDisruptionBudget.
+    pub gateway: String,
+    /// The outbox relay Deployment.
+    pub relay: String,
+}
+
+impl Names {
+    pub fn of(gateway: &OrderGateway) -> Self {
+        let name = gateway.name_any();
+        let user = format!(
+            "pubsubkafka.{}.{}",
+            gateway.namespace().unwrap_or_default(),
+            name
+        );
+        Self {
+            principal: format!("User:{user}"),
+            user,
+            credentials_secret: format!("{name}-kafka-credentials"),
+            relay: format!("{name}-relay"),
+            gateway: name,
+        }
+    }
+}
+
+/// The seed architecture's producer ACLs: WRITE and DESCRIBE on the topic, nothing else. Kafka
+/// 3.0 and later let a principal with WRITE on a topic use the idempotent producer, so no
+/// IDEMPOTENT_WRITE on the cluster is needed.
+pub fn gateway_acls(principal: &str, topic: &str) -> BTreeSet<Acl> {
+    [AclOperation::Write, AclOperation::Describe]
+        .into_iter()
+        .map(|operation| Acl {
+            resource: ResourceKind::Topic,
+            name: topic.to_owned(),
+            principal: principal.to_owned(),
+            operation,
+        })
+        .collect()
+}
+
+/// Labels of every object of one gateway; `component` is `gateway` or `relay`.
+pub fn labels(gateway: &OrderGateway, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (GATEWAY_LABEL.to_owned(), gateway.name_any()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            format!("pubsubkafka-{component}"),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), gateway.name_any()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "pubsubkafka-controller".to_owned(),
+        ),
+    ])
+}
+
+fn selector_labels(gateway: &OrderGateway, component: &str) -> BTreeMap<String, String> {
+    labels(gateway, component)
+        .into_iter()
+        .filter(|(k, _)| k == GATEWAY_LABEL || k == "app.kubernetes.io/name")
+        .collect()
+}
+
+/// The gateway pods' selector as a label query (status.selector, for the scale subresource).
+pub fn selector(gateway: &OrderGateway) -> String {
+    format!(
+        "{GATEWAY_LABEL}={},app.kubernetes.io/name=pubsubkafka-gateway",
+        gateway.name_any()
+    )
+}
+
+/// Metadata of a child object named `name`, owned by the gateway.
+pub fn child_meta(gateway: &OrderGateway, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: gateway.namespace(),
+        labels: Some(labels(gateway, component)),
+        owner_references: Some(vec![
+            gateway
+                .controller_owner_ref(&())
+                .expect("a stored OrderGateway has a name and uid"),
+        ]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// What the pods need to reach Kafka: as the operator's settings give it.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaAccess<'a> {
+    pub bootstrap_servers: &'a str,
+    pub security_protocol: SecurityProtocol,
+    /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
+    pub with_ca: bool,
+}
+
+/// The environment both containers read their Kafka connection from (the worker's flags take
+/// the same names from the environment).
+fn kafka_env(names: &Names, kafka: KafkaAccess<'_>) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let mut env = vec![
+        var(
+            "PSK_KAFKA_BOOTSTRAP_SERVERS",
+            kafka.bootstrap_servers.to_owned(),
+        ),
+        var(
+            "PSK_KAFKA_SECURITY_PROTOCOL",
+            kafka.security_protocol.as_kafka().to_owned(),
+        ),
+        var("PSK_KAFKA_USERNAME", names.user.clone()),
+        var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
+        var("PSK_LOG_FORMAT", "json".to_owned()),
+    ];
+    if kafka.with_ca {
+        env.push(var("PSK_KAFKA_CA_FILE", format!("{KAFKA_DIR}/ca.crt")));
+    }
+    env
+}
+
+/// The gateway container's arguments.
+pub fn gateway_args(gateway: &OrderGateway, topic: &str) -> Vec<String> {
+    let spec = &gateway.spec;
+    let domain = spec.domain.as_arg();
+    let mut args = vec![
+        "gateway".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{GATEWAY_PORT}"),
+        "--serve".to_owned(),
+        domain.to_owned(),
+        format!("--{domain}-topic"),
+        topic.to_owned(),
+        "--max-body-bytes".to_owned(),
+        spec.limits.max_body_bytes.to_string(),
+        "--max-orders-per-request".to_owned(),
+        spec.limits.max_orders_per_request.to_string(),
+    ];
+    if let Some(outbox) = &spec.outbox {
+        args.extend([
+            "--outbox".to_owned(),
+            "--database-url-file".to_owned(),
+            format!("{DATABASE_DIR}/{}", outbox.connection_secret.key),
+        ]);
+    }
+    args
+}
+
+/// The relay container's arguments: it publishes only this gateway's topic.
+pub fn relay_args(gateway: &OrderGateway, topic: &str) -> Option<Vec<String>> {
+    let outbox = gateway.spec.outbox.as_ref()?;
+    Some(vec![
+        "outbox-relay".to_owned(),
+        "--database-url-file".to_owned(),
+        format!("{DATABASE_DIR}/{}", outbox.connection_secret.key),
+        "--topics".to_owned(),
+        topic.to_owned(),
+        "--http-addr".to_owned(),
+        format!("0.0.0.0:{RELAY_PORT}"),
+    ])
+}
+
+/// Everything one of the gateway's Deployments is made of.
+#[derive(Debug, Clone)]
+pub struct PodInput<'a> {
+    pub names: &'a Names,
+    pub image: WorkerImage<'a>,
+    pub kafka: KafkaAccess<'a>,
+    pub otlp_endpoint: Option<&'a str>,
+    /// The pod template's hash: arguments and the versions of the mounted Secrets.
+    pub config_hash: &'a str,
+}
+
+/// The gateway Deployment (`relay: false`) or the relay's.
+pub fn deployment(
+    gateway: &OrderGateway,
+    input: &PodInput<'_>,
+    replicas: i32,
+    args: Vec<String>,
+    relay: bool,
+) -> Deployment {
+    let (component, name, port) = if relay {
+        ("relay", &input.names.relay, RELAY_PORT)
+    } else {
+        ("gateway", &input.names.gateway, GATEWAY_PORT)
+    };
+    let mut volumes = vec![Volume {
+        name: "kafka-credentials".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(input.names.credentials_secret.clone()),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "kafka-credentials".into(),
+        mount_path: KAFKA_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if let Some(outbox) = &gateway.spec.outbox {
+        volumes.push(Volume {
+            name: "database".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(outbox.connection_secret.name.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "database".into(),
+            mount_path: DATABASE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let mut env = kafka_env(input.names, input.kafka);
+    if let Some(endpoint) = input.otlp_endpoint {
+        env.push(EnvVar {
+            name: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            value: Some(endpoint.to_owned()),
+            ..Default::default()
+        });
+    }
+    let probe = |path: &str, period| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+    let annotations = BTreeMap::from([
+        (
+            CONFIG_HASH_ANNOTATION.to_owned(),
+            input.config_hash.to_owned(),
+        ),
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), port.to_string()),
+    ]);
+    Deployment {
+        metadata: child_meta(gateway, name, component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(gateway, component)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(gateway, component)),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    termination_grace_period_seconds: Some(GATEWAY_GRACE_SECONDS),
+                    automount_service_account_token: Some(false),
+                    image_pull_secrets: (!input.image.pull_secrets.is_empty()).then(|| {
+                        input
+                            .image
+                            .pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: component.into(),
+                        image: Some(input.image.image.to_owned()),
+                        args: Some(args),
+                        env: Some(env),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("http".into()),
+                            container_port: port,
+                            ..Default::default()
+                        }]),
+                        liveness_probe: Some(probe("/healthz", 10)),
+                        readiness_probe: Some(probe("/readyz", 2)),
+                        resources: gateway.spec.resources.clone(),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(mounts),
+                        ..Default::default()
+                    }],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service in front of the gateway pods.
+pub fn service(gateway: &OrderGateway, names: &Names) -> Service {
+    Service {
+        metadata: child_meta(gateway, &names.gateway, "gateway"),
+        spec: Some(ServiceSpec {
+            type_: Some(gateway.spec.service.type_.as_str().to_owned()),
+            selector: Some(selector_labels(gateway, "gateway")),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: gateway.spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// At most one gateway pod down at a time for a voluntary disruption (a node drain): the
+/// others keep answering.
+pub fn disruption_budget(gateway: &OrderGateway, names: &Names) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(gateway, &names.gateway, "gateway"),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(gateway, "gateway")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The URL clients in the cluster use: the Service's DNS name, its port and the route.
+pub fn url(gateway: &OrderGateway, names: &Names) -> String {
+    let port = gateway.spec.service.port;
+    let host = format!(
+        "{}.{}.svc",
+        names.gateway,
+        gateway.namespace().unwrap_or_default()
+    );
+    let route = match gateway.spec.domain {
+        crate::crd::order_gateway::Domain::Orders => "/orders",
+        crate::crd::order_gateway::Domain::Users => "/users",
+    };
+    if port == 80 {
+        format!("http://{host}{route}")
+    } else {
+        format!("http://{host}:{port}{route}")
+    }
+}
+
+/// What the Deployments report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Gateway pods ready, and updated to the current template.
+    pub ready: i32,
+    pub updated: i32,
+    /// Relay pods ready (outbox only).
+    pub relay_ready: i32,
+}
+
+impl Observed {
+    pub fn from_deployments(
+        gateway: Option<&DeploymentStatus>,
+        relay: Option<&DeploymentStatus>,
+    ) -> Self {
+        Self {
+            ready: gateway.and_then(|s| s.ready_replicas).unwrap_or(0),
+            updated: gateway.and_then(|s| s.updated_replicas).unwrap_or(0),
+            relay_ready: relay.and_then(|s| s.ready_replicas).unwrap_or(0),
+        }
+    }
+}
+
+/// The status after a pass that applied everything: `Reconciled` says the operator did its
+/// part, `Ready` says every wanted pod (gateway and relay) is ready and up to date.
+pub fn status(
+    gateway: &OrderGateway,
+    names: &Names,
+    topic: &str,
+    observed: Observed,
+    old: &[Condition],
+) -> OrderGatewayStatus {
+    let spec = &gateway.spec;
+    let generation = gateway.metadata.generation;
+    let replicas = spec.replicas;
+    let relay_replicas = spec.outbox.as_ref().map(|o| o.relay_replicas);
+    let reconciled = conditions::new(
+        conditions::RECONCILED,
+        true,
+        reason::RECONCILED,
+        format!(
+            "{replicas} gateway replicas publish {} to {topic} as {}{}",
+            spec.domain.as_arg(),
+            names.principal,
+            match relay_replicas {
+                Some(n) => format!(" through the outbox, with {n} relay replicas"),
+                None => String::new(),
+            }
+        ),
+        generation,
+    );
+    let ready = if observed.ready < replicas || observed.updated < replicas {
+        conditions::new(
+            conditions::READY,
+            false,
+            reason::REPLICAS_NOT_READY,
+            format!(
+                "{} of {replicas} gateway pods ready ({} updated)",
+                observed.ready.min(replicas),
+                observed.updated.min(replicas)
+            ),
+            generation,
+        )
+    } else if let Some(wanted) = relay_replicas.filter(|n| observed.relay_ready < *n) {
+        conditions::new(
+            conditions::READY,
+            false,
+            reason::REPLICAS_NOT_READY,
+            format!(
+                "{} of {wanted} outbox relay pods ready",
+                observed.relay_ready
+            ),
+            generation,
+        )
+    } else {
+        conditions::new(
+            conditions::READY,
+            true,
+            reason::REPLICAS_READY,
+            format!("{replicas} of {replicas} gateway pods ready"),
+            generation,
+        )
+    };
+    OrderGatewayStatus {
+        observed_generation: generation,
+        replicas: Some(replicas),
+        ready_replicas: Some(observed.ready),
+        relay_ready_replicas: relay_replicas.map(|_| observed.relay_ready),
+        url: Some(url(gateway, names)),
+        topic: Some(topic.to_owned()),
+        principal: Some(names.principal.clone()),
+        credentials_secret: Some(names.credentials_secret.clone()),
+        selector: Some(selector(gateway)),
+        conditions: conditions::merge(&conditions::merge(old, reconciled), ready),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(yaml: &str) -> OrderGateway {
+        let mut g: OrderGateway = serde_yaml::from_str(yaml).expect("fixture parses");
+        g.metadata.uid = Some("0b1c".into());
+        g.metadata.generation = Some(3);
+        g
+    }
+
+    const ORDERS: &str = r#"
+apiVersion: pubsubkafka.io/v1alpha1
+kind: OrderGateway
+metadata: {name: orders-gateway, namespace: shop}
+spec:
+  topicRef: {name: orders}
+"#;
+
+    const USERS_OUTBOX: &str = r#"
+apiVersion: pubsubkafka.io/v1alpha1
+kind: OrderGateway
+metadata: {name: users-gateway, namespace: shop}
+spec:
+  topicRef: {name: users}
+  domain: Users
+  replicas: 3
+  service: {type: NodePort, port: 8080}
+  limits: {maxBodyBytes: 65536, maxOrdersPerRequest: 10}
+  outbox:
+    connectionSecret: {name: gateway-db}
+"#;
+
+    #[test]
+    fn defaults_are_two_replicas_on_port_80_serving_orders() {
+        let g = gateway(ORDERS);
+        assert_eq!(g.spec.replicas, 2);
+        assert_eq!(g.spec.service.port, 80);
+        assert_eq!(g.spec.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(g.spec.limits.max_orders_per_request, 1000);
+        assert_eq!(
+            url(&g, &Names::of(&g)),
+            "http://orders-gateway.shop.svc/orders"
+        );
+        let g = gateway(USERS_OUTBOX);
+        assert_eq!(
+            url(&g, &Names::of(&g)),
+            "http://users-gateway.shop.svc:8080/users"
+        );
+    }
+
+    #[test]
+    fn the_principal_may_only_write_and_describe_its_topic() {
+        let rendered: Vec<String> = gateway_acls("User:g", "orders")
+            .iter()
+            .map(|a| format!("{:?} {} {:?}", a.resource, a.name, a.operation))
+            .collect();
+        assert_eq!(rendered, ["Topic orders Write", "Topic orders Describe"]);
+    }
+
+    #[test]
+    fn arguments_follow_the_domain_limits_and_outbox() {
+        let g = gateway(ORDERS);
+        assert_eq!(
+            gateway_args(&g, "shop-orders").join(" "),
+            "gateway --listen 0.0.0.0:8080 --serve orders --orders-topic shop-orders \
+             --max-body-bytes 1048576 --max-orders-per-request 1000"
+        );
+        assert_eq!(relay_args(&g, "shop-orders"), None);
+        let g = gateway(USERS_OUTBOX);
+        assert_eq!(
+            gateway_args(&g, "users").join(" "),
+            "gateway --listen 0.0.0.0:8080 --serve users --users-topic users \
+             --max-body-bytes 65536 --max-orders-per-request 10 \
+             --outbox --database-url-file /etc/pubsubkafka/database/url"
+        );
+        assert_eq!(
+            relay_args(&g, "users").unwrap().join(" "),
+            "outbox-relay --database-url-file /etc/pubsubkafka/database/url --topics users \
+             --http-addr 0.0.0.0:9090"
+        );
+    }
+
+    #[test]
+    fn pods_run_as_non_root_on_a_read_only_root_with_the_secrets_mounted() {
+        let g = gateway(USERS_OUTBOX);
+        let names = Names::of(&g);
+        let input = PodInput {
+            names: &names,
+            image: WorkerImage {
+                image: "pubsubkafka/worker:1",
+                pull_secrets: &[],
+            },
+            kafka: KafkaAccess {
+                bootstrap_servers: "kafka:9093",
+                security_protocol: SecurityProtocol::SaslSsl,
+                with_ca: true,
+            },
+            otlp_endpoint: None,
+            config_hash: "abc",
+        };
+        let d = deployment(&g, &input, 3, gateway_args(&g, "users"), false);
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let mounts: Vec<&str> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, [KAFKA_DIR, DATABASE_DIR]);
+        let env: BTreeMap<_, _> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["PSK_KAFKA_USERNAME"], "pubsubkafka.shop.users-gateway");
+        assert_eq!(env["PSK_KAFKA_CA_FILE"], "/etc/pubsubkafka/kafka/ca.crt");
+        assert!(
+            !env.values().any(|v| v.contains("password=")),
+            "no secret in the environment"
+        );
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+        let relay = deployment(&g, &input, 1, relay_args(&g, "users").unwrap(), true);
+        assert_eq!(relay.metadata.name.as_deref(), Some("users-gateway-relay"));
+        // The Service selects the gateway pods only, never the relay's.
+        let service = service(&g, &names);
+        let selected = service.spec.unwrap().selector.unwrap();
+        let relay_labels = relay
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        assert!(selected.iter().any(|(k, v)| relay_labels.get(k) != Some(v)));
+    }
+
+    #[test]
+    fn ready_needs_every_wanted_pod() {
+        let g = gateway(USERS_OUTBOX);
+        let names = Names::of(&g);
+        let ready_of = |observed| {
+            let s = status(&g, &names, "users", observed, &[]);
+            let ready = conditions::ready(&s.conditions).unwrap().clone();
+            let reconciled = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::RECONCILED)
+                .unwrap()
+                .status
+                .clone();
+            (ready.status, ready.reason, ready.message, reconciled)
+        };
+        for (observed, expected) in [
+            (
+                Observed {
+                    ready: 0,
+                    updated: 0,
+                    relay_ready: 0,
+                },
+                (
+                    "False",
+                    reason::REPLICAS_NOT_READY,
+                    "0 of 3 gateway pods ready (0 updated)",
+                ),
+            ),
+            (
+                Observed {
+                    ready: 3,
+                    updated: 2,
+                    relay_ready: 1,
+                },
+                (
+                    "False",
+                    reason::REPLICAS_NOT_READY,
+                    "3 of 3 gateway pods ready (2 updated)",
+                ),
+            ),
+            (
+                Observed {
+                    ready: 3,
+                    updated: 3,
+                    relay_ready: 0,
+                },
+                (
+                    "False",
+                    reason::REPLICAS_NOT_READY,
+                    "0 of 1 outbox relay pods ready",
+                ),
+            ),
+            (
+                Observed {
+                    ready: 3,
+                    updated: 3,
+                    relay_ready: 1,
+                },
+                ("True", reason::REPLICAS_READY, "3 of 3 gateway pods ready"),
+            ),
+        ] {
+            let (status, reason, message, reconciled) = ready_of(observed);
+            assert_eq!(
+                (status.as_str(), reason.as_str(), message.as_str()),
+                expected,
+                "{observed:?}"
+            );
+            assert_eq!(reconciled, "True", "the operator did its part either way");
+        }
+    }
+
+    #[test]
+    fn an_unchanged_pass_gives_the_same_status() {
+        let g = gateway(ORDERS);
+        let names = Names::of(&g);
+        let observed = Observed {
+            ready: 2,
+            updated: 2,
+            relay_ready: 0,
+        };
+        let first = status(&g, &names, "orders", observed, &[]);
+        let second = status(&g, &names, "orders", observed, &first.conditions);
+        assert!(conditions::same(&first.conditions, &second.conditions));
+        assert_eq!(
+            first
+                .conditions
+                .iter()
+                .map(|c| &c.last_transition_time)
+                .collect::<Vec<_>>(),
+            second
+                .conditions
+                .iter()
+                .map(|c| &c.last_transition_time)
+                .collect::<Vec<_>>(),
+            "transition times stay"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Kafka principals the operator makes for its workloads (OrderConsumer, OrderGateway): a
+//! SCRAM credential, the Secret the pods read it from, and exactly the ACLs the workload needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::info;
+
+use crate::FIELD_MANAGER;
+use crate::context::Context;
+use crate::error::Error;
+use crate::kafka::{Acl, AclFilter, AdminError, KafkaAdmin};
+
+/// One workload's principal: `User:<user>`, its credentials in Secret `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// SCRAM user name.
+    pub user: String,
+    /// `User:<user>`.
+    pub principal: String,
+    /// The credentials Secret, in the workload's namespace.
+    pub secret: String,
+}
+
+/// The SASL JAAS line a Java client needs for this principal.
+pub fn jaas_config(user: &str, password: &str) -> String {
+    format!(
+        "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" \
+         password=\"{password}\";"
+    )
+}
+
+/// The credentials Secret (password generated once and kept; `meta` names it and makes the
+/// workload its owner) and the SCRAM credential. Returns the Secret's resourceVersion, which
+/// goes into the pod template's hash.
+pub async fn ensure<K>(
+    owner: &K,
+    ctx: &Context,
+    principal: &Principal,
+    meta: ObjectMeta,
+) -> Result<Option<String>, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &owner.namespace().unwrap_or_default());
+    let existing = secrets.get_opt(&principal.secret).await?;
+    let kept = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok())
+        .filter(|p| !p.is_empty());
+    let fresh = kept.is_none();
+    let password = kept.unwrap_or_else(generate_password);
+    let settings = &ctx.settings;
+    let mut data = BTreeMap::from([
+        ("username".to_owned(), principal.user.clone()),
+        ("password".to_owned(), password.clone()),
+        (
+            "sasl.jaas.config".to_owned(),
+            jaas_config(&principal.user, &password),
+        ),
+        ("sasl.mechanism".to_owned(), "SCRAM-SHA-512".to_owned()),
+        (
+            "security.protocol".to_owned(),
+            settings.worker_security_protocol.as_kafka().to_owned(),
+        ),
+        (
+            "bootstrap.servers".to_owned(),
+            settings.worker_bootstrap_servers.clone(),
+        ),
+    ]);
+    if let Some(ca) = &settings.kafka_ca_pem {
+        data.insert("ca.crt".to_owned(), ca.clone());
+    }
+    let secret = Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let applied = secrets
+        .patch(
+            &principal.secret,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    if fresh || !ctx.admin.scram_user_exists(&principal.user).await? {
+        ctx.admin
+            .upsert_scram_user(&principal.user, &password)
+            .await?;
+        info!(principal = %principal.principal, "created the SCRAM credential");
+        ctx.event(
+            owner,
+            EventType::Normal,
+            "PrincipalCreated",
+            format!(
+                "created Kafka principal {} (credentials in Secret {})",
+                principal.principal, principal.secret
+            ),
+        )
+        .await;
+    }
+    Ok(applied.metadata.resource_version)
+}
+
+/// Makes the principal's ACLs exactly `desired`.
+pub async fn ensure_acls<K>(
+    owner: &K,
+    ctx: &Context,
+    principal: &str,
+    desired: &BTreeSet<Acl>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let actual: BTreeSet<_> = ctx
+        .admin
+        .describe_acls(&AclFilter {
+            principal: Some(principal.to_owned()),
+            ..AclFilter::default()
+        })
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<_> = desired.difference(&actual).cloned().collect();
+    let extra: Vec<AclFilter> = actual.difference(desired).map(AclFilter::from).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    ctx.admin.create_acls(&missing).await?;
+    ctx.admin.delete_acls(&extra).await?;
+    ctx.event(
+        owner,
+        EventType::Normal,
+        "AclsUpdated",
+        format!(
+            "{} ACLs written, {} removed for {principal}",
+            missing.len(),
+            extra.len(),
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Deletes the principal's ACLs and its SCRAM credential (both idempotent).
+pub async fn remove(admin: &KafkaAdmin, user: &str, principal: &str) -> Result<(), AdminError> {
+    admin
+        .delete_acls(&[AclFilter {
+            principal: Some(principal.to_owned()),
+            ..AclFilter::default()
+        }])
+        .await?;
+    admin.delete_scram_user(user).await?;
+    info!(%principal, "removed the principal and its ACLs");
+    Ok(())
+}
+
+/// 32 random alphanumeric characters from the kernel's random source.
+pub fn generate_password() -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    let mut file = std::fs::File::open("/dev/urandom").expect("the kernel's random source");
+    while out.len() < 32 {
+        let mut byte = [0u8; 1];
+        file.read_exact(&mut byte).expect("reading /dev/urandom");
+        // 62 * 4 = 248: reject the top of the range so every character is equally likely.
+        if byte[0] < 248 {
+            out.push(ALPHABET[(byte[0] % 62) as usize] as char);
+        }
+    }
+    out
+}

@@ -1,0 +1,425 @@
+//! OrderGateway on the stack's real node: the operator (in-process, watching one namespace)
+//! gives each gateway a principal, a Deployment of the worker image, a Service and a
+//! PodDisruptionBudget; the kubelet runs and probes the pods, kube-proxy routes the Service.
+//! Every check reads the real system: pods from the API, ACLs and logins from Kafka, orders from
+//! PostgreSQL.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use pubsubkafka_controller::crd::OrderGateway;
+use pubsubkafka_controller::crd::conditions;
+use pubsubkafka_controller::kafka::AclFilter;
+use testenv::cluster;
+use testenv::operator::{self, Operator};
+use testenv::{KafkaInfo, StackInfo, eventually, worker};
+
+const PODS: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A namespace with the operator watching it, as pods would see Kafka `kafka`.
+struct Shop {
+    stack: &'static StackInfo,
+    client: kube::Client,
+    ns: String,
+    topic: String,
+    _operator: Operator,
+}
+
+impl Shop {
+    async fn new(prefix: &str, kafka: &KafkaInfo) -> Self {
+        let stack = testenv::shared();
+        cluster::require_images(stack);
+        let client = stack.kube.client().await.expect("client");
+        operator::install_crds(&client).await;
+        let ns = testenv::unique_name(prefix);
+        operator::create_namespace(&client, &ns).await;
+        let mut args = operator::args(kafka, &ns, Duration::from_secs(3));
+        args.worker_image = testenv::node::product_image("worker");
+        args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
+        args.kafka_ca_file = Some(kafka.ca_file.clone());
+        let operator = Operator::start(&stack.kube, args).await;
+        Self {
+            stack,
+            client,
+            topic: format!("{ns}.orders"),
+            ns,
+            _operator: operator,
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        self.stack
+            .kube
+            .kubectl_with_stdin(&["apply", "-n", &self.ns, "-f", "-"], yaml)
+            .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"));
+    }
+
+    fn gateways(&self) -> Api<OrderGateway> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// KafkaTopic `orders` (topic `<ns>.orders`, 3 partitions) and OrderGateway
+    /// `orders-gateway` with `spec`.
+    fn apply_gateway(&self, spec: &str) {
+        self.apply(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: orders}}\n\
+             spec:\n  topicName: {topic}\n  partitions: 3\n  replicationFactor: 1\n---\n\
+             apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\nmetadata: {{name: orders-gateway}}\n\
+             spec:\n  topicRef: {{name: orders}}\n{spec}",
+            topic = self.topic,
+        ));
+    }
+
+    /// Waits until the gateway reports Ready with `replicas` and exactly that many of its pods
+    /// are Running and Ready on the node.
+    async fn ready_gateway(&self, replicas: usize) -> OrderGateway {
+        let gateway = eventually("the gateway Ready", PODS, || async {
+            let g = self
+                .gateways()
+                .get("orders-gateway")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = g.status.clone().ok_or("no status yet")?;
+            (conditions::is_ready(&status.conditions)
+                && status.ready_replicas == Some(replicas as i32)
+                && status.observed_generation == g.metadata.generation)
+                .then_some(g)
+                .ok_or_else(|| format!("{:?}", status.conditions))
+        })
+        .await;
+        let selector = gateway.status.as_ref().unwrap().selector.clone().unwrap();
+        cluster::wait_pods_ready(&self.client, &self.ns, &selector, replicas, PODS).await;
+        gateway
+    }
+
+    /// The Service's ClusterIP and port, answering /readyz.
+    async fn service_address(&self, name: &str) -> String {
+        let spec = Api::<Service>::namespaced(self.client.clone(), &self.ns)
+            .get(name)
+            .await
+            .expect("the gateway Service")
+            .spec
+            .unwrap();
+        let address = format!(
+            "{}:{}",
+            spec.cluster_ip.unwrap(),
+            spec.ports.unwrap()[0].port
+        );
+        eventually("the Service answering", WAIT, || async {
+            match worker::http_request_at(&address, "GET", "/readyz", &[], b"") {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        address
+    }
+
+    /// The gateway's password, from the credentials Secret the operator wrote.
+    async fn password(&self, secret: &str) -> String {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .get(secret)
+            .await
+            .expect("the credentials Secret");
+        String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self
+            .stack
+            .kube
+            .kubectl_with_stdin(&["delete", "namespace", &self.ns, "--wait=false"], "");
+    }
+}
+
+/// The ACLs of `principal` in Kafka, as `Resource name Operation` lines.
+async fn acls_of(kafka: &KafkaInfo, principal: &str) -> Vec<String> {
+    let mut acls: Vec<String> = kafka
+        .kafka_admin()
+        .describe_acls(&AclFilter {
+            principal: Some(principal.to_owned()),
+            ..AclFilter::default()
+        })
+        .await
+        .expect("describe ACLs")
+        .into_iter()
+        .map(|a| format!("{:?} {} {:?}", a.resource, a.name, a.operation))
+        .collect();
+    acls.sort();
+    acls
+}
+
+/// Posts `count` orders to `address`; returns their ids, all answered 202.
+fn post_orders(address: &str, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let (status, body) = worker::http_request_at(
+                address,
+                "POST",
+                "/orders",
+                &[("Content-Type", "application/json")],
+                &worker::order_request(&id),
+            )
+            .expect("the gateway answers");
+            assert_eq!(status, 202, "order {id}: {body}");
+            id
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal() {
+    let stack = testenv::shared();
+    let shop = Shop::new("gateway", &stack.kafka).await;
+    // Its orders are stored by an OrderConsumer, as in the seed architecture.
+    let database = stack.postgres.fresh_database("gw").await.unwrap();
+    let url = stack.postgres.database_url_for_pods(&database).unwrap();
+    shop.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db}}\nstringData:\n  url: {url}\n"
+    ));
+    shop.apply_gateway("  replicas: 2\n");
+    shop.apply(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {name: order-store}\n\
+         spec:\n  topicRef: {name: orders}\n  replicas: 1\n  handler:\n    eventStore:\n      \
+         connectionSecret: {name: orders-db, key: url}\n",
+    );
+    let gateway = shop.ready_gateway(2).await;
+    let status = gateway.status.unwrap();
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("http://orders-gateway.{}.svc/orders", shop.ns).as_str())
+    );
+    let principal = format!("User:pubsubkafka.{}.orders-gateway", shop.ns);
+    assert_eq!(status.principal.as_deref(), Some(principal.as_str()));
+
+    // A POST through the Service is stored by the consumer, once.
+    let address = shop.service_address("orders-gateway").await;
+    let ids = post_orders(&address, "gw", 20);
+    let db = stack.postgres.connect(&database).await.unwrap();
+    eventually("the orders stored", WAIT, || async {
+        let (rows, distinct) = worker::stored(&db).await;
+        (rows == ids.len() as i64 && distinct == rows)
+            .then_some(())
+            .ok_or(format!("{rows} rows, {distinct} distinct"))
+    })
+    .await;
+    // The route of the other domain is not served.
+    let (status_code, body) = worker::http_request_at(
+        &address,
+        "POST",
+        "/users",
+        &[("Content-Type", "application/json")],
+        br#"{"name": "n", "email": "n@example.com", "country": "FR"}"#,
+    )
+    .unwrap();
+    assert_eq!(status_code, 404, "{body}");
+    assert!(body.contains("/orders"), "{body}");
+
+    // Exactly WRITE and DESCRIBE on its topic; the broker refuses anything else.
+    assert_eq!(
+        acls_of(&stack.kafka, &principal).await,
+        [
+            format!("Topic {} Describe", shop.topic),
+            format!("Topic {} Write", shop.topic)
+        ]
+    );
+    let user = principal.trim_start_matches("User:");
+    let password = shop.password("orders-gateway-kafka-credentials").await;
+    stack
+        .kafka
+        .produce_as(user, &password, &shop.topic)
+        .await
+        .expect("the gateway's principal writes its topic");
+    let other = format!("{}.other", shop.ns);
+    stack
+        .kafka
+        .kafka_admin()
+        .create_topic(&other, 1, 1, &Default::default())
+        .await
+        .unwrap();
+    let refused = stack
+        .kafka
+        .produce_as(user, &password, &other)
+        .await
+        .expect_err("writing another topic is denied");
+    assert!(
+        format!("{refused:?}").contains("Authorization"),
+        "{refused:?}"
+    );
+    let reader: rdkafka::consumer::BaseConsumer = stack
+        .kafka
+        .sasl_config(user, &password)
+        .set("group.id", format!("{}.thief", shop.ns))
+        .create()
+        .unwrap();
+    let topic = shop.topic.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        reader.assign(&assignment).unwrap();
+        match reader.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => "read a record".to_owned(),
+            Some(Err(e)) => format!("{e:?}"),
+            None => "nothing".to_owned(),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(read.contains("Authorization"), "reading its topic: {read}");
+    stack
+        .kafka
+        .kafka_admin()
+        .delete_topic(&other)
+        .await
+        .unwrap();
+
+    // Scale to 3 and back through the scale subresource, as an HPA does.
+    for replicas in [3, 1] {
+        shop.gateways()
+            .patch_scale(
+                "orders-gateway",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap();
+        shop.ready_gateway(replicas as usize).await;
+    }
+
+    // Deleted: the principal and its ACLs leave Kafka; its objects go with it (GC).
+    shop.gateways()
+        .delete("orders-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    let admin = stack.kafka.kafka_admin();
+    eventually("the principal gone from Kafka", WAIT, || async {
+        let acls = acls_of(&stack.kafka, &principal).await;
+        let exists = admin
+            .scram_user_exists(user)
+            .await
+            .map_err(|e| e.to_string())?;
+        (acls.is_empty() && !exists)
+            .then_some(())
+            .ok_or(format!("ACLs {acls:?}, SCRAM user exists: {exists}"))
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(shop.client.clone(), &shop.ns);
+    eventually("the Deployment collected", WAIT, || async {
+        match deployments.get_opt("orders-gateway").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|d| d.is_some()))),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_outbox_orders_accepted_while_the_broker_is_down_are_published_once_it_is_back() {
+    // A broker of its own, to stop: the shared one serves every other test.
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka =
+        testenv::Kafka::start_with(dir.path(), 1, testenv::Lifetime::Owned, true).unwrap();
+    let stack = testenv::shared();
+    let shop = Shop::new("gw-outbox", &kafka.info).await;
+    let database = stack.postgres.fresh_database("outbox").await.unwrap();
+    let url = stack.postgres.database_url_for_pods(&database).unwrap();
+    shop.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: gateway-db}}\nstringData:\n  url: {url}\n"
+    ));
+    shop.apply_gateway(
+        "  replicas: 1\n  outbox:\n    connectionSecret: {name: gateway-db, key: url}\n",
+    );
+    let gateway = shop.ready_gateway(1).await;
+    assert_eq!(gateway.status.unwrap().relay_ready_replicas, Some(1));
+    let address = shop.service_address("orders-gateway").await;
+    let before = post_orders(&address, "before", 5);
+
+    kafka.stop();
+    // Accepted: the gateway writes to PostgreSQL, not to the broker.
+    let during = post_orders(&address, "during", 10);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.restart().unwrap();
+
+    let expected = before.len() + during.len();
+    let records = worker::read_all(&kafka.info, &shop.topic, expected, WAIT).await;
+    let mut keys: Vec<String> = records.iter().map(worker::key_of).collect();
+    keys.sort();
+    let mut wanted: Vec<String> = before.into_iter().chain(during).collect();
+    wanted.sort();
+    assert_eq!(keys, wanted, "every accepted order published once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_and_a_gateway_of_one_name_never_share_a_principal() {
+    let stack = testenv::shared();
+    let shop = Shop::new("gw-clash", &stack.kafka).await;
+    shop.apply_gateway("  replicas: 0\n");
+    eventually("the gateway reconciled", WAIT, || async {
+        let g = shop
+            .gateways()
+            .get("orders-gateway")
+            .await
+            .map_err(|e| e.to_string())?;
+        g.status
+            .as_ref()
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == conditions::RECONCILED && c.status == "True")
+            })
+            .then_some(())
+            .ok_or(format!("{:?}", g.status))
+    })
+    .await;
+    let principal = format!("User:pubsubkafka.{}.orders-gateway", shop.ns);
+    let gateway_acls = acls_of(&stack.kafka, &principal).await;
+    assert_eq!(gateway_acls.len(), 2, "{gateway_acls:?}");
+
+    // A consumer named like the gateway, created later: it is refused and touches nothing.
+    shop.apply(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {name: orders-gateway}\n\
+         spec:\n  topicRef: {name: orders}\n  replicas: 0\n  handler:\n    http:\n      url: http://x.example/\n",
+    );
+    let consumers: Api<pubsubkafka_controller::crd::OrderConsumer> =
+        Api::namespaced(shop.client.clone(), &shop.ns);
+    eventually("the consumer refused", WAIT, || async {
+        let c = consumers
+            .get("orders-gateway")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = c
+            .status
+            .as_ref()
+            .and_then(|s| conditions::ready(&s.conditions).cloned());
+        ready
+            .filter(|r| r.status == "False" && r.reason == "ResourceConflict")
+            .map(|r| assert!(r.message.contains("OrderGateway"), "{}", r.message))
+            .ok_or(format!("{:?}", c.status))
+    })
+    .await;
+    // Several passes later the gateway's ACLs are still exactly its own.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(acls_of(&stack.kafka, &principal).await, gateway_acls);
+    // Deleting the refused consumer leaves the gateway's principal alone.
+    consumers
+        .delete("orders-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the consumer gone", WAIT, || async {
+        match consumers.get_opt("orders-gateway").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|c| c.is_some()))),
+        }
+    })
+    .await;
+    assert_eq!(acls_of(&stack.kafka, &principal).await, gateway_acls);
+}
