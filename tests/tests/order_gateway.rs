@@ -189,6 +189,21 @@ async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal()
          spec:\n  topicRef: {name: orders}\n  replicas: 1\n  handler:\n    eventStore:\n      \
          connectionSecret: {name: orders-db, key: url}\n",
     );
+    // What a person or a pipeline would run.
+    shop.stack
+        .kube
+        .kubectl_with_stdin(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "ordergateway/orders-gateway",
+                "-n",
+                &shop.ns,
+                "--timeout=180s",
+            ],
+            "",
+        )
+        .expect("kubectl wait for the gateway Ready");
     let gateway = shop.ready_gateway(2).await;
     let status = gateway.status.unwrap();
     assert_eq!(
@@ -422,4 +437,53 @@ async fn a_consumer_and_a_gateway_of_one_name_never_share_a_principal() {
     })
     .await;
     assert_eq!(acls_of(&stack.kafka, &principal).await, gateway_acls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_refuses_bad_gateways_naming_the_field() {
+    let stack = testenv::shared();
+    let shop = Shop::new("gw-bad", &stack.kafka).await;
+    let gateway = |spec: &str| {
+        format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\nmetadata: {{name: bad}}\n\
+             spec:\n  topicRef: {{name: orders}}\n{spec}"
+        )
+    };
+    for (spec, field) in [
+        ("  domain: Payments\n", "spec.domain"),
+        ("  replicas: -1\n", "spec.replicas"),
+        ("  service: {type: ExternalName}\n", "spec.service.type"),
+        ("  service: {port: 70000}\n", "spec.service.port"),
+        ("  limits: {maxBodyBytes: 10}\n", "spec.limits.maxBodyBytes"),
+        (
+            "  limits: {maxOrdersPerRequest: 5000}\n",
+            "spec.limits.maxOrdersPerRequest",
+        ),
+        (
+            "  outbox: {connectionSecret: {name: db}, relayReplicas: 0}\n",
+            "spec.outbox.relayReplicas",
+        ),
+        (
+            "  tracing: {otlpEndpoint: 'collector:4318'}\n",
+            "spec.tracing.otlpEndpoint",
+        ),
+        ("", ""),
+    ] {
+        let yaml = gateway(spec);
+        let result = shop
+            .stack
+            .kube
+            .kubectl_with_stdin(&["apply", "-n", &shop.ns, "-f", "-"], &yaml);
+        if field.is_empty() {
+            result.unwrap_or_else(|e| panic!("the plain gateway is accepted: {e}"));
+            continue;
+        }
+        let err = result.expect_err(&format!("refused: {yaml}"));
+        assert!(err.contains(field), "expected {field} in: {err}");
+    }
+    // The API server fills in the defaults, so GitOps tools see no drift.
+    let stored = shop.gateways().get("bad").await.unwrap();
+    assert_eq!(stored.spec.replicas, 2);
+    assert_eq!(stored.spec.service.port, 80);
+    assert_eq!(stored.spec.limits.max_orders_per_request, 1000);
 }

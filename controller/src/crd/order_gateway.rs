@@ -58,6 +58,9 @@ use super::order_consumer::{LocalRef, SecretKeyRef};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.outbox) || self.replicas == 0 || self.outbox.relayReplicas > 0")
+    .message("an outbox needs at least one relay replica while the gateway runs: without one, accepted orders are never published")
+    .field_path(".outbox.relayReplicas"))]
 pub struct OrderGatewaySpec {
     /// The KafkaTopic (in this namespace) the gateway publishes to. Its principal gets WRITE and
     /// DESCRIBE on that topic and nothing else.
