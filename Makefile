@@ -2,18 +2,20 @@
 SHELL := /bin/bash
 STACK_DIR ?= .stack
 
-.PHONY: demo demo-down test test-faults fuzz bench tools images up reload down env fmt lint crds rules
+.DEFAULT_GOAL := help
+.PHONY: help demo demo-down test check test-faults fuzz bench tools images up reload down env \
+	fmt lint crds rules
+
+## help: this list (from the `##` comments of the Makefile)
+help:
+	@awk '/^## / { sub(/^## /, ""); if (match($$0, /^[a-z-]+: /)) { name = substr($$0, 1, RLENGTH - 2); text = substr($$0, RLENGTH + 1) } else { name = ""; text = $$0 } printf "  \033[1m%-12s\033[0m %s\n", name, text }' $(MAKEFILE_LIST)
 
 ## demo: bring up the local stack and the operator, apply the examples, send orders, summarize
 demo:
 	scripts/demo.sh
 
 ## demo-down: stop everything the demo started and remove its data
-demo-## reload: rebuild the images and import them into the running stack's node
-reload: images
-	cargo run -q --locked -p pubsubkafka-tests --bin stack -- images --dir $(STACK_DIR)
-
-down:
+demo-down:
 	@if [ -x target/debug/demo ]; then target/debug/demo down --dir $(STACK_DIR); \
 	else cargo run -q --locked -p pubsubkafka-tests --bin demo -- down --dir $(STACK_DIR); fi
 
@@ -21,8 +23,12 @@ down:
 test:
 	scripts/test.sh
 
-## test-faults: the fault-injection suite (broker, database, API server, worker crashes, bad
-## input) on a fresh stack, then the fuzz targets for FUZZ_SECONDS (default 60) each
+## check: the fast loop (no stack): fmt, clippy, unit tests, generated CRDs current
+check:
+	scripts/check.sh
+
+## test-faults: the fault-injection suite (every `fault_` test: broker, database, API server,
+## worker crashes, bad input) on a fresh stack, then the fuzz targets for FUZZ_SECONDS each
 test-faults:
 	scripts/test-faults.sh
 
@@ -44,7 +50,7 @@ tools:
 images:
 	scripts/images.sh
 
-## up: start the local stack for a person and print how to reach it; down: stop it
+## up: start the local stack for a person and print how to reach it
 up: tools images
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --dir $(STACK_DIR)
 
@@ -52,9 +58,11 @@ up: tools images
 reload: images
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- images --dir $(STACK_DIR)
 
+## down: stop the stack `make up` started
 down:
 	cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir $(STACK_DIR)
 
+## env: the shell exports of the running stack (eval "$(make -s env)")
 env:
 	@cargo run -q --locked -p pubsubkafka-tests --bin stack -- env --dir $(STACK_DIR)
 
@@ -62,9 +70,11 @@ env:
 crds:
 	cargo run -q --locked -p pubsubkafka-controller --bin crdgen
 
+## fmt: format the code
 fmt:
 	cargo fmt --all
 
+## lint: cargo fmt --check and clippy with warnings denied
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -51,7 +51,7 @@ fn post_until(
 }
 
 #[tokio::test]
-async fn three_brokers_lose_one_under_gateway_load_and_refuse_with_two_down() {
+async fn fault_three_brokers_lose_one_under_gateway_load_and_refuse_with_two_down() {
     let stack = testenv::shared();
     let kafka_dir = tempfile::tempdir().unwrap();
     let mut kafka =
@@ -228,7 +228,7 @@ async fn wait_topic(topics: &Api<KafkaTopic>, kafka: &KafkaAdmin, name: &str, pa
 }
 
 #[tokio::test]
-async fn the_operator_converges_after_an_api_server_restart() {
+async fn fault_the_operator_converges_after_an_api_server_restart() {
     let stack = testenv::shared();
     let kube_dir = tempfile::tempdir().unwrap();
     let mut api =
@@ -459,7 +459,7 @@ fn malformed_corpus() -> Vec<Malformed> {
 }
 
 #[tokio::test]
-async fn a_corpus_of_malformed_records_is_dead_lettered_without_a_crash_or_stall() {
+async fn fault_a_corpus_of_malformed_records_is_dead_lettered_without_a_crash_or_stall() {
     let stack = testenv::shared();
     let topic = testenv::unique_name("sweep");
     let big = BTreeMap::from([("max.message.bytes".to_owned(), "4194304".to_owned())]);
@@ -547,7 +547,7 @@ async fn a_corpus_of_malformed_records_is_dead_lettered_without_a_crash_or_stall
 }
 
 #[tokio::test]
-async fn malformed_manifests_are_refused_naming_the_field_and_the_operator_carries_on() {
+async fn fault_malformed_manifests_are_refused_naming_the_field_and_the_operator_carries_on() {
     let env = testenv::scenario::Scenario::new("badmanifests").await;
     let name = testenv::unique_name("fine");
     let header = "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: bad\n";

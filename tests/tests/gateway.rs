@@ -349,7 +349,7 @@ async fn bad_requests_get_a_4xx_naming_the_field_and_produce_nothing() {
 }
 
 #[tokio::test]
-async fn a_broker_outage_answers_503_and_recovers() {
+async fn fault_a_broker_outage_answers_503_and_recovers() {
     let kafka_dir = tempfile::tempdir().unwrap();
     let mut kafka = testenv::Kafka::start(kafka_dir.path(), 1, testenv::Lifetime::Owned).unwrap();
     let orders = topic(&kafka.info, "gw-outage", 1).await;
@@ -417,7 +417,7 @@ async fn a_broker_outage_answers_503_and_recovers() {
 }
 
 #[tokio::test]
-async fn the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
+async fn fault_the_outbox_relay_delivers_every_order_despite_being_killed_twice() {
     let stack = testenv::shared();
     let orders = topic(&stack.kafka, "gw-outbox", 3).await;
     let db = stack.postgres.fresh_database("outbox").await.unwrap();

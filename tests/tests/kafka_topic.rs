@@ -155,7 +155,7 @@ async fn a_declared_topic_is_created_then_grown() {
 }
 
 #[tokio::test]
-async fn the_api_server_refuses_bad_manifests_naming_the_field() {
+async fn fault_the_api_server_refuses_bad_manifests_naming_the_field() {
     let env = env_with(&testenv::shared().kafka, false).await;
     let name = testenv::unique_name("guarded");
     env.apply_ok(&topic_yaml(&name, 6, ""));
@@ -437,7 +437,7 @@ async fn refused_configs_are_reported_with_the_brokers_message() {
 }
 
 #[tokio::test]
-async fn a_kafka_outage_is_reported_and_recovered_without_a_restart() {
+async fn fault_a_kafka_outage_is_reported_and_recovered_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut kafka =
         testenv::Kafka::start(dir.path(), 1, testenv::Lifetime::Owned).expect("own Kafka");

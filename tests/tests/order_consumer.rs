@@ -515,7 +515,7 @@ async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
 }
 
 #[tokio::test]
-async fn missing_dependencies_are_reported_not_crashed_on() {
+async fn fault_missing_dependencies_are_reported_not_crashed_on() {
     let env = env().await;
     let topic = testenv::unique_name("later");
     env.apply_ok(&consumer_yaml(
@@ -539,7 +539,7 @@ async fn missing_dependencies_are_reported_not_crashed_on() {
 }
 
 #[tokio::test]
-async fn the_api_server_refuses_bad_consumers_and_policies_naming_the_field() {
+async fn fault_the_api_server_refuses_bad_consumers_and_policies_naming_the_field() {
     let env = Scenario::with("consumers-bad", &testenv::shared().kafka, false).await;
     let cases = [
         (

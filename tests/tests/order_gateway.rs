@@ -338,7 +338,7 @@ async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_an_outbox_orders_accepted_while_the_broker_is_down_are_published_once_it_is_back() {
+async fn fault_an_outbox_gateway_publishes_what_it_accepted_while_the_broker_was_down() {
     // A broker of its own, to stop: the shared one serves every other test.
     let dir = tempfile::tempdir().unwrap();
     let mut kafka =

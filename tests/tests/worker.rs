@@ -398,7 +398,7 @@ async fn retries_follow_the_policy_and_exhausted_records_are_dead_lettered() {
 }
 
 #[tokio::test]
-async fn sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once() {
+async fn fault_sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once() {
     let stack = testenv::shared();
     let topic = topics(&stack.kafka, "crash", 3).await;
     let (url, db) = database(&stack.postgres).await;
@@ -466,7 +466,7 @@ async fn sigkill_three_times_mid_stream_loses_nothing_and_stores_each_order_once
 }
 
 #[tokio::test]
-async fn a_database_outage_pauses_consumption_without_dead_letters() {
+async fn fault_a_database_outage_pauses_consumption_without_dead_letters() {
     let stack = testenv::shared();
     let pg_dir = tempfile::tempdir().unwrap();
     let mut pg =
