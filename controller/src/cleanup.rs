@@ -62,7 +62,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error("Kafka connection settings: {0}")]
-    KafkaConfig(#[from] pubsubkafka_worker::config::ConfigError),
+    KafkaConfig(#[from] pubsubkafka_contract::config::ConfigError),
     #[error("Kafka admin client: {0}")]
     KafkaAdmin(#[from] AdminError),
     #[error("Kubernetes API: {0}")]
@@ -87,7 +87,10 @@ pub struct Summary {
 /// Runs the cleanup with `client`.
 pub async fn run(args: CleanupArgs, client: kube::Client) -> Result<Summary, CleanupError> {
     let settings = &args.operator;
-    let admin = KafkaAdmin::new(&settings.kafka().client_config()?, settings.kafka_timeout)?;
+    let admin = KafkaAdmin::new(
+        &settings.kafka.connection().client_config()?,
+        settings.kafka_timeout,
+    )?;
     if let Some(name) = &args.stop_deployment {
         stop_deployment(
             &client,

@@ -12,7 +12,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use pubsubkafka_worker::config::SecurityProtocol;
+use pubsubkafka_contract::config::SecurityProtocol;
 
 use crate::crd::{KafkaAccessPolicy, KafkaTopic, OrderConsumer, OrderGateway};
 use crate::kafka::KafkaAdmin;

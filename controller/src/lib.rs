@@ -5,7 +5,7 @@ pub mod cleanup;
 pub mod consumer;
 pub mod context;
 pub mod crd;
-pub use pubsubkafka_worker::duration;
+pub use pubsubkafka_contract::duration;
 pub mod error;
 pub mod gateway;
 pub mod http;

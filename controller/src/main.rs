@@ -5,10 +5,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use pubsubkafka_contract::telemetry::{self, TraceExport, shutdown_signal};
 use pubsubkafka_controller::cleanup::{self, CleanupArgs};
 use pubsubkafka_controller::operator;
 use pubsubkafka_controller::settings::Args;
-use pubsubkafka_worker::telemetry::{self, TraceExport, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -89,7 +89,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
-        pubsubkafka_worker::metrics::encode(&self.registry)
+        pubsubkafka_contract::metrics::encode(&self.registry)
     }
 }
 

@@ -24,7 +24,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("Kafka connection settings: {0}")]
-    KafkaConfig(#[from] pubsubkafka_worker::config::ConfigError),
+    KafkaConfig(#[from] pubsubkafka_contract::config::ConfigError),
     #[error("Kafka admin client: {0}")]
     KafkaAdmin(#[from] AdminError),
     #[error(
@@ -54,7 +54,10 @@ pub async fn run(
     client: kube::Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let admin = KafkaAdmin::new(&args.kafka().client_config()?, args.kafka_timeout)?;
+    let admin = KafkaAdmin::new(
+        &args.kafka.connection().client_config()?,
+        args.kafka_timeout,
+    )?;
     let topics: Api<KafkaTopic> = match &args.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -86,7 +89,7 @@ pub async fn run(
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let kafka_ca_pem = match &args.kafka_ca_file {
+    let kafka_ca_pem = match &args.kafka.kafka_ca_file {
         Some(path) => Some(
             std::fs::read_to_string(path).map_err(|source| StartError::CaFile {
                 path: path.clone(),
@@ -153,8 +156,8 @@ pub async fn run(
             worker_bootstrap_servers: args
                 .worker_bootstrap_servers
                 .clone()
-                .unwrap_or_else(|| args.kafka_bootstrap_servers.clone()),
-            worker_security_protocol: args.kafka_security_protocol,
+                .unwrap_or_else(|| args.kafka.kafka_bootstrap_servers.clone()),
+            worker_security_protocol: args.kafka.kafka_security_protocol,
             kafka_ca_pem,
             worker_otlp_endpoint: args
                 .worker_otlp_endpoint

@@ -2,12 +2,11 @@
 //! chart sets them).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use pubsubkafka_worker::config::{KafkaConnection, SecurityProtocol};
-use pubsubkafka_worker::telemetry::TraceArgs;
+use pubsubkafka_contract::kafka::KafkaArgs;
+use pubsubkafka_contract::telemetry::TraceArgs;
 
 /// PubSubKafka operator: reconciles KafkaTopic, DLQPolicy and OrderConsumer resources.
 #[derive(Debug, Clone, Parser)]
@@ -18,21 +17,10 @@ use pubsubkafka_worker::telemetry::TraceArgs;
                   step instead: see `pubsubkafka-controller cleanup --help`."
 )]
 pub struct Args {
-    /// Kafka bootstrap servers (host:port, comma-separated).
-    #[arg(long, env = "PSK_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: String,
-    /// Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512).
-    #[arg(long, env = "PSK_KAFKA_SECURITY_PROTOCOL", default_value = "SASL_SSL")]
-    pub kafka_security_protocol: SecurityProtocol,
-    /// SASL user of the operator (needs to manage topics, ACLs and SCRAM credentials).
-    #[arg(long, env = "PSK_KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-    /// File holding that user's password (a mounted Secret key).
-    #[arg(long, env = "PSK_KAFKA_PASSWORD_FILE")]
-    pub kafka_password_file: Option<PathBuf>,
-    /// PEM CA bundle that signed the brokers' certificates.
-    #[arg(long, env = "PSK_KAFKA_CA_FILE")]
-    pub kafka_ca_file: Option<PathBuf>,
+    /// The operator's Kafka connection: its user needs to manage topics, ACLs and SCRAM
+    /// credentials (see the README's "Kafka permissions").
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Give up on one Kafka admin request after this long (e.g. 15s).
     #[arg(long, env = "PSK_KAFKA_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub kafka_timeout: Duration,
@@ -96,18 +84,6 @@ pub struct Args {
     /// absent; tracing is off in the workers when neither is set).
     #[arg(long, env = "PSK_WORKER_OTLP_ENDPOINT")]
     pub worker_otlp_endpoint: Option<String>,
-}
-
-impl Args {
-    pub fn kafka(&self) -> KafkaConnection {
-        KafkaConnection {
-            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
-            security_protocol: self.kafka_security_protocol,
-            username: self.kafka_username.clone(),
-            password_file: self.kafka_password_file.clone(),
-            ca_file: self.kafka_ca_file.clone(),
-        }
-    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

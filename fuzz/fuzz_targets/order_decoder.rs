@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pubsubkafka_worker::order::{self, CONTENT_TYPE_JSON};
-use pubsubkafka_worker::proto::{self, CONTENT_TYPE_PROTOBUF};
+use pubsubkafka_worker::order::proto::{self, CONTENT_TYPE_PROTOBUF};
 
 /// The content types a record may carry: absent, the two supported ones (with parameters and
 /// odd case), and one the worker does not know.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use pubsubkafka_controller::settings::Args;
+use pubsubkafka_worker::kafka::KafkaArgs;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -71,11 +72,13 @@ pub struct Operator {
 pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
     let conn = kafka.admin_connection();
     Args {
-        kafka_bootstrap_servers: conn.bootstrap_servers,
-        kafka_security_protocol: conn.security_protocol,
-        kafka_username: conn.username,
-        kafka_password_file: conn.password_file,
-        kafka_ca_file: conn.ca_file,
+        kafka: KafkaArgs {
+            kafka_bootstrap_servers: conn.bootstrap_servers,
+            kafka_security_protocol: conn.security_protocol,
+            kafka_username: conn.username,
+            kafka_password_file: conn.password_file,
+            kafka_ca_file: conn.ca_file,
+        },
         kafka_timeout: Duration::from_secs(5),
         resync_interval: resync,
         watch_namespace: Some(namespace.to_owned()),

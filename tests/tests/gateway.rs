@@ -746,10 +746,9 @@ async fn a_json_and_a_protobuf_order_both_reach_the_event_store() {
         .post("/orders", &[JSON], &order_body("as-json"))
         .unwrap();
     assert_eq!(status, 202, "{body}");
-    let protobuf = pubsubkafka_worker::proto::encode_request(&pubsubkafka_worker::order::sample(
-        "as-protobuf",
-        0,
-    ));
+    let protobuf = pubsubkafka_worker::order::proto::encode_request(
+        &pubsubkafka_worker::order::sample("as-protobuf", 0),
+    );
     let (status, body) = gateway
         .post(
             "/orders",

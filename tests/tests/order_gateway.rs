@@ -39,7 +39,7 @@ impl Shop {
         let mut args = operator::args(kafka, &ns, Duration::from_secs(3));
         args.worker_image = testenv::node::product_image("worker");
         args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
-        args.kafka_ca_file = Some(kafka.ca_file.clone());
+        args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
         let operator = Operator::start(&stack.kube, args).await;
         Self {
             stack,

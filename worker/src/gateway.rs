@@ -27,44 +27,14 @@ use serde_json::json;
 use tracing::field::Empty;
 use tracing::{Instrument, Span, info, info_span, warn};
 
-use crate::config::{KafkaConnection, SecurityProtocol};
 use crate::headers;
 use crate::http::Health;
+use crate::kafka::{KafkaArgs, idempotent_producer};
 use crate::metrics::Metrics;
+use crate::order::proto;
 use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
 use crate::outbox::Outbox;
-use crate::{duration, ids, proto, tracing_ctx};
-
-/// Kafka connection flags, shared by the gateway, the relay and replay.
-#[derive(Debug, Clone, clap::Args)]
-pub struct KafkaArgs {
-    /// Bootstrap servers (host:port, comma-separated).
-    #[arg(long, env = "PSK_KAFKA_BOOTSTRAP_SERVERS")]
-    pub kafka_bootstrap_servers: String,
-    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SCRAM-SHA-512).
-    #[arg(long, env = "PSK_KAFKA_SECURITY_PROTOCOL", default_value = "SASL_SSL")]
-    pub kafka_security_protocol: SecurityProtocol,
-    #[arg(long, env = "PSK_KAFKA_USERNAME")]
-    pub kafka_username: Option<String>,
-    /// File holding the SASL password (a mounted Secret key).
-    #[arg(long, env = "PSK_KAFKA_PASSWORD_FILE")]
-    pub kafka_password_file: Option<PathBuf>,
-    /// PEM CA bundle of the brokers.
-    #[arg(long, env = "PSK_KAFKA_CA_FILE")]
-    pub kafka_ca_file: Option<PathBuf>,
-}
-
-impl KafkaArgs {
-    pub fn connection(&self) -> KafkaConnection {
-        KafkaConnection {
-            bootstrap_servers: self.kafka_bootstrap_servers.clone(),
-            security_protocol: self.kafka_security_protocol,
-            username: self.kafka_username.clone(),
-            password_file: self.kafka_password_file.clone(),
-            ca_file: self.kafka_ca_file.clone(),
-        }
-    }
-}
+use crate::{duration, ids, tracing_ctx};
 
 /// `pubsubkafka-worker gateway` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -195,7 +165,10 @@ pub async fn run(
         outbox.migrate().await?;
         Sink::Outbox(outbox)
     } else {
-        Sink::Kafka(producer(&args.kafka.connection(), args.delivery_timeout)?)
+        Sink::Kafka(idempotent_producer(
+            &args.kafka.connection(),
+            args.delivery_timeout,
+        )?)
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -236,31 +209,6 @@ pub async fn run(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())
-}
-
-/// The idempotent producer: acks from every in-sync replica, ordered retries, compression.
-pub fn producer(
-    connection: &KafkaConnection,
-    delivery_timeout: Duration,
-) -> Result<FutureProducer, String> {
-    connection
-        .client_config()
-        .map_err(|e| e.to_string())?
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        // Kafka's own producer default since 4.0: half the gateway's CPU per request of 2 ms
-        // (fewer, fuller batches and broker-thread wake-ups) for at most 3 ms more latency.
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("retry.backoff.ms", "100")
-        .set("retry.backoff.max.ms", "1000")
-        .set(
-            "message.timeout.ms",
-            delivery_timeout.as_millis().to_string(),
-        )
-        .create()
-        .map_err(|e| format!("creating the Kafka producer: {e}"))
 }
 
 /// Readiness follows the broker: a metadata request every 5 s.
@@ -545,8 +493,7 @@ async fn accept_order(
     Ok(accepted(&pending.accepted(gw, placed)))
 }
 
-/// Most orders one `POST /orders` may carry as a JSON array.
-pub const MAX_ORDERS_PER_REQUEST: usize = 1000;
+pub use crate::config::MAX_ORDERS_PER_REQUEST;
 
 /// `POST /orders` with a JSON array: every order is validated first (one invalid order refuses
 /// the request with 422, naming `[index].field`, and nothing is published), then all are

@@ -3,7 +3,7 @@
 
 use crate::config::ErrorClass;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -175,11 +175,4 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text exposition of everything in `registry` (what `/metrics` serves).
-pub fn encode(registry: &Registry) -> String {
-    let mut buf = Vec::new();
-    prometheus::TextEncoder::new()
-        .encode(&registry.gather(), &mut buf)
-        .expect("text encoding cannot fail");
-    String::from_utf8(buf).expect("text encoding is UTF-8")
-}
+pub use pubsubkafka_contract::metrics::encode;

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 mod fast;
+pub mod proto;
 
 /// Text fields of an event: short strings (ids, SKUs, codes) are stored inline, so decoding a
 /// record allocates for its long strings only.
@@ -161,8 +162,8 @@ fn decode_with(
     fast_json: bool,
 ) -> Result<OrderEvent, DecodeError> {
     let (media_type, value) = framing(content_type, value)?;
-    if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
-        let event = crate::proto::decode_event(value)?;
+    if media_type.eq_ignore_ascii_case(proto::CONTENT_TYPE_PROTOBUF) {
+        let event = proto::decode_event(value)?;
         let errors = event.validate();
         return if errors.is_empty() {
             Ok(event)
@@ -199,7 +200,7 @@ fn decode_with(
 /// Protobuf is not empty) without knowing its schema: what a forwarding handler needs.
 pub fn check_encoding(content_type: Option<&str>, value: Option<&[u8]>) -> Result<(), DecodeError> {
     let (media_type, value) = framing(content_type, value)?;
-    if media_type.eq_ignore_ascii_case(crate::proto::CONTENT_TYPE_PROTOBUF) {
+    if media_type.eq_ignore_ascii_case(proto::CONTENT_TYPE_PROTOBUF) {
         return Ok(());
     }
     if !media_type.eq_ignore_ascii_case(CONTENT_TYPE_JSON) {

@@ -17,8 +17,8 @@ use deadpool_postgres::Pool;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{info, warn};
 
-use crate::gateway::KafkaArgs;
 use crate::http::Health;
+use crate::kafka::{KafkaArgs, idempotent_producer};
 use crate::metrics::Metrics;
 use crate::{duration, retry};
 
@@ -186,7 +186,7 @@ pub async fn relay(
     let url = std::fs::read_to_string(&args.database_url_file)
         .map_err(|e| format!("reading {}: {e}", args.database_url_file.display()))?;
     let outbox = Outbox::new(url.trim())?;
-    let producer = crate::gateway::producer(&args.kafka.connection(), Duration::from_secs(30))?;
+    let producer = idempotent_producer(&args.kafka.connection(), Duration::from_secs(30))?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
     // The relay may start before the gateway created the schema.

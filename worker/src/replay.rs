@@ -14,8 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::config::ErrorClass;
-use crate::gateway::KafkaArgs;
 use crate::headers;
+use crate::kafka::{KafkaArgs, idempotent_producer};
 use tracing::Instrument;
 
 /// `pubsubkafka-worker replay` flags.
@@ -98,7 +98,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| e.to_string())?;
-    let producer = crate::gateway::producer(&connection, Duration::from_secs(30))?;
+    let producer = idempotent_producer(&connection, Duration::from_secs(30))?;
     let parking = args
         .parking_topic
         .clone()

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use pubsubkafka_worker::config::{
+use pubsubkafka_contract::config::{
     HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol, TracingConfig,
     WorkerConfig,
 };
@@ -261,7 +261,7 @@ pub fn retry_topics(
     consumer: &str,
     retry: &RetryPolicy,
 ) -> Result<Vec<RetryTopic>, String> {
-    let topics = pubsubkafka_worker::retry::retry_topics(&format!("{source}-{consumer}"), retry);
+    let topics = pubsubkafka_contract::retry::retry_topics(&format!("{source}-{consumer}"), retry);
     match topics.iter().find(|t| t.name.len() > 249) {
         Some(t) => Err(format!(
             "retry topic name {} is longer than Kafka's 249 characters; shorten the topic name",
@@ -717,7 +717,7 @@ spec:
     fn retry_topics_get_read_write_and_describe() {
         let retry = RetryPolicy {
             max_retries: 2,
-            mode: pubsubkafka_worker::config::RetryMode::RetryTopics,
+            mode: pubsubkafka_contract::config::RetryMode::RetryTopics,
             ..RetryPolicy::default()
         };
         let topics = retry_topics("orders", "store", &retry).unwrap();

@@ -6,7 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use kube::{CustomResource, KubeSchema};
-use pubsubkafka_worker::config::{ErrorClass, RetryMode};
+use pubsubkafka_contract::config::{ErrorClass, RetryMode};
 use serde::{Deserialize, Serialize};
 
 /// How failed records are retried and where they go when retries run out.

@@ -104,7 +104,7 @@ fn default_replicas() -> i32 {
 }
 
 fn default_concurrency() -> i32 {
-    pubsubkafka_worker::config::DEFAULT_CONCURRENCY as i32
+    pubsubkafka_contract::config::DEFAULT_CONCURRENCY as i32
 }
 
 /// A reference to an object in the same namespace.

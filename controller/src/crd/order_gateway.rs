@@ -202,7 +202,7 @@ fn default_max_body_bytes() -> i64 {
 }
 
 fn default_max_orders() -> i32 {
-    pubsubkafka_worker::gateway::MAX_ORDERS_PER_REQUEST as i32
+    pubsubkafka_contract::config::MAX_ORDERS_PER_REQUEST as i32
 }
 
 /// The PostgreSQL outbox.

@@ -14,7 +14,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use pubsubkafka_worker::config::SecurityProtocol;
+use pubsubkafka_contract::config::SecurityProtocol;
 
 use crate::consumer::plan::{DATABASE_DIR, KAFKA_DIR, WorkerImage};
 use crate::crd::OrderGateway;

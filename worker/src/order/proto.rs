@@ -2,7 +2,8 @@
 //! with prost's derive (no protoc at build time), and conversions to and from the JSON shape.
 //! A unit test checks every field number here against the .proto file.
 
-use crate::order::{self, DecodeError, FieldError, OrderEvent};
+use super as order;
+use super::{DecodeError, FieldError, OrderEvent};
 
 /// The content type of Protobuf order events and requests.
 pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_protobuf() {
-        let event = crate::order::sample("proto-1", 0);
+        let event = order::sample("proto-1", 0);
         let bytes = encode_event(&event);
         assert_eq!(decode_event(&bytes), Ok(event.clone()));
         let (id, customer, items, _) = decode_request(&encode_request(&event)).unwrap();
@@ -295,7 +296,7 @@ mod tests {
 
     #[test]
     fn field_numbers_match_the_proto_file() {
-        let proto = include_str!("../proto/order.proto");
+        let proto = include_str!("../../proto/order.proto");
         for (message, fields) in [
             (
                 "Address",

@@ -244,6 +244,10 @@ pub struct RetryTopic {
 }
 
 /// Default records in flight per partition.
+/// Most orders one `POST /orders` may carry as a JSON array (the gateway's default and limit,
+/// and the OrderGateway's `limits.maxOrdersPerRequest` bound).
+pub const MAX_ORDERS_PER_REQUEST: usize = 1000;
+
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
 fn default_concurrency() -> usize {

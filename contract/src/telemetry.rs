@@ -6,7 +6,7 @@
 //! is on, the spans of this crate and of the operator are exported over OTLP/HTTP (protobuf) to
 //! `<endpoint>/v1/traces` in batches; the standard `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)` and `OTEL_EXPORTER_OTLP_HEADERS`
-//! variables apply. [`crate::tracing_ctx`] carries the context across Kafka records.
+//! variables apply. The worker's `tracing_ctx` carries the context across Kafka records.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -101,6 +101,7 @@ impl Drop for Telemetry {
 fn exported_targets() -> Targets {
     Targets::new()
         .with_target("pubsubkafka_worker", tracing::Level::INFO)
+        .with_target("pubsubkafka_contract", tracing::Level::INFO)
         .with_target("pubsubkafka_controller", tracing::Level::INFO)
 }
 
