@@ -813,8 +813,9 @@ async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
             .map_err(|e| e.to_string())?;
         let ready = t.items.iter().all(KafkaTopic::is_ready)
             && c.items.iter().all(|c| {
+                // The operator's part; Ready waits for worker pods, beside the point here.
                 c.status.as_ref().is_some_and(|s| {
-                    pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
+                    pubsubkafka_controller::crd::conditions::is_reconciled(&s.conditions)
                 })
             });
         (ready && t.items.len() == 2 && c.items.len() == 2)

@@ -252,11 +252,9 @@ pub struct OrderConsumerStatus {
     /// Label selector of the worker pods (for the scale subresource, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Recent lag-based replica recommendations, for the scale-down stabilization window.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recommendations: Vec<Recommendation>,
-    /// Ready (the workload is deployed as declared) and Capped (the partition count limited
-    /// the replicas).
+    /// Ready (every wanted worker pod is ready), Reconciled (the operator applied the
+    /// current generation), Degraded (why the workers run below what was declared) and Capped
+    /// (the partition count limited the replicas).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -278,14 +276,6 @@ pub struct OwnedTopic {
 pub enum OwnedTopicKind {
     DeadLetter,
     Retry,
-}
-
-/// One replica recommendation and when it was made.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-pub struct Recommendation {
-    /// RFC 3339 time.
-    pub time: String,
-    pub replicas: i32,
 }
 
 /// The finalizer that removes the consumer's principal and ACLs from Kafka.
