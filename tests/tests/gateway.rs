@@ -818,7 +818,14 @@ async fn every_refusal_is_json_of_one_shape_even_from_the_http_stack() {
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let base = format!("http://127.0.0.1:{}", gateway.http_port);
     // (method, path, content type, body, expected status)
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16)> = vec![
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/orders",

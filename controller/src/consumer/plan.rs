@@ -960,7 +960,16 @@ spec:
             rolled_out,
         };
         let running = |n: &str| pod(n, false, None, Some(5));
-        let cases: Vec<(&str, Workload, Vec<WorkerPod>, bool, &str, bool)> = vec![
+        // (case, workload, pods, Ready, reason, Degraded)
+        type Case = (
+            &'static str,
+            Workload,
+            Vec<WorkerPod>,
+            bool,
+            &'static str,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "all ready",
                 w(3, 3, true),
