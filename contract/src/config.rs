@@ -307,6 +307,9 @@ pub enum ErrorClass {
     Validation,
     /// The handler refused the record (an HTTP handler's 4xx answer).
     Rejected,
+    /// The event store already holds a different event with the record's order_id: not a
+    /// redelivery (that is a no-op), so never dropped.
+    Conflict,
     /// The handler failed in a way that may pass on retry (HTTP 5xx, a timeout, a database
     /// error other than an outage).
     Transient,
@@ -314,10 +317,11 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// Permanent unless a policy says otherwise.
-    pub const DEFAULT_PERMANENT: [ErrorClass; 3] = [
+    pub const DEFAULT_PERMANENT: [ErrorClass; 4] = [
         ErrorClass::Deserialization,
         ErrorClass::Validation,
         ErrorClass::Rejected,
+        ErrorClass::Conflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -325,6 +329,7 @@ impl ErrorClass {
             Self::Deserialization => "Deserialization",
             Self::Validation => "Validation",
             Self::Rejected => "Rejected",
+            Self::Conflict => "Conflict",
             Self::Transient => "Transient",
         }
     }
@@ -337,23 +342,28 @@ impl std::str::FromStr for ErrorClass {
             Self::Deserialization,
             Self::Validation,
             Self::Rejected,
+            Self::Conflict,
             Self::Transient,
         ]
         .into_iter()
         .find(|c| c.as_str().eq_ignore_ascii_case(s))
         .ok_or_else(|| {
-            format!("unknown error class {s:?} (Deserialization, Validation, Rejected, Transient)")
+            format!(
+                "unknown error class {s:?} (Deserialization, Validation, Rejected, Conflict, \
+                 Transient)"
+            )
         })
     }
 }
 
-/// Where retries happen.
+/// Where a failed record waits for its next attempt.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RetryMode {
-    /// Retry in place: the partition waits, per-key order is kept.
+    /// Retry in place: the record's key waits (the whole partition with concurrency 1);
+    /// per-key order is kept.
     #[default]
     Blocking,
-    /// Retry through delay topics without blocking the partition.
+    /// Retry through delay topics: the partition moves on, the key's later records wait.
     RetryTopics,
 }
 

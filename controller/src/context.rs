@@ -60,6 +60,71 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// The topics this process created, and for which KafkaTopic.
     pub created_topics: CreatedTopics,
+    /// Each autoscaled consumer's recent replica recommendations (scale-down stabilization).
+    pub recommendations: Recommendations,
+    /// What this process last applied to each child object.
+    pub applied: Applied,
+}
+
+/// The child objects (Secret, ConfigMap, Deployment) this process applied, by
+/// `kind/namespace/name`: the resourceVersion the apply left and a hash of what was applied.
+/// A server-side apply that changes nothing is still an API write; with this, a pass at rest
+/// applies only what changed since, on either side.
+#[derive(Debug, Default)]
+pub struct Applied(Mutex<HashMap<String, (String, String)>>);
+
+impl Applied {
+    /// True when `key` still has the `version` this process left, from applying `desired`.
+    pub fn unchanged(&self, key: &str, version: Option<&str>, desired: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        version.is_some_and(|v| {
+            map.get(key)
+                .is_some_and(|(kept, hash)| kept == v && hash == desired)
+        })
+    }
+
+    pub fn record(&self, key: &str, version: Option<String>, desired: String) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match version {
+            Some(version) => map.insert(key.to_owned(), (version, desired)),
+            None => map.remove(key),
+        };
+    }
+
+    /// Forgets every object in `namespace` whose name is one of `names`.
+    pub fn forget(&self, namespace: &str, names: &[&str]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|key, _| {
+            let mut parts = key.splitn(3, '/');
+            let (_, ns, name) = (parts.next(), parts.next(), parts.next());
+            !(ns == Some(namespace) && name.is_some_and(|n| names.contains(&n)))
+        });
+    }
+}
+
+/// Lag-based replica recommendations by consumer (`namespace/name`), kept in memory like the
+/// HPA's: in the status they would make every pass a write.
+#[derive(Debug, Default)]
+pub struct Recommendations(Mutex<HashMap<String, Vec<crate::consumer::plan::Recommendation>>>);
+
+impl Recommendations {
+    pub fn get(&self, key: &str) -> Vec<crate::consumer::plan::Recommendation> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set(&self, key: &str, history: Vec<crate::consumer::plan::Recommendation>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if history.is_empty() {
+            map.remove(key);
+        } else {
+            map.insert(key.to_owned(), history);
+        }
+    }
 }
 
 /// Kafka topics this process created, by name, with the uid of the KafkaTopic it created each
@@ -121,6 +186,52 @@ impl Context {
             policies.iter().map(|p| p.as_ref()),
             self.settings.default_access_policy,
         ))
+    }
+
+    /// Server-side applies `object` as `name`, unless this process applied the same content
+    /// last and nobody changed the object since (`current_version`, the resourceVersion read
+    /// this pass, is still the one that apply left): an apply that changes nothing is still an
+    /// API write, at every resync. Returns the applied object, or None when there was nothing
+    /// to do.
+    pub async fn apply_if_changed<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        current_version: Option<String>,
+        object: &K,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let key = format!(
+            "{}/{}/{}",
+            K::kind(&()),
+            object.meta().namespace.as_deref().unwrap_or_default(),
+            name
+        );
+        let desired = crate::consumer::plan::config_hash(
+            &serde_json::to_string(object).map_err(kube::Error::SerdeError)?,
+        );
+        if self
+            .applied
+            .unchanged(&key, current_version.as_deref(), &desired)
+        {
+            return Ok(None);
+        }
+        let applied = api
+            .patch(
+                name,
+                &kube::api::PatchParams::apply(crate::FIELD_MANAGER).force(),
+                &kube::api::Patch::Apply(object),
+            )
+            .await?;
+        self.applied
+            .record(&key, applied.meta().resource_version.clone(), desired);
+        Ok(Some(applied))
     }
 
     /// When to try `object` again after `error`: backing off on transient failures, at the

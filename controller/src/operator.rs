@@ -173,6 +173,8 @@ pub async fn run(
         policies,
         namespaces,
         created_topics: Default::default(),
+        recommendations: Default::default(),
+        applied: Default::default(),
     });
     let shutdown = shutdown.shared();
     // With leader election, wait for the Lease (or shutdown), and stop when it is lost.

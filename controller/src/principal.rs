@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::info;
 
-use crate::FIELD_MANAGER;
 use crate::context::Context;
 use crate::error::Error;
 use crate::kafka::{Acl, AclFilter, AdminError, KafkaAdmin};
@@ -88,13 +87,16 @@ where
         ),
         ..Default::default()
     };
-    let applied = secrets
-        .patch(
-            &principal.secret,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
+    let current = existing
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
+    let version = match ctx
+        .apply_if_changed(&secrets, &principal.secret, current.clone(), &secret)
+        .await?
+    {
+        Some(applied) => applied.metadata.resource_version,
+        None => current,
+    };
     if fresh || !ctx.admin.scram_user_exists(&principal.user).await? {
         ctx.admin
             .upsert_scram_user(&principal.user, &password)
@@ -111,7 +113,7 @@ where
         )
         .await;
     }
-    Ok(applied.metadata.resource_version)
+    Ok(version)
 }
 
 /// Makes the principal's ACLs exactly `desired`.

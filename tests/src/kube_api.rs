@@ -67,6 +67,83 @@ impl KubeInfo {
 }
 
 /// A `kube::Client` from a kubeconfig file, as a user's tool would build it.
+/// The API server's `apiserver_request_total`, summed by `verb resource/subresource` (such as
+/// `PATCH orderconsumers/status`): what every client asked of it since it started.
+pub async fn request_counts(client: &kube::Client) -> std::collections::BTreeMap<String, f64> {
+    let text = client
+        .request_text(
+            http::Request::get("/metrics")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("the API server's metrics");
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let mut key = format!("{} {}", label("verb"), label("resource"));
+        let sub = label("subresource");
+        if !sub.is_empty() {
+            key = format!("{key}/{sub}");
+        }
+        *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    counts
+}
+
+/// The counts that grew from `before` to `after`, largest first.
+pub fn request_increase(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> Vec<(String, f64)> {
+    let mut grown: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    grown
+}
+
+/// Requests the API server makes of itself (its endpoint and lease reconcilers, OpenAPI
+/// aggregation) or that are not API calls (the metrics scrapes): no client's.
+pub fn api_server_own(key: &str) -> bool {
+    let resource = key.split_whitespace().nth(1).unwrap_or_default();
+    resource.starts_with('/')
+        || ["endpoints", "endpointslices", "leases"]
+            .iter()
+            .any(|r| resource.split('/').next() == Some(*r))
+}
+
+/// A write verb of `apiserver_request_total` (`verb resource...` keys).
+pub fn is_write(key: &str) -> bool {
+    matches!(
+        key.split_whitespace().next(),
+        Some(
+            "POST"
+                | "PUT"
+                | "PATCH"
+                | "DELETE"
+                | "DELETECOLLECTION"
+                | "CREATE"
+                | "UPDATE"
+                | "APPLY"
+        )
+    )
+}
+
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> {
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .map_err(|e| Error::Kube(format!("reading {}: {e}", path.display())))?;

@@ -795,3 +795,115 @@ async fn a_json_and_a_protobuf_order_both_reach_the_event_store() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn every_refusal_is_json_of_one_shape_even_from_the_http_stack() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let stack = testenv::shared();
+    let orders = topic(&stack.kafka, "gw-json", 1).await;
+    let users = topic(&stack.kafka, "gw-json-users", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(
+        dir.path(),
+        "gateway",
+        &stack.kafka,
+        &orders,
+        &users,
+        &["--max-body-bytes", "65536"],
+    );
+    ready(&gateway).await;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let base = format!("http://127.0.0.1:{}", gateway.http_port);
+    // (method, path, content type, body, expected status)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/orders",
+            Some("application/json"),
+            vec![b' '; 100_000],
+            413,
+        ),
+        (
+            "POST",
+            "/orders",
+            Some("application/json"),
+            b"{\"order".to_vec(),
+            400,
+        ),
+        ("POST", "/orders", Some("text/csv"), order_body("j-1"), 415),
+        (
+            "POST",
+            "/orders",
+            Some("application/json"),
+            b"{}".to_vec(),
+            422,
+        ),
+        ("GET", "/orders", None, Vec::new(), 405),
+        (
+            "PUT",
+            "/users",
+            Some("application/json"),
+            b"{}".to_vec(),
+            405,
+        ),
+        (
+            "POST",
+            "/nowhere",
+            Some("application/json"),
+            b"{}".to_vec(),
+            404,
+        ),
+    ];
+    for (method, path, content_type, body, expected) in cases {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = client
+            .request(request.body(Full::new(bytes::Bytes::from(body))).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let content = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let allow = response.headers().get("allow").cloned();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let what = format!(
+            "{method} {path}: {status} {content} {}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(status, expected, "{what}");
+        assert_eq!(content, "application/json", "{what}");
+        let body: Value = serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let error = body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {what}"));
+        assert!(!error.is_empty(), "{what}");
+        let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().all(|k| *k == "error" || *k == "errors"),
+            "one shape: {what}"
+        );
+        if status == 413 {
+            assert!(error.contains("65536"), "says the limit: {what}");
+        }
+        if status == 405 {
+            assert!(allow.is_some(), "405 keeps its Allow header: {what}");
+        }
+    }
+}

@@ -7,6 +7,8 @@
 //! Each test installs its own release watching its own namespace, so tests run side by side;
 //! a cluster-wide release (which would reconcile every namespace) takes the node to itself.
 
+mod argocd;
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -686,4 +688,159 @@ async fn deleting_the_watched_namespace_finishes_with_the_operator_elsewhere() {
     let _ = stack
         .kube
         .kubectl_with_stdin(&["delete", "namespace", &operator_ns, "--wait=false"], "");
+}
+
+/// Ready as a user reads it, on real pods: the in-process operator of this tree watching one
+/// namespace (the chart's image may be older), its workers run by the node. A consumer whose
+/// pods all run is Ready (and `kubectl wait` returns); one whose workers cannot reach their
+/// database, or crash at start, is Ready=False and Degraded with the reason; the Argo CD
+/// health check of README.md reads the same objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_the_wanted_workers_are_available() {
+    use pubsubkafka_controller::crd::conditions::{self, reason};
+    let _node = NODE.read().await;
+    let stack = testenv::shared();
+    let client = stack.kube.client().await.expect("client");
+    testenv::operator::install_crds(&client).await;
+    let app = App::in_namespace(stack, client, testenv::unique_name("node-ready")).await;
+    let mut args = testenv::operator::args(&stack.kafka, &app.ns, Duration::from_secs(5));
+    args.worker_image = testenv::node::product_image("worker");
+    args.worker_bootstrap_servers = stack.kafka.node_bootstrap.clone();
+    let operator = testenv::operator::Operator::start(&stack.kube, args).await;
+
+    // Nothing listens on port 1 of the node: the worker runs and waits for its database.
+    let closed = format!("postgres://nobody@{}:1/none", testenv::node::NODE_IP);
+    app.kubectl_apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: closed-db}}\nstringData:\n  url: '{closed}'\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: garbage-db}}\nstringData:\n  url: 'not a url'\n"
+    ));
+    // The node's worker image may predate this tree: a policy naming only the error classes
+    // every worker knows keeps the rendered config readable by it.
+    app.kubectl_apply(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: orders}}\n\
+         spec:\n  topicName: {topic}\n  partitions: 3\n  replicationFactor: 1\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: DLQPolicy\nmetadata: {{name: known-classes}}\n\
+         spec:\n  permanentErrors: [Deserialization, Validation, Rejected]\n",
+        topic = app.topic,
+    ));
+    for (name, replicas, secret) in [
+        ("order-store", 2, "orders-db"),
+        ("no-sink", 1, "closed-db"),
+        ("crasher", 1, "garbage-db"),
+    ] {
+        app.kubectl_apply(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {{name: {name}}}\n\
+             spec:\n  topicRef: {{name: orders}}\n  replicas: {replicas}\n  dlqPolicyRef: {{name: known-classes}}\n  \
+             handler:\n    eventStore:\n      connectionSecret: {{name: {secret}, key: url}}\n"
+        ));
+    }
+    let consumers: Api<OrderConsumer> = Api::namespaced(app.client.clone(), &app.ns);
+    let ready_condition = |c: &OrderConsumer, type_: &str| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|x| x.type_ == type_).cloned())
+    };
+
+    // Ready comes with the pods, not before: whenever Ready is True, 2 of 2 are ready.
+    let store = eventually("order-store Ready", PODS, || async {
+        let c = consumers
+            .get("order-store")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = c.status.clone().unwrap_or_default();
+        if conditions::is_ready(&s.conditions) {
+            assert_eq!(s.ready_replicas, Some(2), "Ready with {:?}", s);
+            return Ok(c);
+        }
+        Err(format!("{:?}", conditions::ready(&s.conditions)))
+    })
+    .await;
+    let ready = ready_condition(&store, "Ready").unwrap();
+    assert_eq!(ready.reason, reason::WORKERS_READY);
+    assert_eq!(ready.observed_generation, store.metadata.generation);
+    let degraded = ready_condition(&store, "Degraded").unwrap();
+    assert_eq!(degraded.status, "False");
+    assert!(conditions::is_reconciled(
+        &store.status.as_ref().unwrap().conditions
+    ));
+    let pods: Api<Pod> = Api::namespaced(app.client.clone(), &app.ns);
+    let ready_pods = pods
+        .list(&ListParams::default().labels("pubsubkafka.io/consumer=order-store"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| cluster::pod_ready(p))
+        .count();
+    assert_eq!(ready_pods, 2);
+    app.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "orderconsumer/order-store",
+        "--timeout=30s",
+    ])
+    .unwrap_or_else(|e| panic!("kubectl wait: {e}"));
+    let (health, message) = argocd::health(&store);
+    assert_eq!(health, "Healthy", "{message}");
+
+    for (name, why) in [
+        ("no-sink", reason::SINK_UNAVAILABLE),
+        ("crasher", reason::WORKER_CRASH_LOOPING),
+    ] {
+        let c = eventually(&format!("{name} Degraded with {why}"), PODS, || async {
+            let c = consumers.get(name).await.map_err(|e| e.to_string())?;
+            match ready_condition(&c, "Degraded") {
+                Some(d) if d.status == "True" && d.reason == why => Ok(c),
+                other => Err(format!("{other:?} / {:?}", ready_condition(&c, "Ready"))),
+            }
+        })
+        .await;
+        let ready = ready_condition(&c, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", why)
+        );
+        assert!(
+            ready.message.contains("0 of 1 worker pods ready"),
+            "{}",
+            ready.message
+        );
+        assert!(conditions::is_reconciled(
+            &c.status.as_ref().unwrap().conditions
+        ));
+        let (health, message) = argocd::health(&c);
+        assert_eq!(health, "Degraded", "{name}: {message}");
+        assert!(message.starts_with(why), "{message}");
+        assert!(
+            app.kubectl(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("orderconsumer/{name}"),
+                "--timeout=2s"
+            ])
+            .is_err(),
+            "kubectl wait must not return for {name}"
+        );
+    }
+
+    // Removed while the operator runs, so its finalizers go with them.
+    for name in ["order-store", "no-sink", "crasher"] {
+        consumers
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually("the consumers gone", WAIT, || async {
+        let left = consumers
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        left.items
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("{} left", left.items.len()))
+    })
+    .await;
+    drop(operator);
+    app.delete_namespace();
 }

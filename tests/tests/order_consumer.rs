@@ -246,10 +246,11 @@ async fn the_principal_gets_exactly_its_permissions_and_loses_them_on_deletion()
     env.apply_ok(&topic_yaml(&topic, 1));
     env.apply_ok(&topic_yaml(&other, 1));
     env.apply_ok(&consumer_yaml("acl", &topic, ""));
-    env.wait_consumer("acl", "Ready", |c| {
+    // Reconciled, not Ready: no worker pod runs on this API server.
+    env.wait_consumer("acl", "Reconciled", |c| {
         c.status
             .as_ref()
-            .is_some_and(|s| pubsubkafka_controller::crd::conditions::is_ready(&s.conditions))
+            .is_some_and(|s| pubsubkafka_controller::crd::conditions::is_reconciled(&s.conditions))
     })
     .await;
     let (user, password) = env.credentials("acl").await;
@@ -440,14 +441,14 @@ async fn retry_topics_are_created_grown_and_granted_to_the_principal() {
         .map(|n| format!("{topic}-retrier-retry-{n}"))
         .collect();
     let c = env
-        .wait_consumer("retrier", "Ready with retry topics", |c| {
+        .wait_consumer("retrier", "Reconciled with retry topics", |c| {
             c.status.as_ref().is_some_and(|s| {
-                pubsubkafka_controller::crd::conditions::is_ready(&s.conditions)
+                pubsubkafka_controller::crd::conditions::is_reconciled(&s.conditions)
                     && s.retry_topics == names
             })
         })
         .await;
-    let ready = condition(&c.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    let ready = condition(&c.status.as_ref().unwrap().conditions, "Reconciled").unwrap();
     assert!(
         ready
             .message

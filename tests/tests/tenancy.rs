@@ -127,7 +127,7 @@ impl Tenants {
         )
     }
 
-    /// Waits until `kind`'s Ready condition has `reason` for the current generation.
+    /// Waits until `kind`'s Reconciled condition has `reason` for the current generation.
     async fn wait_reason<K>(&self, ns: &str, name: &str, reason: &str) -> Condition
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -140,7 +140,9 @@ impl Tenants {
         eventually(&format!("{ns}/{name} to report {reason}"), WAIT, || async {
             let object = api.get(name).await.map_err(|e| e.to_string())?;
             let (generation, conditions) = object.observed();
-            match condition(&conditions, "Ready") {
+            // Reconciled: the operator's verdict (for a KafkaTopic it is Ready's twin; an
+            // OrderConsumer is Ready only once worker pods run, which they do not here).
+            match condition(&conditions, "Reconciled") {
                 Some(c) if c.reason == reason && generation == object.meta().generation => {
                     Ok(c.clone())
                 }

@@ -931,3 +931,205 @@ async fn records_read_in_place_and_their_copies_keep_every_field() {
         }
     }
 }
+
+/// An order as JSON with `quantity` of its one item.
+fn order_with_quantity(id: &str, quantity: u32) -> Vec<u8> {
+    let mut event = pubsubkafka_worker::order::sample(id, 0);
+    event.items[0].quantity = quantity;
+    serde_json::to_vec(&event).unwrap()
+}
+
+#[tokio::test]
+async fn the_event_store_tells_a_redelivery_from_a_conflict_within_one_batch() {
+    use pubsubkafka_worker::handler::Delivery;
+    use pubsubkafka_worker::handler::event_store::{EventStore, Stored};
+    let stack = testenv::shared();
+    let (url, db) = database(&stack.postgres).await;
+    let store = EventStore::new(&url).unwrap();
+    store.migrate().await.unwrap();
+    let events: Vec<pubsubkafka_worker::order::OrderEvent> = [2, 99, 2, 5]
+        .iter()
+        .map(|q| serde_json::from_slice(&order_with_quantity("same-id", *q)).unwrap())
+        .collect();
+    let delivery = |i: usize| Delivery {
+        event: Some(&events[i]),
+        value: b"",
+        key: None,
+        topic: "orders",
+        partition: 0,
+        offset: i as i64,
+        content_type: "application/json",
+        correlation_id: None,
+        traceparent: None,
+    };
+    // One statement: the first takes the order_id, the second differs, the third repeats it.
+    let first = store
+        .store(&[delivery(0), delivery(1), delivery(2)])
+        .await
+        .unwrap();
+    assert_eq!(first[0], Stored::New);
+    let Stored::Conflict {
+        stored_sha256,
+        incoming_sha256,
+    } = &first[1]
+    else {
+        panic!("{first:?}");
+    };
+    assert_ne!(stored_sha256, incoming_sha256);
+    assert!(stored_sha256.len() == 64 && incoming_sha256.len() == 64);
+    assert_eq!(first[2], Stored::Duplicate);
+    // A later batch against what is stored: the same hash of what is kept.
+    let second = store.store(&[delivery(2), delivery(3)]).await.unwrap();
+    assert_eq!(second[0], Stored::Duplicate);
+    assert!(
+        matches!(&second[1], Stored::Conflict { stored_sha256: s, .. } if s == stored_sha256),
+        "{second:?}"
+    );
+    let row = db
+        .query_one(
+            "SELECT (event->'items'->0->>'quantity')::INT, source_offset FROM orders WHERE order_id = 'same-id'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2, "the first event is kept");
+    assert_eq!(row.get::<_, i64>(1), 0);
+}
+
+#[tokio::test]
+async fn a_conflicting_order_is_dead_lettered_and_a_redelivery_is_counted() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "conflict", 1).await;
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("conflict"),
+        worker::event_store(dir.path(), &url),
+    );
+    let producer = worker::producer(&stack.kafka);
+    // Before the worker starts, so the first poll hands them over together: under other record
+    // keys (the worker takes one record per key at a time) the same order_id, in one batch.
+    worker::produce(
+        &producer,
+        &topic,
+        &[
+            ("k-a".into(), order_with_quantity("o-batch", 2)),
+            ("k-b".into(), order_with_quantity("o-batch", 99)),
+            ("k-c".into(), order_with_quantity("o-batch", 2)),
+        ],
+    )
+    .await;
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    // Then one at a time: stored, redelivered, and a different event under its order_id.
+    worker::produce(
+        &producer,
+        &topic,
+        &[("o-1".into(), order_with_quantity("o-1", 2))],
+    )
+    .await;
+    wait_stored(&db, 2, &worker).await;
+    worker::produce(
+        &producer,
+        &topic,
+        &[
+            ("o-1".into(), order_with_quantity("o-1", 2)),
+            ("o-1".into(), order_with_quantity("o-1", 99)),
+        ],
+    )
+    .await;
+
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), 2, WAIT).await;
+    assert_eq!(dead.len(), 2, "both conflicting events dead-lettered");
+    for m in &dead {
+        let headers = m.headers();
+        assert_eq!(h::get(headers, h::DLQ_ERROR_CLASS), Some("Conflict"));
+        assert_eq!(
+            h::get(headers, h::DLQ_ATTEMPTS),
+            Some("1"),
+            "permanent by default"
+        );
+        let stored = h::get(headers, h::DLQ_STORED_CONTENT_SHA256).expect("stored hash");
+        let incoming = h::get(headers, h::DLQ_INCOMING_CONTENT_SHA256).expect("incoming hash");
+        assert_eq!(stored.len(), 64);
+        assert_ne!(stored, incoming);
+        let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(
+            value["items"][0]["quantity"], 99,
+            "the refused event, unchanged"
+        );
+        assert!(
+            h::get(headers, h::DLQ_ERROR_MESSAGE)
+                .unwrap()
+                .contains("already stored with different content")
+        );
+    }
+    let keys: std::collections::BTreeSet<String> = dead.iter().map(worker::key_of).collect();
+    assert_eq!(keys, ["k-b".to_owned(), "o-1".to_owned()].into());
+    eventually("the redeliveries counted", WAIT, || async {
+        let duplicates = worker.metric("kafka_consumer_duplicates_total", &[("topic", &topic)]);
+        let conflicts = worker.metric("kafka_dlq_messages_total", &[("error_class", "Conflict")]);
+        (duplicates == 2.0 && conflicts == 2.0)
+            .then_some(())
+            .ok_or(format!("{duplicates} duplicates, {conflicts} conflicts"))
+    })
+    .await;
+    let kept: Vec<i32> = db
+        .query(
+            "SELECT (event->'items'->0->>'quantity')::INT FROM orders ORDER BY order_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept, [2, 2], "the first event of each order_id is kept");
+}
+
+#[tokio::test]
+async fn a_policy_may_retry_conflicts() {
+    let stack = testenv::shared();
+    let topic = topics(&stack.kafka, "conflict-retry", 1).await;
+    let (url, db) = database(&stack.postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = worker::config(
+        &stack.kafka,
+        &topic,
+        &testenv::unique_name("conflict-retry"),
+        worker::event_store(dir.path(), &url),
+    );
+    config.retry = RetryPolicy {
+        max_retries: 2,
+        initial_backoff_ms: 50,
+        max_backoff_ms: 100,
+        permanent_errors: vec![ErrorClass::Deserialization, ErrorClass::Validation],
+        ..RetryPolicy::default()
+    };
+    let worker = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+    let producer = worker::producer(&stack.kafka);
+    worker::produce(
+        &producer,
+        &topic,
+        &[("r-1".into(), order_with_quantity("r-1", 2))],
+    )
+    .await;
+    wait_stored(&db, 1, &worker).await;
+    worker::produce(
+        &producer,
+        &topic,
+        &[("r-1".into(), order_with_quantity("r-1", 7))],
+    )
+    .await;
+    let dead = worker::read_all(&stack.kafka, &format!("{topic}-dlq"), 1, WAIT).await;
+    assert_eq!(dead.len(), 1);
+    let headers = dead[0].headers();
+    assert_eq!(h::get(headers, h::DLQ_ERROR_CLASS), Some("Conflict"));
+    assert_eq!(
+        h::get(headers, h::DLQ_ATTEMPTS),
+        Some("3"),
+        "retried twice, then dead-lettered"
+    );
+    assert!(h::get(headers, h::DLQ_STORED_CONTENT_SHA256).is_some());
+}

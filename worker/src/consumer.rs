@@ -1156,13 +1156,13 @@ async fn run_jobs(
 
     // The fast path: every valid first attempt in one handler call.
     if jobs.len() > 1 && decoded.iter().filter(|d| d.is_ok()).count() > 1 {
-        let deliveries: Vec<Delivery<'_>> = jobs
+        // The job behind each delivery of the batch.
+        let batched: Vec<usize> = (0..jobs.len()).filter(|i| decoded[*i].is_ok()).collect();
+        let deliveries: Vec<Delivery<'_>> = batched
             .iter()
-            .zip(&decoded)
-            .filter_map(|(j, d)| {
-                d.as_ref()
-                    .ok()
-                    .map(|event| delivery(&j.message, event.as_ref()))
+            .map(|&i| {
+                let event = decoded[i].as_ref().ok().and_then(Option::as_ref);
+                delivery(&jobs[i].message, event)
             })
             .collect();
         let span = info_span!(
@@ -1188,16 +1188,21 @@ async fn run_jobs(
                 .instrument(span.clone())
                 .await
             {
-                Ok(()) => {
+                Ok(handled) => {
                     outage.end(&shared);
                     let elapsed = started.elapsed().as_secs_f64();
-                    for (i, d) in decoded.iter().enumerate() {
-                        if d.is_ok() {
+                    // A record the batch left (a conflicting order_id) runs by itself below,
+                    // which reports it.
+                    for (n, &i) in batched.iter().enumerate() {
+                        if !handled.left.contains(&n) {
                             outcomes[i] = Some(Outcome::Final);
                             shared.duration.observe(elapsed);
                         }
                     }
-                    shared.handled.inc_by(deliveries.len() as u64);
+                    shared
+                        .handled
+                        .inc_by((deliveries.len() - handled.left.len()) as u64);
+                    count_duplicates(&shared, handled.duplicates);
                     break;
                 }
                 Err(HandlerError::Unavailable(message)) => {
@@ -1207,7 +1212,7 @@ async fn run_jobs(
                     }
                 }
                 // One record may be at fault: fall back to one at a time.
-                Err(HandlerError::Failed { .. }) => {
+                Err(HandlerError::Failed { .. } | HandlerError::Conflict { .. }) => {
                     outage.end(&shared);
                     break;
                 }
@@ -1243,6 +1248,17 @@ async fn run_jobs(
         .zip(outcomes)
         .map(|(job, outcome)| (job, outcome.unwrap_or(Outcome::Stopped)))
         .collect()
+}
+
+/// Counts redeliveries the sink already held: a no-op, but one an operator wants to see.
+fn count_duplicates(shared: &Shared, duplicates: u64) {
+    if duplicates > 0 {
+        shared
+            .metrics
+            .duplicates
+            .with_label_values(&[shared.topics[0].as_str()])
+            .inc_by(duplicates);
+    }
 }
 
 /// A stop was requested.
@@ -1389,6 +1405,8 @@ async fn process_record(
     let source = shared.topics[0].as_str();
     let mut attempts: u32 = earlier;
     let mut outage = Outage::default();
+    // The content hashes of the last failure when it was a conflict.
+    let mut conflict: Option<(String, String)>;
     let (class, last_error) = loop {
         attempts += 1;
         let attempt = info_span!(
@@ -1417,8 +1435,9 @@ async fn process_record(
             }),
         };
         match result {
-            Ok(()) => {
+            Ok(handled) => {
                 outage.end(shared);
+                count_duplicates(shared, handled.duplicates);
                 shared.handled.inc();
                 shared.duration.observe(started.elapsed().as_secs_f64());
                 return Outcome::Final;
@@ -1431,7 +1450,22 @@ async fn process_record(
                     return Outcome::Stopped;
                 }
             }
-            Err(HandlerError::Failed { class, message: m }) => {
+            Err(failure @ (HandlerError::Failed { .. } | HandlerError::Conflict { .. })) => {
+                let (class, m) = match failure {
+                    HandlerError::Conflict {
+                        message,
+                        stored_sha256,
+                        incoming_sha256,
+                    } => {
+                        conflict = Some((stored_sha256, incoming_sha256));
+                        (ErrorClass::Conflict, message)
+                    }
+                    HandlerError::Failed { class, message } => {
+                        conflict = None;
+                        (class, message)
+                    }
+                    HandlerError::Unavailable(_) => unreachable!("matched above"),
+                };
                 attempt.record("error_class", class.as_str());
                 attempt.record("otel.status_code", "ERROR");
                 outage.end(shared);
@@ -1541,6 +1575,10 @@ async fn process_record(
             failed_at: jiff::Timestamp::now().to_string(),
             correlation_id,
             trace_id,
+            conflict: conflict
+                .as_ref()
+                .filter(|_| class == ErrorClass::Conflict)
+                .map(|(stored, incoming)| (stored.as_str(), incoming.as_str())),
         },
         stop,
     )

@@ -6,7 +6,9 @@
 //! `POST /orders` also takes a JSON array of orders, answered once every one is acknowledged.
 //!
 //! Bad requests are answered with the field at fault: 400 malformed JSON, 415 unsupported
-//! content type, 413 too large, 422 with every invalid field.
+//! content type, 413 too large, 422 with every invalid field. Every refusal, the HTTP stack's
+//! own included (413, 405, 404), has one JSON shape: `{"error": "..."}`, plus `errors` on a
+//! 422.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -198,8 +200,15 @@ pub async fn run(
         max_orders_per_request: args.max_orders_per_request,
         metrics: metrics.clone(),
     });
+    let routes = served_routes(&args.serve);
     let app = router(gateway, args.max_body_bytes, &args.serve)
-        .merge(crate::http::routes(metrics, health));
+        .merge(crate::http::routes(metrics, health))
+        .fallback(move || async move {
+            Rejection::new(
+                StatusCode::NOT_FOUND,
+                format!("no such route: POST {routes}"),
+            )
+        });
     // On the runtime's workers, not the thread that started it: every core serves requests.
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -230,8 +239,17 @@ async fn watch_broker(producer: FutureProducer, health: Arc<Health>, ready: Arc<
     }
 }
 
+/// The routes `serve` names, for messages: "/orders and /users".
+fn served_routes(serve: &[Domain]) -> String {
+    serve
+        .iter()
+        .map(|d| d.route())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 fn router(gateway: Arc<Gateway>, max_body: usize, serve: &[Domain]) -> Router {
-    let served: Vec<&str> = serve.iter().map(|d| d.route()).collect();
+    let served = served_routes(serve);
     let mut router = Router::new();
     for domain in [Domain::Orders, Domain::Users] {
         router = if serve.contains(&domain) {
@@ -241,9 +259,8 @@ fn router(gateway: Arc<Gateway>, max_body: usize, serve: &[Domain]) -> Router {
             }
         } else {
             let message = format!(
-                "this gateway does not serve {}; it serves {}",
+                "this gateway does not serve {}; it serves {served}",
                 domain.route(),
-                served.join(" and ")
             );
             router.route(
                 domain.route(),
@@ -253,7 +270,46 @@ fn router(gateway: Arc<Gateway>, max_body: usize, serve: &[Domain]) -> Router {
     }
     router
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(move |response: Response| {
+            json_refusal(response, max_body)
+        }))
         .with_state(gateway)
+}
+
+/// Every refusal in one shape, `{"error": "..."}`: the HTTP stack answers some requests
+/// before the handlers see them (413 past the body limit, 405 for another method, 400 for a
+/// body it could not read) in plain text or with no body at all; those are rewritten here.
+async fn json_refusal(response: Response, max_body: usize) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body larger than {max_body} bytes")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed: use POST".to_owned(),
+        _ if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("refused").to_owned(),
+    };
+    let mut refusal = Rejection::new(status, message).into_response();
+    // Keep what the stack said besides the body (such as Allow on a 405).
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            refusal.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    refusal
 }
 
 /// A rejected request: status and a JSON body naming what is wrong.

@@ -33,6 +33,10 @@ pub const DLQ_TRACE_ID: &str = "x-dlq-trace-id";
 /// Set (to the value's size in bytes) when the value was too large for the dead-letter topic
 /// and was left out; the original coordinates locate it.
 pub const DLQ_VALUE_OMITTED: &str = "x-dlq-value-omitted";
+/// Class Conflict: SHA-256 (hex) of the event the event store holds under the order_id.
+pub const DLQ_STORED_CONTENT_SHA256: &str = "x-dlq-stored-content-sha256";
+/// Class Conflict: SHA-256 (hex) of this record's event, hashed the same way.
+pub const DLQ_INCOMING_CONTENT_SHA256: &str = "x-dlq-incoming-content-sha256";
 /// How many times the record was replayed from the dead-letter topic (decimal).
 pub const DLQ_REPLAY_COUNT: &str = "x-dlq-replay-count";
 
@@ -116,6 +120,8 @@ pub struct DeadLetter<'a> {
     pub failed_at: String,
     pub correlation_id: Option<&'a str>,
     pub trace_id: Option<&'a str>,
+    /// Class Conflict: the stored and the incoming content hashes.
+    pub conflict: Option<(&'a str, &'a str)>,
 }
 
 /// Whether header `name` starts with `prefix` in any case: [`get`] finds names
@@ -154,7 +160,7 @@ fn truncated(message: &str) -> String {
 /// The original headers, unchanged and in order, followed by the dead-letter headers. Any
 /// `x-dlq-*` or `x-retry-*` header of an earlier failure is replaced, except the replay count.
 pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>) -> OwnedHeaders {
-    let mut out = original_headers(original, 11);
+    let mut out = original_headers(original, 13);
     let message = truncated(dl.error_message);
     let partition = dl.partition.to_string();
     let offset = dl.offset.to_string();
@@ -178,6 +184,10 @@ pub fn dead_letter_headers<H: Headers>(original: Option<&H>, dl: &DeadLetter<'_>
     }
     if let Some(t) = dl.trace_id {
         fields.push((DLQ_TRACE_ID, t));
+    }
+    if let Some((stored, incoming)) = dl.conflict {
+        fields.push((DLQ_STORED_CONTENT_SHA256, stored));
+        fields.push((DLQ_INCOMING_CONTENT_SHA256, incoming));
     }
     for (key, value) in fields {
         out = out.insert(Header {
@@ -309,6 +319,7 @@ mod tests {
                 failed_at: "2026-01-01T00:00:00Z".into(),
                 correlation_id: None,
                 trace_id: None,
+                conflict: None,
             },
         );
         assert_eq!(get(Some(&out), DLQ_ORIGINAL_OFFSET), Some("42"));
@@ -348,6 +359,7 @@ mod tests {
             failed_at: "2026-11-24T08:00:00Z".into(),
             correlation_id: Some("corr-1"),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            conflict: None,
         };
         let headers = dead_letter_headers(Some(&original), &dl);
         let keys: Vec<&str> = headers.iter().map(|h| h.key).collect();
@@ -400,6 +412,31 @@ mod tests {
     }
 
     #[test]
+    fn a_conflict_carries_both_content_hashes() {
+        let dl = DeadLetter {
+            topic: "orders",
+            partition: 1,
+            offset: 7,
+            timestamp_ms: None,
+            group: "g",
+            error_class: "Conflict",
+            error_message: "order_id o-1 is already stored with different content",
+            attempts: 1,
+            failed_at: "2026-11-24T08:00:00Z".into(),
+            correlation_id: None,
+            trace_id: None,
+            conflict: Some(("aa11", "bb22")),
+        };
+        let headers = dead_letter_headers(None::<&OwnedHeaders>, &dl);
+        assert_eq!(get(Some(&headers), DLQ_ERROR_CLASS), Some("Conflict"));
+        assert_eq!(get(Some(&headers), DLQ_STORED_CONTENT_SHA256), Some("aa11"));
+        assert_eq!(
+            get(Some(&headers), DLQ_INCOMING_CONTENT_SHA256),
+            Some("bb22")
+        );
+    }
+
+    #[test]
     fn dead_letters_drop_the_retry_bookkeeping() {
         let state = RetryState {
             topic: "orders",
@@ -422,6 +459,7 @@ mod tests {
             failed_at: "2026-11-24T08:00:00Z".into(),
             correlation_id: None,
             trace_id: None,
+            conflict: None,
         };
         let headers = dead_letter_headers(Some(&retried), &dl);
         assert!(headers.iter().all(|h| !h.key.starts_with("x-retry-")));

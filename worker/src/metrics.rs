@@ -21,6 +21,9 @@ pub struct Metrics {
     pub records: IntCounterVec,
     /// kafka_consumer_retries_total{topic,error_class}: handler attempts that will be retried.
     pub retries: IntCounterVec,
+    /// kafka_consumer_duplicates_total{topic}: redelivered records the event store already
+    /// held with the same content (a no-op by design, counted to be seen).
+    pub duplicates: IntCounterVec,
     /// kafka_consumer_parked_records{topic,partition}: records waiting behind an earlier record
     /// of their key (retrying in place or in a retry topic).
     pub parked_records: IntGaugeVec,
@@ -91,6 +94,14 @@ impl Metrics {
             &["topic", "error_class"],
         )
         .expect("valid metric");
+        let duplicates = IntCounterVec::new(
+            Opts::new(
+                "kafka_consumer_duplicates_total",
+                "Redelivered records already stored with the same content (a no-op).",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
         let parked_records = IntGaugeVec::new(
             Opts::new(
                 "kafka_consumer_parked_records",
@@ -121,6 +132,7 @@ impl Metrics {
             Box::new(producer_messages.clone()),
             Box::new(records.clone()),
             Box::new(retries.clone()),
+            Box::new(duplicates.clone()),
             Box::new(parked_records.clone()),
             Box::new(sink_up.clone()),
             Box::new(request_duration.clone()),
@@ -135,6 +147,7 @@ impl Metrics {
             producer_messages,
             records,
             retries,
+            duplicates,
             parked_records,
             sink_up,
             request_duration,
@@ -149,6 +162,7 @@ impl Metrics {
             ErrorClass::Deserialization,
             ErrorClass::Validation,
             ErrorClass::Rejected,
+            ErrorClass::Conflict,
             ErrorClass::Transient,
         ] {
             self.dlq_messages
@@ -158,6 +172,7 @@ impl Metrics {
                 .with_label_values(&[source_topic, class.as_str()])
                 .inc_by(0);
         }
+        self.duplicates.with_label_values(&[source_topic]).inc_by(0);
         for outcome in ["handled", "dead_lettered"] {
             self.records
                 .with_label_values(&[source_topic, outcome])

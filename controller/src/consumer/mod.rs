@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -76,6 +76,18 @@ pub fn controller(
                 users(&by_topic, &topic.namespace().unwrap_or_default(), |c| {
                     c.spec.topic_ref.name == topic.name_any()
                 })
+            },
+        )
+        // A worker pod that turns ready, crash-loops or loses its sink changes Ready; the
+        // Deployment's status does not always move with it (a restart keeps it unavailable).
+        .watches(
+            api::<Pod>(client, namespace),
+            config.clone().labels(plan::CONSUMER_LABEL),
+            |pod| {
+                let namespace = pod.namespace().unwrap_or_default();
+                pod.labels()
+                    .get(plan::CONSUMER_LABEL)
+                    .map(|name| ObjectRef::new(name).within(&namespace))
             },
         )
         .watches(api::<DLQPolicy>(client, namespace), config, move |policy| {
@@ -248,11 +260,12 @@ async fn apply(
     api: &Api<OrderConsumer>,
 ) -> Result<Action, Error> {
     match converge(consumer, ctx).await {
-        Ok(outcome) => {
+        Ok(Converged { status, recheck }) => {
             ctx.backoff.reset(&object_key(consumer));
             ctx.metrics.set_kafka_up(true);
-            write_status(consumer, ctx, api, outcome).await?;
-            Ok(Action::requeue(ctx.settings.resync))
+            write_status(consumer, ctx, api, status).await?;
+            let resync = ctx.settings.resync;
+            Ok(Action::requeue(recheck.map_or(resync, |r| r.min(resync))))
         }
         Err(error) => {
             if matches!(&error, Error::Kafka(e) if e.is_unavailable()) {
@@ -260,22 +273,30 @@ async fn apply(
             }
             let mut status = consumer.status.clone().unwrap_or_default();
             status.observed_generation = consumer.metadata.generation;
-            let ready = conditions::new(
+            // The operator could not do its part: not Reconciled, and not Ready either (the
+            // workers may run, but not as the current spec declares).
+            let failed = conditions::new(
                 conditions::READY,
                 false,
                 error.reason(),
                 error.to_string(),
                 consumer.metadata.generation,
             );
-            status.conditions = conditions::merge(&status.conditions, ready);
+            status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
             write_status(consumer, ctx, api, status).await?;
             Err(error)
         }
     }
 }
 
+/// A successful pass: the status to write, and when to look again if sooner than the resync.
+struct Converged {
+    status: OrderConsumerStatus,
+    recheck: Option<std::time::Duration>,
+}
+
 /// Applies the consumer's desired state and returns the status to write.
-async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsumerStatus, Error> {
+async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, Error> {
     let gathered = gather(consumer, ctx).await?;
     let ns = consumer.namespace().unwrap_or_default();
     let names = Names::of(consumer);
@@ -369,17 +390,24 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
 
     let lag = measure_lag(ctx, &group, &source, gathered.partitions).await?;
     let old = consumer.status.clone().unwrap_or_default();
-    let (desired, recommendations) = match &consumer.spec.autoscaling {
-        None => (consumer.spec.replicas, Vec::new()),
+    let key = object_key(consumer);
+    let desired = match &consumer.spec.autoscaling {
+        None => {
+            ctx.recommendations.set(&key, Vec::new());
+            consumer.spec.replicas
+        }
         Some(autoscaling) => {
             let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
                 .map_err(Error::InvalidSpec)?;
-            plan::stabilize(
+            let (desired, history) = plan::stabilize(
                 jiff::Timestamp::now(),
-                &old.recommendations,
+                &ctx.recommendations.get(&key),
+                old.desired_replicas,
                 plan::lag_replicas(lag, autoscaling),
                 window,
-            )
+            );
+            ctx.recommendations.set(&key, history);
+            desired
         }
     };
     let (replicas, capped) = plan::partition_cap(desired, gathered.partitions);
@@ -411,7 +439,6 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         mounted.push((name.clone(), version));
     }
     let hash = plan::pod_template_hash(&config, &mounted);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
 
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let config_map = ConfigMap {
@@ -419,8 +446,11 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         data: Some(BTreeMap::from([(plan::CONFIG_KEY.to_owned(), config)])),
         ..Default::default()
     };
-    config_maps
-        .patch(&names.config_map, &params, &Patch::Apply(&config_map))
+    let current = config_maps
+        .get_metadata_opt(&names.config_map)
+        .await?
+        .and_then(|m| m.metadata.resource_version);
+    ctx.apply_if_changed(&config_maps, &names.config_map, current, &config_map)
         .await?;
 
     let image = consumer
@@ -440,16 +470,29 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         },
         &hash,
     );
-    let applied = deployments
-        .patch(&names.deployment, &params, &Patch::Apply(&deployment))
-        .await?;
-    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &names.deployment,
-            &params,
-            &Patch::Apply(&plan::disruption_budget(consumer, &names)),
-        )
-        .await?;
+    let current = before
+        .as_ref()
+        .and_then(|d| d.metadata.resource_version.clone());
+    let applied = match ctx
+        .apply_if_changed(&deployments, &names.deployment, current, &deployment)
+        .await?
+    {
+        Some(applied) => applied,
+        None => before.clone().expect("unchanged means it exists"),
+    };
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(ctx.client.clone(), &ns);
+    let budget_version = budgets
+        .get_metadata_opt(&names.deployment)
+        .await?
+        .and_then(|b| b.metadata.resource_version);
+    ctx.apply_if_changed(
+        &budgets,
+        &names.deployment,
+        budget_version,
+        &plan::disruption_budget(consumer, &names),
+    )
+    .await?;
     let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
     if before_replicas != Some(replicas) {
         info!(replicas, capped, "scaled the worker Deployment");
@@ -461,12 +504,13 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
     }
 
     let generation = consumer.metadata.generation;
-    let ready = conditions::new(
-        conditions::READY,
+    let reconciled = conditions::new(
+        conditions::RECONCILED,
         true,
         reason::RECONCILED,
         format!(
-            "{replicas} worker replicas consume {source} as {}; {}dead letters go to {dead_letter}",
+            "{replicas} worker replicas deployed to consume {source} as {}; {}dead letters go to \
+             {dead_letter}",
             names.principal,
             match retry_topics.as_slice() {
                 [] => String::new(),
@@ -476,6 +520,23 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         ),
         generation,
     );
+    // Ready is the workers', not the operator's: the wanted pods must be available. The pods
+    // are read only when the Deployment says some are missing, so a healthy consumer at rest
+    // costs no list.
+    let workload = plan::Workload::of(replicas, &applied);
+    let pods = if workload.is_ready() {
+        Vec::new()
+    } else {
+        let now = jiff::Timestamp::now();
+        Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&plan::selector(consumer)))
+            .await?
+            .items
+            .iter()
+            .map(|p| plan::WorkerPod::of(p, now))
+            .collect()
+    };
+    let (ready, degraded) = plan::workload_conditions(&workload, &pods, generation);
     let capped_condition = if capped {
         conditions::new(
             conditions::CAPPED,
@@ -500,8 +561,10 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
             generation,
         )
     };
-    let merged = conditions::merge(&conditions::merge(&old.conditions, ready), capped_condition);
-    Ok(OrderConsumerStatus {
+    let merged = [reconciled, ready, degraded, capped_condition]
+        .into_iter()
+        .fold(old.conditions, |all, c| conditions::merge(&all, c));
+    let status = OrderConsumerStatus {
         observed_generation: generation,
         replicas: Some(replicas),
         desired_replicas: Some(desired),
@@ -522,8 +585,11 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<OrderConsum
         principal: Some(names.principal.clone()),
         credentials_secret: Some(names.credentials_secret.clone()),
         selector: Some(plan::selector(consumer)),
-        recommendations,
         conditions: merged,
+    };
+    Ok(Converged {
+        status,
+        recheck: plan::recheck_after(&pods),
     })
 }
 
@@ -644,19 +710,11 @@ async fn write_status(
     let old = consumer.status.clone().unwrap_or_default();
     let strip = |s: &OrderConsumerStatus| OrderConsumerStatus {
         conditions: Vec::new(),
-        recommendations: Vec::new(),
         ..s.clone()
     };
-    let same_recommendations = old
-        .recommendations
-        .iter()
-        .map(|r| r.replicas)
-        .eq(status.recommendations.iter().map(|r| r.replicas))
-        && old.recommendations.len() == status.recommendations.len();
-    if strip(&old) == strip(&status)
-        && conditions::same(&old.conditions, &status.conditions)
-        && (same_recommendations || consumer.spec.autoscaling.is_none())
-    {
+    // Only what a user would see: nothing in the status moves on its own (no timestamps, no
+    // histories), so an unchanged consumer writes nothing, whatever the resync.
+    if strip(&old) == strip(&status) && conditions::same(&old.conditions, &status.conditions) {
         return Ok(());
     }
     let patch = json!({
@@ -670,11 +728,17 @@ async fn write_status(
         &Patch::Apply(patch),
     )
     .await?;
-    for condition_type in [conditions::READY, conditions::CAPPED] {
+    // A Warning when the operator fails, the workers degrade or the cap applies, once per
+    // change of reason; a consumer starting up is not a warning.
+    for condition_type in [
+        conditions::RECONCILED,
+        conditions::DEGRADED,
+        conditions::CAPPED,
+    ] {
         let before = old.conditions.iter().find(|c| c.type_ == condition_type);
         let now = status.conditions.iter().find(|c| c.type_ == condition_type);
         let warn_now = match condition_type {
-            conditions::READY => now.is_some_and(|c| c.status == "False"),
+            conditions::RECONCILED => now.is_some_and(|c| c.status == "False"),
             _ => now.is_some_and(|c| c.status == "True"),
         };
         if let Some(now) = now
@@ -699,6 +763,16 @@ async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Erro
     if principal_holder(consumer, ctx).is_none() {
         remove_principal(consumer, &ctx.admin).await?;
     }
+    ctx.recommendations.set(&object_key(consumer), Vec::new());
+    let names = Names::of(consumer);
+    ctx.applied.forget(
+        &consumer.namespace().unwrap_or_default(),
+        &[
+            &names.credentials_secret,
+            &names.config_map,
+            &names.deployment,
+        ],
+    );
     Ok(Action::await_change())
 }
 

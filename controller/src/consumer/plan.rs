@@ -8,11 +8,13 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
     VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use pubsubkafka_contract::config::{
@@ -22,7 +24,7 @@ use pubsubkafka_contract::config::{
 
 use crate::crd::conditions::reason;
 use crate::crd::dlq_policy::DLQPolicySpec;
-use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind, Recommendation};
+use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind};
 use crate::crd::{KafkaTopic, OrderConsumer};
 use crate::duration;
 use crate::error::Error;
@@ -38,6 +40,8 @@ pub const CONFIG_KEY: &str = "worker.json";
 /// Annotation on the pod template whose change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "pubsubkafka.io/config-hash";
 pub const CONSUMER_LABEL: &str = "pubsubkafka.io/consumer";
+/// The worker container of each pod.
+pub const WORKER_CONTAINER: &str = "worker";
 
 /// Names of everything the operator creates for one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,34 +228,256 @@ pub fn lag_replicas(lag: i64, autoscaling: &Autoscaling) -> i32 {
     )
 }
 
+/// One lag-based replica recommendation and when it started to hold. The history lives in the
+/// controller's memory (as the HPA's does), never in the status: a status that changed on
+/// every pass would wake its own reconcile and write again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recommendation {
+    pub since: jiff::Timestamp,
+    pub replicas: i32,
+}
+
 /// HPA-style stabilization: scale up at once, scale down only to the highest recommendation of
-/// the last `window`. Returns the replicas to use and the recommendations to keep.
+/// the last `window`. Returns the replicas to use and the history to keep.
+///
+/// The history holds one entry per change of recommendation (an entry holds until the next),
+/// so a recommendation that stays the same adds nothing, however fast the resync. An empty
+/// history (a consumer new to this controller, or a controller restart) starts from
+/// `previous`, the replicas last published in the status, so a restart never scales down
+/// before a full window has passed.
 pub fn stabilize(
     now: jiff::Timestamp,
     history: &[Recommendation],
+    previous: Option<i32>,
     recommended: i32,
     window: Duration,
 ) -> (i32, Vec<Recommendation>) {
     let since = now - jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::ZERO);
-    let mut kept: Vec<Recommendation> = history
-        .iter()
-        .filter(|r| {
-            r.time
-                .parse::<jiff::Timestamp>()
-                .is_ok_and(|t| t >= since && t <= now)
-        })
-        .cloned()
-        .collect();
-    kept.push(Recommendation {
-        time: now.to_string(),
-        replicas: recommended,
-    });
-    // Bounded: a short window at a fast resync must not grow the status without limit.
-    if kept.len() > 64 {
-        kept.drain(..kept.len() - 64);
+    let mut kept: Vec<Recommendation> =
+        history.iter().filter(|r| r.since <= now).copied().collect();
+    if kept.is_empty()
+        && let Some(previous) = previous
+    {
+        kept.push(Recommendation {
+            since: now,
+            replicas: previous,
+        });
     }
+    if kept.last().is_none_or(|r| r.replicas != recommended) {
+        kept.push(Recommendation {
+            since: now,
+            replicas: recommended,
+        });
+    }
+    // Drop what ended before the window: every entry older than the one in force at `since`.
+    let in_force = kept.iter().rposition(|r| r.since <= since).unwrap_or(0);
+    kept.drain(..in_force);
     let replicas = kept.iter().map(|r| r.replicas).max().unwrap_or(recommended);
     (replicas, kept)
+}
+
+/// What the controller sees of one worker pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerPod {
+    pub name: String,
+    /// The pod's Ready condition is True.
+    pub ready: bool,
+    /// Why the worker container waits (CrashLoopBackOff, ImagePullBackOff, ...), if it does.
+    pub waiting: Option<String>,
+    /// Seconds the worker container has been running, when it runs.
+    pub running_for: Option<i64>,
+    /// Times the kubelet restarted the worker container.
+    pub restarts: i32,
+    /// Being deleted (a rollout or a scale-down): not counted.
+    pub terminating: bool,
+}
+
+impl WorkerPod {
+    pub fn of(pod: &Pod, now: jiff::Timestamp) -> Self {
+        let status = pod.status.as_ref();
+        let container = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.name == WORKER_CONTAINER)
+                    .or(cs.first())
+            });
+        let state = container.and_then(|c| c.state.as_ref());
+        Self {
+            name: pod.name_any(),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            waiting: state
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone()),
+            running_for: state
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+                .map(|t| (now - t.0).get_seconds().max(0)),
+            restarts: container.map_or(0, |c| c.restart_count),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// The worker Deployment as the controller last saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// Replicas wanted, after the partition cap.
+    pub replicas: i32,
+    /// Ready pods (of any template while a rollout is under way).
+    pub ready: i32,
+    /// The rollout of the latest spec is complete: only pods of the current template run.
+    pub rolled_out: bool,
+}
+
+impl Workload {
+    pub fn of(replicas: i32, deployment: &Deployment) -> Self {
+        let status = deployment.status.clone().unwrap_or_default();
+        let updated = status.updated_replicas.unwrap_or(0);
+        Self {
+            replicas,
+            ready: status.ready_replicas.unwrap_or(0),
+            // As `kubectl rollout status` has it: the latest spec seen, every pod of the
+            // current template, none of an older one left.
+            rolled_out: status.observed_generation.is_some()
+                && status.observed_generation >= deployment.metadata.generation
+                && updated >= replicas
+                && status.replicas.unwrap_or(0) <= updated,
+        }
+    }
+
+    /// Every wanted worker is available.
+    pub fn is_ready(&self) -> bool {
+        self.replicas == 0 || (self.rolled_out && self.ready >= self.replicas)
+    }
+}
+
+/// How long a running worker may stay unready before the controller calls it a sink outage
+/// rather than a start-up (the worker connects to its sink before it reports ready).
+pub const UNREADY_GRACE_SECONDS: i64 = 30;
+
+/// The `Ready` and `Degraded` conditions of a consumer whose reconcile succeeded, from its
+/// Deployment and (when not all are ready) its pods. Messages name no counter that moves
+/// without a change of state (restart counts, ages), so a status at rest stays unchanged.
+pub fn workload_conditions(
+    workload: &Workload,
+    pods: &[WorkerPod],
+    generation: Option<i64>,
+) -> (Condition, Condition) {
+    use crate::crd::conditions::{DEGRADED, READY, new};
+    let Workload {
+        replicas, ready, ..
+    } = *workload;
+    if workload.is_ready() {
+        let message = if replicas == 0 {
+            "no worker replica is wanted (scaled to zero)".to_owned()
+        } else {
+            format!("{replicas} of {replicas} worker pods ready")
+        };
+        return (
+            new(READY, true, reason::WORKERS_READY, message, generation),
+            new(
+                DEGRADED,
+                false,
+                reason::AS_DECLARED,
+                "the workers run as declared",
+                generation,
+            ),
+        );
+    }
+    let live: Vec<&WorkerPod> = pods.iter().filter(|p| !p.terminating).collect();
+    let names = |pick: &dyn Fn(&WorkerPod) -> bool| {
+        let mut names: Vec<&str> = live
+            .iter()
+            .filter(|p| pick(p))
+            .map(|p| p.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.join(", ")
+    };
+    // Restarted and not ready: between two crashes the container is briefly terminated or
+    // running, not only waiting in CrashLoopBackOff; all three are the same crash loop.
+    let crash_looping = names(&|p| {
+        p.waiting.as_deref() == Some("CrashLoopBackOff")
+            || (!p.ready
+                && p.restarts > 0
+                && p.running_for.is_none_or(|s| s < UNREADY_GRACE_SECONDS))
+    });
+    let failing = live
+        .iter()
+        .filter_map(|p| {
+            p.waiting
+                .as_deref()
+                .filter(|w| {
+                    !matches!(
+                        *w,
+                        "CrashLoopBackOff" | "ContainerCreating" | "PodInitializing"
+                    )
+                })
+                .map(|w| format!("{} ({w})", p.name))
+        })
+        .min();
+    let unready_running =
+        names(&|p| !p.ready && p.running_for.is_some_and(|s| s >= UNREADY_GRACE_SECONDS));
+    let summary = format!("{ready} of {replicas} worker pods ready");
+    let (why, degraded_message) = if !crash_looping.is_empty() {
+        (
+            reason::WORKER_CRASH_LOOPING,
+            format!(
+                "{summary}: worker container keeps exiting (CrashLoopBackOff) in {crash_looping}; \
+                 see kubectl logs --previous"
+            ),
+        )
+    } else if let Some(pod) = failing {
+        (
+            reason::WORKER_FAILING,
+            format!(
+                "{summary}: worker pod {pod} cannot start its container; see kubectl describe pod"
+            ),
+        )
+    } else if !unready_running.is_empty() {
+        (
+            reason::SINK_UNAVAILABLE,
+            format!(
+                "{summary}: {unready_running} run but report not ready, as workers do while \
+                 their sink (PostgreSQL or the HTTP endpoint) or Kafka is unreachable; \
+                 consumption is paused, see the worker logs"
+            ),
+        )
+    } else {
+        let why = if !workload.rolled_out || !live.is_empty() {
+            reason::WORKERS_STARTING
+        } else {
+            reason::WORKERS_NOT_READY
+        };
+        return (
+            new(READY, false, why, summary, generation),
+            new(
+                DEGRADED,
+                false,
+                reason::AS_DECLARED,
+                "no worker problem seen yet",
+                generation,
+            ),
+        );
+    };
+    (
+        new(READY, false, why, degraded_message.clone(), generation),
+        new(DEGRADED, true, why, degraded_message, generation),
+    )
+}
+
+/// When to look again at a workload on its way to ready: a running but unready worker turns
+/// into a sink outage once its grace has passed, and nothing else would wake the reconcile.
+pub fn recheck_after(pods: &[WorkerPod]) -> Option<Duration> {
+    pods.iter()
+        .filter(|p| !p.ready && !p.terminating)
+        .filter_map(|p| p.running_for)
+        .filter(|s| *s < UNREADY_GRACE_SECONDS)
+        .map(|s| Duration::from_secs((UNREADY_GRACE_SECONDS - s + 1) as u64))
+        .min()
 }
 
 /// The retry topics of mode RetryTopics, `<source>-<consumer>-retry-<n>`, checked against
@@ -562,7 +788,7 @@ pub fn deployment(
                         ..Default::default()
                     }),
                     containers: vec![Container {
-                        name: "worker".into(),
+                        name: WORKER_CONTAINER.into(),
                         image: Some(image.image.to_owned()),
                         args: Some(vec![
                             "consume".into(),
@@ -679,19 +905,261 @@ spec:
     #[test]
     fn scale_up_is_immediate_and_scale_down_waits_for_the_window() {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
         let window = Duration::from_secs(300);
-        let (up, history) = stabilize(t0, &[], 5, window);
+        let (up, history) = stabilize(t0, &[], None, 5, window);
         assert_eq!(up, 5);
-        let later = t0 + jiff::SignedDuration::from_secs(60);
-        let (held, history) = stabilize(later, &history, 2, window);
+        let (held, history) = stabilize(at(60), &history, Some(5), 2, window);
         assert_eq!(
             held, 5,
             "a lower recommendation inside the window does not scale down"
         );
-        let after = t0 + jiff::SignedDuration::from_secs(301);
-        let (down, history) = stabilize(after, &history, 2, window);
+        // 5 held until 2 replaced it at t60: it leaves the window 300 s after that.
+        assert_eq!(stabilize(at(359), &history, Some(5), 2, window).0, 5);
+        let (down, history) = stabilize(at(361), &history, Some(5), 2, window);
         assert_eq!(down, 2, "once the high recommendation leaves the window");
-        assert_eq!(history.len(), 2);
+        assert_eq!(history.len(), 1);
+    }
+
+    #[test]
+    fn a_recommendation_held_until_recently_still_counts() {
+        // 5 was recommended from t0 until t400, then 2: at t400 the window (t100..t400)
+        // still saw 5, so no scale-down yet; at t701 it no longer does.
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
+        let window = Duration::from_secs(300);
+        let (_, mut history) = stabilize(t0, &[], None, 5, window);
+        for s in (10..400).step_by(10) {
+            (_, history) = stabilize(at(s), &history, Some(5), 5, window);
+        }
+        let (held, history) = stabilize(at(400), &history, Some(5), 2, window);
+        assert_eq!(held, 5);
+        let (down, _) = stabilize(at(701), &history, Some(5), 2, window);
+        assert_eq!(down, 2);
+    }
+
+    #[test]
+    fn an_unchanged_recommendation_adds_nothing_to_the_history() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let window = Duration::from_secs(300);
+        let (_, mut history) = stabilize(t0, &[], None, 3, window);
+        let first = history.clone();
+        for s in 1..=1000 {
+            let now = t0 + jiff::SignedDuration::from_secs(s);
+            let replicas;
+            (replicas, history) = stabilize(now, &history, Some(3), 3, window);
+            assert_eq!(replicas, 3);
+        }
+        assert_eq!(history, first, "one entry, its start unchanged");
+    }
+
+    #[test]
+    fn a_restarted_controller_waits_a_full_window_before_scaling_down() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let window = Duration::from_secs(300);
+        let (held, history) = stabilize(t0, &[], Some(6), 1, window);
+        assert_eq!(held, 6, "the published replicas hold for the window");
+        let later = t0 + jiff::SignedDuration::from_secs(301);
+        assert_eq!(stabilize(later, &history, Some(6), 1, window).0, 1);
+    }
+
+    fn pod(name: &str, ready: bool, waiting: Option<&str>, running_for: Option<i64>) -> WorkerPod {
+        WorkerPod {
+            name: name.into(),
+            ready,
+            waiting: waiting.map(Into::into),
+            running_for,
+            restarts: 0,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn ready_means_the_wanted_workers_are_available() {
+        let w = |replicas, ready, rolled_out| Workload {
+            replicas,
+            ready,
+            rolled_out,
+        };
+        let running = |n: &str| pod(n, false, None, Some(5));
+        // (case, workload, pods, Ready, reason, Degraded)
+        type Case = (
+            &'static str,
+            Workload,
+            Vec<WorkerPod>,
+            bool,
+            &'static str,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "all ready",
+                w(3, 3, true),
+                vec![],
+                true,
+                reason::WORKERS_READY,
+                false,
+            ),
+            (
+                "scaled to zero",
+                w(0, 0, false),
+                vec![],
+                true,
+                reason::WORKERS_READY,
+                false,
+            ),
+            (
+                "rollout not seen yet",
+                w(3, 3, false),
+                vec![],
+                false,
+                reason::WORKERS_STARTING,
+                false,
+            ),
+            (
+                "no pods at all",
+                w(7, 0, true),
+                vec![],
+                false,
+                reason::WORKERS_NOT_READY,
+                false,
+            ),
+            (
+                "starting",
+                w(2, 0, true),
+                vec![
+                    running("a"),
+                    pod("b", false, Some("ContainerCreating"), None),
+                ],
+                false,
+                reason::WORKERS_STARTING,
+                false,
+            ),
+            (
+                "crash loop",
+                w(2, 1, true),
+                vec![
+                    pod("a", true, None, Some(90)),
+                    pod("b", false, Some("CrashLoopBackOff"), None),
+                ],
+                false,
+                reason::WORKER_CRASH_LOOPING,
+                true,
+            ),
+            (
+                "image pull",
+                w(1, 0, true),
+                vec![pod("a", false, Some("ImagePullBackOff"), None)],
+                false,
+                reason::WORKER_FAILING,
+                true,
+            ),
+            (
+                "sink outage",
+                w(2, 0, true),
+                vec![
+                    pod("a", false, None, Some(45)),
+                    pod("b", false, None, Some(31)),
+                ],
+                false,
+                reason::SINK_UNAVAILABLE,
+                true,
+            ),
+            (
+                "restarted, now between two crashes",
+                w(1, 0, true),
+                vec![WorkerPod {
+                    restarts: 3,
+                    ..pod("a", false, None, None)
+                }],
+                false,
+                reason::WORKER_CRASH_LOOPING,
+                true,
+            ),
+            (
+                "restarted, running again briefly",
+                w(1, 0, true),
+                vec![WorkerPod {
+                    restarts: 3,
+                    ..pod("a", false, None, Some(4))
+                }],
+                false,
+                reason::WORKER_CRASH_LOOPING,
+                true,
+            ),
+            (
+                "restarted once, long up, unready",
+                w(1, 0, true),
+                vec![WorkerPod {
+                    restarts: 1,
+                    ..pod("a", false, None, Some(600))
+                }],
+                false,
+                reason::SINK_UNAVAILABLE,
+                true,
+            ),
+            (
+                "terminating pods do not count",
+                w(1, 0, true),
+                vec![WorkerPod {
+                    terminating: true,
+                    ..pod("old", false, Some("CrashLoopBackOff"), None)
+                }],
+                false,
+                reason::WORKERS_NOT_READY,
+                false,
+            ),
+        ];
+        for (name, workload, pods, ready, why, degraded) in cases {
+            let (r, d) = workload_conditions(&workload, &pods, Some(4));
+            assert_eq!(r.status == "True", ready, "{name}: {r:?}");
+            assert_eq!(r.reason, why, "{name}");
+            assert_eq!(d.status == "True", degraded, "{name}: {d:?}");
+            assert_eq!(r.observed_generation, Some(4), "{name}");
+            if degraded {
+                assert_eq!(d.reason, why, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_ready_only_once_no_old_pod_is_left() {
+        let deployment = |generation, observed, replicas, updated, ready| Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            status: Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(replicas),
+                updated_replicas: Some(updated),
+                ready_replicas: Some(ready),
+                ..Default::default()
+            }),
+            ..Deployment::default()
+        };
+        for (name, d, ready) in [
+            ("done", deployment(2, 2, 2, 2, 2), true),
+            ("spec not seen yet", deployment(3, 2, 2, 2, 2), false),
+            ("old pod still up", deployment(2, 2, 3, 2, 3), false),
+            ("new pods not ready", deployment(2, 2, 2, 2, 1), false),
+        ] {
+            assert_eq!(Workload::of(2, &d).is_ready(), ready, "{name}");
+        }
+        assert!(
+            Workload::of(0, &Deployment::default()).is_ready(),
+            "zero wanted"
+        );
+    }
+
+    #[test]
+    fn an_unready_worker_is_looked_at_again_when_its_grace_ends() {
+        assert_eq!(
+            recheck_after(&[pod("a", false, None, Some(10))]),
+            Some(Duration::from_secs(21))
+        );
+        assert_eq!(recheck_after(&[pod("a", true, None, Some(10))]), None);
+        assert_eq!(recheck_after(&[pod("a", false, None, Some(40))]), None);
     }
 
     #[test]

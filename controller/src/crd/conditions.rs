@@ -3,12 +3,17 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// The condition every resource reports.
+/// The condition every resource reports: working for the user. For a KafkaTopic, the topic
+/// exists in Kafka as declared; for an OrderConsumer, the wanted worker pods are available.
 pub const READY: &str = "Ready";
+/// The operator did its part for the current generation (Kafka objects, ACLs, children
+/// applied); says nothing about whether the workload runs.
+pub const RECONCILED: &str = "Reconciled";
+/// Something the user should look at: True with a reason (a crash-looping worker, an
+/// unreachable sink) while the workload runs below what was declared.
+pub const DEGRADED: &str = "Degraded";
 /// OrderConsumer: replicas were limited by the partition count.
 pub const CAPPED: &str = "Capped";
-/// OrderGateway: the operator applied the spec (Ready then says whether the pods are up).
-pub const RECONCILED: &str = "Reconciled";
 
 /// Reasons, stable and machine-readable (alerts and runbooks key on them).
 pub mod reason {
@@ -35,10 +40,25 @@ pub mod reason {
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
     /// A Kafka internal topic (`__...`): never managed.
     pub const RESERVED_TOPIC_NAME: &str = "ReservedTopicName";
-    /// Every wanted pod is ready and runs the current template.
+    /// OrderGateway: every wanted gateway and relay pod is ready and runs the current template.
     pub const REPLICAS_READY: &str = "ReplicasReady";
-    /// Fewer pods are ready (or updated) than wanted.
+    /// OrderGateway: fewer pods are ready (or updated) than wanted.
     pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// OrderConsumer: every wanted worker pod is ready (or none is wanted).
+    pub const WORKERS_READY: &str = "WorkersReady";
+    /// OrderConsumer: worker pods are being created, started or rolled.
+    pub const WORKERS_STARTING: &str = "WorkersStarting";
+    /// OrderConsumer: fewer worker pods are ready than wanted, for no cause the pods show.
+    pub const WORKERS_NOT_READY: &str = "WorkersNotReady";
+    /// OrderConsumer: a worker container keeps exiting (CrashLoopBackOff).
+    pub const WORKER_CRASH_LOOPING: &str = "WorkerCrashLooping";
+    /// OrderConsumer: a worker pod cannot start its container (image pull, bad config).
+    pub const WORKER_FAILING: &str = "WorkerFailing";
+    /// OrderConsumer: worker pods run but report not ready, which they do while their sink
+    /// (PostgreSQL, the HTTP endpoint) or Kafka is unreachable.
+    pub const SINK_UNAVAILABLE: &str = "SinkUnavailable";
+    /// Degraded=False: nothing to look at.
+    pub const AS_DECLARED: &str = "AsDeclared";
 }
 
 /// A condition observed now for `generation`.
@@ -76,6 +96,17 @@ pub fn merge(conditions: &[Condition], mut update: Condition) -> Vec<Condition> 
     out
 }
 
+/// Puts `ready` into `conditions` with its twin `Reconciled` (same verdict, reason and
+/// message): for a kind whose Ready is the operator's own work (a KafkaTopic is ready when the
+/// operator made the topic so), the two say the same, and every kind reports both.
+pub fn merge_ready_and_reconciled(conditions: &[Condition], ready: Condition) -> Vec<Condition> {
+    let reconciled = Condition {
+        type_: RECONCILED.to_owned(),
+        ..ready.clone()
+    };
+    merge(&merge(conditions, ready), reconciled)
+}
+
 /// Equal in everything but the transition time.
 pub fn same(a: &[Condition], b: &[Condition]) -> bool {
     a.len() == b.len()
@@ -96,6 +127,13 @@ pub fn ready(conditions: &[Condition]) -> Option<&Condition> {
 /// True when `Ready` is `True`.
 pub fn is_ready(conditions: &[Condition]) -> bool {
     ready(conditions).is_some_and(|c| c.status == "True")
+}
+
+/// True when `Reconciled` is `True`: the operator did its part for the observed generation.
+pub fn is_reconciled(conditions: &[Condition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == RECONCILED && c.status == "True")
 }
 
 #[cfg(test)]

@@ -68,13 +68,21 @@ pub struct DLQPolicySpec {
 
     /// Error classes that go to the dead-letter topic without retries: Deserialization (not a
     /// decodable message), Validation (breaks the order contract), Rejected (an HTTP handler
-    /// answered 4xx), Transient (5xx, timeouts, other handler failures).
+    /// answered 4xx), Conflict (the event store already holds a different event with the same
+    /// order_id), Transient (5xx, timeouts, other handler failures). The default is every class
+    /// but Transient; leave Conflict out to retry a conflict (it goes to the dead-letter topic
+    /// once the retries run out, unless the stored order was removed meanwhile).
     #[serde(default = "default_permanent_errors")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub permanent_errors: Vec<ErrorClass>,
 
-    /// Blocking retries in place (keeps per-key order; the partition waits) or RetryTopics
-    /// (non-blocking delay topics).
+    /// Where a failed record waits for its next attempt. Blocking: in place, in the worker; its
+    /// key waits (the key's later records are held back) while the other keys of the partition
+    /// go on, as many at once as the consumer's concurrencyPerPartition; with
+    /// concurrencyPerPartition 1 the whole partition waits. RetryTopics: the record is
+    /// published to a delay topic (one per attempt, created by the operator) and the
+    /// partition's offset moves on; later records of its key are still held back until it is
+    /// done. Both keep per-key order.
     #[serde(default)]
     pub mode: RetryMode,
 }

@@ -84,7 +84,9 @@ pub struct OrderConsumerSpec {
 
     /// Records of one partition handled at once, across different keys (1 to 1000). Records of
     /// one key (order_id) are always handled one at a time, in order; a key whose record is
-    /// retrying holds its later records back while other keys go on.
+    /// retrying holds its later records back while other keys go on. With 1, a partition's
+    /// records are handled strictly one after another in offset order, and a record retrying
+    /// in place (DLQPolicy mode Blocking) holds up its whole partition.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 1000))]
     pub concurrency_per_partition: i32,
@@ -123,9 +125,13 @@ pub struct LocalRef {
     .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas")
     .field_path(".minReplicas"))]
 pub struct Autoscaling {
+    /// Fewest worker replicas (0 to 1000, default 1), whatever the lag; 0 lets an idle
+    /// consumer scale to zero.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub min_replicas: i32,
+    /// Most worker replicas (1 to 1000) however high the lag; the source topic's partition
+    /// count caps it too, since an extra consumer would sit idle.
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Lag (records) one replica is expected to keep up with.
@@ -252,11 +258,9 @@ pub struct OrderConsumerStatus {
     /// Label selector of the worker pods (for the scale subresource, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// Recent lag-based replica recommendations, for the scale-down stabilization window.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recommendations: Vec<Recommendation>,
-    /// Ready (the workload is deployed as declared) and Capped (the partition count limited
-    /// the replicas).
+    /// Ready (every wanted worker pod is ready), Reconciled (the operator applied the
+    /// current generation), Degraded (why the workers run below what was declared) and Capped
+    /// (the partition count limited the replicas).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -278,14 +282,6 @@ pub struct OwnedTopic {
 pub enum OwnedTopicKind {
     DeadLetter,
     Retry,
-}
-
-/// One replica recommendation and when it was made.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-pub struct Recommendation {
-    /// RFC 3339 time.
-    pub time: String,
-    pub replicas: i32,
 }
 
 /// The finalizer that removes the consumer's principal and ACLs from Kafka.

@@ -299,7 +299,6 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
         security_protocol: settings.worker_security_protocol,
         with_ca: settings.kafka_ca_pem.is_some(),
     };
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let before = deployments.get_opt(&names.gateway).await?;
     let gateway_hash = hash_of(&gateway_args);
@@ -316,9 +315,16 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
         gateway_args,
         false,
     );
-    let applied = deployments
-        .patch(&names.gateway, &params, &Patch::Apply(&desired))
-        .await?;
+    let current = before
+        .as_ref()
+        .and_then(|d| d.metadata.resource_version.clone());
+    let applied = match ctx
+        .apply_if_changed(&deployments, &names.gateway, current, &desired)
+        .await?
+    {
+        Some(applied) => applied,
+        None => before.clone().expect("unchanged means it exists"),
+    };
     let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
     if before_replicas != Some(gateway.spec.replicas) {
         let replicas = gateway.spec.replicas;
@@ -329,20 +335,24 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
         };
         ctx.event(gateway, EventType::Normal, "Scaled", note).await;
     }
-    Api::<Service>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &names.gateway,
-            &params,
-            &Patch::Apply(&plan::service(gateway, &names)),
-        )
-        .await?;
-    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &names.gateway,
-            &params,
-            &Patch::Apply(&plan::disruption_budget(gateway, &names)),
-        )
-        .await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = version_of(&services, &names.gateway).await?;
+    ctx.apply_if_changed(
+        &services,
+        &names.gateway,
+        current,
+        &plan::service(gateway, &names),
+    )
+    .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = version_of(&budgets, &names.gateway).await?;
+    ctx.apply_if_changed(
+        &budgets,
+        &names.gateway,
+        current,
+        &plan::disruption_budget(gateway, &names),
+    )
+    .await?;
     let relay = match relay_args {
         Some(args) => {
             let relay_hash = hash_of(&args);
@@ -359,11 +369,17 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
                 args,
                 true,
             );
-            Some(
-                deployments
-                    .patch(&names.relay, &params, &Patch::Apply(&desired))
-                    .await?,
-            )
+            let before = deployments.get_opt(&names.relay).await?;
+            let current = before
+                .as_ref()
+                .and_then(|d| d.metadata.resource_version.clone());
+            match ctx
+                .apply_if_changed(&deployments, &names.relay, current, &desired)
+                .await?
+            {
+                Some(applied) => Some(applied),
+                None => before,
+            }
         }
         None => {
             // The outbox was turned off: the relay goes (the rows it left stay in PostgreSQL).
@@ -385,6 +401,17 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     Ok(plan::status(gateway, &names, &topic, observed, old))
+}
+
+/// The resourceVersion of object `name`, if it exists.
+async fn version_of<K>(api: &Api<K>, name: &str) -> Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .and_then(|m| m.metadata.resource_version))
 }
 
 /// Writes the status when anything a user sees changed (condition times aside), with events
@@ -435,6 +462,11 @@ async fn cleanup(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error>
     if principal_holder(gateway, ctx).is_none() {
         remove_principal(gateway, &ctx.admin).await?;
     }
+    let names = Names::of(gateway);
+    ctx.applied.forget(
+        &gateway.namespace().unwrap_or_default(),
+        &[&names.credentials_secret, &names.gateway, &names.relay],
+    );
     Ok(Action::await_change())
 }
 

@@ -374,7 +374,7 @@ fn converged_status(
         replication_factor: Some(description.replication_factor()),
         origin: Some(origin),
         applied_access: topic.spec.access.clone(),
-        conditions: conditions::merge(&old.conditions, ready),
+        conditions: conditions::merge_ready_and_reconciled(&old.conditions, ready),
     }
 }
 
@@ -390,7 +390,7 @@ fn failed_status(topic: &KafkaTopic, why: &str, message: &str) -> KafkaTopicStat
         message,
         topic.metadata.generation,
     );
-    status.conditions = conditions::merge(&status.conditions, ready);
+    status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, ready);
     status
 }
 

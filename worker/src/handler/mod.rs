@@ -7,6 +7,7 @@ pub mod http;
 
 use crate::config::{ErrorClass, HandlerConfig};
 use crate::order::OrderEvent;
+use event_store::Stored;
 
 /// A decoded record, with what the handlers need of its Kafka coordinates.
 #[derive(Debug, Clone)]
@@ -33,6 +34,24 @@ pub enum HandlerError {
     /// The record failed; the class decides between retry and dead letter.
     #[error("{message}")]
     Failed { class: ErrorClass, message: String },
+    /// The event store holds a different event under the record's order_id (class
+    /// `Conflict`); the dead letter carries both content hashes.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        stored_sha256: String,
+        incoming_sha256: String,
+    },
+}
+
+/// What a successful handler call did besides handling its records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// Redelivered records the sink already held with the same content: no-ops.
+    pub duplicates: u64,
+    /// Records of a batch the call left undecided (a conflict, a concurrent writer), by index
+    /// in the batch: handled one at a time afterwards, which reports each.
+    pub left: Vec<usize>,
 }
 
 /// `error` and every error under it, `: `-separated (`error connecting to server: Connection
@@ -90,24 +109,60 @@ impl Handler {
     }
 
     /// Handles one record.
-    pub async fn handle(&self, delivery: &Delivery<'_>) -> Result<(), HandlerError> {
+    pub async fn handle(&self, delivery: &Delivery<'_>) -> Result<Handled, HandlerError> {
         match self {
-            Self::EventStore(store) => store.store(std::slice::from_ref(delivery)).await,
-            Self::Http(http) => http.post(delivery).await,
-            Self::Noop => Ok(()),
+            Self::EventStore(store) => {
+                let stored = store.store(std::slice::from_ref(delivery)).await?;
+                match stored.into_iter().next() {
+                    Some(Stored::New) | None => Ok(Handled::default()),
+                    Some(Stored::Duplicate) => Ok(Handled {
+                        duplicates: 1,
+                        ..Handled::default()
+                    }),
+                    Some(Stored::Conflict {
+                        stored_sha256,
+                        incoming_sha256,
+                    }) => Err(HandlerError::Conflict {
+                        message: format!(
+                            "order_id {} is already stored with different content (stored \
+                             sha256 {stored_sha256}, incoming sha256 {incoming_sha256}): not a \
+                             redelivery",
+                            delivery.event.map_or("", |e| e.order_id.as_str())
+                        ),
+                        stored_sha256,
+                        incoming_sha256,
+                    }),
+                    Some(Stored::Raced) => Err(HandlerError::Failed {
+                        class: ErrorClass::Transient,
+                        message: "another writer stored this order_id at the same moment".into(),
+                    }),
+                }
+            }
+            Self::Http(http) => http.post(delivery).await.map(|()| Handled::default()),
+            Self::Noop => Ok(Handled::default()),
         }
     }
 
     /// Handles several records of one partition at once when the sink gains from it.
-    pub async fn handle_batch(&self, deliveries: &[Delivery<'_>]) -> Result<(), HandlerError> {
+    pub async fn handle_batch(&self, deliveries: &[Delivery<'_>]) -> Result<Handled, HandlerError> {
         match self {
-            Self::EventStore(store) => store.store(deliveries).await,
-            Self::Noop => Ok(()),
+            Self::EventStore(store) => {
+                let mut handled = Handled::default();
+                for (i, stored) in store.store(deliveries).await?.into_iter().enumerate() {
+                    match stored {
+                        Stored::New => {}
+                        Stored::Duplicate => handled.duplicates += 1,
+                        Stored::Conflict { .. } | Stored::Raced => handled.left.push(i),
+                    }
+                }
+                Ok(handled)
+            }
+            Self::Noop => Ok(Handled::default()),
             Self::Http(_) => {
                 for delivery in deliveries {
                     self.handle(delivery).await?;
                 }
-                Ok(())
+                Ok(Handled::default())
             }
         }
     }

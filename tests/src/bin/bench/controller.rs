@@ -3,15 +3,18 @@
 //! the time until every resource is Ready for its generation, the controller's resident memory
 //! once at rest, and the API requests it made per resource (from the API server's own
 //! `apiserver_request_total`, minus the benchmark's own requests).
+//!
+//! Then N autoscaled OrderConsumers on one topic, held at rest: the API requests the controller
+//! makes per consumer over a window several resyncs long, and its writes (which should be none).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
-use pubsubkafka_controller::crd::KafkaTopic;
+use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, conditions};
+use testenv::kube_api::{api_server_own, is_write, request_counts, request_increase};
 use testenv::{KafkaInfo, KubeApi, Lifetime, operator};
 
 pub struct ControllerResult {
@@ -26,52 +29,6 @@ pub struct ControllerResult {
     pub bench_requests: f64,
 }
 
-/// The API server's `apiserver_request_total`, summed by `verb resource/subresource`.
-async fn request_counts(client: &kube::Client) -> BTreeMap<String, f64> {
-    let text = client
-        .request_text(
-            http::Request::get("/metrics")
-                .body(Vec::new())
-                .expect("request"),
-        )
-        .await
-        .expect("the API server's metrics");
-    let mut counts = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let mut key = format!("{} {}", label("verb"), label("resource"));
-        let sub = label("subresource");
-        if !sub.is_empty() {
-            key = format!("{key}/{sub}");
-        }
-        *counts.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
-    }
-    counts
-}
-
-/// Requests the API server makes of itself (its endpoint and lease reconcilers, OpenAPI
-/// aggregation) or that are not API calls (the metrics scrapes): not the controller's. The
-/// controller runs without leader election here, so it takes no Lease.
-fn api_server_own(key: &str) -> bool {
-    let resource = key.split_whitespace().nth(1).unwrap_or_default();
-    resource.starts_with('/')
-        || ["endpoints", "endpointslices", "leases"]
-            .iter()
-            .any(|r| resource.split('/').next() == Some(*r))
-}
-
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -84,13 +41,28 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Starts an API server, then for each size in `sizes` a controller on a namespace of its own.
+/// N autoscaled OrderConsumers at rest.
+pub struct ConsumersAtRest {
+    pub consumers: usize,
+    pub seconds_to_reconciled: f64,
+    pub resync_s: u64,
+    pub window_s: u64,
+    /// Every request of the controller during the window (the benchmark makes none then).
+    pub requests: f64,
+    /// Of which writes (create, update, patch, apply, delete), status included.
+    pub writes: f64,
+    pub breakdown: Vec<(String, f64)>,
+}
+
+/// Starts an API server, then for each size in `sizes` a controller on a namespace of its own;
+/// then, when `consumers` > 0, that many autoscaled OrderConsumers at rest.
 pub async fn controller_bench(
     kafka: &KafkaInfo,
     controller_bin: &Path,
     dir: &Path,
     sizes: &[usize],
-) -> Vec<ControllerResult> {
+    consumers: usize,
+) -> (Vec<ControllerResult>, Option<ConsumersAtRest>) {
     eprintln!("==> starting kube-apiserver and etcd");
     let api = KubeApi::start(&dir.join("kube"), Lifetime::Owned).expect("API server");
     let client = api.info.client().await.expect("client");
@@ -99,34 +71,39 @@ pub async fn controller_bench(
     for &n in sizes {
         results.push(one_size(kafka, &api, &client, controller_bin, dir, n).await);
     }
-    results
+    let at_rest = if consumers > 0 {
+        Some(consumers_at_rest(kafka, &api, &client, controller_bin, dir, consumers).await)
+    } else {
+        None
+    };
+    (results, at_rest)
 }
 
-async fn one_size(
+/// A controller on namespace `ns` of `api` with `extra` flags, once it serves /readyz.
+async fn start_controller(
     kafka: &KafkaInfo,
     api: &KubeApi,
-    client: &kube::Client,
     controller_bin: &Path,
     dir: &Path,
-    n: usize,
-) -> ControllerResult {
-    let ns = format!("bench-{n}");
-    operator::create_namespace(client, &ns).await;
+    ns: &str,
+    extra: &[&str],
+) -> testenv::process::Proc {
     let metrics_port = testenv::free_port().expect("port");
     let mut cmd = Command::new(controller_bin);
     cmd.env("KUBECONFIG", &api.info.kubeconfig)
         .env("RUST_LOG", "warn")
         .args(["--kafka-bootstrap-servers", &kafka.bootstrap])
         .args(["--kafka-security-protocol", "PLAINTEXT"])
-        .args(["--watch-namespace", &ns])
+        .args(["--watch-namespace", ns])
         // The benchmark's topic names are not "<namespace>.*": today's rules.
         .args(["--default-access-policy", "open"])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--log-format", "json"]);
+        .args(["--log-format", "json"])
+        .args(extra);
     let mut controller = testenv::process::Proc::spawn(
         "bench-controller",
         cmd,
-        &dir.join(format!("controller-{n}.log")),
+        &dir.join(format!("controller-{ns}.log")),
         Lifetime::Owned,
         None,
     )
@@ -140,6 +117,134 @@ async fn one_size(
         assert!(Instant::now() < deadline, "the controller did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    controller
+}
+
+/// N OrderConsumers with lag autoscaling on one topic, reconciled, then held at rest for
+/// several resyncs while the API server counts the controller's requests.
+async fn consumers_at_rest(
+    kafka: &KafkaInfo,
+    api: &KubeApi,
+    client: &kube::Client,
+    controller_bin: &Path,
+    dir: &Path,
+    n: usize,
+) -> ConsumersAtRest {
+    const RESYNC_S: u64 = 30;
+    const WINDOW_S: u64 = 120;
+    let ns = format!("bench-consumers-{n}");
+    operator::create_namespace(client, &ns).await;
+    let resync = format!("{RESYNC_S}s");
+    let mut controller = start_controller(
+        kafka,
+        api,
+        controller_bin,
+        dir,
+        &ns,
+        &["--resync-interval", &resync],
+    )
+    .await;
+    let topic = format!("{ns}-orders");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db}}\nstringData: {{url: 'postgres://nobody@127.0.0.1:1/none'}}\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: {topic}}}\nspec: {{partitions: 3, replicationFactor: 1}}\n"
+    );
+    api.info
+        .kubectl_with_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml)
+        .expect("the topic and Secret");
+    eprintln!("==> {n} autoscaled OrderConsumers applied at once");
+    let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let created = futures::stream::iter(0..n)
+        .map(|i| {
+            let consumers = consumers.clone();
+            let topic = topic.clone();
+            async move {
+                let consumer: OrderConsumer = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "pubsubkafka.io/v1alpha1",
+                    "kind": "OrderConsumer",
+                    "metadata": {"name": format!("c{i:05}")},
+                    "spec": {
+                        "topicRef": {"name": topic},
+                        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+                        "handler": {"eventStore": {"connectionSecret": {"name": "orders-db"}}}
+                    }
+                }))
+                .expect("an OrderConsumer");
+                consumers
+                    .create(&PostParams::default(), &consumer)
+                    .await
+                    .expect("created")
+            }
+        })
+        .buffer_unordered(64)
+        .count()
+        .await;
+    assert_eq!(created, n);
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let seconds_to_reconciled = loop {
+        controller.check_alive().expect("the controller runs");
+        let list = consumers.list(&ListParams::default()).await.expect("list");
+        let done = list
+            .items
+            .iter()
+            .filter(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == c.metadata.generation
+                        && conditions::is_reconciled(&s.conditions)
+                })
+            })
+            .count();
+        if done == n {
+            break started.elapsed().as_secs_f64();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} Reconciled after 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    eprintln!(
+        "==> all {n} Reconciled in {seconds_to_reconciled:.1} s; settling {RESYNC_S} s, then {WINDOW_S} s at rest"
+    );
+    tokio::time::sleep(Duration::from_secs(RESYNC_S)).await;
+    let before = request_counts(client).await;
+    tokio::time::sleep(Duration::from_secs(WINDOW_S)).await;
+    let after = request_counts(client).await;
+    controller.stop(Duration::from_secs(10));
+    // The benchmark's own (its two metrics reads) are not API paths: left out with the API
+    // server's own.
+    let breakdown: Vec<(String, f64)> = request_increase(&before, &after)
+        .into_iter()
+        .filter(|(k, _)| !api_server_own(k))
+        .collect();
+    let requests = breakdown.iter().fold(0.0, |sum, (_, d)| sum + d);
+    let writes = breakdown
+        .iter()
+        .filter(|(k, _)| is_write(k))
+        .fold(0.0, |sum, (_, d)| sum + d);
+    ConsumersAtRest {
+        consumers: n,
+        seconds_to_reconciled,
+        resync_s: RESYNC_S,
+        window_s: WINDOW_S,
+        requests,
+        writes,
+        breakdown,
+    }
+}
+
+async fn one_size(
+    kafka: &KafkaInfo,
+    api: &KubeApi,
+    client: &kube::Client,
+    controller_bin: &Path,
+    dir: &Path,
+    n: usize,
+) -> ControllerResult {
+    let ns = format!("bench-{n}");
+    operator::create_namespace(client, &ns).await;
+    let mut controller = start_controller(kafka, api, controller_bin, dir, &ns, &[]).await;
 
     eprintln!("==> {n} KafkaTopic resources applied at once");
     let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), &ns);

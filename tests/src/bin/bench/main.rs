@@ -51,6 +51,9 @@ struct Args {
     /// KafkaTopic counts for the controller benchmark (the largest is held to the goals).
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     topics: Vec<usize>,
+    /// Autoscaled OrderConsumers held at rest by the controller benchmark (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    consumers: usize,
     /// Records of the poison-record topic, as many as the clean run reads: the key-ordered
     /// runs read them all (300,000 made them short enough for their start to weigh on the
     /// ratio), the blocking run only the first tenth (it waits out every poison record's
@@ -89,6 +92,7 @@ struct Results {
     sink: Option<SinkResult>,
     producer: Option<ProducerResult>,
     controller: Vec<ControllerResult>,
+    consumers_at_rest: Option<controller::ConsumersAtRest>,
 }
 
 #[tokio::main]
@@ -165,16 +169,17 @@ async fn main() {
     } else {
         None
     };
-    let controller = if run("controller") {
+    let (controller, consumers_at_rest) = if run("controller") {
         let bin = std::path::absolute(&args.controller).expect("path");
         assert!(
             bin.is_file(),
             "{} is missing: cargo build --release --bins",
             bin.display()
         );
-        controller::controller_bench(&kafka.info, &bin, dir.path(), &args.topics).await
+        controller::controller_bench(&kafka.info, &bin, dir.path(), &args.topics, args.consumers)
+            .await
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let results = Results {
         consumer: consumer.filter(|_| run("consumer")),
@@ -184,6 +189,7 @@ async fn main() {
         sink,
         producer,
         controller,
+        consumers_at_rest,
     };
     let report = render(&args, &results);
     if let Some(parent) = args.out.parent() {
@@ -657,6 +663,39 @@ fn render(args: &Args, r: &Results) -> String {
             let _ = writeln!(body, "{}.", parts.join(", "));
         }
         body.push('\n');
+    }
+    if let Some(c) = &r.consumers_at_rest {
+        let n = c.consumers as f64;
+        let per_minute = c.requests / n / (c.window_s as f64 / 60.0);
+        let _ = writeln!(
+            summary,
+            "| controller API requests per autoscaled OrderConsumer at rest ({} consumers) | {per_minute:.2} per minute, {:.0} writes | | | 0 writes | {} |",
+            c.consumers,
+            c.writes,
+            verdict(c.writes == 0.0),
+        );
+        let _ = write!(
+            body,
+            "## OrderConsumers at rest
+
+{} OrderConsumers with lag autoscaling (min 1, max 3) on one \
+             3-partition topic, on the same API server, the controller binary with a {} s resync. \
+             Time until all are Reconciled: {:.1} s. Then {} s at rest after one resync: the controller made \
+             {:.0} API requests ({per_minute:.2} per consumer per minute), {:.0} of them writes. No worker pod \
+             runs on this API server, so each pass also lists the consumer's pods to say why it is not Ready. \
+             Requests: {}.\n\n",
+            c.consumers,
+            c.resync_s,
+            c.seconds_to_reconciled,
+            c.window_s,
+            c.requests,
+            c.writes,
+            c.breakdown
+                .iter()
+                .map(|(k, v)| format!("`{k}` {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
     }
     if let Some(sc) = &r.scaling {
         let _ = write!(
