@@ -874,8 +874,8 @@ async fn records_read_in_place_and_their_copies_keep_every_field() {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    // Declared after the consumer, so dropped before it (librdkafka's order).
-    let queue = RecordQueue::new(consumer.client());
+    // SAFETY: declared after the consumer, so dropped before it (librdkafka's order).
+    let queue = unsafe { RecordQueue::new(consumer.client()) };
     let mut assignment = TopicPartitionList::new();
     for p in 0..2 {
         assignment

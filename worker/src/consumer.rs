@@ -440,7 +440,11 @@ pub async fn run(
                 shared: Arc::clone(&shared),
             })?,
     );
-    let records = Arc::new(RecordQueue::new(consumer.client()));
+    // SAFETY: the queue goes before the consumer. The poll thread drops it before the
+    // consumer's last reference (see `poll_loop`); on an early return, `records` is declared
+    // after `consumer` and dropped first. The `Weak` in `shared` is upgraded only by the
+    // consumer's callbacks, and fails once the queue is gone.
+    let records = Arc::new(unsafe { RecordQueue::new(consumer.client()) });
     let _ = shared.records.set(Arc::downgrade(&records));
     let subscribed: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&subscribed)?;

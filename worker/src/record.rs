@@ -49,6 +49,8 @@ struct Copied {
 // SAFETY: a fetched message is only read after it was taken from the queue (its headers are
 // parsed at that point), and librdkafka's message and header destructors may run on any thread.
 unsafe impl Send for Record {}
+// SAFETY: shared references only read the message and its parsed headers, which nothing mutates
+// while a `&Record` exists (`payload_mut` takes `&mut self`).
 unsafe impl Sync for Record {}
 
 impl Record {
@@ -187,8 +189,11 @@ impl Message for Record {
             Inner::Fetched { message, .. } => {
                 // SAFETY: we own the message, and `&mut self` makes this the only view.
                 let m = unsafe { message.as_ref() };
-                (!m.payload.is_null())
-                    .then(|| unsafe { std::slice::from_raw_parts_mut(m.payload.cast(), m.len) })
+                (!m.payload.is_null()).then(|| {
+                    // SAFETY: the payload is `len` bytes in the message, which we own and
+                    // `&mut self` borrows exclusively.
+                    unsafe { std::slice::from_raw_parts_mut(m.payload.cast(), m.len) }
+                })
             }
             Inner::Copied(c) => c.payload.as_deref_mut(),
         }
@@ -281,11 +286,9 @@ impl Headers for RecordHeaders {
         let key = unsafe { CStr::from_ptr(name) }
             .to_str()
             .unwrap_or("\u{fffd}");
-        // SAFETY: see above.
-        Some(Header {
-            key,
-            value: unsafe { bytes(value, size) },
-        })
+        // SAFETY: the value is null or `size` bytes that live as long as the headers.
+        let value = unsafe { bytes(value, size) };
+        Some(Header { key, value })
     }
 }
 
@@ -299,6 +302,7 @@ pub struct RecordQueue {
 
 // SAFETY: librdkafka's queues are thread-safe.
 unsafe impl Send for RecordQueue {}
+// SAFETY: as for `Send`: every method calls librdkafka's thread-safe queue functions.
 unsafe impl Sync for RecordQueue {}
 
 /// A fetch error that librdkafka reported in place of a record.
@@ -310,9 +314,12 @@ pub struct FetchError {
 }
 
 impl RecordQueue {
-    /// A new queue of `client`'s, a consumer in a group. It must be dropped before the client
-    /// is destroyed.
-    pub fn new<C: ClientContext>(client: &rdkafka::client::Client<C>) -> Self {
+    /// A new queue of `client`'s, a consumer in a group.
+    ///
+    /// # Safety
+    /// The queue keeps `client`'s native handle: it must be dropped before the client is
+    /// destroyed.
+    pub unsafe fn new<C: ClientContext>(client: &rdkafka::client::Client<C>) -> Self {
         let client = NonNull::new(client.native_ptr()).expect("a client handle");
         // SAFETY: the client is valid; both handles are ours until dropped.
         let (queue, events) = unsafe {

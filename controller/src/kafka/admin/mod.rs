@@ -1,0 +1,756 @@
+//! The Kafka admin adapter: every cluster operation the reconcilers need, as async methods with
+//! owned Rust inputs and outputs.
+//!
+//! rdkafka's `AdminClient` lacks ACLs, incremental config changes, SCRAM credentials, topic ids
+//! and group offsets, and its topic operations drop the broker's error message. This module calls
+//! librdkafka's admin API directly on the `AdminClient`'s own handle (so connection, TLS and SASL
+//! are shared) with a private result queue per call. Each call runs on a blocking thread: it
+//! builds the native request objects, enqueues the operation, polls its queue until the result
+//! event arrives, copies the result out, and frees every native object before returning.
+//!
+//! The raw librdkafka calls are in [`native`]; this module is safe code over its API.
+
+mod native;
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use native::AdminOp;
+
+/// Failures of an admin operation, split by what a caller can do about them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    /// The cluster could not be reached or did not answer in time: retry later.
+    #[error("Kafka is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the request; `message` is the broker's own explanation.
+    #[error("{code:?}: {message}")]
+    Rejected {
+        code: RDKafkaErrorCode,
+        message: String,
+    },
+    /// The request could not even be built (an argument librdkafka refused).
+    #[error("invalid admin request: {0}")]
+    InvalidRequest(String),
+    /// The operator's own Kafka principal lacks the ACL for `operation` on `resource`.
+    #[error(
+        "the operator's Kafka principal lacks {operation} on {resource} (grant it the ACLs the \
+         README lists under \"Kafka permissions\"): {detail}"
+    )]
+    NotAuthorized {
+        /// Kafka's ACL operation, as `kafka-acls.sh --operation` names it.
+        operation: &'static str,
+        /// `topic <name>`, `group <name>` or `the cluster`.
+        resource: String,
+        detail: String,
+    },
+}
+
+/// Broker error codes that mean "your principal has no ACL for this".
+fn is_authorization(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::DelegationTokenAuthorizationFailed
+    )
+}
+
+const CLUSTER: &str = "the cluster";
+
+impl AdminError {
+    fn from_code(code: RDKafkaErrorCode, message: String) -> Self {
+        use RDKafkaErrorCode as C;
+        match code {
+            C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::BrokerNotAvailable
+            | C::NotController
+            | C::LeaderNotAvailable
+            | C::NetworkException
+            | C::Resolve
+            | C::Authentication
+            | C::CoordinatorLoadInProgress
+            | C::CoordinatorNotAvailable => Self::Unavailable(format!("{code:?}: {message}")),
+            _ => Self::Rejected { code, message },
+        }
+    }
+
+    /// The broker error code, when the broker answered.
+    pub fn code(&self) -> Option<RDKafkaErrorCode> {
+        match self {
+            Self::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    /// Names what the operator was refused when the broker refused for lack of an ACL, so the
+    /// condition says which ACL to grant.
+    fn needing(self, operation: &'static str, resource: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::Rejected { code, message } if is_authorization(code) => Self::NotAuthorized {
+                operation,
+                resource: resource(),
+                detail: if message.is_empty() {
+                    format!("{code:?}")
+                } else {
+                    format!("{code:?}: {message}")
+                },
+            },
+            other => other,
+        }
+    }
+}
+
+fn topic_resource(topic: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("topic {topic}")
+}
+
+fn cluster() -> String {
+    CLUSTER.to_owned()
+}
+
+pub type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+/// A topic as the cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    /// Kafka's topic id, base64 as Kafka's own tools print it.
+    pub id: String,
+    /// Replica broker ids per partition, indexed by partition id.
+    pub partitions: Vec<Vec<i32>>,
+}
+
+impl TopicDescription {
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.len() as i32
+    }
+
+    /// The replication factor (the smallest partition's replica count).
+    pub fn replication_factor(&self) -> i32 {
+        self.partitions
+            .iter()
+            .map(|r| r.len() as i32)
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// One topic config entry as described by the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub value: Option<String>,
+    /// Set on the topic itself (not inherited from the broker or a default).
+    pub dynamic: bool,
+    pub sensitive: bool,
+    pub read_only: bool,
+}
+
+/// Kinds of ACL resources the operator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceKind {
+    Topic,
+    Group,
+    Cluster,
+}
+
+/// ACL operations, as Kafka names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+}
+
+/// An ALLOW ACL on a literal resource name, for a principal from any host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Acl {
+    pub resource: ResourceKind,
+    pub name: String,
+    pub principal: String,
+    pub operation: AclOperation,
+}
+
+/// Which ACLs to describe or delete: `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclFilter {
+    pub resource: Option<(ResourceKind, String)>,
+    pub principal: Option<String>,
+    pub operation: Option<AclOperation>,
+}
+
+impl From<&Acl> for AclFilter {
+    fn from(acl: &Acl) -> Self {
+        Self {
+            resource: Some((acl.resource, acl.name.clone())),
+            principal: Some(acl.principal.clone()),
+            operation: Some(acl.operation),
+        }
+    }
+}
+
+/// The admin adapter. Cheap to clone; one connection underneath.
+#[derive(Clone)]
+pub struct KafkaAdmin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    config: ClientConfig,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAdmin")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaAdmin {
+    /// Connects with `config` (bootstrap servers, security settings). Every operation gives up
+    /// after `timeout` with [`AdminError::Unavailable`].
+    pub fn new(config: &ClientConfig, timeout: Duration) -> Result<Self> {
+        let client = config
+            .clone()
+            .create::<AdminClient<DefaultClientContext>>()
+            .map_err(|e| AdminError::InvalidRequest(format!("creating the admin client: {e}")))?;
+        Ok(Self {
+            client: Arc::new(client),
+            config: config.clone(),
+            timeout,
+        })
+    }
+
+    /// Runs `f` with the client's native handle on a blocking thread.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Session<'_>) -> Result<T> + Send + 'static,
+    {
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            let session = Session {
+                client: native::Client::of(client.inner()),
+                timeout,
+            };
+            f(&session)
+        })
+        .await
+        .map_err(|e| AdminError::InvalidRequest(format!("admin task failed: {e}")))?
+    }
+
+    /// True when a broker answers a metadata request within the timeout (the `kafka_up` probe).
+    pub async fn reachable(&self) -> bool {
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || client.inner().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Describes `topic`, or `None` when it does not exist.
+    pub async fn describe_topic(&self, topic: &str) -> Result<Option<TopicDescription>> {
+        let name = cstring(topic)?;
+        self.call(move |n| n.describe_topic(&name))
+            .await
+            .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
+    }
+
+    /// Creates a topic with `configs`; the broker's message explains a refusal.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let name = cstring(topic)?;
+        let configs = cstring_pairs(configs)?;
+        self.call(move |n| n.create_topic(&name, partitions, replication_factor, &configs))
+            .await
+            .map_err(|e| e.needing("CREATE", topic_resource(topic)))
+    }
+
+    /// Grows `topic` to `total` partitions.
+    pub async fn create_partitions(&self, topic: &str, total: i32) -> Result<()> {
+        let name = cstring(topic)?;
+        self.call(move |n| n.create_partitions(&name, total))
+            .await
+            .map_err(|e| e.needing("ALTER", topic_resource(topic)))
+    }
+
+    /// Deletes `topic`; a topic that is already gone is not an error.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let name = cstring(topic)?;
+        match self.call(move |n| n.delete_topic(&name)).await {
+            Err(e) if e.code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(()),
+            other => other.map_err(|e| e.needing("DELETE", topic_resource(topic))),
+        }
+    }
+
+    /// Every config entry of `topic`, by name.
+    pub async fn describe_topic_config(
+        &self,
+        topic: &str,
+    ) -> Result<BTreeMap<String, ConfigEntry>> {
+        let name = cstring(topic)?;
+        self.call(move |n| n.describe_topic_config(&name))
+            .await
+            .map_err(|e| e.needing("DESCRIBE_CONFIGS", topic_resource(topic)))
+    }
+
+    /// Sets `set` and removes `delete` on `topic` in one incremental request.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        set: &BTreeMap<String, String>,
+        delete: &[String],
+    ) -> Result<()> {
+        let name = cstring(topic)?;
+        let set = cstring_pairs(set)?;
+        let delete = delete
+            .iter()
+            .map(|k| cstring(k))
+            .collect::<Result<Vec<_>>>()?;
+        self.call(move |n| n.alter_topic_config(&name, &set, &delete))
+            .await
+            .map_err(|e| e.needing("ALTER_CONFIGS", topic_resource(topic)))
+    }
+
+    /// Creates ALLOW ACLs (creating an existing ACL is a no-op in Kafka).
+    pub async fn create_acls(&self, acls: &[Acl]) -> Result<()> {
+        if acls.is_empty() {
+            return Ok(());
+        }
+        let acls = acls.to_vec();
+        self.call(move |n| n.create_acls(&acls))
+            .await
+            .map_err(|e| e.needing("ALTER", cluster))
+    }
+
+    /// ALLOW ACLs on literal resources matching `filter`.
+    pub async fn describe_acls(&self, filter: &AclFilter) -> Result<Vec<Acl>> {
+        let filter = filter.clone();
+        self.call(move |n| n.describe_acls(&filter))
+            .await
+            .map_err(|e| e.needing("DESCRIBE", cluster))
+    }
+
+    /// Deletes the ALLOW ACLs matching any of `filters`; returns how many went.
+    pub async fn delete_acls(&self, filters: &[AclFilter]) -> Result<usize> {
+        if filters.is_empty() {
+            return Ok(0);
+        }
+        let filters = filters.to_vec();
+        self.call(move |n| n.delete_acls(&filters))
+            .await
+            .map_err(|e| e.needing("ALTER", cluster))
+    }
+
+    /// Creates or replaces `user`'s SCRAM-SHA-512 credential (random salt, 8192 iterations).
+    pub async fn upsert_scram_user(&self, user: &str, password: &str) -> Result<()> {
+        let user = cstring(user)?;
+        let password = password.as_bytes().to_vec();
+        self.call(move |n| n.alter_scram(&user, Some(&password)))
+            .await
+            .map_err(|e| e.needing("ALTER", cluster))
+    }
+
+    /// True when `user` has a SCRAM credential.
+    pub async fn scram_user_exists(&self, user: &str) -> Result<bool> {
+        let user = cstring(user)?;
+        self.call(move |n| n.scram_user_exists(&user))
+            .await
+            .map_err(|e| e.needing("DESCRIBE", cluster))
+    }
+
+    /// Removes `user`'s SCRAM-SHA-512 credential; an unknown user is not an error.
+    pub async fn delete_scram_user(&self, user: &str) -> Result<()> {
+        let user = cstring(user)?;
+        match self.call(move |n| n.alter_scram(&user, None)).await {
+            Err(e) if e.code() == Some(RDKafkaErrorCode::ResourceNotFound) => Ok(()),
+            other => other.map_err(|e| e.needing("ALTER", cluster)),
+        }
+    }
+
+    /// The offsets `group` committed on `topic`'s `partitions` (`None`: nothing committed).
+    ///
+    /// Asked through a consumer of that group that never subscribes: librdkafka's
+    /// ListConsumerGroupOffsets crashes an admin client when the group coordinator moves
+    /// (it answers NOT_COORDINATOR while a fresh cluster loads its offsets topic).
+    ///
+    /// A principal without DESCRIBE on the group is refused at FindCoordinator; librdkafka
+    /// retries that internally, reports it only as an error event on the consumer's queue, and
+    /// the request itself ends in `OperationTimedOut`. So the request is made in short attempts
+    /// and the queue is served between them: the refusal becomes [`AdminError::NotAuthorized`]
+    /// naming the group, not an outage.
+    pub async fn group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<BTreeMap<i32, Option<i64>>> {
+        let mut config = self.config.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let topic = topic.to_owned();
+        let group = group.to_owned();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| AdminError::InvalidRequest(format!("creating a consumer: {e}")))?;
+            let mut wanted = TopicPartitionList::new();
+            for partition in 0..partitions {
+                wanted.add_partition(&topic, partition);
+            }
+            let deadline = std::time::Instant::now() + timeout;
+            let committed = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let attempt = left.min(GROUP_ATTEMPT).max(Duration::from_millis(100));
+                let result = consumer.committed_offsets(wanted.clone(), attempt);
+                if let Some((code, refused)) = refusal(&consumer, &group, &topic) {
+                    return Err(AdminError::Rejected {
+                        code,
+                        message: format!("fetching committed offsets: {code}"),
+                    }
+                    .needing("DESCRIBE", || refused));
+                }
+                match result {
+                    Ok(committed) => break committed,
+                    // The coordinator answers NOT_COORDINATOR while it moves or loads, and an
+                    // attempt may end before it answers at all: ask again until the deadline.
+                    Err(e)
+                        if std::time::Instant::now() < deadline
+                            && e.rdkafka_error_code().is_some_and(|c| {
+                                matches!(
+                                    c,
+                                    RDKafkaErrorCode::NotCoordinator
+                                        | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                        | RDKafkaErrorCode::CoordinatorNotAvailable
+                                        | RDKafkaErrorCode::OperationTimedOut
+                                )
+                            }) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => {
+                        return Err(match e.rdkafka_error_code() {
+                            Some(code) => AdminError::from_code(
+                                code,
+                                format!("fetching committed offsets: {e}"),
+                            )
+                            .needing("DESCRIBE", || format!("group {group}")),
+                            None => AdminError::Unavailable(e.to_string()),
+                        });
+                    }
+                }
+            };
+            Ok(committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => (e.partition(), Some(o)),
+                    _ => (e.partition(), None),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| AdminError::InvalidRequest(format!("offset task failed: {e}")))?
+    }
+
+    /// The high watermark (next offset) of each of `topic`'s `partitions`.
+    pub async fn end_offsets(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
+        let name = cstring(topic)?;
+        self.call(move |n| n.end_offsets(&name, partitions))
+            .await
+            .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
+    }
+}
+
+/// One attempt of an offset fetch; the queue is served for refusals between attempts.
+const GROUP_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// An authorization refusal the consumer's queue holds, with the resource it concerns.
+fn refusal(
+    consumer: &BaseConsumer,
+    group: &str,
+    topic: &str,
+) -> Option<(RDKafkaErrorCode, String)> {
+    let mut found = None;
+    // Errors arrive as events on the consumer's queue; nothing is subscribed, so polling only
+    // serves them.
+    while let Some(event) = consumer.poll(Duration::ZERO) {
+        let Err(e) = event else { continue };
+        match e.rdkafka_error_code() {
+            Some(code @ RDKafkaErrorCode::GroupAuthorizationFailed) => {
+                found = Some((code, format!("group {group}")));
+            }
+            Some(code @ RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                found = found.or(Some((code, format!("topic {topic}"))));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| AdminError::InvalidRequest(format!("{s:?} contains a NUL byte")))
+}
+
+fn cstring_pairs(map: &BTreeMap<String, String>) -> Result<Vec<(CString, CString)>> {
+    map.iter()
+        .map(|(k, v)| Ok((cstring(k)?, cstring(v)?)))
+        .collect()
+}
+
+/// The client handle and settings a blocking admin call works with.
+struct Session<'a> {
+    client: native::Client<'a>,
+    timeout: Duration,
+}
+
+impl Session<'_> {
+    fn request(&self, op: AdminOp) -> Result<native::Request<'_>> {
+        self.client.request(op, self.timeout)
+    }
+
+    fn describe_topic(&self, topic: &CStr) -> Result<Option<TopicDescription>> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_ANY)?;
+        request.describe_topics(native::TopicCollection::of_names(&[topic])?);
+        let event = request.wait()?;
+        let topics = event.describe_topics_result();
+        let Some(desc) = topics.first() else {
+            return Ok(None);
+        };
+        if let Some(err) = desc.error() {
+            return match err.code() {
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        let infos = desc.partitions();
+        let mut partitions = vec![Vec::new(); infos.len()];
+        for info in infos {
+            if let Some(slot) = partitions.get_mut(info.partition() as usize) {
+                *slot = info.replicas();
+            }
+        }
+        Ok(Some(TopicDescription {
+            name: desc.name(),
+            id: desc.id(),
+            partitions,
+        }))
+    }
+
+    fn create_topic(
+        &self,
+        topic: &CStr,
+        partitions: i32,
+        replication_factor: i32,
+        configs: &[(CString, CString)],
+    ) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATETOPICS)?;
+        let mut new_topic = native::NewTopic::new(topic, partitions, replication_factor)?;
+        for (key, value) in configs {
+            new_topic.set_config(key, value);
+        }
+        request.create_topics(vec![new_topic]);
+        let event = request.wait()?;
+        first_topic_result(&event.create_topics_result())
+    }
+
+    fn create_partitions(&self, topic: &CStr, total: i32) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATEPARTITIONS)?;
+        let partitions = native::NewPartitions::new(topic, total.max(0) as usize)?;
+        request.create_partitions(vec![partitions]);
+        let event = request.wait()?;
+        first_topic_result(&event.create_partitions_result())
+    }
+
+    fn delete_topic(&self, topic: &CStr) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DELETETOPICS)?;
+        request.delete_topics(vec![native::DeleteTopic::new(topic)?]);
+        let event = request.wait()?;
+        first_topic_result(&event.delete_topics_result())
+    }
+
+    fn describe_topic_config(&self, topic: &CStr) -> Result<BTreeMap<String, ConfigEntry>> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)?;
+        request.describe_configs(vec![native::ConfigResource::topic(topic)?]);
+        let event = request.wait()?;
+        let resources = event.describe_configs_result();
+        let Some(resource) = resources.first() else {
+            return Ok(BTreeMap::new());
+        };
+        if let Some(err) = resource.error() {
+            return Err(err);
+        }
+        Ok(resource
+            .entries()
+            .into_iter()
+            .map(|entry| {
+                (
+                    entry.name(),
+                    ConfigEntry {
+                        value: entry.value(),
+                        dynamic: entry.is_topic_config(),
+                        sensitive: entry.is_sensitive(),
+                        read_only: entry.is_read_only(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn alter_topic_config(
+        &self,
+        topic: &CStr,
+        set: &[(CString, CString)],
+        delete: &[CString],
+    ) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_INCREMENTALALTERCONFIGS)?;
+        let mut resource = native::ConfigResource::topic(topic)?;
+        let changes = set
+            .iter()
+            .map(|(key, value)| (key, Some(value.as_c_str())))
+            .chain(delete.iter().map(|key| (key, None)));
+        for (key, value) in changes {
+            resource.add_incremental(key, value)?;
+        }
+        request.incremental_alter_configs(vec![resource]);
+        let event = request.wait()?;
+        event
+            .incremental_alter_configs_result()
+            .first()
+            .and_then(|r| r.error())
+            .map_or(Ok(()), Err)
+    }
+
+    fn create_acls(&self, acls: &[Acl]) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATEACLS)?;
+        let bindings = acls
+            .iter()
+            .map(native::AclBinding::allow)
+            .collect::<Result<Vec<_>>>()?;
+        request.create_acls(bindings);
+        let event = request.wait()?;
+        first_error(event.create_acls_result().iter().map(|r| r.error()))
+    }
+
+    fn describe_acls(&self, filter: &AclFilter) -> Result<Vec<Acl>> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBEACLS)?;
+        request.describe_acls(native::AclBinding::filter(filter)?);
+        let event = request.wait()?;
+        Ok(event
+            .describe_acls_result()
+            .iter()
+            .filter_map(|b| b.acl())
+            .collect())
+    }
+
+    fn delete_acls(&self, filters: &[AclFilter]) -> Result<usize> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DELETEACLS)?;
+        let natives = filters
+            .iter()
+            .map(native::AclBinding::filter)
+            .collect::<Result<Vec<_>>>()?;
+        request.delete_acls(natives);
+        let event = request.wait()?;
+        let mut deleted = 0;
+        for response in event.delete_acls_result() {
+            if let Some(err) = response.error() {
+                return Err(err);
+            }
+            deleted += response.matched();
+        }
+        Ok(deleted)
+    }
+
+    /// Upserts (`Some(password)`) or deletes (`None`) a SCRAM-SHA-512 credential.
+    fn alter_scram(&self, user: &CStr, password: Option<&[u8]>) -> Result<()> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_ALTERUSERSCRAMCREDENTIALS)?;
+        let alteration = match password {
+            Some(password) => native::ScramAlteration::upsert(user, password)?,
+            None => native::ScramAlteration::delete(user)?,
+        };
+        request.alter_user_scram_credentials(vec![alteration]);
+        let event = request.wait()?;
+        first_error(
+            event
+                .alter_user_scram_credentials_result()
+                .iter()
+                .map(|r| r.error()),
+        )
+    }
+
+    fn scram_user_exists(&self, user: &CStr) -> Result<bool> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBEUSERSCRAMCREDENTIALS)?;
+        request.describe_user_scram_credentials(&[user]);
+        let event = request.wait()?;
+        let descriptions = event.describe_user_scram_credentials_result();
+        let Some(description) = descriptions.first() else {
+            return Ok(false);
+        };
+        match description.error() {
+            Some(e) if e.code() == Some(RDKafkaErrorCode::ResourceNotFound) => Ok(false),
+            Some(e) => Err(e),
+            None => Ok(description.credential_count() > 0),
+        }
+    }
+
+    fn end_offsets(&self, topic: &CStr, partitions: i32) -> Result<BTreeMap<i32, i64>> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_ANY)?;
+        request.list_offsets(native::PartitionList::latest(topic, partitions)?);
+        let event = request.wait()?;
+        let mut out = BTreeMap::new();
+        for info in event.list_offsets_result() {
+            if let Some(code) = info.error_code() {
+                return Err(AdminError::from_code(
+                    code,
+                    format!("listing the end offset of partition {}", info.partition()),
+                ));
+            }
+            out.insert(info.partition(), info.offset());
+        }
+        Ok(out)
+    }
+}
+
+/// The outcome of a single-topic request (create, delete, create partitions).
+fn first_topic_result(results: &[&native::TopicResult]) -> Result<()> {
+    results.first().and_then(|r| r.error()).map_or(Ok(()), Err)
+}
+
+/// The first error of a result's parts, in order.
+fn first_error(errors: impl IntoIterator<Item = Option<AdminError>>) -> Result<()> {
+    errors.into_iter().flatten().next().map_or(Ok(()), Err)
+}
