@@ -1,5 +1,5 @@
--- Argo CD health of the PubSubKafka kinds: KafkaTopic, OrderConsumer and DLQPolicy.
--- One script for the three: README.md shows it in argocd-cm under
+-- Argo CD health of the PubSubKafka kinds: KafkaTopic, OrderConsumer, OrderGateway and
+-- DLQPolicy. One script for all: README.md shows it in argocd-cm under
 -- resource.customizations.health.pubsubkafka.io_<Kind>, and tests/tests/node.rs runs this
 -- very file against real status objects.
 local hs = {}

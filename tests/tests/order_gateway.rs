@@ -16,6 +16,8 @@ use testenv::cluster;
 use testenv::operator::{self, Operator};
 use testenv::{KafkaInfo, StackInfo, eventually, worker};
 
+mod argocd;
+
 const PODS: Duration = Duration::from_secs(180);
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -205,7 +207,16 @@ async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal()
         )
         .expect("kubectl wait for the gateway Ready");
     let gateway = shop.ready_gateway(2).await;
+    // Argo CD's health check (docs/argocd-health.lua) on the real object.
+    let (health, message) = argocd::health(&gateway);
+    assert_eq!(health, "Healthy", "{message}");
     let status = gateway.status.unwrap();
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::DEGRADED)
+        .expect("a Degraded condition");
+    assert_eq!(degraded.status, "False");
     assert_eq!(
         status.url.as_deref(),
         Some(format!("http://orders-gateway.{}.svc/orders", shop.ns).as_str())
@@ -486,4 +497,47 @@ async fn the_api_server_refuses_bad_gateways_naming_the_field() {
     assert_eq!(stored.spec.replicas, 2);
     assert_eq!(stored.spec.service.port, 80);
     assert_eq!(stored.spec.limits.max_orders_per_request, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_pods_crash_is_degraded_and_argo_cd_says_so() {
+    let stack = testenv::shared();
+    let shop = Shop::new("gw-crash", &stack.kafka).await;
+    // An outbox database nobody listens on: the gateway exits at start, again and again.
+    shop.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: gateway-db}\nstringData:\n  \
+         url: postgres://nobody:x@127.0.0.1:1/none?connect_timeout=2\n",
+    );
+    shop.apply_gateway(
+        "  replicas: 1\n  outbox:\n    connectionSecret: {name: gateway-db, key: url}\n",
+    );
+    let gateway = eventually("the gateway Degraded", PODS, || async {
+        let g = shop
+            .gateways()
+            .get("orders-gateway")
+            .await
+            .map_err(|e| e.to_string())?;
+        let conditions = g
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        conditions
+            .iter()
+            .any(|c| {
+                c.type_ == conditions::DEGRADED
+                    && c.status == "True"
+                    && c.reason == "WorkerCrashLooping"
+            })
+            .then_some(g)
+            .ok_or(format!("{conditions:?}"))
+    })
+    .await;
+    let ready = conditions::ready(&gateway.status.as_ref().unwrap().conditions)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("gateway"), "{}", ready.message);
+    let (health, message) = argocd::health(&gateway);
+    assert_eq!(health, "Degraded", "{message}");
 }

@@ -536,7 +536,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
             .map(|p| plan::WorkerPod::of(p, now))
             .collect()
     };
-    let (ready, degraded) = plan::workload_conditions(&workload, &pods, generation);
+    let (ready, degraded) = plan::workload_conditions(&workload, &pods, generation, plan::WORKERS);
     let capped_condition = if capped {
         conditions::new(
             conditions::CAPPED,

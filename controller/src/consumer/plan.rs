@@ -358,23 +358,41 @@ impl Workload {
 /// rather than a start-up (the worker connects to its sink before it reports ready).
 pub const UNREADY_GRACE_SECONDS: i64 = 30;
 
-/// The `Ready` and `Degraded` conditions of a consumer whose reconcile succeeded, from its
+/// How the conditions of a workload name its pods and explain a running but unready one.
+#[derive(Debug, Clone, Copy)]
+pub struct PodsNoun {
+    /// "worker", "gateway", "outbox relay".
+    pub pods: &'static str,
+    /// Why such a pod runs but reports not ready, and what that means for the user.
+    pub unready_because: &'static str,
+}
+
+/// An OrderConsumer's worker pods.
+pub const WORKERS: PodsNoun = PodsNoun {
+    pods: "worker",
+    unready_because: "as workers do while their sink (PostgreSQL or the HTTP endpoint) or Kafka \
+                      is unreachable; consumption is paused, see the worker logs",
+};
+
+/// The `Ready` and `Degraded` conditions of a workload whose reconcile succeeded, from its
 /// Deployment and (when not all are ready) its pods. Messages name no counter that moves
 /// without a change of state (restart counts, ages), so a status at rest stays unchanged.
 pub fn workload_conditions(
     workload: &Workload,
     pods: &[WorkerPod],
     generation: Option<i64>,
+    noun: PodsNoun,
 ) -> (Condition, Condition) {
+    let what = noun.pods;
     use crate::crd::conditions::{DEGRADED, READY, new};
     let Workload {
         replicas, ready, ..
     } = *workload;
     if workload.is_ready() {
         let message = if replicas == 0 {
-            "no worker replica is wanted (scaled to zero)".to_owned()
+            format!("no {what} replica is wanted (scaled to zero)")
         } else {
-            format!("{replicas} of {replicas} worker pods ready")
+            format!("{replicas} of {replicas} {what} pods ready")
         };
         return (
             new(READY, true, reason::WORKERS_READY, message, generation),
@@ -382,7 +400,7 @@ pub fn workload_conditions(
                 DEGRADED,
                 false,
                 reason::AS_DECLARED,
-                "the workers run as declared",
+                format!("the {what} pods run as declared"),
                 generation,
             ),
         );
@@ -421,12 +439,12 @@ pub fn workload_conditions(
         .min();
     let unready_running =
         names(&|p| !p.ready && p.running_for.is_some_and(|s| s >= UNREADY_GRACE_SECONDS));
-    let summary = format!("{ready} of {replicas} worker pods ready");
+    let summary = format!("{ready} of {replicas} {what} pods ready");
     let (why, degraded_message) = if !crash_looping.is_empty() {
         (
             reason::WORKER_CRASH_LOOPING,
             format!(
-                "{summary}: worker container keeps exiting (CrashLoopBackOff) in {crash_looping}; \
+                "{summary}: {what} container keeps exiting (CrashLoopBackOff) in {crash_looping}; \
                  see kubectl logs --previous"
             ),
         )
@@ -434,16 +452,15 @@ pub fn workload_conditions(
         (
             reason::WORKER_FAILING,
             format!(
-                "{summary}: worker pod {pod} cannot start its container; see kubectl describe pod"
+                "{summary}: {what} pod {pod} cannot start its container; see kubectl describe pod"
             ),
         )
     } else if !unready_running.is_empty() {
         (
             reason::SINK_UNAVAILABLE,
             format!(
-                "{summary}: {unready_running} run but report not ready, as workers do while \
-                 their sink (PostgreSQL or the HTTP endpoint) or Kafka is unreachable; \
-                 consumption is paused, see the worker logs"
+                "{summary}: {unready_running} run but report not ready, {}",
+                noun.unready_because
             ),
         )
     } else {
@@ -458,7 +475,7 @@ pub fn workload_conditions(
                 DEGRADED,
                 false,
                 reason::AS_DECLARED,
-                "no worker problem seen yet",
+                format!("no {what} problem seen yet"),
                 generation,
             ),
         );
@@ -1111,7 +1128,7 @@ spec:
             ),
         ];
         for (name, workload, pods, ready, why, degraded) in cases {
-            let (r, d) = workload_conditions(&workload, &pods, Some(4));
+            let (r, d) = workload_conditions(&workload, &pods, Some(4), WORKERS);
             assert_eq!(r.status == "True", ready, "{name}: {r:?}");
             assert_eq!(r.reason, why, "{name}");
             assert_eq!(d.status == "True", degraded, "{name}: {d:?}");

@@ -40,10 +40,6 @@ pub mod reason {
     pub const POLICY_VIOLATION: &str = "PolicyViolation";
     /// A Kafka internal topic (`__...`): never managed.
     pub const RESERVED_TOPIC_NAME: &str = "ReservedTopicName";
-    /// OrderGateway: every wanted gateway and relay pod is ready and runs the current template.
-    pub const REPLICAS_READY: &str = "ReplicasReady";
-    /// OrderGateway: fewer pods are ready (or updated) than wanted.
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
     /// OrderConsumer: every wanted worker pod is ready (or none is wanted).
     pub const WORKERS_READY: &str = "WorkersReady";
     /// OrderConsumer: worker pods are being created, started or rolled.

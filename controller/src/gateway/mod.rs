@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
@@ -75,6 +75,18 @@ pub fn controller(
                             .as_ref()
                             .is_some_and(|o| o.connection_secret.name == name)
                 })
+            },
+        )
+        // A gateway or relay pod that turns ready, crash-loops or loses the broker changes
+        // Ready; the Deployment's status does not always move with it.
+        .watches(
+            api::<Pod>(client, namespace),
+            config.clone().labels(plan::GATEWAY_LABEL),
+            |pod| {
+                let namespace = pod.namespace().unwrap_or_default();
+                pod.labels()
+                    .get(plan::GATEWAY_LABEL)
+                    .map(|name| ObjectRef::new(name).within(&namespace))
             },
         )
         .watches(api::<KafkaTopic>(client, namespace), config, move |topic| {
@@ -174,22 +186,25 @@ async fn apply(
     api: &Api<OrderGateway>,
 ) -> Result<Action, Error> {
     match converge(gateway, ctx).await {
-        Ok(status) => {
+        Ok((status, recheck)) => {
             ctx.backoff.reset(&object_key(gateway));
             write_status(gateway, ctx, api, status).await?;
-            Ok(Action::requeue(ctx.settings.resync))
+            let resync = ctx.settings.resync;
+            Ok(Action::requeue(recheck.map_or(resync, |r| r.min(resync))))
         }
         Err(error) => {
             let mut status = gateway.status.clone().unwrap_or_default();
             status.observed_generation = gateway.metadata.generation;
-            let generation = gateway.metadata.generation;
-            let failed = |type_| {
-                conditions::new(type_, false, error.reason(), error.to_string(), generation)
-            };
-            status.conditions = conditions::merge(
-                &conditions::merge(&status.conditions, failed(conditions::RECONCILED)),
-                failed(conditions::READY),
+            // The operator could not do its part: not Reconciled, and not Ready either (the
+            // pods may run, but not as the current spec declares).
+            let failed = conditions::new(
+                conditions::READY,
+                false,
+                error.reason(),
+                error.to_string(),
+                gateway.metadata.generation,
             );
+            status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
             write_status(gateway, ctx, api, status).await?;
             Err(error)
         }
@@ -205,8 +220,12 @@ fn principal_holder(gateway: &OrderGateway, ctx: &Context) -> Option<String> {
     crate::ownership::consumer_keeps_principal(&consumer, gateway).then(|| consumer.name_any())
 }
 
-/// Applies the gateway's desired state and returns the status to write.
-async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayStatus, Error> {
+/// Applies the gateway's desired state; returns the status to write and when to look again if
+/// sooner than the resync.
+async fn converge(
+    gateway: &OrderGateway,
+    ctx: &Context,
+) -> Result<(OrderGatewayStatus, Option<std::time::Duration>), Error> {
     let ns = gateway.namespace().unwrap_or_default();
     let names = Names::of(gateway);
     // Gather.
@@ -391,16 +410,70 @@ async fn converge(gateway: &OrderGateway, ctx: &Context) -> Result<OrderGatewayS
             None
         }
     };
-    let observed = plan::Observed::from_deployments(
-        applied.status.as_ref(),
-        relay.as_ref().and_then(|d| d.status.as_ref()),
-    );
+    let pods = observe(ctx, &ns, &applied, gateway.spec.replicas).await?;
+    let relay = match (&relay, &gateway.spec.outbox) {
+        (Some(deployment), Some(outbox)) => {
+            Some(observe(ctx, &ns, deployment, outbox.relay_replicas).await?)
+        }
+        _ => None,
+    };
     let old = gateway
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    Ok(plan::status(gateway, &names, &topic, observed, old))
+    let recheck = plan_recheck(&pods, relay.as_ref());
+    Ok((
+        plan::status(gateway, &names, &topic, &pods, relay.as_ref(), old),
+        recheck,
+    ))
+}
+
+/// When to look again at pods on their way to ready (see
+/// [`crate::consumer::plan::recheck_after`]).
+fn plan_recheck(
+    pods: &plan::Observed,
+    relay: Option<&plan::Observed>,
+) -> Option<std::time::Duration> {
+    let mut all = pods.pods.clone();
+    all.extend(relay.iter().flat_map(|r| r.pods.iter().cloned()));
+    crate::consumer::plan::recheck_after(&all)
+}
+
+/// A Deployment of the gateway and, when some of its pods are missing, what they show. A
+/// gateway at rest costs no pod list.
+async fn observe(
+    ctx: &Context,
+    namespace: &str,
+    deployment: &Deployment,
+    replicas: i32,
+) -> Result<plan::Observed, kube::Error> {
+    let workload = crate::consumer::plan::Workload::of(replicas, deployment);
+    let pods = if workload.is_ready() {
+        Vec::new()
+    } else {
+        let selector = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.as_ref())
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        let now = jiff::Timestamp::now();
+        Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .iter()
+            .map(|p| crate::consumer::plan::WorkerPod::of(p, now))
+            .collect()
+    };
+    Ok(plan::Observed { workload, pods })
 }
 
 /// The resourceVersion of object `name`, if it exists.

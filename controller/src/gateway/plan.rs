@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
@@ -16,7 +16,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use pubsubkafka_contract::config::SecurityProtocol;
 
-use crate::consumer::plan::{DATABASE_DIR, KAFKA_DIR, WorkerImage};
+use crate::consumer::plan::{
+    DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, workload_conditions,
+};
 use crate::crd::OrderGateway;
 use crate::crd::conditions::{self, reason};
 use crate::crd::order_gateway::OrderGatewayStatus;
@@ -412,42 +414,43 @@ pub fn url(gateway: &OrderGateway, names: &Names) -> String {
     }
 }
 
-/// What the Deployments report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Observed {
-    /// Gateway pods ready, and updated to the current template.
-    pub ready: i32,
-    pub updated: i32,
-    /// Relay pods ready (outbox only).
-    pub relay_ready: i32,
-}
+/// The gateway pods, for conditions.
+pub const GATEWAY_PODS: PodsNoun = PodsNoun {
+    pods: "gateway",
+    unready_because: "as the gateway does while it cannot reach the brokers (or, with an \
+                      outbox, its database); clients get 503, see the gateway logs",
+};
 
-impl Observed {
-    pub fn from_deployments(
-        gateway: Option<&DeploymentStatus>,
-        relay: Option<&DeploymentStatus>,
-    ) -> Self {
-        Self {
-            ready: gateway.and_then(|s| s.ready_replicas).unwrap_or(0),
-            updated: gateway.and_then(|s| s.updated_replicas).unwrap_or(0),
-            relay_ready: relay.and_then(|s| s.ready_replicas).unwrap_or(0),
-        }
-    }
+/// The outbox relay pods, for conditions.
+pub const RELAY_PODS: PodsNoun = PodsNoun {
+    pods: "outbox relay",
+    unready_because: "as the relay does while its database or the brokers are unreachable; \
+                      accepted orders wait in the outbox, see the relay logs",
+};
+
+/// A Deployment of the gateway as the controller last saw it, with its pods when some are
+/// missing.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub workload: Workload,
+    pub pods: Vec<WorkerPod>,
 }
 
 /// The status after a pass that applied everything: `Reconciled` says the operator did its
-/// part, `Ready` says every wanted pod (gateway and relay) is ready and up to date.
+/// part; `Ready` and `Degraded` follow the pods as for a consumer's workers: Ready when every
+/// wanted gateway pod (and relay pod, with an outbox) is available and runs the current
+/// template, Degraded with the reason when one crash-loops, cannot start, or stays unready.
 pub fn status(
     gateway: &OrderGateway,
     names: &Names,
     topic: &str,
-    observed: Observed,
+    pods: &Observed,
+    relay: Option<&Observed>,
     old: &[Condition],
 ) -> OrderGatewayStatus {
     let spec = &gateway.spec;
     let generation = gateway.metadata.generation;
     let replicas = spec.replicas;
-    let relay_replicas = spec.outbox.as_ref().map(|o| o.relay_replicas);
     let reconciled = conditions::new(
         conditions::RECONCILED,
         true,
@@ -456,56 +459,54 @@ pub fn status(
             "{replicas} gateway replicas publish {} to {topic} as {}{}",
             spec.domain.as_arg(),
             names.principal,
-            match relay_replicas {
-                Some(n) => format!(" through the outbox, with {n} relay replicas"),
+            match relay {
+                Some(r) => format!(
+                    " through the outbox, with {} relay replicas",
+                    r.workload.replicas
+                ),
                 None => String::new(),
             }
         ),
         generation,
     );
-    let ready = if observed.ready < replicas || observed.updated < replicas {
-        conditions::new(
-            conditions::READY,
-            false,
-            reason::REPLICAS_NOT_READY,
-            format!(
-                "{} of {replicas} gateway pods ready ({} updated)",
-                observed.ready.min(replicas),
-                observed.updated.min(replicas)
-            ),
-            generation,
-        )
-    } else if let Some(wanted) = relay_replicas.filter(|n| observed.relay_ready < *n) {
-        conditions::new(
-            conditions::READY,
-            false,
-            reason::REPLICAS_NOT_READY,
-            format!(
-                "{} of {wanted} outbox relay pods ready",
-                observed.relay_ready
-            ),
-            generation,
-        )
-    } else {
-        conditions::new(
-            conditions::READY,
-            true,
-            reason::REPLICAS_READY,
-            format!("{replicas} of {replicas} gateway pods ready"),
-            generation,
-        )
+    let (gateway_ready, gateway_degraded) =
+        workload_conditions(&pods.workload, &pods.pods, generation, GATEWAY_PODS);
+    let (ready, degraded) = match relay {
+        None => (gateway_ready, gateway_degraded),
+        Some(relay) => {
+            let (relay_ready, relay_degraded) =
+                workload_conditions(&relay.workload, &relay.pods, generation, RELAY_PODS);
+            let ready = match (gateway_ready.status.as_str(), relay_ready.status.as_str()) {
+                ("True", "True") => Condition {
+                    message: format!("{}; {}", gateway_ready.message, relay_ready.message),
+                    ..gateway_ready
+                },
+                ("True", _) => relay_ready,
+                _ => gateway_ready,
+            };
+            let degraded = if gateway_degraded.status == "True" {
+                gateway_degraded
+            } else if relay_degraded.status == "True" {
+                relay_degraded
+            } else {
+                gateway_degraded
+            };
+            (ready, degraded)
+        }
     };
     OrderGatewayStatus {
         observed_generation: generation,
         replicas: Some(replicas),
-        ready_replicas: Some(observed.ready),
-        relay_ready_replicas: relay_replicas.map(|_| observed.relay_ready),
+        ready_replicas: Some(pods.workload.ready),
+        relay_ready_replicas: relay.map(|r| r.workload.ready),
         url: Some(url(gateway, names)),
         topic: Some(topic.to_owned()),
         principal: Some(names.principal.clone()),
         credentials_secret: Some(names.credentials_secret.clone()),
         selector: Some(selector(gateway)),
-        conditions: conditions::merge(&conditions::merge(old, reconciled), ready),
+        conditions: [reconciled, ready, degraded]
+            .into_iter()
+            .fold(old.to_vec(), |all, c| conditions::merge(&all, c)),
     }
 }
 
@@ -653,75 +654,81 @@ spec:
         assert!(selected.iter().any(|(k, v)| relay_labels.get(k) != Some(v)));
     }
 
+    fn observed(replicas: i32, ready: i32, rolled_out: bool) -> Observed {
+        Observed {
+            workload: Workload {
+                replicas,
+                ready,
+                rolled_out,
+            },
+            pods: Vec::new(),
+        }
+    }
+
     #[test]
-    fn ready_needs_every_wanted_pod() {
+    fn ready_needs_every_wanted_gateway_and_relay_pod() {
         let g = gateway(USERS_OUTBOX);
         let names = Names::of(&g);
-        let ready_of = |observed| {
-            let s = status(&g, &names, "users", observed, &[]);
-            let ready = conditions::ready(&s.conditions).unwrap().clone();
-            let reconciled = s
-                .conditions
-                .iter()
-                .find(|c| c.type_ == conditions::RECONCILED)
-                .unwrap()
-                .status
-                .clone();
-            (ready.status, ready.reason, ready.message, reconciled)
+        let crashing = Observed {
+            pods: vec![WorkerPod {
+                name: "users-gateway-relay-1".into(),
+                waiting: Some("CrashLoopBackOff".into()),
+                restarts: 3,
+                ..WorkerPod::default()
+            }],
+            ..observed(1, 0, true)
         };
-        for (observed, expected) in [
+        for (gateway_pods, relay_pods, expected) in [
             (
-                Observed {
-                    ready: 0,
-                    updated: 0,
-                    relay_ready: 0,
-                },
+                observed(3, 0, false),
+                observed(1, 0, false),
                 (
                     "False",
-                    reason::REPLICAS_NOT_READY,
-                    "0 of 3 gateway pods ready (0 updated)",
+                    "WorkersStarting",
+                    "0 of 3 gateway pods ready",
+                    "False",
                 ),
             ),
             (
-                Observed {
-                    ready: 3,
-                    updated: 2,
-                    relay_ready: 1,
-                },
+                observed(3, 3, false),
+                observed(1, 1, true),
                 (
                     "False",
-                    reason::REPLICAS_NOT_READY,
-                    "3 of 3 gateway pods ready (2 updated)",
+                    "WorkersStarting",
+                    "3 of 3 gateway pods ready",
+                    "False",
                 ),
             ),
             (
-                Observed {
-                    ready: 3,
-                    updated: 3,
-                    relay_ready: 0,
-                },
+                observed(3, 3, true),
+                crashing.clone(),
                 (
                     "False",
-                    reason::REPLICAS_NOT_READY,
+                    "WorkerCrashLooping",
                     "0 of 1 outbox relay pods ready",
+                    "True",
                 ),
             ),
             (
-                Observed {
-                    ready: 3,
-                    updated: 3,
-                    relay_ready: 1,
-                },
-                ("True", reason::REPLICAS_READY, "3 of 3 gateway pods ready"),
+                observed(3, 3, true),
+                observed(1, 1, true),
+                ("True", "WorkersReady", "3 of 3 gateway pods ready", "False"),
             ),
         ] {
-            let (status, reason, message, reconciled) = ready_of(observed);
+            let s = status(&g, &names, "users", &gateway_pods, Some(&relay_pods), &[]);
+            let find = |t: &str| s.conditions.iter().find(|c| c.type_ == t).unwrap().clone();
+            let (ready, degraded) = (find(conditions::READY), find(conditions::DEGRADED));
             assert_eq!(
-                (status.as_str(), reason.as_str(), message.as_str()),
-                expected,
-                "{observed:?}"
+                (
+                    ready.status.as_str(),
+                    ready.reason.as_str(),
+                    degraded.status.as_str()
+                ),
+                (expected.0, expected.1, expected.3),
+                "{gateway_pods:?} {relay_pods:?}"
             );
-            assert_eq!(reconciled, "True", "the operator did its part either way");
+            assert!(ready.message.starts_with(expected.2), "{}", ready.message);
+            assert_eq!(find(conditions::RECONCILED).status, "True");
         }
     }
 
@@ -729,13 +736,9 @@ spec:
     fn an_unchanged_pass_gives_the_same_status() {
         let g = gateway(ORDERS);
         let names = Names::of(&g);
-        let observed = Observed {
-            ready: 2,
-            updated: 2,
-            relay_ready: 0,
-        };
-        let first = status(&g, &names, "orders", observed, &[]);
-        let second = status(&g, &names, "orders", observed, &first.conditions);
+        let pods = observed(2, 2, true);
+        let first = status(&g, &names, "orders", &pods, None, &[]);
+        let second = status(&g, &names, "orders", &pods, None, &first.conditions);
         assert!(conditions::same(&first.conditions, &second.conditions));
         assert_eq!(
             first
