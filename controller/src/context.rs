@@ -188,6 +188,63 @@ impl Context {
         ))
     }
 
+    /// One reconcile of `object` of `kind` under its finalizer `name`, as the OrderConsumer and
+    /// OrderGateway reconcilers run it: in a span naming the object, timed in the reconcile
+    /// metrics, once the caches have listed; `reconcile` gets the finalizer's event (apply or
+    /// clean up) and the object's namespaced API.
+    pub async fn under_finalizer<K, F, Fut>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        object: std::sync::Arc<K>,
+        reconcile: F,
+    ) -> Result<kube::runtime::controller::Action, crate::error::Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+        F: FnOnce(kube::runtime::finalizer::Event<K>, Api<K>) -> Fut,
+        Fut: std::future::Future<
+                Output = Result<kube::runtime::controller::Action, crate::error::Error>,
+            >,
+    {
+        use crate::error::Error;
+        use kube::runtime::finalizer;
+        use tracing::Instrument;
+        let namespace = object.namespace().unwrap_or_default();
+        let span = tracing::info_span!(
+            "reconcile",
+            kind,
+            namespace = %namespace,
+            name = object.name_any()
+        );
+        async move {
+            let timer = self.metrics.reconcile_timer(kind);
+            if let Err(e) = self.caches_ready().await {
+                timer.finish(Some(e.reason()));
+                return Err(e);
+            }
+            let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+            let result =
+                finalizer::finalizer(&api, name, object, |event| reconcile(event, api.clone()))
+                    .await
+                    .map_err(|e| match e {
+                        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+                        finalizer::Error::AddFinalizer(e)
+                        | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+                        finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => {
+                            Error::InvalidSpec(e.to_string())
+                        }
+                    });
+            timer.finish(result.as_ref().err().map(Error::reason));
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Server-side applies `object` as `name`, unless this process applied the same content
     /// last and nobody changed the object since (`current_version`, the resourceVersion read
     /// this pass, is still the one that apply left): an apply that changes nothing is still an

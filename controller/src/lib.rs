@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod ownership;
+pub mod pods;
 pub mod principal;
 pub mod settings;
 pub mod tenancy;

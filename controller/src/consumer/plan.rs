@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
+    Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, ObjectMeta, OwnerReference,
@@ -30,6 +28,7 @@ use crate::duration;
 use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::ownership::{self, Companion};
+use crate::pods;
 use crate::tenancy::{self, Rules};
 
 /// Where the worker pod mounts what the operator gives it.
@@ -705,6 +704,8 @@ pub fn deployment(
     config_hash: &str,
 ) -> Deployment {
     let spec = &consumer.spec;
+    let (credentials, credentials_mount) =
+        pods::secret_mount("kafka-credentials", &names.credentials_secret, KAFKA_DIR);
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -714,15 +715,7 @@ pub fn deployment(
             }),
             ..Default::default()
         },
-        Volume {
-            name: "kafka-credentials".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(names.credentials_secret.clone()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        credentials,
     ];
     let mut mounts = vec![
         VolumeMount {
@@ -731,40 +724,14 @@ pub fn deployment(
             read_only: Some(true),
             ..Default::default()
         },
-        VolumeMount {
-            name: "kafka-credentials".into(),
-            mount_path: KAFKA_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        },
+        credentials_mount,
     ];
     if let Some(store) = &spec.handler.event_store {
-        volumes.push(Volume {
-            name: "database".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(store.connection_secret.name.clone()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "database".into(),
-            mount_path: DATABASE_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let (volume, mount) =
+            pods::secret_mount("database", &store.connection_secret.name, DATABASE_DIR);
+        volumes.push(volume);
+        mounts.push(mount);
     }
-    let probe = |path: &str, period| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(3),
-        ..Default::default()
-    };
     let mut template_annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned())]);
     template_annotations.insert("prometheus.io/scrape".into(), "true".into());
@@ -786,24 +753,8 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(30),
                     automount_service_account_token: Some(false),
-                    image_pull_secrets: (!image.pull_secrets.is_empty()).then(|| {
-                        image
-                            .pull_secrets
-                            .iter()
-                            .map(|name| LocalObjectReference { name: name.clone() })
-                            .collect()
-                    }),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    image_pull_secrets: pods::pull_secrets(image.pull_secrets),
+                    security_context: Some(pods::pod_security()),
                     containers: vec![Container {
                         name: WORKER_CONTAINER.into(),
                         image: Some(image.image.to_owned()),
@@ -828,19 +779,10 @@ pub fn deployment(
                             container_port: 9090,
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(probe("/healthz", 10)),
-                        readiness_probe: Some(probe("/readyz", 5)),
+                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
+                        readiness_probe: Some(pods::http_probe("/readyz", 5)),
                         resources: spec.resources.clone(),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+                        security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
                         ..Default::default()
                     }],

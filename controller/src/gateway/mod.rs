@@ -17,12 +17,12 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::FIELD_MANAGER;
 use crate::consumer::plan::{WorkerImage, pod_template_hash};
@@ -139,40 +139,13 @@ pub async fn run(
 }
 
 async fn reconcile(gateway: Arc<OrderGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let span = info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = gateway.namespace().unwrap_or_default(),
-        name = gateway.name_any()
-    );
-    async move {
-        let timer = ctx.metrics.reconcile_timer(KIND);
-        let api: Api<OrderGateway> =
-            Api::namespaced(ctx.client.clone(), &gateway.namespace().unwrap_or_default());
-        if let Err(e) = ctx.caches_ready().await {
-            timer.finish(Some(e.reason()));
-            return Err(e);
+    let context = Arc::clone(&ctx);
+    ctx.under_finalizer(KIND, FINALIZER, gateway, move |event, api| async move {
+        match event {
+            Finalizer::Apply(g) => apply(&g, &context, &api).await,
+            Finalizer::Cleanup(g) => cleanup(&g, &context).await,
         }
-        let result = finalizer::finalizer(&api, FINALIZER, gateway, |event| async {
-            match event {
-                Finalizer::Apply(g) => apply(&g, &ctx, &api).await,
-                Finalizer::Cleanup(g) => cleanup(&g, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
-                Error::Kube(e)
-            }
-            finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => {
-                Error::InvalidSpec(e.to_string())
-            }
-        });
-        timer.finish(result.as_ref().err().map(Error::reason));
-        result
-    }
-    .instrument(span)
+    })
     .await
 }
 

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, LocalObjectReference,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
@@ -23,6 +21,7 @@ use crate::crd::OrderGateway;
 use crate::crd::conditions::{self, reason};
 use crate::crd::order_gateway::OrderGatewayStatus;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
+use crate::pods;
 
 /// The port the gateway listens on in its pod (API, /metrics and probes).
 pub const GATEWAY_PORT: i32 = 8080;
@@ -228,37 +227,18 @@ pub fn deployment(
     } else {
         ("gateway", &input.names.gateway, GATEWAY_PORT)
     };
-    let mut volumes = vec![Volume {
-        name: "kafka-credentials".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(input.names.credentials_secret.clone()),
-            default_mode: Some(0o440),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "kafka-credentials".into(),
-        mount_path: KAFKA_DIR.into(),
-        read_only: Some(true),
-        ..Default::default()
-    }];
+    let (credentials, credentials_mount) = pods::secret_mount(
+        "kafka-credentials",
+        &input.names.credentials_secret,
+        KAFKA_DIR,
+    );
+    let mut volumes = vec![credentials];
+    let mut mounts = vec![credentials_mount];
     if let Some(outbox) = &gateway.spec.outbox {
-        volumes.push(Volume {
-            name: "database".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(outbox.connection_secret.name.clone()),
-                default_mode: Some(0o440),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "database".into(),
-            mount_path: DATABASE_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let (volume, mount) =
+            pods::secret_mount("database", &outbox.connection_secret.name, DATABASE_DIR);
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let mut env = kafka_env(input.names, input.kafka);
     if let Some(endpoint) = input.otlp_endpoint {
@@ -268,16 +248,6 @@ pub fn deployment(
             ..Default::default()
         });
     }
-    let probe = |path: &str, period| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(3),
-        ..Default::default()
-    };
     let annotations = BTreeMap::from([
         (
             CONFIG_HASH_ANNOTATION.to_owned(),
@@ -303,25 +273,8 @@ pub fn deployment(
                 spec: Some(PodSpec {
                     termination_grace_period_seconds: Some(GATEWAY_GRACE_SECONDS),
                     automount_service_account_token: Some(false),
-                    image_pull_secrets: (!input.image.pull_secrets.is_empty()).then(|| {
-                        input
-                            .image
-                            .pull_secrets
-                            .iter()
-                            .map(|name| LocalObjectReference { name: name.clone() })
-                            .collect()
-                    }),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    image_pull_secrets: pods::pull_secrets(input.image.pull_secrets),
+                    security_context: Some(pods::pod_security()),
                     containers: vec![Container {
                         name: component.into(),
                         image: Some(input.image.image.to_owned()),
@@ -332,19 +285,10 @@ pub fn deployment(
                             container_port: port,
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(probe("/healthz", 10)),
-                        readiness_probe: Some(probe("/readyz", 2)),
+                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
+                        readiness_probe: Some(pods::http_probe("/readyz", 2)),
                         resources: gateway.spec.resources.clone(),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+                        security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
                         ..Default::default()
                     }],

@@ -1,0 +1,88 @@
+//! The parts every pod the operator runs shares (workers, gateways, relays): non-root with a
+//! read-only root filesystem and no capabilities, HTTP probes on the `http` port, Secrets
+//! mounted read-only, and the image pull Secrets of the operator's settings.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, HTTPGetAction, LocalObjectReference, PodSecurityContext, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// The user and group the images run as (`app` in docker/*.Dockerfile and scripts/images.sh).
+pub const APP_UID: i64 = 65532;
+
+/// An HTTP GET probe of `path` on the container's `http` port every `period` seconds, failing
+/// after three misses.
+pub fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The pod runs as the images' `app` user, with the runtime's default seccomp profile.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(APP_UID),
+        run_as_group: Some(APP_UID),
+        fs_group: Some(APP_UID),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container: no privilege escalation, a read-only root filesystem, no capabilities.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pull Secrets of `names`, none when empty.
+pub fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    })
+}
+
+/// Secret `secret` as volume `volume`, mounted read-only at `path` (files readable by the
+/// pod's group only).
+pub fn secret_mount(volume: &str, secret: &str, path: &str) -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: volume.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: volume.into(),
+            mount_path: path.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    )
+}
