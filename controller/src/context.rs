@@ -245,6 +245,68 @@ impl Context {
         .await
     }
 
+    /// Writes `status` to `object` with server-side apply when a user would see a change (the
+    /// conditions compared without their times), and records a Warning event for each
+    /// condition of `warn_when` that turns to the status given there or changes its reason
+    /// while in it. A status that moves nothing writes nothing, whatever the resync.
+    pub async fn write_status<K, S>(
+        &self,
+        object: &K,
+        old: Option<&S>,
+        status: &S,
+        warn_when: &[(&str, &str)],
+    ) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+        S: crate::crd::conditions::HasConditions + Default,
+    {
+        use crate::crd::conditions;
+        let default = S::default();
+        let old = old.unwrap_or(&default);
+        if old.without_conditions() == status.without_conditions()
+            && conditions::same(old.conditions(), status.conditions())
+        {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        Api::<K>::namespaced(
+            self.client.clone(),
+            object.meta().namespace.as_deref().unwrap_or_default(),
+        )
+        .patch_status(
+            &object.name_any(),
+            &kube::api::PatchParams::apply(crate::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(patch),
+        )
+        .await?;
+        for (type_, warning) in warn_when {
+            let find = |all: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+                all.iter().find(|c| c.type_ == *type_).cloned()
+            };
+            let before = find(old.conditions());
+            if let Some(now) = find(status.conditions())
+                && now.status == *warning
+                && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
+            {
+                self.event(
+                    object,
+                    kube::runtime::events::EventType::Warning,
+                    &now.reason,
+                    now.message.clone(),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
     /// Server-side applies `object` as `name`, unless this process applied the same content
     /// last and nobody changed the object since (`current_version`, the resourceVersion read
     /// this pass, is still the one that apply left): an apply that changes nothing is still an

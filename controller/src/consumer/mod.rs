@@ -26,7 +26,6 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::FIELD_MANAGER;
 use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
@@ -228,13 +227,13 @@ async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<Gathered, Err
 async fn apply(
     consumer: &OrderConsumer,
     ctx: &Context,
-    api: &Api<OrderConsumer>,
+    _api: &Api<OrderConsumer>,
 ) -> Result<Action, Error> {
     match converge(consumer, ctx).await {
         Ok(Converged { status, recheck }) => {
             ctx.backoff.reset(&object_key(consumer));
             ctx.metrics.set_kafka_up(true);
-            write_status(consumer, ctx, api, status).await?;
+            write_status(consumer, ctx, status).await?;
             let resync = ctx.settings.resync;
             Ok(Action::requeue(recheck.map_or(resync, |r| r.min(resync))))
         }
@@ -254,7 +253,7 @@ async fn apply(
                 consumer.metadata.generation,
             );
             status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
-            write_status(consumer, ctx, api, status).await?;
+            write_status(consumer, ctx, status).await?;
             Err(error)
         }
     }
@@ -672,60 +671,25 @@ async fn measure_lag(
         .sum())
 }
 
+/// Writes the status when a user would see a change; a Warning when the operator fails, the
+/// workers degrade or the cap applies, once per change of reason (a consumer starting up is
+/// not a warning).
 async fn write_status(
     consumer: &OrderConsumer,
     ctx: &Context,
-    api: &Api<OrderConsumer>,
     status: OrderConsumerStatus,
 ) -> Result<(), kube::Error> {
-    let old = consumer.status.clone().unwrap_or_default();
-    let strip = |s: &OrderConsumerStatus| OrderConsumerStatus {
-        conditions: Vec::new(),
-        ..s.clone()
-    };
-    // Only what a user would see: nothing in the status moves on its own (no timestamps, no
-    // histories), so an unchanged consumer writes nothing, whatever the resync.
-    if strip(&old) == strip(&status) && conditions::same(&old.conditions, &status.conditions) {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": OrderConsumer::api_version(&()),
-        "kind": OrderConsumer::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &consumer.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+    ctx.write_status(
+        consumer,
+        consumer.status.as_ref(),
+        &status,
+        &[
+            (conditions::RECONCILED, "False"),
+            (conditions::DEGRADED, "True"),
+            (conditions::CAPPED, "True"),
+        ],
     )
-    .await?;
-    // A Warning when the operator fails, the workers degrade or the cap applies, once per
-    // change of reason; a consumer starting up is not a warning.
-    for condition_type in [
-        conditions::RECONCILED,
-        conditions::DEGRADED,
-        conditions::CAPPED,
-    ] {
-        let before = old.conditions.iter().find(|c| c.type_ == condition_type);
-        let now = status.conditions.iter().find(|c| c.type_ == condition_type);
-        let warn_now = match condition_type {
-            conditions::RECONCILED => now.is_some_and(|c| c.status == "False"),
-            _ => now.is_some_and(|c| c.status == "True"),
-        };
-        if let Some(now) = now
-            && warn_now
-            && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
-        {
-            ctx.event(
-                consumer,
-                EventType::Warning,
-                &now.reason,
-                now.message.clone(),
-            )
-            .await;
-        }
-    }
-    Ok(())
+    .await
 }
 
 /// Removes the consumer's ACLs and SCRAM credential from Kafka, unless an OrderGateway of the

@@ -39,6 +39,15 @@ pub const CONFIG_KEY: &str = "worker.json";
 /// Annotation on the pod template whose change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "pubsubkafka.io/config-hash";
 pub const CONSUMER_LABEL: &str = "pubsubkafka.io/consumer";
+/// The port of a worker's /metrics, /healthz and /readyz.
+pub const WORKER_HTTP_PORT: u16 = 9090;
+/// How long a stopping worker finishes its in-flight records and commits before it exits.
+pub const WORKER_SHUTDOWN_GRACE_SECONDS: u64 = 25;
+/// What the kubelet allows a worker pod to stop in: the worker's own grace and a margin.
+pub const WORKER_TERMINATION_GRACE_SECONDS: i64 = WORKER_SHUTDOWN_GRACE_SECONDS as i64 + 5;
+/// The consumer group session timeout of the workers: a crashed worker's partitions move on
+/// after this long.
+pub const WORKER_SESSION_TIMEOUT_MS: u64 = 30_000;
 /// The worker container of each pod.
 pub const WORKER_CONTAINER: &str = "worker";
 
@@ -580,9 +589,9 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         dead_letter_topic: input.dead_letter_topic.to_owned(),
         retry: input.retry.clone(),
         handler,
-        http_port: 9090,
-        shutdown_grace_seconds: 25,
-        session_timeout_ms: 30_000,
+        http_port: WORKER_HTTP_PORT,
+        shutdown_grace_seconds: WORKER_SHUTDOWN_GRACE_SECONDS,
+        session_timeout_ms: WORKER_SESSION_TIMEOUT_MS,
         concurrency: spec.concurrency_per_partition.clamp(1, 1000) as usize,
         retry_topics: input.retry_topics.to_vec(),
         tracing: input.otlp_endpoint.map(|endpoint| TracingConfig {
@@ -735,7 +744,7 @@ pub fn deployment(
     let mut template_annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned())]);
     template_annotations.insert("prometheus.io/scrape".into(), "true".into());
-    template_annotations.insert("prometheus.io/port".into(), "9090".into());
+    template_annotations.insert("prometheus.io/port".into(), WORKER_HTTP_PORT.to_string());
     Deployment {
         metadata: child_meta(consumer, &names.deployment),
         spec: Some(DeploymentSpec {
@@ -751,7 +760,7 @@ pub fn deployment(
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(WORKER_TERMINATION_GRACE_SECONDS),
                     automount_service_account_token: Some(false),
                     image_pull_secrets: pods::pull_secrets(image.pull_secrets),
                     security_context: Some(pods::pod_security()),
@@ -776,7 +785,7 @@ pub fn deployment(
                         }]),
                         ports: Some(vec![ContainerPort {
                             name: Some("http".into()),
-                            container_port: 9090,
+                            container_port: i32::from(WORKER_HTTP_PORT),
                             ..Default::default()
                         }]),
                         liveness_probe: Some(pods::http_probe("/healthz", 10)),

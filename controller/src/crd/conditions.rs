@@ -57,6 +57,36 @@ pub mod reason {
     pub const AS_DECLARED: &str = "AsDeclared";
 }
 
+/// A status with conditions: what [`crate::context::Context::write_status`] compares.
+pub trait HasConditions: Clone + PartialEq + serde::Serialize {
+    fn conditions(&self) -> &[Condition];
+    /// The status with its conditions left out, to compare the rest.
+    fn without_conditions(&self) -> Self;
+}
+
+/// Implements [`HasConditions`] for status types with a `conditions` field.
+macro_rules! has_conditions {
+    ($($status:ty),* $(,)?) => {$(
+        impl HasConditions for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn without_conditions(&self) -> Self {
+                Self {
+                    conditions: Vec::new(),
+                    ..self.clone()
+                }
+            }
+        }
+    )*};
+}
+
+has_conditions!(
+    super::KafkaTopicStatus,
+    super::OrderConsumerStatus,
+    super::OrderGatewayStatus,
+);
+
 /// A condition observed now for `generation`.
 pub fn new(
     type_: &str,

@@ -14,17 +14,15 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
-use crate::FIELD_MANAGER;
 use crate::consumer::plan::{WorkerImage, pod_template_hash};
 use crate::context::{Context, object_key};
 use crate::crd::conditions::{self, reason};
@@ -156,12 +154,12 @@ fn error_policy(gateway: Arc<OrderGateway>, error: &Error, ctx: Arc<Context>) ->
 async fn apply(
     gateway: &OrderGateway,
     ctx: &Context,
-    api: &Api<OrderGateway>,
+    _api: &Api<OrderGateway>,
 ) -> Result<Action, Error> {
     match converge(gateway, ctx).await {
         Ok((status, recheck)) => {
             ctx.backoff.reset(&object_key(gateway));
-            write_status(gateway, ctx, api, status).await?;
+            write_status(gateway, ctx, status).await?;
             let resync = ctx.settings.resync;
             Ok(Action::requeue(recheck.map_or(resync, |r| r.min(resync))))
         }
@@ -178,7 +176,7 @@ async fn apply(
                 gateway.metadata.generation,
             );
             status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
-            write_status(gateway, ctx, api, status).await?;
+            write_status(gateway, ctx, status).await?;
             Err(error)
         }
     }
@@ -460,46 +458,23 @@ where
         .and_then(|m| m.metadata.resource_version))
 }
 
-/// Writes the status when anything a user sees changed (condition times aside), with events
-/// for a change of Ready.
+/// Writes the status when a user would see a change; a Warning when the operator fails or the
+/// pods degrade, once per change of reason.
 async fn write_status(
     gateway: &OrderGateway,
     ctx: &Context,
-    api: &Api<OrderGateway>,
     status: OrderGatewayStatus,
 ) -> Result<(), kube::Error> {
-    let old = gateway.status.clone().unwrap_or_default();
-    let strip = |s: &OrderGatewayStatus| OrderGatewayStatus {
-        conditions: Vec::new(),
-        ..s.clone()
-    };
-    if strip(&old) == strip(&status) && conditions::same(&old.conditions, &status.conditions) {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": OrderGateway::api_version(&()),
-        "kind": OrderGateway::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &gateway.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+    ctx.write_status(
+        gateway,
+        gateway.status.as_ref(),
+        &status,
+        &[
+            (conditions::RECONCILED, "False"),
+            (conditions::DEGRADED, "True"),
+        ],
     )
-    .await?;
-    let before = conditions::ready(&old.conditions);
-    if let Some(now) = conditions::ready(&status.conditions)
-        && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
-    {
-        let type_ = if now.status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        ctx.event(gateway, type_, &now.reason, now.message.clone())
-            .await;
-    }
-    Ok(())
+    .await
 }
 
 /// Removes the gateway's ACLs and SCRAM credential from Kafka, unless an OrderConsumer of the

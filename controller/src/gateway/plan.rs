@@ -26,7 +26,7 @@ use crate::pods;
 /// The port the gateway listens on in its pod (API, /metrics and probes).
 pub const GATEWAY_PORT: i32 = 8080;
 /// The port of the relay's /metrics and probes.
-pub const RELAY_PORT: i32 = 9090;
+pub const RELAY_PORT: i32 = crate::consumer::plan::WORKER_HTTP_PORT as i32;
 /// Seconds a gateway pod has to answer the requests it holds when it is stopped.
 pub const GATEWAY_GRACE_SECONDS: i64 = 30;
 pub const GATEWAY_LABEL: &str = "pubsubkafka.io/gateway";

@@ -128,7 +128,7 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
         consumers.iter().map(Arc::as_ref),
     ) {
         let status = failed_status(topic, refusal.reason(), &refusal.to_string());
-        write_status(topic, ctx, &api, status).await?;
+        write_status(topic, ctx, status).await?;
         return Err(refusal);
     }
 
@@ -137,7 +137,7 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
         Ok((description, origin, problems)) => {
             ctx.metrics.set_kafka_up(true);
             let status = converged_status(topic, &description, origin, &problems);
-            write_status(topic, ctx, &api, status).await?;
+            write_status(topic, ctx, status).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }
         Err(error) => {
@@ -150,13 +150,7 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
             if matches!(error, Error::Refused { .. } | Error::Conflict { .. }) {
                 ctx.metrics.set_kafka_up(true);
             }
-            write_status(
-                topic,
-                ctx,
-                &api,
-                failed_status(topic, error.reason(), &message),
-            )
-            .await?;
+            write_status(topic, ctx, failed_status(topic, error.reason(), &message)).await?;
             Err(error)
         }
     }
@@ -394,45 +388,20 @@ fn failed_status(topic: &KafkaTopic, why: &str, message: &str) -> KafkaTopicStat
     status
 }
 
-/// Writes `status` with server-side apply when it differs from what is stored, and records a
-/// Warning event when Ready turns False or changes its reason.
+/// Writes `status` when a user would see a change, and records a Warning event when Ready
+/// turns False or changes its reason.
 async fn write_status(
     topic: &KafkaTopic,
     ctx: &Context,
-    api: &Api<KafkaTopic>,
     status: KafkaTopicStatus,
 ) -> Result<(), kube::Error> {
-    let old = topic.status.clone().unwrap_or_default();
-    let unchanged = KafkaTopicStatus {
-        conditions: Vec::new(),
-        ..old.clone()
-    } == KafkaTopicStatus {
-        conditions: Vec::new(),
-        ..status.clone()
-    } && conditions::same(&old.conditions, &status.conditions);
-    if unchanged {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": KafkaTopic::api_version(&()),
-        "kind": KafkaTopic::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &topic.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+    ctx.write_status(
+        topic,
+        topic.status.as_ref(),
+        &status,
+        &[(conditions::READY, "False")],
     )
-    .await?;
-    let before = conditions::ready(&old.conditions);
-    if let Some(now) = conditions::ready(&status.conditions)
-        && now.status == "False"
-        && before.is_none_or(|b| b.status != now.status || b.reason != now.reason)
-    {
-        ctx.event(topic, EventType::Warning, &now.reason, now.message.clone())
-            .await;
-    }
-    Ok(())
+    .await
 }
 
 async fn set_finalizer(
@@ -512,13 +481,7 @@ async fn cleanup(
         Err(e) => {
             let error = Error::from(e);
             let message = format!("cannot delete Kafka topic {name} yet: {error}");
-            write_status(
-                topic,
-                ctx,
-                api,
-                failed_status(topic, error.reason(), &message),
-            )
-            .await?;
+            write_status(topic, ctx, failed_status(topic, error.reason(), &message)).await?;
             return Err(error);
         }
     };
