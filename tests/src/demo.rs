@@ -932,7 +932,7 @@ pub fn render(s: &Summary) -> String {
     let restarts: i32 = s.pods.iter().map(|p| p.restarts).sum();
     out.push_str(&format!(
         "  Pods          {running} of {} Running and Ready, {restarts} restarts (started by Kubernetes: \
-         the operator, the workers, the gateway)\n",
+         the operator, the workers, the gateways)\n",
         s.pods.len()
     ));
     if let Some(trace) = &s.dead_letter_trace {

@@ -1,7 +1,7 @@
 //! The operator at rest writes nothing: on an API server of its own (so no other test's
-//! requests count), KafkaTopics, DLQPolicies and OrderConsumers of every shape (fixed replicas,
+//! requests count), KafkaTopics, DLQPolicies, OrderConsumers of every shape (fixed replicas,
 //! lag autoscaling with a short and the default stabilization window, RetryTopics mode, an HTTP
-//! handler) are reconciled, then held at rest for three minutes with a 3 s resync while the
+//! handler) and OrderGateways (plain, and with an outbox and its relay) are reconciled, then held at rest for three minutes with a 3 s resync while the
 //! API server's own `apiserver_request_total` counts what the operator asks of it.
 //!
 //! The same real status objects then go through the Argo CD health check of README.md.
@@ -13,7 +13,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::Api;
 use pubsubkafka_controller::crd::conditions;
-use pubsubkafka_controller::crd::{DLQPolicy, KafkaTopic, OrderConsumer};
+use pubsubkafka_controller::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderGateway};
 use testenv::kube_api::{api_server_own, is_write, request_counts, request_increase};
 use testenv::operator::{self, Operator};
 use testenv::{KubeApi, Lifetime, eventually};
@@ -91,11 +91,27 @@ metadata: {{name: waiting}}
 spec:
   topicRef: {{name: no-such-topic}}
   handler: {{http: {{url: "http://receiver:8080/orders"}}}}
+---
+apiVersion: pubsubkafka.io/v1alpha1
+kind: OrderGateway
+metadata: {{name: gateway}}
+spec:
+  topicRef: {{name: {source}}}
+  replicas: 2
+---
+apiVersion: pubsubkafka.io/v1alpha1
+kind: OrderGateway
+metadata: {{name: gateway-outbox}}
+spec:
+  topicRef: {{name: {plain}}}
+  domain: Users
+  outbox: {{connectionSecret: {{name: orders-db}}}}
 "#
     )
 }
 
 const CONSUMERS: [&str; 4] = ["fixed", "autoscaled", "autoscaled-default", "retrying"];
+const GATEWAYS: [&str; 2] = ["gateway", "gateway-outbox"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
@@ -120,6 +136,7 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
     let topics: Api<KafkaTopic> = Api::namespaced(client.clone(), &ns);
     let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), &ns);
     let policies: Api<DLQPolicy> = Api::namespaced(client.clone(), &ns);
+    let gateways: Api<OrderGateway> = Api::namespaced(client.clone(), &ns);
     eventually("every resource reconciled", WAIT, || async {
         let mut pending = Vec::new();
         for name in [&source, &plain] {
@@ -135,6 +152,15 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
                 && s.observed_generation == c.metadata.generation)
             {
                 pending.push(format!("{name}: {:?}", c.status));
+            }
+        }
+        for name in GATEWAYS {
+            let g = gateways.get(name).await.map_err(|e| e.to_string())?;
+            let s = g.status.clone().unwrap_or_default();
+            if !(conditions::is_reconciled(&s.conditions)
+                && s.observed_generation == g.metadata.generation)
+            {
+                pending.push(format!("{name}: {:?}", g.status));
             }
         }
         let waiting = consumers.get("waiting").await.map_err(|e| e.to_string())?;
@@ -160,6 +186,12 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
             all.push((
                 format!("OrderConsumer/{}", c.name_any()),
                 c.resource_version(),
+            ));
+        }
+        for g in gateways.list(&Default::default()).await.unwrap() {
+            all.push((
+                format!("OrderGateway/{}", g.name_any()),
+                g.resource_version(),
             ));
         }
         all

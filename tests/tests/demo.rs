@@ -74,8 +74,15 @@ async fn the_demo_accounts_for_every_order() {
     assert!(summary.topics.contains(&("orders".to_owned(), 3)));
     assert!(summary.topics.contains(&("orders-dlq".to_owned(), 3)));
     // Every pod was started by Kubernetes and is Running and Ready, none restarted: the
-    // operator, 3 + 1 workers and the gateway.
-    assert_eq!(summary.pods.len(), 6, "{:?}", summary.pods);
+    // operator, 3 + 1 workers and the two OrderGateways' pods.
+    assert_eq!(summary.pods.len(), 7, "{:?}", summary.pods);
+    for gateway in ["shop/orders-gateway-", "shop/users-gateway-"] {
+        assert!(
+            summary.pods.iter().any(|p| p.name.starts_with(gateway)),
+            "a pod of {gateway}: {:?}",
+            summary.pods
+        );
+    }
     for pod in &summary.pods {
         assert_eq!(
             (pod.phase.as_str(), pod.ready, pod.restarts),
