@@ -91,7 +91,7 @@ async fn the_demo_accounts_for_every_order() {
         );
     }
 
-    // Prometheus finds the operator, the gateway and every worker pod through the Kubernetes
+    // Prometheus finds the operator, the gateways and every worker pod through the Kubernetes
     // API, and counts the dead letters the workers published; Jaeger holds the trace the
     // summary names.
     testenv::eventually(
@@ -108,7 +108,7 @@ async fn the_demo_accounts_for_every_order() {
                 })
                 .collect();
             let up = targets.iter().filter(|t| t.health == "up").count();
-            (targets.len() == 6 && up == 6)
+            (targets.len() == summary.pods.len() && up == targets.len())
                 .then_some(())
                 .ok_or(format!("{up} of {} up: {targets:?}", targets.len()))
         },
