@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             failed_at: "2026-01-01T00:00:00Z".into(),
             correlation_id: h::get(Some(&original), h::CORRELATION_ID),
             trace_id: None,
+            conflict: None,
         },
     );
     let kept: Vec<&str> = pairs
