@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use pubsubkafka_controller::crd::{KafkaTopic, OrderConsumer, OrderGateway};
 use pubsubkafka_controller::kafka::KafkaAdmin;
 use serde::{Deserialize, Serialize};
@@ -81,23 +81,6 @@ pub struct ConsumerSummary {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Processes {
     pids: Vec<u32>,
-}
-
-fn kubectl(info: &StackInfo, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new(&info.kube.kubectl)
-        .env("KUBECONFIG", &info.kube.kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|e| Error::io("running kubectl", e))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::Kube(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )))
-    }
 }
 
 fn say(line: &str) {
@@ -178,31 +161,14 @@ pub async fn run_on(
     .map_err(Error::Kube)?;
     running.installed_on = Some(info.clone());
 
-    say("applying examples/dev");
-    kubectl(
-        info,
-        &[
-            "apply",
-            "-f",
-            &opts.repo.join("examples/dev").display().to_string(),
-        ],
-    )?;
-    // The example's database Secret points at a cluster service; the demo has its own
-    // PostgreSQL, which pods reach at the node's address.
+    // The examples' two placeholders point at cluster services the demo does not have: its
+    // PostgreSQL and its notifier listen on the node's address. They are replaced before
+    // anything is applied, as the examples ask, so no Deployment rolls because of the demo.
     let db = info.postgres.fresh_database("shop").await?;
     let db_url = info
         .postgres
         .database_url_for_pods(&db)
         .ok_or_else(|| Error::Postgres("the stack's PostgreSQL does not listen for pods".into()))?;
-    apply(
-        &client,
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "orders-db", "namespace": NAMESPACE},
-            "stringData": {"url": db_url},
-        }),
-    )
-    .await?;
     // The users' notifier: a small HTTP receiver on the node's address standing in for the
     // notification service.
     let receiver_port = free_port()?;
@@ -218,15 +184,18 @@ pub async fn run_on(
         None,
     )?);
     let receiver = format!("{node_ip}:{receiver_port}");
+    let manifests = examples_with(
+        &opts.repo.join("examples/dev"),
+        &[
+            (EXAMPLE_DATABASE_URL, db_url.as_str()),
+            (EXAMPLE_NOTIFIER_URL, &format!("http://{receiver}/events")),
+        ],
+    )?;
+    say("applying examples/dev (the database and notifier URLs replaced)");
+    info.kube
+        .kubectl_with_stdin(&["apply", "-f", "-"], &manifests)
+        .map_err(|e| Error::Kube(format!("kubectl apply examples/dev: {e}")))?;
     let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), NAMESPACE);
-    consumers
-        .patch(
-            "user-notifier",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"handler": {"http": {"url": format!("http://{receiver}/events")}}}})),
-        )
-        .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
 
     let admin = KafkaAdmin::new(
         &info
@@ -333,12 +302,13 @@ pub async fn run_on(
                     return Err("no status yet".into());
                 };
                 let selector = status.selector.clone().unwrap_or_default();
-                let ready = ready_pods(&pods, &selector).await?;
+                let (ready, all) = ready_pods(&pods, &selector).await?;
                 if ready != status.replicas.unwrap_or(0) as usize
+                    || all != ready
                     || status.ready_replicas != status.replicas
                 {
                     missing.push(format!(
-                        "{}: {ready} of {:?} pods ready",
+                        "{}: {ready} of {:?} pods ready ({all} pods)",
                         c.metadata.name.unwrap_or_default(),
                         status.replicas
                     ));
@@ -354,12 +324,13 @@ pub async fn run_on(
                     return Err("no gateway status yet".into());
                 };
                 let selector = status.selector.clone().unwrap_or_default();
-                let ready = ready_pods(&pods, &selector).await?;
+                let (ready, all) = ready_pods(&pods, &selector).await?;
                 if ready != g.spec.replicas as usize
+                    || all != ready
                     || !pubsubkafka_controller::crd::conditions::is_ready(&status.conditions)
                 {
                     missing.push(format!(
-                        "{}: {ready} of {} gateway pods ready",
+                        "{}: {ready} of {} gateway pods ready ({all} pods)",
                         g.metadata.name.unwrap_or_default(),
                         g.spec.replicas
                     ));
@@ -590,46 +561,53 @@ pub async fn run_on(
     Ok((summary, running))
 }
 
-/// Server-side apply of one object with the demo's field manager.
-async fn apply(client: &kube::Client, object: serde_json::Value) -> Result<(), Error> {
-    let object: kube::api::DynamicObject =
-        serde_json::from_value(object).map_err(|e| Error::Kube(e.to_string()))?;
-    let types = object
-        .types
-        .clone()
-        .ok_or_else(|| Error::Kube("an object without a kind".into()))?;
-    let (group, version) = types
-        .api_version
-        .split_once('/')
-        .unwrap_or(("", types.api_version.as_str()));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, &types.kind);
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| Error::Kube(e.to_string()))?;
-    let namespace = object.metadata.namespace.clone().unwrap_or_default();
-    let name = object.metadata.name.clone().unwrap_or_default();
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), &namespace, &resource);
-    api.patch(
-        &name,
-        &PatchParams::apply("demo").force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .map_err(|e| Error::Kube(format!("applying {} {name}: {e}", types.kind)))?;
-    Ok(())
+/// Pods matching `selector` that are Running and Ready, not being deleted.
+/// The example's event-store URL and notifier URL, which the demo replaces.
+const EXAMPLE_DATABASE_URL: &str = "postgres://orders:change-me@postgresql.shop.svc:5432/orders";
+const EXAMPLE_NOTIFIER_URL: &str = "http://user-notifications.shop.svc:8080/events";
+
+/// Every manifest of `dir`, in file-name order, with each `(placeholder, value)` replaced; a
+/// placeholder no longer in the examples is an error, not a silently unchanged manifest.
+fn examples_with(dir: &std::path::Path, replacements: &[(&str, &str)]) -> Result<String, Error> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("listing the examples", e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    let mut manifests = String::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| Error::io("reading an example", e))?;
+        manifests.push_str("---\n");
+        manifests.push_str(&text);
+        manifests.push('\n');
+    }
+    for (placeholder, value) in replacements {
+        if !manifests.contains(placeholder) {
+            return Err(Error::Missing {
+                tool: format!("the placeholder {placeholder}"),
+                detail: format!("not found in {}", dir.display()),
+            });
+        }
+        manifests = manifests.replace(placeholder, value);
+    }
+    Ok(manifests)
 }
 
-/// Pods matching `selector` that are Running and Ready, not being deleted.
-async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Result<usize, String> {
-    Ok(pods
+/// The pods `selector` matches that are Ready and not being deleted, and all it matches: a
+/// rollout is over when the two are equal (no pod of an old ReplicaSet left, even finished).
+async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Result<(usize, usize), String> {
+    let all = pods
         .list(&kube::api::ListParams::default().labels(selector))
         .await
         .map_err(|e| e.to_string())?
-        .items
+        .items;
+    let ready = all
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && crate::cluster::pod_ready(p))
-        .count())
+        .count();
+    Ok((ready, all.len()))
 }
 
 /// What a demo run started, when it owns it (the test): dropped, everything stops; a demo run
