@@ -103,8 +103,14 @@ fn main() -> ExitCode {
                 pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown).await
             }
             Command::Replay(args) => {
+                let summary_file = args.summary_file.clone();
                 let summary = pubsubkafka_worker::replay::run(args).await?;
-                println!("{}", serde_json::to_string(&summary).expect("serializes"));
+                let json = serde_json::to_string(&summary).expect("serializes");
+                println!("{json}");
+                if let Some(path) = summary_file {
+                    std::fs::write(&path, &json)
+                        .map_err(|e| format!("writing the summary to {}: {e}", path.display()))?;
+                }
                 Ok(())
             }
         }

@@ -59,17 +59,44 @@ pub struct ReplayArgs {
     /// Where over-replayed records go (default: <dead-letter topic>-parking).
     #[arg(long)]
     pub parking_topic: Option<String>,
+    /// Only records carrying this header with exactly this value, as NAME=VALUE (repeatable:
+    /// every one must match).
+    #[arg(long = "header", value_parser = parse_header_match)]
+    pub headers: Vec<(String, String)>,
+    /// Only records with one of these keys (repeatable).
+    #[arg(long = "key")]
+    pub keys: Vec<String>,
+    /// Republish every matching record to this topic instead of the one its headers name.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Also write the summary (JSON) to this file, such as /dev/termination-log in a Job's pod.
+    #[arg(long)]
+    pub summary_file: Option<std::path::PathBuf>,
+}
+
+/// `NAME=VALUE`, for `--header`.
+fn parse_header_match(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
 }
 
 /// What a replay did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Records the filters selected: replayed and parked (or, in a dry run, that would be).
+    pub matched: u64,
     pub replayed: u64,
     pub parked: u64,
     pub skipped: u64,
     /// Replayed records by target topic.
     pub targets: BTreeMap<String, u64>,
     pub dry_run: bool,
+    /// Per dead-letter partition, the next offset after the last record read.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Per dead-letter partition, where the topic ended when the replay started.
+    pub ends: BTreeMap<i32, i64>,
 }
 
 /// One record a dry run would replay.
@@ -138,6 +165,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
 
     let mut summary = Summary {
         dry_run: args.dry_run,
+        ends: ends.clone(),
         ..Summary::default()
     };
     let mut remaining: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
@@ -171,10 +199,14 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
         let replays: u32 = headers::get(hs, headers::DLQ_REPLAY_COUNT)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        if !matches(&args, hs, partition, offset) {
+        summary.offsets.insert(partition, offset + 1);
+        if !matches(&args, hs, message.key(), partition, offset) {
             summary.skipped += 1;
         } else {
-            let original = headers::get(hs, headers::DLQ_ORIGINAL_TOPIC);
+            let original = args
+                .target
+                .as_deref()
+                .or_else(|| headers::get(hs, headers::DLQ_ORIGINAL_TOPIC));
             let target = match original {
                 Some(t) if replays < args.max_replays => t.to_owned(),
                 _ => parking.clone(),
@@ -230,6 +262,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
                 }
                 send(&producer, record).instrument(span).await?;
             }
+            summary.matched += 1;
             if parked {
                 summary.parked += 1;
             } else {
@@ -302,12 +335,28 @@ fn prune_finished(consumer: &BaseConsumer, topic: &str, remaining: &mut BTreeMap
     }
 }
 
-fn matches<H: Headers>(args: &ReplayArgs, hs: Option<&H>, partition: i32, offset: i64) -> bool {
+fn matches<H: Headers>(
+    args: &ReplayArgs,
+    hs: Option<&H>,
+    key: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+) -> bool {
     if !args.partitions.is_empty() && !args.partitions.contains(&partition) {
         return false;
     }
     if args.from_offset.is_some_and(|from| offset < from)
         || args.to_offset.is_some_and(|to| offset > to)
+    {
+        return false;
+    }
+    if !args.keys.is_empty() && !args.keys.iter().any(|k| Some(k.as_bytes()) == key) {
+        return false;
+    }
+    if !args
+        .headers
+        .iter()
+        .all(|(name, value)| headers::get(hs, name) == Some(value.as_str()))
     {
         return false;
     }
