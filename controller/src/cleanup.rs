@@ -2,7 +2,7 @@
 //! (the chart's pre-delete hook first scales the operator's Deployment to zero and takes its
 //! Lease; run by hand, after the operator is gone) and leaves nothing of the operator behind:
 //!
-//! - every OrderConsumer and OrderGateway: its ACLs and SCRAM user are deleted from Kafka (its
+//! - every OrderConsumer, OrderGateway and DLQReplay: its ACLs and SCRAM user are deleted from Kafka (its
 //!   pods lose access; a reinstalled operator recreates both from the credentials Secret), then
 //!   its finalizer is removed;
 //! - every KafkaTopic being deleted: what its deletion would have done (the ACLs it wrote, and
@@ -28,7 +28,8 @@ use tracing::{info, warn};
 
 use crate::context::scoped_api as api;
 use crate::crd::{
-    KafkaTopic, OrderConsumer, OrderGateway, kafka_topic, order_consumer, order_gateway,
+    DLQReplay, KafkaTopic, OrderConsumer, OrderGateway, dlq_replay, kafka_topic, order_consumer,
+    order_gateway,
 };
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::settings::Args;
@@ -80,6 +81,8 @@ pub struct Summary {
     pub consumers: Vec<String>,
     /// OrderGateways whose principal and ACLs went, `namespace/name`.
     pub gateways: Vec<String>,
+    /// DLQReplays whose principal and ACLs went, `namespace/name`.
+    pub replays: Vec<String>,
     /// KafkaTopics whose finalizer went, `namespace/name`.
     pub topics: Vec<String>,
 }
@@ -247,6 +250,32 @@ async fn clean(
         }
     }
 
+    let replays = api::<DLQReplay>(client, namespace)
+        .list(&ListParams::default())
+        .await?;
+    for replay in &replays.items {
+        if !replay
+            .finalizers()
+            .iter()
+            .any(|f| f == dlq_replay::FINALIZER)
+        {
+            continue;
+        }
+        let outcome = async {
+            // Its Job goes with the resource (owner reference) or stays as a record; without
+            // the principal it cannot write anything more.
+            let names = crate::replay::plan::Names::of(replay);
+            crate::principal::remove(admin, &names.user, &names.principal).await?;
+            remove_finalizer(client, replay, dlq_replay::FINALIZER).await?;
+            Ok::<_, CleanupError>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => summary.replays.push(key(replay)),
+            Err(e) => failed.push(format!("DLQReplay {}: {e}", key(replay))),
+        }
+    }
+
     let topics = api::<KafkaTopic>(client, namespace)
         .list(&ListParams::default())
         .await?;
@@ -287,6 +316,7 @@ async fn clean(
     info!(
         consumers = summary.consumers.len(),
         gateways = summary.gateways.len(),
+        replays = summary.replays.len(),
         topics = summary.topics.len(),
         "removed the operator's principals, ACLs and finalizers"
     );

@@ -16,6 +16,7 @@ pub mod operator;
 pub mod ownership;
 pub mod pods;
 pub mod principal;
+pub mod replay;
 pub mod settings;
 pub mod tenancy;
 pub mod topic;

@@ -63,10 +63,11 @@ async fn cleanup_main(args: CleanupArgs) -> ExitCode {
     match cleanup::run(args, client).await {
         Ok(summary) => {
             println!(
-                "removed the principals, ACLs and finalizers of {} OrderConsumers and {} \
-                 OrderGateways, and the finalizers of {} KafkaTopics",
+                "removed the principals, ACLs and finalizers of {} OrderConsumers, {} \
+                 OrderGateways and {} DLQReplays, and the finalizers of {} KafkaTopics",
                 summary.consumers.len(),
                 summary.gateways.len(),
+                summary.replays.len(),
                 summary.topics.len()
             );
             ExitCode::SUCCESS

@@ -17,7 +17,7 @@ use crate::crd::{KafkaAccessPolicy, KafkaTopic};
 use crate::kafka::{AdminError, KafkaAdmin};
 use crate::metrics::Metrics;
 use crate::settings::Args;
-use crate::{FIELD_MANAGER, consumer, gateway, http, leader, topic};
+use crate::{FIELD_MANAGER, consumer, gateway, http, leader, replay, topic};
 use k8s_openapi::api::coordination::v1::Lease;
 
 /// Why the operator could not start.
@@ -104,6 +104,7 @@ pub async fn run(
         consumer::controller(&client, args.watch_namespace.as_deref(), selector);
     let (gateway_controller, gateways) =
         gateway::controller(&client, args.watch_namespace.as_deref(), selector);
+    let replay_controller = replay::controller(&client, args.watch_namespace.as_deref(), selector);
     // KafkaAccessPolicies and Namespaces are cluster-scoped: watched whole, whatever the
     // operator's namespace. A policy change re-checks every resource at once.
     let (policies, policy_writer) = reflector::store::<KafkaAccessPolicy>();
@@ -225,7 +226,8 @@ pub async fn run(
     tokio::join!(
         topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
         consumer::run(Arc::clone(&ctx), consumer_controller, stop.clone()),
-        gateway::run(ctx, gateway_controller, stop),
+        gateway::run(Arc::clone(&ctx), gateway_controller, stop.clone()),
+        replay::run(ctx, replay_controller, stop),
     );
     if lost.load(Ordering::Relaxed) {
         info!("operator stopped");

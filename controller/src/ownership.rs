@@ -70,6 +70,9 @@ impl fmt::Display for Owner {
                 match role {
                     Some(OwnedTopicKind::DeadLetter) => write!(f, " (its dead-letter topic)"),
                     Some(OwnedTopicKind::Retry) => write!(f, " (one of its retry topics)"),
+                    Some(OwnedTopicKind::Parking) => {
+                        write!(f, " (its dead letters' parking topic)")
+                    }
                     None => Ok(()),
                 }
             }

@@ -154,7 +154,7 @@ async fn every_example_is_accepted_by_the_api_server() {
     let stack = testenv::shared();
     let client = stack.kube.client().await.unwrap();
     testenv::operator::install_crds(&client).await;
-    for profile in ["dev", "prod"] {
+    for profile in ["dev", "prod", "replay"] {
         let dir = repo().join("examples").join(profile);
         let out = stack
             .kube
@@ -180,7 +180,7 @@ async fn every_example_is_accepted_by_the_api_server() {
         .args(["create", "namespace", "shop"])
         .output();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for profile in ["dev", "prod"] {
+    for profile in ["dev", "prod", "replay"] {
         let out = stack
             .kube
             .kubectl()

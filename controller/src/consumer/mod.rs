@@ -331,6 +331,8 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
             OwnedTopicKind::DeadLetter => (dead_letter_partitions, true),
             // Partition p of every retry topic goes with partition p of the source.
             OwnedTopicKind::Retry => (gathered.partitions, false),
+            // Its DLQReplay creates it.
+            OwnedTopicKind::Parking => continue,
         };
         ensure_companion_topic(
             consumer,
@@ -565,7 +567,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
 
 /// Writes status.ownedTopics, the consumer's claim on its topics (a merge patch: the rest of
 /// the status is written at the end of the pass).
-async fn record_owned_topics(
+pub(crate) async fn record_owned_topics(
     consumer: &OrderConsumer,
     ctx: &Context,
     owned: &[OwnedTopic],

@@ -172,6 +172,7 @@ pub fn admit(
             let kind = match topic.kind {
                 OwnedTopicKind::DeadLetter => "dead-letter",
                 OwnedTopicKind::Retry => "retry",
+                OwnedTopicKind::Parking => "parking",
             };
             if tenancy::is_internal_topic(&topic.name) {
                 return Err(Error::Refused {

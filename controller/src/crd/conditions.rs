@@ -14,6 +14,9 @@ pub const RECONCILED: &str = "Reconciled";
 pub const DEGRADED: &str = "Degraded";
 /// OrderConsumer: replicas were limited by the partition count.
 pub const CAPPED: &str = "Capped";
+/// DLQReplay: True once it has ended, succeeded or failed (as a Job's `Complete`, so
+/// `kubectl wait --for=condition=Complete` works).
+pub const COMPLETE: &str = "Complete";
 
 /// Reasons, stable and machine-readable (alerts and runbooks key on them).
 pub mod reason {
@@ -55,6 +58,20 @@ pub mod reason {
     pub const SINK_UNAVAILABLE: &str = "SinkUnavailable";
     /// Degraded=False: nothing to look at.
     pub const AS_DECLARED: &str = "AsDeclared";
+    /// DLQReplay: its OrderConsumer does not exist (or has no dead-letter topic yet).
+    pub const CONSUMER_NOT_FOUND: &str = "ConsumerNotFound";
+    /// DLQReplay: another replay of the same dead-letter topic runs first.
+    pub const WAITING_FOR_REPLAY: &str = "WaitingForReplay";
+    /// DLQReplay: its Job is being created.
+    pub const REPLAY_STARTING: &str = "Starting";
+    /// DLQReplay: its Job runs.
+    pub const REPLAY_RUNNING: &str = "Running";
+    /// DLQReplay: its Job read the dead-letter topic to its end at the start.
+    pub const REPLAY_SUCCEEDED: &str = "Succeeded";
+    /// DLQReplay: its Job failed past its retries.
+    pub const REPLAY_FAILED: &str = "JobFailed";
+    /// DLQReplay Complete=False: not ended yet.
+    pub const REPLAY_NOT_FINISHED: &str = "NotFinished";
 }
 
 /// A status with conditions: what [`crate::context::Context::write_status`] compares.
@@ -85,6 +102,7 @@ has_conditions!(
     super::KafkaTopicStatus,
     super::OrderConsumerStatus,
     super::OrderGatewayStatus,
+    super::DLQReplayStatus,
 );
 
 /// A condition observed now for `generation`.

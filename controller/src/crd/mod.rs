@@ -4,12 +4,14 @@
 pub mod access_policy;
 pub mod conditions;
 pub mod dlq_policy;
+pub mod dlq_replay;
 pub mod kafka_topic;
 pub mod order_consumer;
 pub mod order_gateway;
 
 pub use access_policy::{KafkaAccessPolicy, KafkaAccessPolicySpec};
 pub use dlq_policy::{DLQPolicy, DLQPolicySpec};
+pub use dlq_replay::{DLQReplay, DLQReplaySpec, DLQReplayStatus};
 pub use kafka_topic::{KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};
 pub use order_consumer::{OrderConsumer, OrderConsumerSpec, OrderConsumerStatus};
 pub use order_gateway::{OrderGateway, OrderGatewaySpec, OrderGatewayStatus};
@@ -24,6 +26,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         DLQPolicy::crd(),
         OrderConsumer::crd(),
         OrderGateway::crd(),
+        DLQReplay::crd(),
         KafkaAccessPolicy::crd(),
     ]
     .into_iter()

@@ -282,6 +282,8 @@ pub struct OwnedTopic {
 pub enum OwnedTopicKind {
     DeadLetter,
     Retry,
+    /// Where a DLQReplay sends dead letters replayed too often.
+    Parking,
 }
 
 /// The finalizer that removes the consumer's principal and ACLs from Kafka.
