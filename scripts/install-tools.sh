@@ -54,6 +54,7 @@ command -v cargo >/dev/null || die "Rust (cargo) is required"
 "$here/install-kafka.sh"
 "$here/install-kube.sh" all
 "$here/install-fuzz.sh"
+"$here/install-machete.sh"
 "$here/install-jaeger.sh"
 "$here/install-prometheus.sh"
 log "tools ready in $PSK_CACHE"

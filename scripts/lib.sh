@@ -9,6 +9,7 @@ COREDNS_VERSION=1.14.7
 # Prometheus 2.54.1 is published as Go module github.com/prometheus/prometheus v0.54.1.
 PROMETHEUS_VERSION=0.54.1
 CARGO_FUZZ_VERSION=0.13.2
+CARGO_MACHETE_VERSION=0.9.2
 # Jaeger v2 (2.0.0) is published as Go module github.com/jaegertracing/jaeger v1.62.0; later
 # module versions need OpenTelemetry Collector modules the Go module proxy here does not serve.
 JAEGER_VERSION=1.62.0

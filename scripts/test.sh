@@ -14,6 +14,8 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo machete (unused dependencies)"
+"$PSK_CACHE/cargo-machete-$CARGO_MACHETE_VERSION/bin/cargo-machete"
 log "promtool check rules / test rules (deploy/prometheus)"
 promtool check rules deploy/prometheus/rules.yml
 promtool test rules deploy/prometheus/rules.test.yml

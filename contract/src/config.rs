@@ -57,17 +57,20 @@ impl SecurityProtocol {
     }
 }
 
+/// A `--kafka-security-protocol` that Kafka does not know (as written, upper-cased).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown security protocol {0:?} (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)")]
+pub struct UnknownSecurityProtocol(pub String);
+
 impl std::str::FromStr for SecurityProtocol {
-    type Err = String;
+    type Err = UnknownSecurityProtocol;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_uppercase().as_str() {
             "PLAINTEXT" => Ok(Self::Plaintext),
             "SSL" => Ok(Self::Ssl),
             "SASL_PLAINTEXT" => Ok(Self::SaslPlaintext),
             "SASL_SSL" => Ok(Self::SaslSsl),
-            other => Err(format!(
-                "unknown security protocol {other:?} (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)"
-            )),
+            other => Err(UnknownSecurityProtocol(other.to_owned())),
         }
     }
 }
@@ -335,8 +338,13 @@ impl ErrorClass {
     }
 }
 
+/// An error class name that is none of the five (as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown error class {0:?} (Deserialization, Validation, Rejected, Conflict, Transient)")]
+pub struct UnknownErrorClass(pub String);
+
 impl std::str::FromStr for ErrorClass {
-    type Err = String;
+    type Err = UnknownErrorClass;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         [
             Self::Deserialization,
@@ -347,12 +355,7 @@ impl std::str::FromStr for ErrorClass {
         ]
         .into_iter()
         .find(|c| c.as_str().eq_ignore_ascii_case(s))
-        .ok_or_else(|| {
-            format!(
-                "unknown error class {s:?} (Deserialization, Validation, Rejected, Conflict, \
-                 Transient)"
-            )
-        })
+        .ok_or_else(|| UnknownErrorClass(s.to_owned()))
     }
 }
 

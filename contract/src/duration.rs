@@ -4,10 +4,15 @@
 
 use std::time::Duration;
 
+/// A text that is not a duration; holds the text as written (trimmed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration such as 500ms, 30s, 2m or 1m30s")]
+pub struct InvalidDuration(pub String);
+
 /// Parses a Go-style duration; a bare number means seconds (for flags).
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
     let text = text.trim();
-    let invalid = || format!("{text:?} is not a duration such as 500ms, 30s, 2m or 1m30s");
+    let invalid = || InvalidDuration(text.to_owned());
     if text.is_empty() {
         return Err(invalid());
     }

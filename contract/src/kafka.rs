@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
 
-use crate::config::{KafkaConnection, SecurityProtocol};
+use crate::config::{ConfigError, KafkaConnection, SecurityProtocol};
 
 /// Kafka connection flags, shared by the gateway, the relay, replay and the operator.
 #[derive(Debug, Clone, clap::Args)]
@@ -40,14 +40,22 @@ impl KafkaArgs {
     }
 }
 
+/// Why the idempotent producer could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("creating the Kafka producer: {0}")]
+    Create(#[source] rdkafka::error::KafkaError),
+}
+
 /// The idempotent producer: acks from every in-sync replica, ordered retries, compression.
 pub fn idempotent_producer(
     connection: &KafkaConnection,
     delivery_timeout: Duration,
-) -> Result<FutureProducer, String> {
+) -> Result<FutureProducer, ProducerError> {
     connection
-        .client_config()
-        .map_err(|e| e.to_string())?
+        .client_config()?
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
@@ -62,5 +70,5 @@ pub fn idempotent_producer(
             delivery_timeout.as_millis().to_string(),
         )
         .create()
-        .map_err(|e| format!("creating the Kafka producer: {e}"))
+        .map_err(ProducerError::Create)
 }

@@ -176,13 +176,24 @@ pub fn init_logging(format: &str, default_filter: &str) {
     std::mem::forget(init(format, default_filter, None));
 }
 
-fn build_provider(export: &TraceExport) -> Result<SdkTracerProvider, String> {
+/// The OTLP exporter could not be built: trace export stays off.
+#[derive(Debug, thiserror::Error)]
+#[error("the OTLP exporter for {url}: {source}")]
+struct ExporterError {
+    url: String,
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
+fn build_provider(export: &TraceExport) -> Result<SdkTracerProvider, ExporterError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(export.traces_url())
         .with_timeout(Duration::from_secs(5))
         .build()
-        .map_err(|e| format!("the OTLP exporter for {}: {e}", export.traces_url()))?;
+        .map_err(|source| ExporterError {
+            url: export.traces_url(),
+            source,
+        })?;
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(export.service_name.clone());

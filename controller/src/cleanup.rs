@@ -51,12 +51,8 @@ pub struct CleanupArgs {
     #[arg(long, env = "PSK_CLEANUP_STOP_DEPLOYMENT")]
     pub stop_deployment: Option<String>,
     /// How long to wait for the operator's pods to stop and its Lease to be free.
-    #[arg(long, env = "PSK_CLEANUP_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "PSK_CLEANUP_TIMEOUT", default_value = "120s", value_parser = crate::duration::parse)]
     pub timeout: Duration,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
 }
 
 /// Why the cleanup did not finish. Run it again: every step is idempotent.

@@ -234,8 +234,9 @@ impl Context {
                         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
                         finalizer::Error::AddFinalizer(e)
                         | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-                        finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => {
-                            Error::InvalidSpec(e.to_string())
+                        finalizer::Error::UnnamedObject => crate::error::SpecError::Unnamed.into(),
+                        finalizer::Error::InvalidFinalizer => {
+                            crate::error::SpecError::InvalidFinalizer.into()
                         }
                     });
             timer.finish(result.as_ref().err().map(Error::reason));

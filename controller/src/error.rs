@@ -1,6 +1,7 @@
 //! The reconcilers' error: each failure maps to a condition reason (and metric label) and says
 //! whether retrying soon can help.
 
+use pubsubkafka_contract::duration::InvalidDuration;
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::crd::conditions::reason;
@@ -38,8 +39,31 @@ pub enum Error {
     )]
     CachesNotReady,
     /// The spec cannot be acted on as written.
-    #[error("{0}")]
-    InvalidSpec(String),
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+}
+
+/// Why a spec cannot be acted on as written: nothing is changed until it does.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A duration field the API server's CEL check let through but this parser refuses.
+    #[error(transparent)]
+    Duration(#[from] InvalidDuration),
+    /// The same, named by its field (`backoff.max`).
+    #[error("{field}: {source}")]
+    FieldDuration {
+        field: &'static str,
+        source: InvalidDuration,
+    },
+    #[error("retry topic name {0} is longer than Kafka's 249 characters; shorten the topic name")]
+    RetryTopicTooLong(String),
+    #[error("set exactly one handler: eventStore or http")]
+    Handler,
+    /// kube's finalizer helper refused the object (as kube words it).
+    #[error("object has no name")]
+    Unnamed,
+    #[error("invalid finalizer")]
+    InvalidFinalizer,
 }
 
 impl Error {

@@ -22,10 +22,10 @@ pub struct Args {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Give up on one Kafka admin request after this long (e.g. 15s).
-    #[arg(long, env = "PSK_KAFKA_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "PSK_KAFKA_TIMEOUT", default_value = "15s", value_parser = crate::duration::parse)]
     pub kafka_timeout: Duration,
     /// Check converged resources again this often: reverts config drift (e.g. 2m).
-    #[arg(long, env = "PSK_RESYNC_INTERVAL", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "PSK_RESYNC_INTERVAL", default_value = "2m", value_parser = crate::duration::parse)]
     pub resync_interval: Duration,
     /// Worker image for OrderConsumers that name none.
     #[arg(long, env = "PSK_WORKER_IMAGE", default_value = concat!("pubsubkafka/worker:", env!("CARGO_PKG_VERSION")))]
@@ -84,8 +84,4 @@ pub struct Args {
     /// absent; tracing is off in the workers when neither is set).
     #[arg(long, env = "PSK_WORKER_OTLP_ENDPOINT")]
     pub worker_otlp_endpoint: Option<String>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse(text)
 }

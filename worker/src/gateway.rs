@@ -31,11 +31,11 @@ use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::headers;
 use crate::http::Health;
-use crate::kafka::{KafkaArgs, idempotent_producer};
+use crate::kafka::{KafkaArgs, ProducerError, idempotent_producer};
 use crate::metrics::Metrics;
 use crate::order::proto;
 use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
 use crate::{duration, ids, tracing_ctx};
 
 /// `pubsubkafka-worker gateway` flags.
@@ -149,21 +149,40 @@ struct Gateway {
     orders_accepted_latency: prometheus::Histogram,
 }
 
+/// Why the gateway could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("--outbox needs --database-url-file")]
+    OutboxWithoutDatabase,
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The listener or the server failed.
+    #[error(transparent)]
+    Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Serves the gateway until `shutdown`.
 pub async fn run(
     args: GatewayArgs,
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), GatewayError> {
     let sink = if args.outbox {
         let file = args
             .database_url_file
             .as_ref()
-            .ok_or("--outbox needs --database-url-file")?;
-        let url = std::fs::read_to_string(file)
-            .map_err(|e| format!("reading {}: {e}", file.display()))?;
-        let outbox = Outbox::new(url.trim())?;
+            .ok_or(GatewayError::OutboxWithoutDatabase)?;
+        let outbox = Outbox::open(file)?;
         outbox.migrate().await?;
         Sink::Outbox(outbox)
     } else {
@@ -174,8 +193,11 @@ pub async fn run(
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("binding {}: {e}", args.listen))?;
-    info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, outbox = args.outbox, "gateway listening");
+        .map_err(|source| GatewayError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    info!(addr = %listener.local_addr()?, outbox = args.outbox, "gateway listening");
     let ready = Arc::new(AtomicBool::new(false));
     if let Sink::Kafka(producer) = &sink {
         tokio::spawn(watch_broker(
@@ -215,9 +237,8 @@ pub async fn run(
             .with_graceful_shutdown(shutdown)
             .await
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .await??;
+    Ok(())
 }
 
 /// Readiness follows the broker: a metadata request every 5 s.
@@ -538,8 +559,12 @@ async fn accept_order(
                 items,
                 inventory_status,
             },
-            Err(Ok(field)) => return Err(Rejection::fields(vec![field])),
-            Err(Err(message)) => return Err(Rejection::new(StatusCode::BAD_REQUEST, message)),
+            Err(proto::RequestError::MissingField(field)) => {
+                return Err(Rejection::fields(vec![field]));
+            }
+            Err(e @ proto::RequestError::Malformed(_)) => {
+                return Err(Rejection::new(StatusCode::BAD_REQUEST, e.to_string()));
+            }
         }
     } else {
         parse_json(headers, body)?

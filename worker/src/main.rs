@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use pubsubkafka_worker::config::WorkerConfig;
-use pubsubkafka_worker::gateway::GatewayArgs;
-use pubsubkafka_worker::handler::Handler;
+use pubsubkafka_worker::consumer::RuntimeError;
+use pubsubkafka_worker::gateway::{GatewayArgs, GatewayError};
+use pubsubkafka_worker::handler::{ConnectError, Handler};
 use pubsubkafka_worker::http::{self, Health};
 use pubsubkafka_worker::metrics::Metrics;
-use pubsubkafka_worker::outbox::RelayArgs;
-use pubsubkafka_worker::replay::ReplayArgs;
+use pubsubkafka_worker::outbox::{OutboxError, RelayArgs};
+use pubsubkafka_worker::replay::{ReplayArgs, ReplayError};
 use pubsubkafka_worker::telemetry::{self, TraceArgs, TraceExport, shutdown_signal};
 use tracing::error;
 
@@ -50,6 +51,38 @@ enum Command {
     OutboxRelay(RelayArgs),
     /// Republish dead letters to their original topics.
     Replay(ReplayArgs),
+}
+
+/// Why the worker stopped: what `main` prints before exiting with a failure.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("reading {}: {source}", path.display())]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a worker configuration: {source}", path.display())]
+    InvalidConfig {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("binding the HTTP endpoint {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Handler(#[from] ConnectError),
+    #[error(transparent)]
+    Consumer(#[from] RuntimeError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Relay(#[from] OutboxError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
 }
 
 fn main() -> ExitCode {
@@ -94,13 +127,13 @@ fn main() -> ExitCode {
             Command::Gateway(args) => {
                 let metrics = Metrics::new();
                 let health = Arc::new(Health::default());
-                pubsubkafka_worker::gateway::run(args, metrics, health, shutdown).await
+                Ok(pubsubkafka_worker::gateway::run(args, metrics, health, shutdown).await?)
             }
             Command::OutboxRelay(args) => {
                 let metrics = Metrics::new();
                 let health = Arc::new(Health::default());
                 serve_probes(args.http_addr, metrics.clone(), Arc::clone(&health)).await?;
-                pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown).await
+                Ok(pubsubkafka_worker::outbox::relay(args, metrics, health, shutdown).await?)
             }
             Command::Replay(args) => {
                 let summary_file = args.summary_file.clone();
@@ -129,14 +162,14 @@ fn main() -> ExitCode {
     code
 }
 
-fn read_config(config_path: &PathBuf) -> Result<WorkerConfig, String> {
-    let text = std::fs::read_to_string(config_path)
-        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
-    WorkerConfig::from_json(&text).map_err(|e| {
-        format!(
-            "{} is not a worker configuration: {e}",
-            config_path.display()
-        )
+fn read_config(config_path: &PathBuf) -> Result<WorkerConfig, Error> {
+    let text = std::fs::read_to_string(config_path).map_err(|source| Error::ReadConfig {
+        path: config_path.clone(),
+        source,
+    })?;
+    WorkerConfig::from_json(&text).map_err(|source| Error::InvalidConfig {
+        path: config_path.clone(),
+        source,
     })
 }
 
@@ -144,16 +177,15 @@ async fn consume(
     config: WorkerConfig,
     http_addr: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let metrics = Metrics::new();
     metrics.prime_consumer(&config.source_topic, &config.dead_letter_topic);
     let health = Arc::new(Health::default());
     let addr = http_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], config.http_port)));
     serve_probes(addr, metrics.clone(), Arc::clone(&health)).await?;
     let handler = Handler::connect(&config.handler).await?;
-    pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    pubsubkafka_worker::consumer::run(config, handler, metrics, health, shutdown).await?;
+    Ok(())
 }
 
 /// Serves /metrics, /healthz and /readyz on `addr` in the background.
@@ -161,11 +193,11 @@ async fn serve_probes(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Health>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("binding the HTTP endpoint {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz and /readyz");
+        .map_err(|source| Error::Bind { addr, source })?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let routes = http::routes(metrics, health);
     tokio::spawn(async move { axum::serve(listener, routes).await });
     Ok(())

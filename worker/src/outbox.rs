@@ -9,7 +9,7 @@
 //! consumer absorbs).
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tracing::{info, warn};
 
 use crate::http::Health;
-use crate::kafka::{KafkaArgs, idempotent_producer};
+use crate::kafka::{KafkaArgs, ProducerError, idempotent_producer};
 use crate::metrics::Metrics;
+use crate::pg::PoolSetupError;
 use crate::{duration, retry};
 
 const MIGRATIONS: &[&str] = &[
@@ -49,26 +50,54 @@ const MIGRATIONS: &[&str] = &[
 
 const MIGRATION_LOCK: i64 = 0x5053_4b5f_4f55_5442;
 
+/// Why an outbox write, a relay pass or the relay's start failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("reading {}: {source}", path.display())]
+    DatabaseUrlFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Setup(#[from] PoolSetupError),
+    /// No connection from the pool: the database is unreachable or saturated.
+    #[error("PostgreSQL: {0}")]
+    Unavailable(#[source] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    /// The broker did not acknowledge part of a batch: all of it stays pending.
+    #[error("{failed} of {total} records were not acknowledged")]
+    NotAcknowledged { failed: usize, total: usize },
+}
+
 pub struct Outbox {
     pool: Pool,
 }
 
 impl Outbox {
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub fn new(url: &str) -> Result<Self, OutboxError> {
         Ok(Self {
             pool: crate::pg::pool(url, 32)?,
         })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, String> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))
+    /// The outbox on the database whose URL `file` holds (a mounted Secret key).
+    pub fn open(file: &Path) -> Result<Self, OutboxError> {
+        let url = std::fs::read_to_string(file).map_err(|source| OutboxError::DatabaseUrlFile {
+            path: file.to_owned(),
+            source,
+        })?;
+        Self::new(url.trim())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, OutboxError> {
+        self.pool.get().await.map_err(OutboxError::Unavailable)
     }
 
     /// Creates or migrates the outbox schema.
-    pub async fn migrate(&self) -> Result<(), String> {
+    pub async fn migrate(&self) -> Result<(), OutboxError> {
         let mut client = self.client().await?;
         crate::pg::migrate(
             &mut client,
@@ -76,20 +105,19 @@ impl Outbox {
             MIGRATION_LOCK,
             MIGRATIONS,
         )
-        .await
-        .map_err(|e| e.to_string())
+        .await?;
+        Ok(())
     }
 
     /// Deletes the rows published more than `retention` ago, a chunk per statement. Returns
     /// how many went.
-    pub async fn purge(&self, retention: Duration) -> Result<u64, String> {
+    pub async fn purge(&self, retention: Duration) -> Result<u64, OutboxError> {
         let client = self.client().await?;
         let mut deleted = 0;
         loop {
             let n = client
                 .execute(PURGE, &[&retention.as_secs_f64(), &PURGE_CHUNK])
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             deleted += n;
             if n < PURGE_CHUNK as u64 {
                 return Ok(deleted);
@@ -107,16 +135,15 @@ impl Outbox {
         content_type: &str,
         correlation_id: &str,
         traceparent: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutboxError> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| e.to_string())?;
+        let tx = client.transaction().await?;
         tx.execute(
             "INSERT INTO gateway_events (topic, key, content_type, event) VALUES ($1, $2, $3, $4)
              ON CONFLICT (topic, key) DO NOTHING",
             &[&topic, &key, &content_type, &value],
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         tx.execute(
             "INSERT INTO outbox (topic, key, payload, content_type, correlation_id, traceparent)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -129,9 +156,9 @@ impl Outbox {
                 &traceparent,
             ],
         )
-        .await
-        .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -182,10 +209,8 @@ pub async fn relay(
     metrics: Metrics,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let url = std::fs::read_to_string(&args.database_url_file)
-        .map_err(|e| format!("reading {}: {e}", args.database_url_file.display()))?;
-    let outbox = Outbox::new(url.trim())?;
+) -> Result<(), OutboxError> {
+    let outbox = Outbox::open(&args.database_url_file)?;
     let producer = idempotent_producer(&args.kafka.connection(), Duration::from_secs(30))?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
@@ -248,15 +273,12 @@ async fn relay_once(
     metrics: &Metrics,
     batch: i64,
     topics: &[String],
-) -> Result<usize, String> {
+) -> Result<usize, OutboxError> {
     let mut client = outbox.client().await?;
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
-    let rows = tx
-        .query(CLAIM, &[&batch, &topics])
-        .await
-        .map_err(|e| e.to_string())?;
+    let tx = client.transaction().await?;
+    let rows = tx.query(CLAIM, &[&batch, &topics]).await?;
     if rows.is_empty() {
-        tx.commit().await.map_err(|e| e.to_string())?;
+        tx.commit().await?;
         return Ok(0);
     }
     let mut ids = Vec::with_capacity(rows.len());
@@ -321,17 +343,16 @@ async fn relay_once(
     }
     if failed > 0 {
         // Rolled back on drop: every row of the batch stays pending and is published again.
-        return Err(format!(
-            "{failed} of {} records were not acknowledged",
-            rows.len()
-        ));
+        return Err(OutboxError::NotAcknowledged {
+            failed,
+            total: rows.len(),
+        });
     }
     tx.execute(
         "UPDATE outbox SET sent_at = now() WHERE id = ANY($1)",
         &[&ids],
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
+    .await?;
+    tx.commit().await?;
     Ok(ids.len())
 }

@@ -7,11 +7,18 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+/// Why a pool could not be set up (nothing is connected yet: these are configuration errors).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolSetupError {
+    #[error("the database URL is invalid: {0}")]
+    InvalidUrl(#[source] tokio_postgres::Error),
+    #[error("building the database pool: {0}")]
+    Build(#[source] deadpool_postgres::BuildError),
+}
+
 /// A pool of at most `size` connections on `url`; connects lazily.
-pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("the database URL is invalid: {e}"))?;
+pub fn pool(url: &str, size: usize) -> Result<Pool, PoolSetupError> {
+    let config: tokio_postgres::Config = url.parse().map_err(PoolSetupError::InvalidUrl)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -25,7 +32,7 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
         .create_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(|e| format!("building the database pool: {e}"))
+        .map_err(PoolSetupError::Build)
 }
 
 /// Applies the `migrations` not yet recorded in table `ledger` (version = index + 1), in one

@@ -8,14 +8,16 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::config::ConfigError;
 use crate::config::ErrorClass;
 use crate::headers;
-use crate::kafka::{KafkaArgs, idempotent_producer};
+use crate::kafka::{KafkaArgs, ProducerError, idempotent_producer};
 use tracing::Instrument;
 
 /// `pubsubkafka-worker replay` flags.
@@ -110,21 +112,51 @@ struct Planned<'a> {
     replay_count: u32,
 }
 
+/// Why a replay stopped. Run it again: it resumes from its committed progress.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
+    /// Creating or assigning the consumer.
+    #[error(transparent)]
+    Consumer(#[from] KafkaError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    #[error("describing {topic}: {source}")]
+    Describe { topic: String, source: KafkaError },
+    #[error("topic {0} does not exist or has no partitions")]
+    NoPartitions(String),
+    #[error("reading the end of {topic}/{partition}: {source}")]
+    Watermarks {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
+    #[error("reading {topic}: {source}")]
+    Read { topic: String, source: KafkaError },
+    #[error("no records arrived for 60 s before reaching the end")]
+    Stalled,
+    #[error("republishing: {0}")]
+    Republish(#[source] KafkaError),
+    #[error("committing progress: {0}")]
+    Commit(#[source] KafkaError),
+}
+
 /// Runs the replay to the end of the topic as it was at the start.
-pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
+pub async fn run(args: ReplayArgs) -> Result<Summary, ReplayError> {
     let connection = args.kafka.connection();
     let group = args
         .group
         .clone()
         .unwrap_or_else(|| format!("pubsubkafka-replay.{}", args.dead_letter_topic));
     let consumer: BaseConsumer = connection
-        .client_config()
-        .map_err(|e| e.to_string())?
+        .client_config()?
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| e.to_string())?;
+        .create()?;
     let producer = idempotent_producer(&connection, Duration::from_secs(30))?;
     let parking = args
         .parking_topic
@@ -137,31 +169,35 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
     let (consumer, ends) = tokio::task::spawn_blocking(move || {
         let metadata = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|e| format!("describing {topic}: {e}"))?;
+            .map_err(|source| ReplayError::Describe {
+                topic: topic.clone(),
+                source,
+            })?;
         let partitions: Vec<i32> = metadata
             .topics()
             .first()
             .map(|t| t.partitions().iter().map(|p| p.id()).collect())
             .unwrap_or_default();
         if partitions.is_empty() {
-            return Err(format!("topic {topic} does not exist or has no partitions"));
+            return Err(ReplayError::NoPartitions(topic));
         }
         let mut ends = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
         for p in partitions {
             let (_, high) = consumer
                 .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                .map_err(|e| format!("reading the end of {topic}/{p}: {e}"))?;
+                .map_err(|source| ReplayError::Watermarks {
+                    topic: topic.clone(),
+                    partition: p,
+                    source,
+                })?;
             ends.insert(p, high);
-            assignment
-                .add_partition_offset(&topic, p, Offset::Stored)
-                .map_err(|e| e.to_string())?;
+            assignment.add_partition_offset(&topic, p, Offset::Stored)?;
         }
-        consumer.assign(&assignment).map_err(|e| e.to_string())?;
+        consumer.assign(&assignment)?;
         Ok((consumer, ends))
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
 
     let mut summary = Summary {
         dry_run: args.dry_run,
@@ -181,12 +217,15 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
                 prune_finished(&consumer, &args.dead_letter_topic, &mut remaining);
             }
             if idle_polls > 300 {
-                return Err("no records arrived for 60 s before reaching the end".into());
+                return Err(ReplayError::Stalled);
             }
             continue;
         };
         idle_polls = 0;
-        let message = result.map_err(|e| format!("reading {}: {e}", args.dead_letter_topic))?;
+        let message = result.map_err(|source| ReplayError::Read {
+            topic: args.dead_letter_topic.clone(),
+            source,
+        })?;
         let (partition, offset) = (message.partition(), message.offset());
         let Some(end) = remaining.get(&partition).copied() else {
             continue;
@@ -272,16 +311,14 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
         }
         if !args.dry_run {
             let mut progress = TopicPartitionList::new();
-            progress
-                .add_partition_offset(
-                    &args.dead_letter_topic,
-                    partition,
-                    Offset::Offset(offset + 1),
-                )
-                .map_err(|e| e.to_string())?;
+            progress.add_partition_offset(
+                &args.dead_letter_topic,
+                partition,
+                Offset::Offset(offset + 1),
+            )?;
             consumer
                 .commit(&progress, CommitMode::Async)
-                .map_err(|e| format!("committing progress: {e}"))?;
+                .map_err(ReplayError::Commit)?;
         }
         if offset + 1 >= end {
             remaining.remove(&partition);
@@ -292,7 +329,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
             Ok(()) => {}
             Err(e)
                 if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
-            Err(e) => return Err(format!("committing progress: {e}")),
+            Err(e) => return Err(ReplayError::Commit(e)),
         }
     }
     Ok(summary)
@@ -301,12 +338,12 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, String> {
 async fn send(
     producer: &FutureProducer,
     record: FutureRecord<'_, [u8], [u8]>,
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
     producer
         .send(record, Duration::from_secs(30))
         .await
         .map(drop)
-        .map_err(|(e, _)| format!("republishing: {e}"))
+        .map_err(|(e, _)| ReplayError::Republish(e))
 }
 
 /// Drops partitions whose committed position already reached their end.

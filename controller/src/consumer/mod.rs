@@ -31,7 +31,7 @@ use crate::crd::conditions::{self, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::{FINALIZER, OwnedTopic, OwnedTopicKind};
 use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 use crate::kafka::AdminError;
 use crate::ownership::Companion;
 use crate::principal;
@@ -370,7 +370,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
         }
         Some(autoscaling) => {
             let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
-                .map_err(Error::InvalidSpec)?;
+                .map_err(SpecError::from)?;
             let (desired, history) = plan::stabilize(
                 jiff::Timestamp::now(),
                 &ctx.recommendations.get(&key),
@@ -620,7 +620,7 @@ async fn ensure_companion_topic(
                 .filter(|_| dead_letter)
                 .and_then(|p| p.dead_letter.retention.as_deref())
             {
-                let ms = crate::duration::parse(retention).map_err(Error::InvalidSpec)?;
+                let ms = crate::duration::parse(retention).map_err(SpecError::from)?;
                 configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
             }
             match ctx

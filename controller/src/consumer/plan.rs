@@ -25,7 +25,7 @@ use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind};
 use crate::crd::{KafkaTopic, OrderConsumer};
 use crate::duration;
-use crate::error::Error;
+use crate::error::{Error, SpecError};
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::ownership::{self, Companion};
 use crate::pods;
@@ -512,26 +512,23 @@ pub fn retry_topics(
     source: &str,
     consumer: &str,
     retry: &RetryPolicy,
-) -> Result<Vec<RetryTopic>, String> {
+) -> Result<Vec<RetryTopic>, SpecError> {
     let topics = pubsubkafka_contract::retry::retry_topics(&format!("{source}-{consumer}"), retry);
     match topics.iter().find(|t| t.name.len() > 249) {
-        Some(t) => Err(format!(
-            "retry topic name {} is longer than Kafka's 249 characters; shorten the topic name",
-            t.name
-        )),
+        Some(t) => Err(SpecError::RetryTopicTooLong(t.name.clone())),
         None => Ok(topics),
     }
 }
 
 /// The retry policy the workers get: the DLQPolicy's, or the defaults.
-pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, String> {
+pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, SpecError> {
     let Some(policy) = policy else {
         return Ok(RetryPolicy::default());
     };
-    let ms = |text: &str, field: &str| {
+    let ms = |text: &str, field| {
         duration::parse(text)
             .map(|d| d.as_millis() as u64)
-            .map_err(|e| format!("{field}: {e}"))
+            .map_err(|source| SpecError::FieldDuration { field, source })
     };
     Ok(RetryPolicy {
         max_retries: policy.max_retries.clamp(0, 100) as u32,
@@ -563,7 +560,7 @@ pub struct RenderInput<'a> {
 }
 
 /// The worker configuration, with paths of the pod's mounts.
-pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
+pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, SpecError> {
     let spec = &input.consumer.spec;
     let handler = match (&spec.handler.event_store, &spec.handler.http) {
         (Some(store), None) => HandlerConfig::EventStore {
@@ -572,10 +569,13 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         (None, Some(http)) => HandlerConfig::Http {
             url: http.url.clone(),
             timeout_ms: duration::parse(&http.timeout)
-                .map_err(|e| format!("handler.http.timeout: {e}"))?
+                .map_err(|source| SpecError::FieldDuration {
+                    field: "handler.http.timeout",
+                    source,
+                })?
                 .as_millis() as u64,
         },
-        _ => return Err("set exactly one handler: eventStore or http".into()),
+        _ => return Err(SpecError::Handler),
     };
     Ok(WorkerConfig {
         kafka: KafkaConnection {
@@ -1171,6 +1171,7 @@ spec:
         assert!(
             retry_topics(&long, "store", &retry)
                 .unwrap_err()
+                .to_string()
                 .contains("249")
         );
     }

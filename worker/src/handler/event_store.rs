@@ -100,7 +100,7 @@ pub struct EventStore {
 
 impl EventStore {
     /// A pool on `url` (`postgres://...`); connects lazily.
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub fn new(url: &str) -> Result<Self, crate::pg::PoolSetupError> {
         Ok(Self {
             pool: crate::pg::pool(url, 16)?,
         })

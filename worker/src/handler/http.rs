@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{Delivery, HandlerError};
+use super::{ConnectError, Delivery, HandlerError};
 use crate::config::ErrorClass;
 use crate::headers;
 
@@ -23,18 +23,17 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("the handler URL {url:?} is invalid: {e}"))?;
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, ConnectError> {
+        let uri: http::Uri = url.parse().map_err(|source| ConnectError::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(format!(
-                "the handler URL {url:?} must be http:// or https://"
-            ));
+            return Err(ConnectError::UrlScheme(url.to_owned()));
         }
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
-            .map_err(|e| format!("loading the system's CA certificates: {e}"))?
+            .map_err(ConnectError::NativeRoots)?
             .https_or_http()
             .enable_http1()
             .build();

@@ -44,6 +44,27 @@ pub enum HandlerError {
     },
 }
 
+/// Why the configured handler could not be built at start-up (the worker exits and says why).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading the database URL file {}: {source}", path.display())]
+    DatabaseUrlFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] crate::pg::PoolSetupError),
+    #[error("the handler URL {url:?} is invalid: {source}")]
+    InvalidUrl {
+        url: String,
+        source: ::http::uri::InvalidUri,
+    },
+    #[error("the handler URL {0:?} must be http:// or https://")]
+    UrlScheme(String),
+    #[error("loading the system's CA certificates: {0}")]
+    NativeRoots(#[source] std::io::Error),
+}
+
 /// What a successful handler call did besides handling its records.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Handled {
@@ -81,14 +102,14 @@ pub enum Handler {
 
 impl Handler {
     /// Builds the handler of `config`; the event store connects and migrates its schema.
-    pub async fn connect(config: &HandlerConfig) -> Result<Self, String> {
+    pub async fn connect(config: &HandlerConfig) -> Result<Self, ConnectError> {
         match config {
             HandlerConfig::EventStore { database_url_file } => {
-                let url = std::fs::read_to_string(database_url_file).map_err(|e| {
-                    format!(
-                        "reading the database URL file {}: {e}",
-                        database_url_file.display()
-                    )
+                let url = std::fs::read_to_string(database_url_file).map_err(|source| {
+                    ConnectError::DatabaseUrlFile {
+                        path: database_url_file.clone(),
+                        source,
+                    }
                 })?;
                 Ok(Self::EventStore(event_store::EventStore::new(url.trim())?))
             }

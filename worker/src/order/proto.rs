@@ -164,11 +164,22 @@ pub type RequestParts = (
     Vec<order::InventoryStatus>,
 );
 
+/// Why a Protobuf order request is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// Not a Protobuf order request at all (the gateway answers 400).
+    #[error("malformed Protobuf: {0}")]
+    Malformed(#[source] prost::DecodeError),
+    /// Decodable, but a required field is missing (422, naming the field).
+    #[error("{0}")]
+    MissingField(FieldError),
+}
+
 /// Decodes a Protobuf order request; `Err` names the missing field or says it is not Protobuf.
-pub fn decode_request(bytes: &[u8]) -> Result<RequestParts, Result<FieldError, String>> {
+pub fn decode_request(bytes: &[u8]) -> Result<RequestParts, RequestError> {
     let request: OrderRequestProto =
-        prost::Message::decode(bytes).map_err(|e| Err(format!("malformed Protobuf: {e}")))?;
-    let customer = customer_from(request.customer_info).map_err(Ok)?;
+        prost::Message::decode(bytes).map_err(RequestError::Malformed)?;
+    let customer = customer_from(request.customer_info).map_err(RequestError::MissingField)?;
     Ok((
         request.order_id,
         customer,
