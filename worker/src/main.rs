@@ -71,6 +71,11 @@ enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("writing the summary to {}: {source}", path.display())]
+    WriteSummary {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -142,7 +147,7 @@ fn main() -> ExitCode {
                 println!("{json}");
                 if let Some(path) = summary_file {
                     std::fs::write(&path, &json)
-                        .map_err(|e| format!("writing the summary to {}: {e}", path.display()))?;
+                        .map_err(|source| Error::WriteSummary { path, source })?;
                 }
                 Ok(())
             }

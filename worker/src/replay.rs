@@ -76,11 +76,16 @@ pub struct ReplayArgs {
     pub summary_file: Option<std::path::PathBuf>,
 }
 
+/// A `--header` that is not `NAME=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected NAME=VALUE, got {0:?}")]
+pub struct HeaderMatchError(String);
+
 /// `NAME=VALUE`, for `--header`.
-fn parse_header_match(text: &str) -> Result<(String, String), String> {
+fn parse_header_match(text: &str) -> Result<(String, String), HeaderMatchError> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
-        _ => Err(format!("expected NAME=VALUE, got {text:?}")),
+        _ => Err(HeaderMatchError(text.to_owned())),
     }
 }
 
