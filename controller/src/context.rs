@@ -39,6 +39,25 @@ pub struct Settings {
     pub default_access_policy: DefaultAccessPolicy,
 }
 
+/// A child object the operator server-side applies.
+pub trait Applicable:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+{
+}
+
+impl<K> Applicable for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+{
+}
+
 /// Shared reconciler state.
 pub struct Context {
     pub client: kube::Client,
@@ -320,11 +339,7 @@ impl Context {
         object: &K,
     ) -> Result<Option<K>, kube::Error>
     where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::Serialize
-            + serde::de::DeserializeOwned,
+        K: Applicable,
     {
         let key = format!(
             "{}/{}/{}",
@@ -353,6 +368,27 @@ impl Context {
         Ok(Some(applied))
     }
 
+    /// Applies `desired` as [`Self::apply_if_changed`] does, over `before`, the object as this
+    /// pass read it; returns the object as it now is (`before` when nothing was applied).
+    pub async fn apply_or_keep<K>(
+        &self,
+        api: &Api<K>,
+        before: Option<K>,
+        desired: &K,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Applicable,
+    {
+        let current = before
+            .as_ref()
+            .and_then(|o| o.meta().resource_version.clone());
+        let name = desired.meta().name.as_deref().unwrap_or_default();
+        Ok(self
+            .apply_if_changed(api, name, current, desired)
+            .await?
+            .or(before))
+    }
+
     /// When to try `object` again after `error`: backing off on transient failures, at the
     /// resync otherwise (a spec that must change, or a dependency to wait for).
     pub fn retry_after<K>(&self, object: &K, error: &crate::error::Error) -> Action
@@ -369,7 +405,18 @@ impl Context {
     }
 }
 
-/// `Kind/namespace/name`: the backoff key of an object.
+/// The resourceVersion of object `name`, `None` when it does not exist: what
+/// [`Context::apply_if_changed`] compares, read without the object's content.
+pub async fn resource_version<K>(api: &Api<K>, name: &str) -> Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .and_then(|m| m.metadata.resource_version))
+}
+
 /// The API of a namespaced kind in the operator's scope: one namespace (`--watch-namespace`),
 /// or all of them.
 pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -382,6 +429,7 @@ where
     }
 }
 
+/// `Kind/namespace/name`: the backoff key of an object.
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",

@@ -3,12 +3,13 @@
 //! rendered worker configuration and the Deployment that runs it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
-    Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, ObjectMeta, OwnerReference,
@@ -20,16 +21,19 @@ use pubsubkafka_contract::config::{
     WorkerConfig,
 };
 
-use crate::crd::conditions::reason;
+use crate::context::Settings;
+use crate::crd::conditions::{CAPPED, RECONCILED, merge, new, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind};
-use crate::crd::{KafkaTopic, OrderConsumer};
+use crate::crd::{KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::duration;
 use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::ownership::{self, Companion};
 use crate::pods;
+use crate::principal::{AclDiff, Principal, held_by};
 use crate::tenancy::{self, Rules};
+use crate::workload::{replicas_of, scaled_note};
 
 /// Where the worker pod mounts what the operator gives it.
 pub const CONFIG_DIR: &str = "/etc/pubsubkafka/config";
@@ -54,36 +58,17 @@ pub const WORKER_CONTAINER: &str = "worker";
 /// Names of everything the operator creates for one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// SCRAM user name.
-    pub user: String,
-    /// `User:<user>`.
-    pub principal: String,
-    pub credentials_secret: String,
+    /// Its Kafka principal and credentials Secret.
+    pub kafka: Principal,
     pub config_map: String,
     pub deployment: String,
 }
 
 impl Names {
-    /// The principal with its credentials Secret.
-    pub fn kafka_principal(&self) -> crate::principal::Principal {
-        crate::principal::Principal {
-            user: self.user.clone(),
-            principal: self.principal.clone(),
-            secret: self.credentials_secret.clone(),
-        }
-    }
-
     pub fn of(consumer: &OrderConsumer) -> Self {
         let name = consumer.name_any();
-        let user = format!(
-            "pubsubkafka.{}.{}",
-            consumer.namespace().unwrap_or_default(),
-            name
-        );
         Self {
-            principal: format!("User:{user}"),
-            user,
-            credentials_secret: format!("{name}-kafka-credentials"),
+            kafka: Principal::of(consumer),
             config_map: format!("{name}-worker"),
             deployment: format!("{name}-worker"),
         }
@@ -580,7 +565,7 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         kafka: KafkaConnection {
             bootstrap_servers: input.bootstrap_servers.to_owned(),
             security_protocol: input.security_protocol,
-            username: Some(input.names.user.clone()),
+            username: Some(input.names.kafka.user.clone()),
             password_file: Some(format!("{KAFKA_DIR}/password").into()),
             ca_file: input.with_ca.then(|| format!("{KAFKA_DIR}/ca.crt").into()),
         },
@@ -714,7 +699,7 @@ pub fn deployment(
 ) -> Deployment {
     let spec = &consumer.spec;
     let (credentials, credentials_mount) =
-        pods::secret_mount("kafka-credentials", &names.credentials_secret, KAFKA_DIR);
+        pods::secret_mount("kafka-credentials", &names.kafka.secret, KAFKA_DIR);
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -802,6 +787,427 @@ pub fn deployment(
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// What the reconciler read from the API server and its caches before deciding (no Kafka).
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    /// The consumer's KafkaTopic, Ready.
+    pub topic: Arc<KafkaTopic>,
+    /// Partitions of the source topic (as the KafkaTopic reports them).
+    pub partitions: i32,
+    pub policy: Option<DLQPolicySpec>,
+    /// The OrderGateway of the same name that holds the principal both would use, if any.
+    pub principal_holder: Option<String>,
+    /// The tenancy rules of the namespace.
+    pub rules: Rules,
+    /// Every KafkaTopic and OrderConsumer the operator sees (for ownership).
+    pub topics: Vec<Arc<KafkaTopic>>,
+    pub consumers: Vec<Arc<OrderConsumer>>,
+    /// The resourceVersion of the event store's connection Secret (the pods mount it).
+    pub event_store_secret: Option<String>,
+    /// The worker Deployment as it is, and the resourceVersions of the ConfigMap and the
+    /// PodDisruptionBudget.
+    pub deployment: Option<Deployment>,
+    pub config_map_version: Option<String>,
+    pub budget_version: Option<String>,
+}
+
+/// A consumer the tenancy and ownership checks let through, with the topics it uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub source: String,
+    pub dead_letter: String,
+    pub retry: RetryPolicy,
+    pub retry_topics: Vec<RetryTopic>,
+    pub group: String,
+    /// Its dead-letter and retry topics, and how it uses each.
+    pub companions: Vec<(OwnedTopic, Companion)>,
+}
+
+/// The verdict of [`admission`].
+#[derive(Debug)]
+pub enum Admission {
+    Admitted(Admitted),
+    /// Refused by tenancy or ownership: the principal keeps no ACL.
+    Refused(Error),
+}
+
+/// The checks before the operator touches anything for a consumer, in order: no older
+/// OrderGateway holds its principal, its retry policy is valid, and [`admit`] lets it use its
+/// group and topics. An `Err` changes nothing; a refusal takes the principal's ACLs away.
+pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admission, Error> {
+    let source = gathered.topic.topic_name();
+    let policy = gathered.policy.as_ref();
+    if let Some(gateway) = &gathered.principal_holder {
+        let holder = format!(
+            "OrderGateway {}/{gateway}",
+            consumer.namespace().unwrap_or_default()
+        );
+        return Err(held_by(&Principal::of(consumer), &holder, "consumer"));
+    }
+    let dead_letter = dead_letter_topic(&source, policy);
+    let retry = retry_policy(policy).map_err(Error::InvalidSpec)?;
+    let retry_topics =
+        retry_topics(&source, &consumer.name_any(), &retry).map_err(Error::InvalidSpec)?;
+    let companions: Vec<OwnedTopic> = std::iter::once(OwnedTopic {
+        name: dead_letter.clone(),
+        kind: OwnedTopicKind::DeadLetter,
+    })
+    .chain(retry_topics.iter().map(|t| OwnedTopic {
+        name: t.name.clone(),
+        kind: OwnedTopicKind::Retry,
+    }))
+    .collect();
+    let topics: Vec<&KafkaTopic> = gathered.topics.iter().map(Arc::as_ref).collect();
+    let consumers: Vec<&OrderConsumer> = gathered.consumers.iter().map(Arc::as_ref).collect();
+    Ok(
+        match admit(consumer, &gathered.rules, &companions, &topics, &consumers) {
+            Ok(companions) => Admission::Admitted(Admitted {
+                source,
+                dead_letter,
+                retry,
+                retry_topics,
+                group: consumer.group_id(),
+                companions,
+            }),
+            Err(refusal) => Admission::Refused(refusal),
+        },
+    )
+}
+
+/// What Kafka holds for an admitted consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaState {
+    /// The principal's ACLs.
+    pub acls: BTreeSet<Acl>,
+    /// Records the group has not committed, summed over the source's partitions.
+    pub lag: i64,
+    /// Partitions of each topic the consumer owns (dead-letter, retry), `None` when missing.
+    pub companion_partitions: BTreeMap<String, Option<i32>>,
+}
+
+/// A dead-letter or retry topic to create or grow. Both take whatever record size the source
+/// takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompanionChange {
+    pub topic: String,
+    pub dead_letter: bool,
+    pub partitions: i32,
+    /// To create, with its replication factor and configs; otherwise grown to `partitions`.
+    pub create: Option<(i32, BTreeMap<String, String>)>,
+}
+
+impl CompanionChange {
+    /// The event's reason and note once the change is made.
+    pub fn event(&self) -> (&'static str, String) {
+        let (kind, created, grown) = if self.dead_letter {
+            (
+                "dead-letter",
+                "DeadLetterTopicCreated",
+                "DeadLetterTopicGrown",
+            )
+        } else {
+            ("retry", "RetryTopicCreated", "RetryTopicGrown")
+        };
+        let (topic, partitions) = (&self.topic, self.partitions);
+        match self.create {
+            Some(_) => (
+                created,
+                format!("created {kind} topic {topic} with {partitions} partitions"),
+            ),
+            None => (
+                grown,
+                format!("grew {kind} topic {topic} to {partitions} partitions"),
+            ),
+        }
+    }
+}
+
+/// What one pass applies, in this order: the claim on its topics (`record_owned_topics`), the
+/// topic changes, the principal and its ACL changes, the worker ConfigMap, the Deployment
+/// ([`Plan::deployment`]) and its PodDisruptionBudget.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub names: Names,
+    pub admitted: Admitted,
+    pub partitions: i32,
+    pub lag: i64,
+    /// Every topic the consumer owns after this pass; written first when it changed.
+    pub owned_topics: Vec<OwnedTopic>,
+    pub record_owned_topics: bool,
+    pub topic_changes: Vec<CompanionChange>,
+    pub acls: AclDiff,
+    /// Replicas wanted before the cap, after it, and whether the cap applied.
+    pub desired: i32,
+    pub replicas: i32,
+    pub capped: bool,
+    /// The lag recommendations to keep for the next pass (none without autoscaling).
+    pub recommendations: Vec<Recommendation>,
+    /// The worker configuration (worker.json) and the ConfigMap holding it.
+    pub config: String,
+    pub config_map: ConfigMap,
+    pub budget: k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    /// The event note when the worker replicas change.
+    pub scaled: Option<String>,
+    image: String,
+}
+
+/// Decides an admitted consumer's pass from what was gathered; `history` is the consumer's
+/// recent lag recommendations, `now` the time of the pass.
+pub fn plan(
+    consumer: &OrderConsumer,
+    gathered: &Gathered,
+    admitted: Admitted,
+    kafka: &KafkaState,
+    history: &[Recommendation],
+    now: jiff::Timestamp,
+    settings: &Settings,
+) -> Result<Plan, Error> {
+    let names = Names::of(consumer);
+    let policy = gathered.policy.as_ref();
+    let partitions = gathered.partitions;
+    let owned = owned_topics(consumer.owned_topics(), &admitted.companions);
+
+    let dead_letter_partitions = dead_letter_partitions(partitions, policy);
+    let mut topic_changes = Vec::new();
+    for (topic, used) in &admitted.companions {
+        if *used != Companion::Owned {
+            // A KafkaTopic of this namespace manages it.
+            continue;
+        }
+        let (wanted, dead_letter) = match topic.kind {
+            OwnedTopicKind::DeadLetter => (dead_letter_partitions, true),
+            // Partition p of every retry topic goes with partition p of the source.
+            OwnedTopicKind::Retry => (partitions, false),
+        };
+        let create = match kafka
+            .companion_partitions
+            .get(&topic.name)
+            .copied()
+            .flatten()
+        {
+            None => Some(companion_topic_settings(gathered, dead_letter)?),
+            Some(existing) if existing < wanted => None,
+            Some(_) => continue,
+        };
+        topic_changes.push(CompanionChange {
+            topic: topic.name.clone(),
+            dead_letter,
+            partitions: wanted,
+            create,
+        });
+    }
+
+    let desired_acls = consumer_acls(
+        &names.kafka.principal,
+        &admitted.source,
+        &admitted.dead_letter,
+        &admitted.retry_topics,
+        &admitted.group,
+    );
+    let (desired, recommendations) = match &consumer.spec.autoscaling {
+        None => (consumer.spec.replicas, Vec::new()),
+        Some(autoscaling) => {
+            let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
+                .map_err(Error::InvalidSpec)?;
+            stabilize(
+                now,
+                history,
+                consumer.status.as_ref().and_then(|s| s.desired_replicas),
+                lag_replicas(kafka.lag, autoscaling),
+                window,
+            )
+        }
+    };
+    let (replicas, capped) = partition_cap(desired, partitions);
+
+    let config = worker_config(&RenderInput {
+        consumer,
+        names: &names,
+        source_topic: &admitted.source,
+        dead_letter_topic: &admitted.dead_letter,
+        retry: admitted.retry.clone(),
+        retry_topics: &admitted.retry_topics,
+        bootstrap_servers: &settings.worker_bootstrap_servers,
+        security_protocol: settings.worker_security_protocol,
+        with_ca: settings.kafka_ca_pem.is_some(),
+        otlp_endpoint: settings.worker_otlp_endpoint.as_deref(),
+    })
+    .map_err(Error::InvalidSpec)?
+    .to_json();
+    let config_map = ConfigMap {
+        metadata: child_meta(consumer, &names.config_map),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config.clone())])),
+        ..Default::default()
+    };
+    Ok(Plan {
+        acls: AclDiff::between(&names.kafka.principal, &desired_acls, &kafka.acls),
+        budget: disruption_budget(consumer, &names),
+        scaled: scaled_note(
+            replicas_of(gathered.deployment.as_ref()),
+            replicas,
+            "worker replicas",
+            "workers",
+        ),
+        image: consumer
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+        record_owned_topics: owned != consumer.owned_topics(),
+        owned_topics: owned,
+        partitions,
+        lag: kafka.lag,
+        topic_changes,
+        desired,
+        replicas,
+        capped,
+        recommendations,
+        config,
+        config_map,
+        names,
+        admitted,
+    })
+}
+
+/// The replication factor and configs of a dead-letter or retry topic to create: the policy's
+/// replication factor, else the source's; the source's record size limit; the policy's
+/// retention for dead letters.
+fn companion_topic_settings(
+    gathered: &Gathered,
+    dead_letter: bool,
+) -> Result<(i32, BTreeMap<String, String>), Error> {
+    let policy = gathered.policy.as_ref();
+    let replication = policy
+        .and_then(|p| p.dead_letter.replication_factor)
+        .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
+        .unwrap_or(gathered.topic.spec.replication_factor);
+    let mut configs = BTreeMap::new();
+    // Whatever fits the source must fit its dead letters and retries.
+    if let Some(limit) = gathered.topic.config_strings().get("max.message.bytes") {
+        configs.insert("max.message.bytes".to_owned(), limit.clone());
+    }
+    if let Some(retention) = policy
+        .filter(|_| dead_letter)
+        .and_then(|p| p.dead_letter.retention.as_deref())
+    {
+        let ms = duration::parse(retention).map_err(Error::InvalidSpec)?;
+        configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
+    }
+    Ok((replication, configs))
+}
+
+impl Plan {
+    /// The worker Deployment, once the credentials Secret is applied: its
+    /// `credentials_version`, and the event store Secret's, are in the pod template's hash,
+    /// because the pods read both only at start.
+    pub fn deployment(
+        &self,
+        consumer: &OrderConsumer,
+        gathered: &Gathered,
+        settings: &Settings,
+        credentials_version: Option<String>,
+    ) -> Deployment {
+        let mut mounted = vec![(self.names.kafka.secret.clone(), credentials_version)];
+        if let Some(store) = &consumer.spec.handler.event_store {
+            mounted.push((
+                store.connection_secret.name.clone(),
+                gathered.event_store_secret.clone(),
+            ));
+        }
+        deployment(
+            consumer,
+            &self.names,
+            self.replicas,
+            WorkerImage {
+                image: &self.image,
+                pull_secrets: &settings.worker_image_pull_secrets,
+            },
+            &pod_template_hash(&self.config, &mounted),
+        )
+    }
+}
+
+/// The status after a pass that applied everything: Reconciled, Ready and Degraded from the
+/// workers (`workload`, and its `pods` when some are missing), Capped from the partition cap.
+pub fn status(
+    consumer: &OrderConsumer,
+    plan: &Plan,
+    workload: &Workload,
+    pods: &[WorkerPod],
+) -> OrderConsumerStatus {
+    let Plan {
+        names,
+        admitted,
+        replicas,
+        desired,
+        partitions,
+        ..
+    } = plan;
+    let (source, dead_letter) = (&admitted.source, &admitted.dead_letter);
+    let generation = consumer.metadata.generation;
+    let reconciled = new(
+        RECONCILED,
+        true,
+        reason::RECONCILED,
+        format!(
+            "{replicas} worker replicas deployed to consume {source} as {}; {}dead letters go to \
+             {dead_letter}",
+            names.kafka.principal,
+            match admitted.retry_topics.as_slice() {
+                [] => String::new(),
+                [only] => format!("retries wait in {}; ", only.name),
+                [first, .., last] => format!("retries wait in {} to {}; ", first.name, last.name),
+            }
+        ),
+        generation,
+    );
+    let (ready, degraded) = workload_conditions(workload, pods, generation, WORKERS);
+    let capped = if plan.capped {
+        new(
+            CAPPED,
+            true,
+            reason::PARTITION_CAP,
+            format!(
+                "{desired} replicas wanted, capped at the {partitions} partitions of topic \
+                 {source}: an extra consumer would sit idle"
+            ),
+            generation,
+        )
+    } else {
+        new(
+            CAPPED,
+            false,
+            reason::WITHIN_PARTITIONS,
+            format!("{desired} replicas fit in the {partitions} partitions"),
+            generation,
+        )
+    };
+    let old = consumer.status.clone().unwrap_or_default();
+    OrderConsumerStatus {
+        observed_generation: generation,
+        replicas: Some(*replicas),
+        desired_replicas: Some(*desired),
+        ready_replicas: Some(workload.ready),
+        partitions: Some(*partitions),
+        max_replicas: Some(*partitions),
+        lag: Some(plan.lag),
+        group_id: Some(admitted.group.clone()),
+        dead_letter_topic: Some(dead_letter.clone()),
+        retry_topics: admitted
+            .retry_topics
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+        owned_topics: plan.owned_topics.clone(),
+        principal: Some(names.kafka.principal.clone()),
+        credentials_secret: Some(names.kafka.secret.clone()),
+        selector: Some(selector(consumer)),
+        conditions: [reconciled, ready, degraded, capped]
+            .into_iter()
+            .fold(old.conditions, |all, c| merge(&all, c)),
     }
 }
 
@@ -1205,7 +1611,7 @@ spec:
     fn rendering_points_at_the_pods_mounts_and_hashes_stably() {
         let c = consumer(ORDERS);
         let names = Names::of(&c);
-        assert_eq!(names.principal, "User:pubsubkafka.shop.order-store");
+        assert_eq!(names.kafka.principal, "User:pubsubkafka.shop.order-store");
         let input = RenderInput {
             consumer: &c,
             names: &names,

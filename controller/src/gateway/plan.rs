@@ -15,13 +15,18 @@ use kube::{Resource, ResourceExt};
 use pubsubkafka_contract::config::SecurityProtocol;
 
 use crate::consumer::plan::{
-    DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, workload_conditions,
+    DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, pod_template_hash,
+    workload_conditions,
 };
+use crate::context::Settings;
 use crate::crd::OrderGateway;
 use crate::crd::conditions::{self, reason};
 use crate::crd::order_gateway::OrderGatewayStatus;
+use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::pods;
+use crate::principal::{AclDiff, Principal, held_by};
+use crate::workload::{replicas_of, scaled_note};
 
 /// The port the gateway listens on in its pod (API, /metrics and probes).
 pub const GATEWAY_PORT: i32 = 8080;
@@ -36,11 +41,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = crate::consumer::plan::CONFIG_HASH_ANNO
 /// Names of everything the operator creates for one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// SCRAM user name.
-    pub user: String,
-    /// `User:<user>`.
-    pub principal: String,
-    pub credentials_secret: String,
+    /// Its Kafka principal and credentials Secret.
+    pub kafka: Principal,
     /// The gateway Deployment, its Service and its PodDisruptionBudget.
     pub gateway: String,
     /// The outbox relay Deployment.
@@ -50,15 +52,8 @@ pub struct Names {
 impl Names {
     pub fn of(gateway: &OrderGateway) -> Self {
         let name = gateway.name_any();
-        let user = format!(
-            "pubsubkafka.{}.{}",
-            gateway.namespace().unwrap_or_default(),
-            name
-        );
         Self {
-            principal: format!("User:{user}"),
-            user,
-            credentials_secret: format!("{name}-kafka-credentials"),
+            kafka: Principal::of(gateway),
             relay: format!("{name}-relay"),
             gateway: name,
         }
@@ -152,7 +147,7 @@ fn kafka_env(names: &Names, kafka: KafkaAccess<'_>) -> Vec<EnvVar> {
             "PSK_KAFKA_SECURITY_PROTOCOL",
             kafka.security_protocol.as_kafka().to_owned(),
         ),
-        var("PSK_KAFKA_USERNAME", names.user.clone()),
+        var("PSK_KAFKA_USERNAME", names.kafka.user.clone()),
         var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
         var("PSK_LOG_FORMAT", "json".to_owned()),
     ];
@@ -227,11 +222,8 @@ pub fn deployment(
     } else {
         ("gateway", &input.names.gateway, GATEWAY_PORT)
     };
-    let (credentials, credentials_mount) = pods::secret_mount(
-        "kafka-credentials",
-        &input.names.credentials_secret,
-        KAFKA_DIR,
-    );
+    let (credentials, credentials_mount) =
+        pods::secret_mount("kafka-credentials", &input.names.kafka.secret, KAFKA_DIR);
     let mut volumes = vec![credentials];
     let mut mounts = vec![credentials_mount];
     if let Some(outbox) = &gateway.spec.outbox {
@@ -339,6 +331,178 @@ pub fn disruption_budget(gateway: &OrderGateway, names: &Names) -> PodDisruption
     }
 }
 
+/// What the reconciler read from the API server and its caches before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Gathered {
+    /// The Kafka topic of the gateway's KafkaTopic, when that exists and is Ready.
+    pub topic: Option<String>,
+    /// The OrderConsumer of the same name that holds the principal both would use, if any.
+    pub principal_holder: Option<String>,
+    /// With an outbox: its connection Secret's resourceVersion, `None` while it is missing.
+    pub outbox_secret: Option<String>,
+    /// The gateway Deployment, Service and PodDisruptionBudget (their resourceVersions) and
+    /// the relay Deployment as they are.
+    pub deployment: Option<Deployment>,
+    pub service_version: Option<String>,
+    pub budget_version: Option<String>,
+    pub relay: Option<Deployment>,
+}
+
+/// The checks before the operator touches anything for a gateway: its topic is Ready, no
+/// older OrderConsumer holds its principal, its outbox Secret exists. Returns the Kafka topic.
+pub fn admit(gateway: &OrderGateway, gathered: &Gathered) -> Result<String, Error> {
+    let topic_name = &gateway.spec.topic_ref.name;
+    let topic = gathered.topic.clone().ok_or_else(|| Error::Waiting {
+        reason: reason::TOPIC_NOT_READY,
+        message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
+    })?;
+    if let Some(consumer) = &gathered.principal_holder {
+        let holder = format!(
+            "OrderConsumer {}/{consumer}",
+            gateway.namespace().unwrap_or_default()
+        );
+        return Err(held_by(&Principal::of(gateway), &holder, "gateway"));
+    }
+    if let Some(outbox) = &gateway.spec.outbox
+        && gathered.outbox_secret.is_none()
+    {
+        return Err(Error::Waiting {
+            reason: reason::SECRET_NOT_FOUND,
+            message: format!(
+                "waiting for the outbox connection Secret {}",
+                outbox.connection_secret.name
+            ),
+        });
+    }
+    Ok(topic)
+}
+
+/// What one pass applies, in this order: the principal and its ACL changes, the gateway
+/// Deployment ([`Plan::deployments`]), Service and PodDisruptionBudget, then the relay (or its
+/// removal).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub names: Names,
+    pub topic: String,
+    pub acls: AclDiff,
+    pub service: Service,
+    pub budget: PodDisruptionBudget,
+    /// The event note when the gateway's replicas change.
+    pub scaled: Option<String>,
+    /// The outbox was turned off: the relay goes (the rows it left stay in PostgreSQL).
+    pub delete_relay: bool,
+    gateway_args: Vec<String>,
+    relay_args: Option<Vec<String>>,
+    image: String,
+    otlp_endpoint: Option<String>,
+    /// The outbox connection Secret and its version, mounted in both kinds of pods.
+    outbox_secret: Option<(String, Option<String>)>,
+}
+
+/// Decides a gateway's pass from what was gathered: `topic` as [`admit`] returned it and
+/// `acls`, what Kafka holds for the principal.
+pub fn plan(
+    gateway: &OrderGateway,
+    gathered: &Gathered,
+    topic: &str,
+    acls: &BTreeSet<Acl>,
+    settings: &Settings,
+) -> Plan {
+    let names = Names::of(gateway);
+    let relay_args = relay_args(gateway, topic);
+    Plan {
+        acls: AclDiff::between(
+            &names.kafka.principal,
+            &gateway_acls(&names.kafka.principal, topic),
+            acls,
+        ),
+        service: service(gateway, &names),
+        budget: disruption_budget(gateway, &names),
+        scaled: scaled_note(
+            replicas_of(gathered.deployment.as_ref()),
+            gateway.spec.replicas,
+            "gateway replicas",
+            "the gateway",
+        ),
+        delete_relay: relay_args.is_none() && gathered.relay.is_some(),
+        gateway_args: gateway_args(gateway, topic),
+        relay_args,
+        image: gateway
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+        otlp_endpoint: gateway
+            .spec
+            .tracing
+            .as_ref()
+            .map(|t| t.otlp_endpoint.clone())
+            .or_else(|| settings.worker_otlp_endpoint.clone()),
+        outbox_secret: gateway.spec.outbox.as_ref().map(|outbox| {
+            (
+                outbox.connection_secret.name.clone(),
+                gathered.outbox_secret.clone(),
+            )
+        }),
+        topic: topic.to_owned(),
+        names,
+    }
+}
+
+impl Plan {
+    /// The gateway Deployment and, with an outbox, the relay's, once the credentials Secret is
+    /// applied: its `credentials_version` is in the pod templates' hash, so a new one rolls
+    /// the pods.
+    pub fn deployments(
+        &self,
+        gateway: &OrderGateway,
+        settings: &Settings,
+        credentials_version: Option<String>,
+    ) -> (Deployment, Option<Deployment>) {
+        let mut mounted = vec![(self.names.kafka.secret.clone(), credentials_version)];
+        mounted.extend(self.outbox_secret.clone());
+        let image = &self.image;
+        let otlp_endpoint = self.otlp_endpoint.as_deref();
+        let hash_of = |args: &[String]| {
+            let mut text = args.join("\n");
+            text.push_str(&format!("\nimage={image}\notlp={otlp_endpoint:?}"));
+            text.push_str(&format!(
+                "\nbootstrap={}",
+                settings.worker_bootstrap_servers
+            ));
+            pod_template_hash(&text, &mounted)
+        };
+        let image = WorkerImage {
+            image,
+            pull_secrets: &settings.worker_image_pull_secrets,
+        };
+        let kafka = KafkaAccess {
+            bootstrap_servers: &settings.worker_bootstrap_servers,
+            security_protocol: settings.worker_security_protocol,
+            with_ca: settings.kafka_ca_pem.is_some(),
+        };
+        let render = |args: &Vec<String>, replicas: i32, relay: bool| {
+            let config_hash = hash_of(args);
+            let input = PodInput {
+                names: &self.names,
+                image,
+                kafka,
+                otlp_endpoint,
+                config_hash: &config_hash,
+            };
+            deployment(gateway, &input, replicas, args.clone(), relay)
+        };
+        let relay = match (&self.relay_args, &gateway.spec.outbox) {
+            (Some(args), Some(outbox)) => Some(render(args, outbox.relay_replicas, true)),
+            _ => None,
+        };
+        (
+            render(&self.gateway_args, gateway.spec.replicas, false),
+            relay,
+        )
+    }
+}
+
 /// The URL clients in the cluster use: the Service's DNS name, its port and the route.
 pub fn url(gateway: &OrderGateway, names: &Names) -> String {
     let port = gateway.spec.service.port;
@@ -402,7 +566,7 @@ pub fn status(
         format!(
             "{replicas} gateway replicas publish {} to {topic} as {}{}",
             spec.domain.as_arg(),
-            names.principal,
+            names.kafka.principal,
             match relay {
                 Some(r) => format!(
                     " through the outbox, with {} relay replicas",
@@ -445,8 +609,8 @@ pub fn status(
         relay_ready_replicas: relay.map(|r| r.workload.ready),
         url: Some(url(gateway, names)),
         topic: Some(topic.to_owned()),
-        principal: Some(names.principal.clone()),
-        credentials_secret: Some(names.credentials_secret.clone()),
+        principal: Some(names.kafka.principal.clone()),
+        credentials_secret: Some(names.kafka.secret.clone()),
         selector: Some(selector(gateway)),
         conditions: [reconciled, ready, degraded]
             .into_iter()
