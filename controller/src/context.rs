@@ -58,6 +58,24 @@ impl<K> Applicable for K where
 {
 }
 
+#[cfg(test)]
+impl Settings {
+    /// Settings for the pure functions' tests: the `pubsubkafka/worker:1` image, brokers at
+    /// `kafka:9093` over SASL_SSL without a CA, no tracing, the open access policy.
+    pub fn example() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            worker_image: "pubsubkafka/worker:1".into(),
+            worker_image_pull_secrets: Vec::new(),
+            worker_bootstrap_servers: "kafka:9093".into(),
+            worker_security_protocol: SecurityProtocol::SaslSsl,
+            kafka_ca_pem: None,
+            worker_otlp_endpoint: None,
+            default_access_policy: DefaultAccessPolicy::Open,
+        }
+    }
+}
+
 /// Shared reconciler state.
 pub struct Context {
     pub client: kube::Client,

@@ -238,3 +238,63 @@ pub fn generate_password() -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::{AclOperation, ResourceKind};
+
+    #[test]
+    fn a_workload_of_either_kind_gets_the_same_names() {
+        let consumer: crate::crd::OrderConsumer = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\n\
+             metadata: {name: orders, namespace: shop}\n\
+             spec: {topicRef: {name: orders}, handler: {http: {url: 'http://x/'}}}",
+        )
+        .unwrap();
+        let gateway: crate::crd::OrderGateway = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\n\
+             metadata: {name: orders, namespace: shop}\nspec: {topicRef: {name: orders}}",
+        )
+        .unwrap();
+        let expected = Principal {
+            user: "pubsubkafka.shop.orders".into(),
+            principal: "User:pubsubkafka.shop.orders".into(),
+            secret: "orders-kafka-credentials".into(),
+        };
+        assert_eq!(Principal::of(&consumer), expected);
+        assert_eq!(Principal::of(&gateway), expected);
+    }
+
+    #[test]
+    fn the_acl_diff_writes_what_is_missing_and_removes_what_is_extra() {
+        let acl = |topic: &str, operation| Acl {
+            resource: ResourceKind::Topic,
+            name: topic.into(),
+            principal: "User:p".into(),
+            operation,
+        };
+        let (read, write) = (
+            acl("orders", AclOperation::Read),
+            acl("orders", AclOperation::Write),
+        );
+        let other = acl("payments", AclOperation::Read);
+        let set = |acls: &[&Acl]| acls.iter().map(|a| (*a).clone()).collect::<BTreeSet<_>>();
+        for (desired, actual, missing, extra) in [
+            (set(&[&read, &write]), set(&[]), vec![&read, &write], vec![]),
+            (set(&[&read, &write]), set(&[&read, &write]), vec![], vec![]),
+            (set(&[&read]), set(&[&read, &other]), vec![], vec![&other]),
+            (set(&[]), set(&[&read, &other]), vec![], vec![&read, &other]),
+            (set(&[&write]), set(&[&read]), vec![&write], vec![&read]),
+        ] {
+            let diff = AclDiff::between("User:p", &desired, &actual);
+            let owned = |acls: Vec<&Acl>| acls.into_iter().cloned().collect::<Vec<_>>();
+            assert_eq!(
+                (diff.missing.clone(), diff.extra.clone()),
+                (owned(missing), owned(extra)),
+                "{desired:?} over {actual:?}"
+            );
+            assert_eq!(diff.is_empty(), desired == actual);
+        }
+    }
+}

@@ -27,7 +27,7 @@ use serde_json::json;
 use tracing::info;
 
 use crate::context::{Context, object_key, resource_version};
-use crate::crd::conditions::{self, reason};
+use crate::crd::conditions;
 use crate::crd::order_consumer::{FINALIZER, OwnedTopic};
 use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::error::Error;
@@ -141,38 +141,20 @@ async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Ac
     .await
 }
 
-/// Reads what the plan needs from the API server and the caches (no Kafka). A missing or
-/// unready KafkaTopic, or a missing DLQPolicy, is waited for.
+/// Reads what the plan needs from the API server and the caches (no Kafka).
 async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<plan::Gathered, Error> {
     let ns = consumer.namespace().unwrap_or_default();
     let names = Names::of(consumer);
-    let topic_name = &consumer.spec.topic_ref.name;
     let topic = ctx
         .topics
-        .get(&ObjectRef::new(topic_name).within(&ns))
-        .filter(|t| t.is_ready())
-        .ok_or_else(|| Error::Waiting {
-            reason: reason::TOPIC_NOT_READY,
-            message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
-        })?;
-    let partitions = topic
-        .status
-        .as_ref()
-        .and_then(|s| s.partitions)
-        .unwrap_or(topic.spec.partitions);
+        .get(&ObjectRef::new(&consumer.spec.topic_ref.name).within(&ns))
+        .filter(|t| t.is_ready());
     let policy = match &consumer.spec.dlq_policy_ref {
         None => None,
-        Some(r) => {
-            let policies: Api<DLQPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-            let policy = policies
-                .get_opt(&r.name)
-                .await?
-                .ok_or_else(|| Error::Waiting {
-                    reason: reason::POLICY_NOT_FOUND,
-                    message: format!("waiting for DLQPolicy {} to exist", r.name),
-                })?;
-            Some(policy.spec)
-        }
+        Some(r) => Api::<DLQPolicy>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&r.name)
+            .await?
+            .map(|p| p.spec),
     };
     let event_store_secret = match &consumer.spec.handler.event_store {
         None => None,
@@ -186,7 +168,6 @@ async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<plan::Gathere
     };
     Ok(plan::Gathered {
         topic,
-        partitions,
         policy,
         principal_holder: principal_holder(consumer, ctx),
         rules: ctx.access_rules(&ns).await?,
@@ -215,7 +196,6 @@ async fn gather_kafka(
     ctx: &Context,
     names: &Names,
     admitted: &plan::Admitted,
-    partitions: i32,
 ) -> Result<plan::KafkaState, Error> {
     let mut companion_partitions = BTreeMap::new();
     for (topic, used) in &admitted.companions {
@@ -226,7 +206,7 @@ async fn gather_kafka(
     }
     Ok(plan::KafkaState {
         acls: principal::acls(&ctx.admin, &names.kafka.principal).await?,
-        lag: measure_lag(ctx, &admitted.group, &admitted.source, partitions).await?,
+        lag: measure_lag(ctx, &admitted.group, &admitted.source, admitted.partitions).await?,
         companion_partitions,
     })
 }
@@ -278,7 +258,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
             return Err(refusal);
         }
     };
-    let kafka = gather_kafka(ctx, &names, &admitted, gathered.partitions).await?;
+    let kafka = gather_kafka(ctx, &names, &admitted).await?;
     let key = object_key(consumer);
     let plan = plan::plan(
         consumer,

@@ -603,6 +603,20 @@ pub fn pod_template_hash(config: &str, mounted_secrets: &[(String, Option<String
     config_hash(&text)
 }
 
+/// The pod template's config hash of a Deployment the operator rendered.
+pub fn config_hash_of(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// A stable 64-bit FNV-1a hash, hex: the same config gives the same hash across releases.
 pub fn config_hash(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -793,10 +807,9 @@ pub fn deployment(
 /// What the reconciler read from the API server and its caches before deciding (no Kafka).
 #[derive(Debug, Clone)]
 pub struct Gathered {
-    /// The consumer's KafkaTopic, Ready.
-    pub topic: Arc<KafkaTopic>,
-    /// Partitions of the source topic (as the KafkaTopic reports them).
-    pub partitions: i32,
+    /// The consumer's KafkaTopic, when it exists and is Ready.
+    pub topic: Option<Arc<KafkaTopic>>,
+    /// The DLQPolicy the consumer names, when it exists.
     pub policy: Option<DLQPolicySpec>,
     /// The OrderGateway of the same name that holds the principal both would use, if any.
     pub principal_holder: Option<String>,
@@ -817,7 +830,10 @@ pub struct Gathered {
 /// A consumer the tenancy and ownership checks let through, with the topics it uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admitted {
+    /// The consumer's KafkaTopic, its Kafka topic and partitions.
+    pub topic: Arc<KafkaTopic>,
     pub source: String,
+    pub partitions: i32,
     pub dead_letter: String,
     pub retry: RetryPolicy,
     pub retry_topics: Vec<RetryTopic>,
@@ -834,11 +850,30 @@ pub enum Admission {
     Refused(Error),
 }
 
-/// The checks before the operator touches anything for a consumer, in order: no older
-/// OrderGateway holds its principal, its retry policy is valid, and [`admit`] lets it use its
-/// group and topics. An `Err` changes nothing; a refusal takes the principal's ACLs away.
+/// The checks before the operator touches anything for a consumer, in order: its KafkaTopic
+/// is Ready and its DLQPolicy exists (waited for), no older OrderGateway holds its principal,
+/// its retry policy is valid, and [`admit`] lets it use its group and topics. An `Err` changes
+/// nothing; a refusal takes the principal's ACLs away.
 pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admission, Error> {
-    let source = gathered.topic.topic_name();
+    let topic_name = &consumer.spec.topic_ref.name;
+    let topic = gathered.topic.clone().ok_or_else(|| Error::Waiting {
+        reason: reason::TOPIC_NOT_READY,
+        message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
+    })?;
+    if let Some(named) = &consumer.spec.dlq_policy_ref
+        && gathered.policy.is_none()
+    {
+        return Err(Error::Waiting {
+            reason: reason::POLICY_NOT_FOUND,
+            message: format!("waiting for DLQPolicy {} to exist", named.name),
+        });
+    }
+    let source = topic.topic_name();
+    let partitions = topic
+        .status
+        .as_ref()
+        .and_then(|s| s.partitions)
+        .unwrap_or(topic.spec.partitions);
     let policy = gathered.policy.as_ref();
     if let Some(gateway) = &gathered.principal_holder {
         let holder = format!(
@@ -865,7 +900,9 @@ pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admiss
     Ok(
         match admit(consumer, &gathered.rules, &companions, &topics, &consumers) {
             Ok(companions) => Admission::Admitted(Admitted {
+                topic,
                 source,
+                partitions,
                 dead_letter,
                 retry,
                 retry_topics,
@@ -967,7 +1004,7 @@ pub fn plan(
 ) -> Result<Plan, Error> {
     let names = Names::of(consumer);
     let policy = gathered.policy.as_ref();
-    let partitions = gathered.partitions;
+    let partitions = admitted.partitions;
     let owned = owned_topics(consumer.owned_topics(), &admitted.companions);
 
     let dead_letter_partitions = dead_letter_partitions(partitions, policy);
@@ -988,7 +1025,11 @@ pub fn plan(
             .copied()
             .flatten()
         {
-            None => Some(companion_topic_settings(gathered, dead_letter)?),
+            None => Some(companion_topic_settings(
+                &admitted.topic,
+                gathered.policy.as_ref(),
+                dead_letter,
+            )?),
             Some(existing) if existing < wanted => None,
             Some(_) => continue,
         };
@@ -1076,17 +1117,17 @@ pub fn plan(
 /// replication factor, else the source's; the source's record size limit; the policy's
 /// retention for dead letters.
 fn companion_topic_settings(
-    gathered: &Gathered,
+    source: &KafkaTopic,
+    policy: Option<&DLQPolicySpec>,
     dead_letter: bool,
 ) -> Result<(i32, BTreeMap<String, String>), Error> {
-    let policy = gathered.policy.as_ref();
     let replication = policy
         .and_then(|p| p.dead_letter.replication_factor)
-        .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
-        .unwrap_or(gathered.topic.spec.replication_factor);
+        .or_else(|| source.status.as_ref()?.replication_factor)
+        .unwrap_or(source.spec.replication_factor);
     let mut configs = BTreeMap::new();
     // Whatever fits the source must fit its dead letters and retries.
-    if let Some(limit) = gathered.topic.config_strings().get("max.message.bytes") {
+    if let Some(limit) = source.config_strings().get("max.message.bytes") {
         configs.insert("max.message.bytes".to_owned(), limit.clone());
     }
     if let Some(retention) = policy
@@ -1835,6 +1876,456 @@ spec:
         assert_eq!(
             refusal(admit(&other_group, &rules(Open), &internal, &[], &[])),
             Some("ReservedTopicName")
+        );
+    }
+
+    const TOPIC: &str = r#"
+apiVersion: pubsubkafka.io/v1alpha1
+kind: KafkaTopic
+metadata: {name: orders, namespace: shop, generation: 1}
+spec:
+  topicName: orders
+  partitions: 3
+  replicationFactor: 1
+  config: {max.message.bytes: 2097152}
+status:
+  observedGeneration: 1
+  partitions: 3
+  replicationFactor: 2
+  conditions:
+  - {type: Ready, status: "True", reason: Created, message: "", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#;
+
+    /// What a consumer of ORDERS finds in namespace `shop` under the open policy: its topic
+    /// Ready with 3 partitions, no DLQPolicy, nothing deployed yet.
+    fn gathered() -> Gathered {
+        let topic: KafkaTopic = serde_yaml::from_str(TOPIC).expect("topic fixture");
+        Gathered {
+            topic: Some(Arc::new(topic)),
+            policy: None,
+            principal_holder: None,
+            rules: tenancy::rules(
+                "shop",
+                &BTreeMap::new(),
+                [],
+                tenancy::DefaultAccessPolicy::Open,
+            ),
+            topics: Vec::new(),
+            consumers: Vec::new(),
+            event_store_secret: Some("17".into()),
+            deployment: None,
+            config_map_version: None,
+            budget_version: None,
+        }
+    }
+
+    /// The admission's verdict as `admitted`, `refused <reason>` or `<reason>` (wait or stop).
+    fn verdict(result: Result<Admission, Error>) -> String {
+        match result {
+            Ok(Admission::Admitted(_)) => "admitted".into(),
+            Ok(Admission::Refused(e)) => format!("refused {}", e.reason()),
+            Err(e) => e.reason().to_owned(),
+        }
+    }
+
+    #[test]
+    fn admission_waits_for_dependencies_and_refuses_what_is_not_the_consumers() {
+        let me = consumer(ORDERS);
+        let with_policy = consumer(&format!("{ORDERS}  dlqPolicyRef: {{name: strict}}\n"));
+        let mut victim = consumer(&ORDERS.replace("namespace: shop", "namespace: victim"));
+        victim.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        victim.status = Some(OrderConsumerStatus {
+            group_id: Some("victim.order-store".into()),
+            owned_topics: vec![owned("orders-dlq", OwnedTopicKind::DeadLetter)],
+            ..Default::default()
+        });
+        let policy: DLQPolicySpec = serde_yaml::from_str("{}").unwrap();
+        type Change = fn(&mut Gathered);
+        let cases: [(&str, &OrderConsumer, Change, &str); 8] = [
+            ("ready topic, open policy", &me, |_| {}, "admitted"),
+            (
+                "no Ready KafkaTopic",
+                &me,
+                |g| g.topic = None,
+                "TopicNotReady",
+            ),
+            (
+                "the named DLQPolicy is missing",
+                &with_policy,
+                |_| {},
+                "PolicyNotFound",
+            ),
+            (
+                "an older gateway holds the principal",
+                &me,
+                |g| g.principal_holder = Some("order-store".into()),
+                "ResourceConflict",
+            ),
+            (
+                "a topic that is not Ready comes first",
+                &me,
+                |g| {
+                    g.topic = None;
+                    g.principal_holder = Some("order-store".into());
+                },
+                "TopicNotReady",
+            ),
+            (
+                "names outside the namespace under the namespaced policy",
+                &me,
+                |g| {
+                    g.rules = tenancy::rules(
+                        "shop",
+                        &BTreeMap::new(),
+                        [],
+                        tenancy::DefaultAccessPolicy::Namespaced,
+                    )
+                },
+                "refused PolicyViolation",
+            ),
+            (
+                "another namespace's consumer owns the dead-letter topic",
+                &me,
+                |_| {},
+                "refused ResourceConflict",
+            ),
+            ("the policy exists", &with_policy, |_| {}, "admitted"),
+        ];
+        for (case, consumer, change, expected) in cases {
+            let mut g = gathered();
+            change(&mut g);
+            if case.starts_with("another namespace") {
+                g.consumers = vec![Arc::new(victim.clone())];
+            }
+            if case == "the policy exists" {
+                g.policy = Some(policy.clone());
+            }
+            assert_eq!(verdict(admission(consumer, &g)), expected, "{case}");
+        }
+        let Err(conflict) = admission(
+            &me,
+            &Gathered {
+                principal_holder: Some("order-store".into()),
+                ..gathered()
+            },
+        ) else {
+            panic!("a held principal is a conflict")
+        };
+        assert_eq!(
+            conflict.to_string(),
+            "Kafka principal User:pubsubkafka.shop.order-store belongs to OrderGateway \
+             shop/order-store, which is older; rename this consumer"
+        );
+    }
+
+    fn admitted(consumer: &OrderConsumer, g: &Gathered) -> Admitted {
+        match admission(consumer, g) {
+            Ok(Admission::Admitted(a)) => a,
+            other => panic!("not admitted: {}", verdict(other)),
+        }
+    }
+
+    /// One line per thing the plan changes, for the table below.
+    fn changes(plan: &Plan) -> Vec<String> {
+        let mut lines: Vec<String> = plan
+            .topic_changes
+            .iter()
+            .map(|c| match &c.create {
+                Some((replication, configs)) => format!(
+                    "create {} {}x{replication} {configs:?}",
+                    c.topic, c.partitions
+                ),
+                None => format!("grow {} to {}", c.topic, c.partitions),
+            })
+            .collect();
+        lines.push(format!(
+            "acls +{} -{}",
+            plan.acls.missing.len(),
+            plan.acls.extra.len()
+        ));
+        lines.push(format!(
+            "replicas {} of {} wanted{}",
+            plan.replicas,
+            plan.desired,
+            if plan.capped { ", capped" } else { "" }
+        ));
+        if plan.record_owned_topics {
+            lines.push("claim topics".into());
+        }
+        lines.extend(plan.scaled.clone());
+        lines
+    }
+
+    #[test]
+    fn the_plan_decides_topics_acls_and_replicas_from_what_was_gathered() {
+        let me = consumer(ORDERS);
+        let fresh = gathered();
+        let all_acls = consumer_acls(
+            "User:pubsubkafka.shop.order-store",
+            "orders",
+            "orders-dlq",
+            &[],
+            "shop.order-store",
+        );
+        let mut settled = me.clone();
+        settled.status = Some(OrderConsumerStatus {
+            owned_topics: vec![owned("orders-dlq", OwnedTopicKind::DeadLetter)],
+            ..Default::default()
+        });
+        let deployed = |replicas: i32| Gathered {
+            deployment: Some(deployment(
+                &me,
+                &Names::of(&me),
+                replicas,
+                WorkerImage {
+                    image: "pubsubkafka/worker:1",
+                    pull_secrets: &[],
+                },
+                "h",
+            )),
+            ..gathered()
+        };
+        let three = deployed(3);
+        let dead_letter = |partitions: Option<i32>| KafkaState {
+            acls: all_acls.clone(),
+            lag: 0,
+            companion_partitions: BTreeMap::from([("orders-dlq".to_owned(), partitions)]),
+        };
+        let stale = KafkaState {
+            acls: all_acls
+                .iter()
+                .cloned()
+                .chain([Acl {
+                    resource: ResourceKind::Topic,
+                    name: "payments".into(),
+                    principal: "User:pubsubkafka.shop.order-store".into(),
+                    operation: AclOperation::Read,
+                }])
+                .collect(),
+            ..dead_letter(Some(3))
+        };
+        let mut two = settled.clone();
+        two.spec.replicas = 2;
+        let mut scaling = settled.clone();
+        scaling.spec.autoscaling = Some(autoscaling(1, 10, 1000));
+        let with_lag = |lag| KafkaState {
+            lag,
+            ..dead_letter(Some(3))
+        };
+        let mut retention = me.clone();
+        retention.spec.dlq_policy_ref = Some(serde_yaml::from_str("{name: strict}").unwrap());
+        let policy: DLQPolicySpec = serde_yaml::from_str(
+            "deadLetter: {partitions: 6, retention: 10m, replicationFactor: 1}",
+        )
+        .unwrap();
+        let with_policy = Gathered {
+            policy: Some(policy),
+            ..gathered()
+        };
+        let cases: Vec<(&str, &OrderConsumer, &Gathered, KafkaState, Vec<&str>)> = vec![
+            (
+                "first pass: everything to create, 10 replicas capped at 3 partitions",
+                &me,
+                &fresh,
+                dead_letter(None),
+                vec![
+                    "create orders-dlq 3x2 {\"max.message.bytes\": \"2097152\"}",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                    "claim topics",
+                    "deployed 3 worker replicas",
+                ],
+            ),
+            (
+                "converged: nothing to change",
+                &settled,
+                &three,
+                dead_letter(Some(3)),
+                vec!["acls +0 -0", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "the source grew: the dead-letter topic follows",
+                &settled,
+                &three,
+                dead_letter(Some(1)),
+                vec![
+                    "grow orders-dlq to 3",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                ],
+            ),
+            (
+                "lost ACLs are written again",
+                &settled,
+                &three,
+                KafkaState {
+                    acls: BTreeSet::new(),
+                    ..dead_letter(Some(3))
+                },
+                vec!["acls +5 -0", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "a stale ACL is removed",
+                &settled,
+                &three,
+                stale,
+                vec!["acls +0 -1", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "fewer replicas than partitions: no cap, scaled down",
+                &two,
+                &three,
+                dead_letter(Some(3)),
+                vec![
+                    "acls +0 -0",
+                    "replicas 2 of 2 wanted",
+                    "scaled workers from 3 to 2",
+                ],
+            ),
+            (
+                "autoscaling: a lag of 1500 at 1000 per replica wants 2",
+                &scaling,
+                &three,
+                with_lag(1500),
+                vec![
+                    "acls +0 -0",
+                    "replicas 2 of 2 wanted",
+                    "scaled workers from 3 to 2",
+                ],
+            ),
+            (
+                "autoscaling: a lag of 9000 wants 9, capped at 3",
+                &scaling,
+                &three,
+                with_lag(9000),
+                vec!["acls +0 -0", "replicas 3 of 9 wanted, capped"],
+            ),
+            (
+                "the DLQPolicy sizes the dead-letter topic and its retention",
+                &retention,
+                &with_policy,
+                dead_letter(None),
+                vec![
+                    "create orders-dlq 6x1 {\"max.message.bytes\": \"2097152\", \
+                     \"retention.ms\": \"600000\"}",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                    "claim topics",
+                    "deployed 3 worker replicas",
+                ],
+            ),
+        ];
+        for (case, consumer, g, kafka, expected) in cases {
+            let plan = plan(
+                consumer,
+                g,
+                admitted(consumer, g),
+                &kafka,
+                &[],
+                jiff::Timestamp::UNIX_EPOCH,
+                &Settings::example(),
+            )
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(changes(&plan), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_deployment_hash_follows_the_mounted_secrets_and_the_status_the_plan() {
+        let me = consumer(ORDERS);
+        let g = gathered();
+        let kafka = KafkaState::default();
+        let plan = plan(
+            &me,
+            &g,
+            admitted(&me, &g),
+            &kafka,
+            &[],
+            jiff::Timestamp::UNIX_EPOCH,
+            &Settings::example(),
+        )
+        .unwrap();
+        let hash = |d: &Deployment| config_hash_of(d).expect("a config hash").to_owned();
+        let first = plan.deployment(&me, &g, &Settings::example(), Some("1".into()));
+        assert_eq!(
+            hash(&first),
+            pod_template_hash(
+                &plan.config,
+                &[
+                    ("order-store-kafka-credentials".into(), Some("1".into())),
+                    ("orders-db".into(), Some("17".into())),
+                ]
+            ),
+            "the hash of worker.json and both Secrets' versions"
+        );
+        let rotated = plan.deployment(&me, &g, &Settings::example(), Some("2".into()));
+        assert_ne!(
+            hash(&first),
+            hash(&rotated),
+            "new credentials roll the pods"
+        );
+
+        let at = |ready: i32, pods: &[WorkerPod]| {
+            let workload = Workload {
+                replicas: 3,
+                ready,
+                rolled_out: true,
+            };
+            let s = status(&me, &plan, &workload, pods);
+            let find = |t: &str| {
+                let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+                format!("{} {} {}", c.type_, c.status, c.reason)
+            };
+            (
+                [
+                    find(RECONCILED),
+                    find(crate::crd::conditions::READY),
+                    find(crate::crd::conditions::DEGRADED),
+                    find(CAPPED),
+                ],
+                s,
+            )
+        };
+        let (ready, s) = at(3, &[]);
+        assert_eq!(
+            ready,
+            [
+                "Reconciled True Reconciled",
+                "Ready True WorkersReady",
+                "Degraded False AsDeclared",
+                "Capped True PartitionCap",
+            ]
+        );
+        assert_eq!(
+            (s.replicas, s.desired_replicas, s.max_replicas, s.lag),
+            (Some(3), Some(10), Some(3), Some(0))
+        );
+        assert_eq!(s.dead_letter_topic.as_deref(), Some("orders-dlq"));
+        assert_eq!(
+            s.owned_topics,
+            [owned("orders-dlq", OwnedTopicKind::DeadLetter)]
+        );
+        let reconciled = s.conditions.iter().find(|c| c.type_ == RECONCILED).unwrap();
+        assert_eq!(
+            reconciled.message,
+            "3 worker replicas deployed to consume orders as \
+             User:pubsubkafka.shop.order-store; dead letters go to orders-dlq"
+        );
+        let crashing = [pod(
+            "order-store-worker-1",
+            false,
+            Some("CrashLoopBackOff"),
+            None,
+        )];
+        let (crash_looping, _) = at(2, &crashing);
+        assert_eq!(
+            crash_looping[1..3],
+            [
+                "Ready False WorkerCrashLooping".to_owned(),
+                "Degraded True WorkerCrashLooping".to_owned(),
+            ]
         );
     }
 }

@@ -701,12 +701,10 @@ spec:
         );
     }
 
-    #[test]
-    fn pods_run_as_non_root_on_a_read_only_root_with_the_secrets_mounted() {
-        let g = gateway(USERS_OUTBOX);
-        let names = Names::of(&g);
-        let input = PodInput {
-            names: &names,
+    /// The pods of `names` with the example image and brokers.
+    fn pod_input(names: &Names, with_ca: bool) -> PodInput<'_> {
+        PodInput {
+            names,
             image: WorkerImage {
                 image: "pubsubkafka/worker:1",
                 pull_secrets: &[],
@@ -714,11 +712,18 @@ spec:
             kafka: KafkaAccess {
                 bootstrap_servers: "kafka:9093",
                 security_protocol: SecurityProtocol::SaslSsl,
-                with_ca: true,
+                with_ca,
             },
             otlp_endpoint: None,
             config_hash: "abc",
-        };
+        }
+    }
+
+    #[test]
+    fn pods_run_as_non_root_on_a_read_only_root_with_the_secrets_mounted() {
+        let g = gateway(USERS_OUTBOX);
+        let names = Names::of(&g);
+        let input = pod_input(&names, true);
         let d = deployment(&g, &input, 3, gateway_args(&g, "users"), false);
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
@@ -860,6 +865,204 @@ spec:
                 .map(|c| &c.last_transition_time)
                 .collect::<Vec<_>>(),
             "transition times stay"
+        );
+    }
+
+    /// What a gateway finds when its topic is Ready and nothing of it exists yet.
+    fn gathered() -> Gathered {
+        Gathered {
+            topic: Some("shop.users".into()),
+            outbox_secret: Some("42".into()),
+            ..Gathered::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_waits_for_its_topic_and_outbox_and_yields_a_held_principal() {
+        let orders = gateway(ORDERS);
+        let outbox = gateway(USERS_OUTBOX);
+        type Change = fn(&mut Gathered);
+        let cases: [(&str, &OrderGateway, Change, Result<&str, &str>); 6] = [
+            ("ready", &orders, |_| {}, Ok("shop.users")),
+            (
+                "ready, with its outbox Secret",
+                &outbox,
+                |_| {},
+                Ok("shop.users"),
+            ),
+            (
+                "no Ready KafkaTopic",
+                &orders,
+                |g| g.topic = None,
+                Err("TopicNotReady"),
+            ),
+            (
+                "an older consumer holds the principal",
+                &orders,
+                |g| g.principal_holder = Some("orders-gateway".into()),
+                Err("ResourceConflict"),
+            ),
+            (
+                "the outbox Secret is missing",
+                &outbox,
+                |g| g.outbox_secret = None,
+                Err("SecretNotFound"),
+            ),
+            (
+                "without an outbox, no Secret is needed",
+                &orders,
+                |g| g.outbox_secret = None,
+                Ok("shop.users"),
+            ),
+        ];
+        for (case, g, change, expected) in cases {
+            let mut gathered = gathered();
+            change(&mut gathered);
+            let verdict = admit(g, &gathered);
+            assert_eq!(
+                verdict.as_deref().map_err(Error::reason),
+                expected,
+                "{case}"
+            );
+        }
+        let conflict = admit(
+            &orders,
+            &Gathered {
+                principal_holder: Some("orders-gateway".into()),
+                ..gathered()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            conflict.to_string(),
+            "Kafka principal User:pubsubkafka.shop.orders-gateway belongs to OrderConsumer \
+             shop/orders-gateway, which is older; rename this gateway"
+        );
+    }
+
+    #[test]
+    fn the_plan_diffs_acls_scales_and_removes_a_relay_no_longer_wanted() {
+        let orders = gateway(ORDERS);
+        let outbox = gateway(USERS_OUTBOX);
+        let granted = |g: &OrderGateway| gateway_acls(&Names::of(g).kafka.principal, "shop.users");
+        let names = Names::of(&orders);
+        let input = pod_input(&names, false);
+        let running = |replicas: i32, relay: bool| Gathered {
+            deployment: Some(deployment(&orders, &input, replicas, Vec::new(), false)),
+            relay: relay.then(|| deployment(&orders, &input, 1, Vec::new(), true)),
+            ..gathered()
+        };
+        let stale: BTreeSet<Acl> = granted(&orders)
+            .into_iter()
+            .chain([Acl {
+                resource: ResourceKind::Topic,
+                name: "shop.other".into(),
+                principal: "User:pubsubkafka.shop.orders-gateway".into(),
+                operation: AclOperation::Write,
+            }])
+            .collect();
+        let cases: Vec<(&str, &OrderGateway, Gathered, BTreeSet<Acl>, &str)> = vec![
+            (
+                "first pass",
+                &orders,
+                gathered(),
+                BTreeSet::new(),
+                "acls +2 -0; deployed 2 gateway replicas; relay: none",
+            ),
+            (
+                "converged",
+                &orders,
+                running(2, false),
+                granted(&orders),
+                "acls +0 -0; relay: none",
+            ),
+            (
+                "scaled and a stale ACL",
+                &orders,
+                running(5, false),
+                stale,
+                "acls +0 -1; scaled the gateway from 5 to 2; relay: none",
+            ),
+            (
+                "the outbox turned off: the relay goes",
+                &orders,
+                running(2, true),
+                granted(&orders),
+                "acls +0 -0; relay: delete",
+            ),
+            (
+                "with an outbox, the relay runs",
+                &outbox,
+                gathered(),
+                granted(&outbox),
+                "acls +0 -0; deployed 3 gateway replicas; relay: 1 replicas",
+            ),
+        ];
+        for (case, g, gathered, acls, expected) in cases {
+            let plan = plan(g, &gathered, "shop.users", &acls, &Settings::example());
+            let (_, relay) = plan.deployments(g, &Settings::example(), Some("1".into()));
+            let relay = match (&relay, plan.delete_relay) {
+                (Some(d), false) => {
+                    format!("{} replicas", d.spec.as_ref().unwrap().replicas.unwrap())
+                }
+                (None, true) => "delete".into(),
+                (None, false) => "none".into(),
+                (Some(_), true) => "both".into(),
+            };
+            let mut summary = vec![format!(
+                "acls +{} -{}",
+                plan.acls.missing.len(),
+                plan.acls.extra.len()
+            )];
+            summary.extend(plan.scaled.clone());
+            summary.push(format!("relay: {relay}"));
+            assert_eq!(summary.join("; "), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_pod_templates_hash_the_arguments_image_and_mounted_secrets() {
+        let g = gateway(USERS_OUTBOX);
+        let hash = |d: &Deployment| {
+            crate::consumer::plan::config_hash_of(d)
+                .expect("a config hash")
+                .to_owned()
+        };
+        let plan = plan(
+            &g,
+            &gathered(),
+            "shop.users",
+            &BTreeSet::new(),
+            &Settings::example(),
+        );
+        let (gateway, relay) = plan.deployments(&g, &Settings::example(), Some("1".into()));
+        let relay = relay.expect("an outbox gateway has a relay");
+        let mounted = [
+            (
+                "users-gateway-kafka-credentials".to_owned(),
+                Some("1".to_owned()),
+            ),
+            ("gateway-db".to_owned(), Some("42".to_owned())),
+        ];
+        let text = |args: Vec<String>| {
+            format!(
+                "{}\nimage=pubsubkafka/worker:1\notlp=None\nbootstrap=kafka:9093",
+                args.join("\n")
+            )
+        };
+        assert_eq!(
+            hash(&gateway),
+            pod_template_hash(&text(gateway_args(&g, "shop.users")), &mounted)
+        );
+        assert_eq!(
+            hash(&relay),
+            pod_template_hash(&text(relay_args(&g, "shop.users").unwrap()), &mounted)
+        );
+        let (rotated, _) = plan.deployments(&g, &Settings::example(), Some("2".into()));
+        assert_ne!(
+            hash(&gateway),
+            hash(&rotated),
+            "new credentials roll the pods"
         );
     }
 }
