@@ -76,6 +76,12 @@ impl Settings {
     }
 }
 
+/// How long a reconcile waits for the caches' first list before it fails (and is retried).
+pub const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first retry delay after a transient failure, and the longest.
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Shared reconciler state.
 pub struct Context {
     pub client: kube::Client,
@@ -199,7 +205,7 @@ impl Context {
             self.policies.wait_until_ready().await?;
             self.namespaces.wait_until_ready().await
         };
-        match tokio::time::timeout(Duration::from_secs(30), all).await {
+        match tokio::time::timeout(CACHES_READY_TIMEOUT, all).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(crate::error::Error::CachesNotReady),
         }
@@ -467,7 +473,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(Duration::from_secs(1), Duration::from_secs(60))
+        Self::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX)
     }
 }
 

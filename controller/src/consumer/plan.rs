@@ -52,6 +52,14 @@ pub const WORKER_TERMINATION_GRACE_SECONDS: i64 = WORKER_SHUTDOWN_GRACE_SECONDS 
 /// The consumer group session timeout of the workers: a crashed worker's partitions move on
 /// after this long.
 pub const WORKER_SESSION_TIMEOUT_MS: u64 = 30_000;
+/// How often the kubelet asks a worker's `/readyz`.
+pub const WORKER_READINESS_PERIOD_SECONDS: i32 = 5;
+/// Kafka's longest topic name.
+pub const KAFKA_TOPIC_NAME_MAX: usize = 249;
+/// The bounds the DLQPolicy and OrderConsumer schemas put on retries and on records in
+/// flight per partition, enforced again on what the workers get.
+pub const MAX_RETRIES: i32 = 100;
+pub const MAX_CONCURRENCY_PER_PARTITION: i32 = 1000;
 /// The worker container of each pod.
 pub const WORKER_CONTAINER: &str = "worker";
 
@@ -498,9 +506,10 @@ pub fn retry_topics(
     retry: &RetryPolicy,
 ) -> Result<Vec<RetryTopic>, String> {
     let topics = pubsubkafka_contract::retry::retry_topics(&format!("{source}-{consumer}"), retry);
-    match topics.iter().find(|t| t.name.len() > 249) {
+    match topics.iter().find(|t| t.name.len() > KAFKA_TOPIC_NAME_MAX) {
         Some(t) => Err(format!(
-            "retry topic name {} is longer than Kafka's 249 characters; shorten the topic name",
+            "retry topic name {} is longer than Kafka's {KAFKA_TOPIC_NAME_MAX} characters; \
+             shorten the topic name",
             t.name
         )),
         None => Ok(topics),
@@ -518,7 +527,7 @@ pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, Strin
             .map_err(|e| format!("{field}: {e}"))
     };
     Ok(RetryPolicy {
-        max_retries: policy.max_retries.clamp(0, 100) as u32,
+        max_retries: policy.max_retries.clamp(0, MAX_RETRIES) as u32,
         initial_backoff_ms: ms(&policy.backoff.initial, "backoff.initial")?,
         multiplier: policy.backoff.multiplier.max(1.0),
         max_backoff_ms: ms(&policy.backoff.max, "backoff.max")?,
@@ -577,7 +586,9 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, String> {
         http_port: WORKER_HTTP_PORT,
         shutdown_grace_seconds: WORKER_SHUTDOWN_GRACE_SECONDS,
         session_timeout_ms: WORKER_SESSION_TIMEOUT_MS,
-        concurrency: spec.concurrency_per_partition.clamp(1, 1000) as usize,
+        concurrency: spec
+            .concurrency_per_partition
+            .clamp(1, MAX_CONCURRENCY_PER_PARTITION) as usize,
         retry_topics: input.retry_topics.to_vec(),
         tracing: input.otlp_endpoint.map(|endpoint| TracingConfig {
             otlp_endpoint: endpoint.to_owned(),
@@ -685,7 +696,7 @@ pub fn disruption_budget(
     PodDisruptionBudget {
         metadata: child_meta(consumer, &names.deployment),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(pods::MAX_UNAVAILABLE_PODS)),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(consumer)),
                 ..Default::default()
@@ -787,8 +798,14 @@ pub fn deployment(
                             container_port: i32::from(WORKER_HTTP_PORT),
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
-                        readiness_probe: Some(pods::http_probe("/readyz", 5)),
+                        liveness_probe: Some(pods::http_probe(
+                            "/healthz",
+                            pods::LIVENESS_PERIOD_SECONDS,
+                        )),
+                        readiness_probe: Some(pods::http_probe(
+                            "/readyz",
+                            WORKER_READINESS_PERIOD_SECONDS,
+                        )),
                         resources: spec.resources.clone(),
                         security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),

@@ -34,6 +34,11 @@ pub const GATEWAY_PORT: i32 = 8080;
 pub const RELAY_PORT: i32 = crate::consumer::plan::WORKER_HTTP_PORT as i32;
 /// Seconds a gateway pod has to answer the requests it holds when it is stopped.
 pub const GATEWAY_GRACE_SECONDS: i64 = 30;
+/// How often the kubelet asks a gateway's `/readyz`: more often than a worker's, as the
+/// Service sends requests only to ready pods.
+pub const GATEWAY_READINESS_PERIOD_SECONDS: i32 = 2;
+/// The port a URL may leave out.
+pub const HTTP_DEFAULT_PORT: i32 = 80;
 pub const GATEWAY_LABEL: &str = "pubsubkafka.io/gateway";
 /// Annotation on the pod templates whose change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = crate::consumer::plan::CONFIG_HASH_ANNOTATION;
@@ -277,8 +282,14 @@ pub fn deployment(
                             container_port: port,
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
-                        readiness_probe: Some(pods::http_probe("/readyz", 2)),
+                        liveness_probe: Some(pods::http_probe(
+                            "/healthz",
+                            pods::LIVENESS_PERIOD_SECONDS,
+                        )),
+                        readiness_probe: Some(pods::http_probe(
+                            "/readyz",
+                            GATEWAY_READINESS_PERIOD_SECONDS,
+                        )),
                         resources: gateway.spec.resources.clone(),
                         security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
@@ -320,7 +331,7 @@ pub fn disruption_budget(gateway: &OrderGateway, names: &Names) -> PodDisruption
     PodDisruptionBudget {
         metadata: child_meta(gateway, &names.gateway, "gateway"),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(pods::MAX_UNAVAILABLE_PODS)),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(gateway, "gateway")),
                 ..Default::default()
@@ -515,7 +526,7 @@ pub fn url(gateway: &OrderGateway, names: &Names) -> String {
         crate::crd::order_gateway::Domain::Orders => "/orders",
         crate::crd::order_gateway::Domain::Users => "/users",
     };
-    if port == 80 {
+    if port == HTTP_DEFAULT_PORT {
         format!("http://{host}{route}")
     } else {
         format!("http://{host}:{port}{route}")
