@@ -1,9 +1,12 @@
-//! The OrderConsumer reconciler: gather (the KafkaTopic, the DLQPolicy, the credentials, the
-//! principal's ACLs, the lag), decide ([`plan`], pure: first [`plan::admit`], the tenancy and
-//! ownership checks of its group and topics), apply in order (the claim on its topics in
-//! status.ownedTopics, dead-letter and retry topics, credentials Secret, SCRAM principal, ACLs,
-//! worker ConfigMap and Deployment), then status. A refused consumer creates nothing and its
-//! principal keeps no ACL.
+//! The OrderConsumer reconciler: gather from the API server and the caches (the KafkaTopic,
+//! the DLQPolicy, the tenancy rules, the event store Secret's version, the current objects),
+//! decide whether it may proceed ([`plan::admission`], pure: its dependencies, its principal,
+//! the tenancy and ownership checks of its group and topics), gather from Kafka (the
+//! principal's ACLs, the lag, the companion topics), decide everything else ([`plan::plan`],
+//! pure), apply in order (the claim on its topics in status.ownedTopics, dead-letter and retry
+//! topics, credentials Secret, SCRAM principal, ACL changes, worker ConfigMap, Deployment and
+//! PodDisruptionBudget), then status ([`plan::status`], pure). A refused consumer creates
+//! nothing and its principal keeps no ACL.
 //!
 //! Deleting a consumer removes its principal and ACLs (finalizer); its Secret, ConfigMap and
 //! Deployment go with it through their owner references.

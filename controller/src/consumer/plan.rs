@@ -1,6 +1,8 @@
-//! The OrderConsumer reconciler's decisions, as pure functions: names, the principal's exact
-//! ACLs, the replica arithmetic (partition cap, lag autoscaling, scale-down stabilization), the
-//! rendered worker configuration and the Deployment that runs it.
+//! The OrderConsumer reconciler's decisions, as pure functions: whether it may proceed
+//! ([`admission`]), then one [`plan`] of a pass (names, the principal's ACL changes, its
+//! dead-letter and retry topics, the replica arithmetic: partition cap, lag autoscaling,
+//! scale-down stabilization; the rendered worker configuration and the Deployment that runs
+//! it), and the [`status`] it leads to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

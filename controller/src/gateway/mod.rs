@@ -1,7 +1,9 @@
-//! The OrderGateway reconciler: gather (the KafkaTopic, a consumer sharing the name, the
-//! versions of the Secrets the pods mount), decide ([`plan`], pure), apply in order (the
-//! credentials Secret and SCRAM principal, its ACLs, the gateway Deployment, Service and
-//! PodDisruptionBudget, the outbox relay Deployment), then status ([`plan::status`], pure).
+//! The OrderGateway reconciler: gather from the API server and the caches (the KafkaTopic, a
+//! consumer sharing the name, the outbox Secret's version, the current objects), decide whether
+//! it may proceed ([`plan::admit`], pure), read the principal's ACLs from Kafka, decide the
+//! rest ([`plan::plan`], pure), apply in order (the credentials Secret and SCRAM principal, its
+//! ACL changes, the gateway Deployment, Service and PodDisruptionBudget, the outbox relay
+//! Deployment or its removal), then status ([`plan::status`], pure).
 //!
 //! Deleting a gateway removes its principal and ACLs (finalizer); its Secret, Deployments,
 //! Service and PodDisruptionBudget go with it through their owner references.
