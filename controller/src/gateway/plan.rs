@@ -1,6 +1,7 @@
-//! The OrderGateway reconciler's decisions, as pure functions: names, the principal's exact
-//! ACLs, the gateway and relay Deployments, the Service, the PodDisruptionBudget, and the
-//! status the observed Deployments give.
+//! The OrderGateway reconciler's decisions, as pure functions: whether it may proceed
+//! ([`admit`]), then one [`plan`] of a pass (names, the principal's ACL changes, the gateway
+//! and relay Deployments, the Service, the PodDisruptionBudget), and the [`status`] the
+//! observed Deployments give.
 
 use std::collections::{BTreeMap, BTreeSet};
 
