@@ -104,8 +104,8 @@ pub async fn run(args: CleanupArgs, client: kube::Client) -> Result<Summary, Cle
             namespace: settings.leader_election_namespace.clone(),
             name: settings.leader_election_lease.clone(),
             identity: format!("cleanup-{}", leader::Election::identity()),
-            duration: Duration::from_secs(15),
-            renew: Duration::from_secs(2),
+            duration: leader::LEASE_DURATION,
+            renew: CLEANUP_LEASE_RENEW,
         };
         let leases: Api<Lease> = Api::namespaced(client.clone(), &election.namespace);
         info!(lease = %election.name, "taking the operator's Lease, so no replica reconciles meanwhile");
@@ -179,9 +179,15 @@ async fn stop_deployment(
                 "Deployment {namespace}/{name} still has {pods} pods after {timeout:?}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(POD_POLL_INTERVAL).await;
     }
 }
+
+/// How often the cleanup renews the Lease it holds while it works: more often than the
+/// operator does, as it holds it only for a short job.
+const CLEANUP_LEASE_RENEW: Duration = Duration::from_secs(2);
+/// How often the cleanup looks whether a Deployment's pods are gone.
+const POD_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// `namespace/name` of an object.
 fn key<K: Resource>(object: &K) -> String {

@@ -39,6 +39,49 @@ pub struct Settings {
     pub default_access_policy: DefaultAccessPolicy,
 }
 
+/// A child object the operator server-side applies.
+pub trait Applicable:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+{
+}
+
+impl<K> Applicable for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+{
+}
+
+#[cfg(test)]
+impl Settings {
+    /// Settings for the pure functions' tests: the `pubsubkafka/worker:1` image, brokers at
+    /// `kafka:9093` over SASL_SSL without a CA, no tracing, the open access policy.
+    pub fn example() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            worker_image: "pubsubkafka/worker:1".into(),
+            worker_image_pull_secrets: Vec::new(),
+            worker_bootstrap_servers: "kafka:9093".into(),
+            worker_security_protocol: SecurityProtocol::SaslSsl,
+            kafka_ca_pem: None,
+            worker_otlp_endpoint: None,
+            default_access_policy: DefaultAccessPolicy::Open,
+        }
+    }
+}
+
+/// How long a reconcile waits for the caches' first list before it fails (and is retried).
+pub const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first retry delay after a transient failure, and the longest.
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Shared reconciler state.
 pub struct Context {
     pub client: kube::Client,
@@ -162,7 +205,7 @@ impl Context {
             self.policies.wait_until_ready().await?;
             self.namespaces.wait_until_ready().await
         };
-        match tokio::time::timeout(Duration::from_secs(30), all).await {
+        match tokio::time::timeout(CACHES_READY_TIMEOUT, all).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(crate::error::Error::CachesNotReady),
         }
@@ -321,11 +364,7 @@ impl Context {
         object: &K,
     ) -> Result<Option<K>, kube::Error>
     where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::Serialize
-            + serde::de::DeserializeOwned,
+        K: Applicable,
     {
         let key = format!(
             "{}/{}/{}",
@@ -354,6 +393,27 @@ impl Context {
         Ok(Some(applied))
     }
 
+    /// Applies `desired` as [`Self::apply_if_changed`] does, over `before`, the object as this
+    /// pass read it; returns the object as it now is (`before` when nothing was applied).
+    pub async fn apply_or_keep<K>(
+        &self,
+        api: &Api<K>,
+        before: Option<K>,
+        desired: &K,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Applicable,
+    {
+        let current = before
+            .as_ref()
+            .and_then(|o| o.meta().resource_version.clone());
+        let name = desired.meta().name.as_deref().unwrap_or_default();
+        Ok(self
+            .apply_if_changed(api, name, current, desired)
+            .await?
+            .or(before))
+    }
+
     /// When to try `object` again after `error`: backing off on transient failures, at the
     /// resync otherwise (a spec that must change, or a dependency to wait for).
     pub fn retry_after<K>(&self, object: &K, error: &crate::error::Error) -> Action
@@ -370,7 +430,18 @@ impl Context {
     }
 }
 
-/// `Kind/namespace/name`: the backoff key of an object.
+/// The resourceVersion of object `name`, `None` when it does not exist: what
+/// [`Context::apply_if_changed`] compares, read without the object's content.
+pub async fn resource_version<K>(api: &Api<K>, name: &str) -> Result<Option<String>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    Ok(api
+        .get_metadata_opt(name)
+        .await?
+        .and_then(|m| m.metadata.resource_version))
+}
+
 /// The API of a namespaced kind in the operator's scope: one namespace (`--watch-namespace`),
 /// or all of them.
 pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -383,6 +454,7 @@ where
     }
 }
 
+/// `Kind/namespace/name`: the backoff key of an object.
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",
@@ -402,7 +474,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(Duration::from_secs(1), Duration::from_secs(60))
+        Self::new(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX)
     }
 }
 

@@ -14,6 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use tracing::{info, warn};
 
+/// How long a Lease holds without renewal: a replica that died is replaced after this long.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How often the operator's leader renews its Lease: well within [`LEASE_DURATION`], so a
+/// slow API server call or two do not lose it.
+pub const LEASE_RENEW: Duration = Duration::from_secs(4);
+
 /// Lease timing: held for `duration`, renewed every `renew`.
 #[derive(Debug, Clone)]
 pub struct Election {

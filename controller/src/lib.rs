@@ -20,6 +20,7 @@ pub mod replay;
 pub mod settings;
 pub mod tenancy;
 pub mod topic;
+pub mod workload;
 
 /// The field manager of every object and status the operator writes (server-side apply).
 pub const FIELD_MANAGER: &str = "pubsubkafka-controller";

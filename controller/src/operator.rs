@@ -187,8 +187,8 @@ pub async fn run(
                 .leader_election_identity
                 .clone()
                 .unwrap_or_else(leader::Election::identity),
-            duration: std::time::Duration::from_secs(15),
-            renew: std::time::Duration::from_secs(4),
+            duration: leader::LEASE_DURATION,
+            renew: leader::LEASE_RENEW,
         };
         let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &election.namespace);
         info!(lease = %election.name, identity = %election.identity, "waiting to become the leader");
@@ -249,6 +249,9 @@ pub async fn run(
 /// How long a stopping operator tries to release its Lease.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often Kafka's reachability is probed for the `kafka_up` metric between reconciles.
+const KAFKA_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Stops a background task when the operator's run ends, however it ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -261,7 +264,7 @@ impl Drop for AbortOnDrop {
 async fn probe_kafka(admin: KafkaAdmin, metrics: Metrics) {
     loop {
         metrics.set_kafka_up(admin.reachable().await);
-        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        tokio::time::sleep(KAFKA_PROBE_INTERVAL).await;
     }
 }
 

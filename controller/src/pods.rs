@@ -11,8 +11,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// The user and group the images run as (`app` in docker/*.Dockerfile and scripts/images.sh).
 pub const APP_UID: i64 = 65532;
 
+/// How often the kubelet asks a pod's `/healthz`: a hung process is restarted after
+/// [`PROBE_FAILURE_THRESHOLD`] misses, about 30 s.
+pub const LIVENESS_PERIOD_SECONDS: i32 = 10;
+/// Misses before a probe fails.
+pub const PROBE_FAILURE_THRESHOLD: i32 = 3;
+/// Pods of one Deployment a voluntary disruption (a node drain) may take down at once: the
+/// others keep working.
+pub const MAX_UNAVAILABLE_PODS: i32 = 1;
+
 /// An HTTP GET probe of `path` on the container's `http` port every `period` seconds, failing
-/// after three misses.
+/// after [`PROBE_FAILURE_THRESHOLD`] misses.
 pub fn http_probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -21,7 +30,7 @@ pub fn http_probe(path: &str, period: i32) -> Probe {
             ..Default::default()
         }),
         period_seconds: Some(period),
-        failure_threshold: Some(3),
+        failure_threshold: Some(PROBE_FAILURE_THRESHOLD),
         ..Default::default()
     }
 }

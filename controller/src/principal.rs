@@ -26,6 +26,37 @@ pub struct Principal {
     pub secret: String,
 }
 
+impl Principal {
+    /// The principal of workload `owner`: user `pubsubkafka.<namespace>.<name>`, its
+    /// credentials in Secret `<name>-kafka-credentials`. An OrderConsumer and an OrderGateway
+    /// of one name would share it, which [`crate::ownership::consumer_keeps_principal`] settles.
+    pub fn of<K: Resource>(owner: &K) -> Self {
+        let name = owner.name_any();
+        let user = format!(
+            "pubsubkafka.{}.{}",
+            owner.namespace().unwrap_or_default(),
+            name
+        );
+        Self {
+            principal: format!("User:{user}"),
+            user,
+            secret: format!("{name}-kafka-credentials"),
+        }
+    }
+}
+
+/// The refusal of a workload whose principal `holder` (an older workload of the other kind
+/// with the same name, "OrderGateway shop/orders") holds; `this` names the refused kind
+/// ("consumer", "gateway").
+pub fn held_by(principal: &Principal, holder: &str, this: &str) -> Error {
+    Error::Conflict {
+        message: format!(
+            "Kafka principal {} belongs to {holder}, which is older; rename this {this}",
+            principal.principal
+        ),
+    }
+}
+
 /// The SASL JAAS line a Java client needs for this principal.
 pub fn jaas_config(user: &str, password: &str) -> String {
     format!(
@@ -116,40 +147,62 @@ where
     Ok(version)
 }
 
-/// Makes the principal's ACLs exactly `desired`.
-pub async fn ensure_acls<K>(
-    owner: &K,
-    ctx: &Context,
-    principal: &str,
-    desired: &BTreeSet<Acl>,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()>,
-{
-    let actual: BTreeSet<_> = ctx
-        .admin
+/// The ACLs Kafka holds for `principal`.
+pub async fn acls(admin: &KafkaAdmin, principal: &str) -> Result<BTreeSet<Acl>, AdminError> {
+    Ok(admin
         .describe_acls(&AclFilter {
             principal: Some(principal.to_owned()),
             ..AclFilter::default()
         })
         .await?
         .into_iter()
-        .collect();
-    let missing: Vec<_> = desired.difference(&actual).cloned().collect();
-    let extra: Vec<AclFilter> = actual.difference(desired).map(AclFilter::from).collect();
-    if missing.is_empty() && extra.is_empty() {
+        .collect())
+}
+
+/// What makes a principal's ACLs exactly the desired ones: the ACLs to write and those to
+/// remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclDiff {
+    pub principal: String,
+    pub missing: Vec<Acl>,
+    pub extra: Vec<Acl>,
+}
+
+impl AclDiff {
+    /// From what Kafka holds (`actual`) to `desired`.
+    pub fn between(principal: &str, desired: &BTreeSet<Acl>, actual: &BTreeSet<Acl>) -> Self {
+        Self {
+            principal: principal.to_owned(),
+            missing: desired.difference(actual).cloned().collect(),
+            extra: actual.difference(desired).cloned().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty()
+    }
+}
+
+/// Writes the missing ACLs and removes the extra ones, with an event when anything changed.
+pub async fn apply_acls<K>(owner: &K, ctx: &Context, diff: &AclDiff) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    if diff.is_empty() {
         return Ok(());
     }
-    ctx.admin.create_acls(&missing).await?;
+    let extra: Vec<AclFilter> = diff.extra.iter().map(AclFilter::from).collect();
+    ctx.admin.create_acls(&diff.missing).await?;
     ctx.admin.delete_acls(&extra).await?;
     ctx.event(
         owner,
         EventType::Normal,
         "AclsUpdated",
         format!(
-            "{} ACLs written, {} removed for {principal}",
-            missing.len(),
+            "{} ACLs written, {} removed for {}",
+            diff.missing.len(),
             extra.len(),
+            diff.principal,
         ),
     )
     .await;
@@ -184,4 +237,64 @@ pub fn generate_password() -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::{AclOperation, ResourceKind};
+
+    #[test]
+    fn a_workload_of_either_kind_gets_the_same_names() {
+        let consumer: crate::crd::OrderConsumer = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\n\
+             metadata: {name: orders, namespace: shop}\n\
+             spec: {topicRef: {name: orders}, handler: {http: {url: 'http://x/'}}}",
+        )
+        .unwrap();
+        let gateway: crate::crd::OrderGateway = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\n\
+             metadata: {name: orders, namespace: shop}\nspec: {topicRef: {name: orders}}",
+        )
+        .unwrap();
+        let expected = Principal {
+            user: "pubsubkafka.shop.orders".into(),
+            principal: "User:pubsubkafka.shop.orders".into(),
+            secret: "orders-kafka-credentials".into(),
+        };
+        assert_eq!(Principal::of(&consumer), expected);
+        assert_eq!(Principal::of(&gateway), expected);
+    }
+
+    #[test]
+    fn the_acl_diff_writes_what_is_missing_and_removes_what_is_extra() {
+        let acl = |topic: &str, operation| Acl {
+            resource: ResourceKind::Topic,
+            name: topic.into(),
+            principal: "User:p".into(),
+            operation,
+        };
+        let (read, write) = (
+            acl("orders", AclOperation::Read),
+            acl("orders", AclOperation::Write),
+        );
+        let other = acl("payments", AclOperation::Read);
+        let set = |acls: &[&Acl]| acls.iter().map(|a| (*a).clone()).collect::<BTreeSet<_>>();
+        for (desired, actual, missing, extra) in [
+            (set(&[&read, &write]), set(&[]), vec![&read, &write], vec![]),
+            (set(&[&read, &write]), set(&[&read, &write]), vec![], vec![]),
+            (set(&[&read]), set(&[&read, &other]), vec![], vec![&other]),
+            (set(&[]), set(&[&read, &other]), vec![], vec![&read, &other]),
+            (set(&[&write]), set(&[&read]), vec![&write], vec![&read]),
+        ] {
+            let diff = AclDiff::between("User:p", &desired, &actual);
+            let owned = |acls: Vec<&Acl>| acls.into_iter().cloned().collect::<Vec<_>>();
+            assert_eq!(
+                (diff.missing.clone(), diff.extra.clone()),
+                (owned(missing), owned(extra)),
+                "{desired:?} over {actual:?}"
+            );
+            assert_eq!(diff.is_empty(), desired == actual);
+        }
+    }
 }

@@ -27,7 +27,8 @@ struct Shop {
     client: kube::Client,
     ns: String,
     topic: String,
-    _operator: Operator,
+    /// The operator watching the namespace; `None` while a test has it killed.
+    operator: Option<Operator>,
 }
 
 impl Shop {
@@ -38,17 +39,13 @@ impl Shop {
         operator::install_crds(&client).await;
         let ns = testenv::unique_name(prefix);
         operator::create_namespace(&client, &ns).await;
-        let mut args = operator::args(kafka, &ns, Duration::from_secs(3));
-        args.worker_image = testenv::node::product_image("worker");
-        args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
-        args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
-        let operator = Operator::start(&stack.kube, args).await;
+        let operator = Operator::start(&stack.kube, operator_args(kafka, &ns)).await;
         Self {
             stack,
             client,
             topic: format!("{ns}.orders"),
             ns,
-            _operator: operator,
+            operator: Some(operator),
         }
     }
 
@@ -128,6 +125,16 @@ impl Shop {
             .expect("the credentials Secret");
         String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
     }
+}
+
+/// The operator's settings for a shop in namespace `ns`: the worker image on the node, Kafka
+/// as pods reach it.
+fn operator_args(kafka: &KafkaInfo, ns: &str) -> pubsubkafka_controller::settings::Args {
+    let mut args = operator::args(kafka, ns, Duration::from_secs(3));
+    args.worker_image = testenv::node::product_image("worker");
+    args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
+    args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
+    args
 }
 
 impl Drop for Shop {
@@ -540,4 +547,219 @@ async fn a_gateway_whose_pods_crash_is_degraded_and_argo_cd_says_so() {
     assert!(ready.message.contains("gateway"), "{}", ready.message);
     let (health, message) = argocd::health(&gateway);
     assert_eq!(health, "Degraded", "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_restart() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let stack = testenv::shared();
+    let mut shop = Shop::new("gw-killed", &stack.kafka).await;
+    let database = stack.postgres.fresh_database("killed").await.unwrap();
+    let url = stack.postgres.database_url_for_pods(&database).unwrap();
+    shop.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: gateway-db}}\nstringData:\n  url: {url}\n"
+    ));
+    shop.apply_gateway(
+        "  replicas: 1\n  outbox:\n    connectionSecret: {name: gateway-db, key: url}\n",
+    );
+    let principal = format!("User:pubsubkafka.{}.orders-gateway", shop.ns);
+    let user = principal.trim_start_matches("User:").to_owned();
+    let admin = stack.kafka.kafka_admin();
+    let secrets: Api<Secret> = Api::namespaced(shop.client.clone(), &shop.ns);
+    let deployments: Api<Deployment> = Api::namespaced(shop.client.clone(), &shop.ns);
+    let services: Api<Service> = Api::namespaced(shop.client.clone(), &shop.ns);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(shop.client.clone(), &shop.ns);
+
+    // Killed (its task aborted, as a SIGKILL would end it) as soon as the first of the
+    // gateway's objects, its credentials Secret, appears: the SCRAM user, ACLs, Deployments,
+    // Service and budget come after it in the pass.
+    let deadline = std::time::Instant::now() + WAIT;
+    while secrets
+        .get_opt("orders-gateway-kafka-credentials")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no credentials Secret within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(shop.operator.take());
+    let exists = |found: bool| if found { "present" } else { "absent" };
+    let at_kill = [
+        ("SCRAM user", admin.scram_user_exists(&user).await.unwrap()),
+        ("ACLs", !acls_of(&stack.kafka, &principal).await.is_empty()),
+        (
+            "gateway Deployment",
+            deployments
+                .get_opt("orders-gateway")
+                .await
+                .unwrap()
+                .is_some(),
+        ),
+        (
+            "Service",
+            services.get_opt("orders-gateway").await.unwrap().is_some(),
+        ),
+        (
+            "PodDisruptionBudget",
+            budgets.get_opt("orders-gateway").await.unwrap().is_some(),
+        ),
+        (
+            "relay Deployment",
+            deployments
+                .get_opt("orders-gateway-relay")
+                .await
+                .unwrap()
+                .is_some(),
+        ),
+    ];
+    println!(
+        "killed with: {}",
+        at_kill
+            .iter()
+            .map(|(what, found)| format!("{what} {}", exists(*found)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Started again: it finishes what the first one left.
+    shop.operator =
+        Some(Operator::start(&shop.stack.kube, operator_args(&stack.kafka, &shop.ns)).await);
+    let gateway = shop.ready_gateway(1).await;
+    let status = gateway.status.unwrap();
+    assert_eq!(status.relay_ready_replicas, Some(1));
+    assert_eq!(status.principal.as_deref(), Some(principal.as_str()));
+
+    // One principal, with exactly its ACLs, and the only one on the topic.
+    assert_eq!(
+        acls_of(&stack.kafka, &principal).await,
+        [
+            format!("Topic {} Describe", shop.topic),
+            format!("Topic {} Write", shop.topic)
+        ]
+    );
+    let on_topic: std::collections::BTreeSet<String> = admin
+        .describe_acls(&AclFilter {
+            resource: Some((
+                pubsubkafka_controller::kafka::ResourceKind::Topic,
+                shop.topic.clone(),
+            )),
+            ..AclFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.principal)
+        .collect();
+    assert_eq!(on_topic, [principal.clone()].into());
+    assert!(admin.scram_user_exists(&user).await.unwrap());
+    // The credential in Kafka is the one in the Secret: the principal writes its topic.
+    let password = shop.password("orders-gateway-kafka-credentials").await;
+    stack
+        .kafka
+        .produce_as(&user, &password, &shop.topic)
+        .await
+        .expect("the Secret's password logs in and may write the topic");
+
+    // One set of objects, each once.
+    let selector = "pubsubkafka.io/gateway=orders-gateway";
+    let listed = kube::api::ListParams::default().labels(selector);
+    let names = |items: Vec<String>| {
+        let mut items = items;
+        items.sort();
+        items
+    };
+    assert_eq!(
+        names(
+            deployments
+                .list(&listed)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|d| d.metadata.name.clone().unwrap())
+                .collect()
+        ),
+        ["orders-gateway", "orders-gateway-relay"]
+    );
+    for (kind, found) in [
+        (
+            "Service",
+            services
+                .list(&listed)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| o.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "PodDisruptionBudget",
+            budgets
+                .list(&listed)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|o| o.metadata.name.clone().unwrap())
+                .collect(),
+        ),
+    ] {
+        assert_eq!(found, ["orders-gateway"], "{kind}");
+    }
+    assert_eq!(
+        secrets
+            .list(&listed)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|o| o.metadata.name.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["orders-gateway-kafka-credentials"]
+    );
+    // Exactly the wanted pods run: one gateway pod (ready_gateway counted it) and one relay.
+    cluster::wait_pods_ready(
+        &shop.client,
+        &shop.ns,
+        "pubsubkafka.io/gateway=orders-gateway,app.kubernetes.io/name=pubsubkafka-relay",
+        1,
+        PODS,
+    )
+    .await;
+
+    // Deleted: the principal and its ACLs leave Kafka.
+    shop.gateways()
+        .delete("orders-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the principal gone from Kafka", WAIT, || async {
+        let acls = acls_of(&stack.kafka, &principal).await;
+        let exists = admin
+            .scram_user_exists(&user)
+            .await
+            .map_err(|e| e.to_string())?;
+        (acls.is_empty() && !exists)
+            .then_some(())
+            .ok_or(format!("ACLs {acls:?}, SCRAM user exists: {exists}"))
+    })
+    .await;
+    eventually("the Deployments collected", WAIT, || async {
+        let left = deployments
+            .list(&listed)
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        (left == 0).then_some(()).ok_or(format!("{left} left"))
+    })
+    .await;
+    println!(
+        "restarted: one principal with its 2 ACLs, one set of objects, Ready; removed on delete"
+    );
 }

@@ -1,9 +1,12 @@
-//! The OrderConsumer reconciler: gather (the KafkaTopic, the DLQPolicy, the credentials, the
-//! principal's ACLs, the lag), decide ([`plan`], pure: first [`plan::admit`], the tenancy and
-//! ownership checks of its group and topics), apply in order (the claim on its topics in
-//! status.ownedTopics, dead-letter and retry topics, credentials Secret, SCRAM principal, ACLs,
-//! worker ConfigMap and Deployment), then status. A refused consumer creates nothing and its
-//! principal keeps no ACL.
+//! The OrderConsumer reconciler: gather from the API server and the caches (the KafkaTopic,
+//! the DLQPolicy, the tenancy rules, the event store Secret's version, the current objects),
+//! decide whether it may proceed ([`plan::admission`], pure: its dependencies, its principal,
+//! the tenancy and ownership checks of its group and topics), gather from Kafka (the
+//! principal's ACLs, the lag, the companion topics), decide everything else ([`plan::plan`],
+//! pure), apply in order (the claim on its topics in status.ownedTopics, dead-letter and retry
+//! topics, credentials Secret, SCRAM principal, ACL changes, worker ConfigMap, Deployment and
+//! PodDisruptionBudget), then status ([`plan::status`], pure). A refused consumer creates
+//! nothing and its principal keeps no ACL.
 //!
 //! Deleting a consumer removes its principal and ACLs (finalizer); its Secret, ConfigMap and
 //! Deployment go with it through their owner references.
@@ -13,9 +16,9 @@ pub mod plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -24,17 +27,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::context::{Context, object_key};
-use crate::crd::conditions::{self, reason};
-use crate::crd::dlq_policy::DLQPolicySpec;
-use crate::crd::order_consumer::{FINALIZER, OwnedTopic, OwnedTopicKind};
+use crate::context::{Context, object_key, resource_version};
+use crate::crd::conditions;
+use crate::crd::order_consumer::{FINALIZER, OwnedTopic};
 use crate::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderConsumerStatus};
-use crate::error::{Error, SpecError};
+use crate::error::Error;
 use crate::kafka::AdminError;
 use crate::ownership::Companion;
-use crate::principal;
+use crate::principal::{self, AclDiff};
+use crate::workload;
 use plan::Names;
 
 const KIND: &str = "OrderConsumer";
@@ -72,7 +75,7 @@ pub fn controller(
             api::<KafkaTopic>(client, namespace),
             config.clone(),
             move |topic| {
-                users(&by_topic, &topic.namespace().unwrap_or_default(), |c| {
+                workload::users(&by_topic, &topic.namespace().unwrap_or_default(), |c| {
                     c.spec.topic_ref.name == topic.name_any()
                 })
             },
@@ -90,7 +93,7 @@ pub fn controller(
             },
         )
         .watches(api::<DLQPolicy>(client, namespace), config, move |policy| {
-            users(&by_policy, &policy.namespace().unwrap_or_default(), |c| {
+            workload::users(&by_policy, &policy.namespace().unwrap_or_default(), |c| {
                 c.spec
                     .dlq_policy_ref
                     .as_ref()
@@ -110,7 +113,7 @@ fn secret_users(store: &Store<OrderConsumer>, secret: &Secret) -> Vec<ObjectRef<
         .filter(|o| o.kind == KIND && o.api_version == OrderConsumer::api_version(&()))
         .map(|o| o.name.clone())
         .collect();
-    users(store, &namespace, |c| {
+    workload::users(store, &namespace, |c| {
         owners.contains(&c.name_any())
             || c.spec
                 .handler
@@ -120,115 +123,98 @@ fn secret_users(store: &Store<OrderConsumer>, secret: &Secret) -> Vec<ObjectRef<
     })
 }
 
-/// The consumers in `namespace` matching `uses`.
-fn users(
-    store: &Store<OrderConsumer>,
-    namespace: &str,
-    uses: impl Fn(&OrderConsumer) -> bool,
-) -> Vec<ObjectRef<OrderConsumer>> {
-    store
-        .state()
-        .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace) && uses(c))
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
-}
-
-/// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed.
-///
-/// A consumer reads its topic from that cache (`ctx.topics`, filled by the KafkaTopic
-/// controller started beside this one). Reconciled before the first list completes, every
-/// consumer would find no topic and go `Ready=False TopicNotReady` until the next resync.
+/// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed (a consumer
+/// reads its topic from it).
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<OrderConsumer>,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    tokio::select! {
-        synced = ctx.topics.wait_until_ready() => {
-            if synced.is_err() {
-                warn!("the KafkaTopic cache was dropped before it listed; not reconciling OrderConsumers");
-                return;
-            }
-        }
-        _ = shutdown.clone() => return,
-    }
-    info!("the KafkaTopic cache has listed; reconciling OrderConsumers");
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "OrderConsumer reconcile failed");
-            }
-        })
-        .await;
+    workload::run(KIND, ctx, controller, reconcile, shutdown).await;
 }
 
 async fn reconcile(consumer: Arc<OrderConsumer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let context = Arc::clone(&ctx);
-    ctx.under_finalizer(KIND, FINALIZER, consumer, move |event, api| async move {
+    ctx.under_finalizer(KIND, FINALIZER, consumer, move |event, _api| async move {
         match event {
-            Finalizer::Apply(c) => apply(&c, &context, &api).await,
+            Finalizer::Apply(c) => apply(&c, &context).await,
             Finalizer::Cleanup(c) => cleanup(&c, &context).await,
         }
     })
     .await
 }
 
-fn error_policy(consumer: Arc<OrderConsumer>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.retry_after(consumer.as_ref(), error)
-}
-
-/// Everything gathered before deciding.
-struct Gathered {
-    topic: Arc<KafkaTopic>,
-    partitions: i32,
-    policy: Option<DLQPolicySpec>,
-}
-
-async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<Gathered, Error> {
+/// Reads what the plan needs from the API server and the caches (no Kafka).
+async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<plan::Gathered, Error> {
     let ns = consumer.namespace().unwrap_or_default();
-    let topic_name = &consumer.spec.topic_ref.name;
+    let names = Names::of(consumer);
     let topic = ctx
         .topics
-        .get(&ObjectRef::new(topic_name).within(&ns))
-        .filter(|t| t.is_ready())
-        .ok_or_else(|| Error::Waiting {
-            reason: reason::TOPIC_NOT_READY,
-            message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
-        })?;
-    let partitions = topic
-        .status
-        .as_ref()
-        .and_then(|s| s.partitions)
-        .unwrap_or(topic.spec.partitions);
+        .get(&ObjectRef::new(&consumer.spec.topic_ref.name).within(&ns))
+        .filter(|t| t.is_ready());
     let policy = match &consumer.spec.dlq_policy_ref {
         None => None,
-        Some(r) => {
-            let policies: Api<DLQPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-            let policy = policies
-                .get_opt(&r.name)
-                .await?
-                .ok_or_else(|| Error::Waiting {
-                    reason: reason::POLICY_NOT_FOUND,
-                    message: format!("waiting for DLQPolicy {} to exist", r.name),
-                })?;
-            Some(policy.spec)
+        Some(r) => Api::<DLQPolicy>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&r.name)
+            .await?
+            .map(|p| p.spec),
+    };
+    let event_store_secret = match &consumer.spec.handler.event_store {
+        None => None,
+        Some(store) => {
+            resource_version(
+                &Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+                &store.connection_secret.name,
+            )
+            .await?
         }
     };
-    Ok(Gathered {
+    Ok(plan::Gathered {
         topic,
-        partitions,
         policy,
+        principal_holder: principal_holder(consumer, ctx),
+        rules: ctx.access_rules(&ns).await?,
+        topics: ctx.topics.state(),
+        consumers: ctx.consumers.state(),
+        event_store_secret,
+        deployment: Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&names.deployment)
+            .await?,
+        config_map_version: resource_version(
+            &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+            &names.config_map,
+        )
+        .await?,
+        budget_version: resource_version(
+            &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns),
+            &names.deployment,
+        )
+        .await?,
     })
 }
 
-async fn apply(
-    consumer: &OrderConsumer,
+/// Reads what Kafka holds for an admitted consumer: its principal's ACLs, the lag of its
+/// group, the partitions of the topics it owns.
+async fn gather_kafka(
     ctx: &Context,
-    _api: &Api<OrderConsumer>,
-) -> Result<Action, Error> {
+    names: &Names,
+    admitted: &plan::Admitted,
+) -> Result<plan::KafkaState, Error> {
+    let mut companion_partitions = BTreeMap::new();
+    for (topic, used) in &admitted.companions {
+        if *used == Companion::Owned {
+            let existing = ctx.admin.describe_topic(&topic.name).await?;
+            companion_partitions.insert(topic.name.clone(), existing.map(|t| t.partition_count()));
+        }
+    }
+    Ok(plan::KafkaState {
+        acls: principal::acls(&ctx.admin, &names.kafka.principal).await?,
+        lag: measure_lag(ctx, &admitted.group, &admitted.source, admitted.partitions).await?,
+        companion_partitions,
+    })
+}
+
+async fn apply(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
     match converge(consumer, ctx).await {
         Ok(Converged { status, recheck }) => {
             ctx.backoff.reset(&object_key(consumer));
@@ -243,16 +229,11 @@ async fn apply(
             }
             let mut status = consumer.status.clone().unwrap_or_default();
             status.observed_generation = consumer.metadata.generation;
-            // The operator could not do its part: not Reconciled, and not Ready either (the
-            // workers may run, but not as the current spec declares).
-            let failed = conditions::new(
-                conditions::READY,
-                false,
-                error.reason(),
-                error.to_string(),
+            status.conditions = workload::failed_conditions(
+                &status.conditions,
+                &error,
                 consumer.metadata.generation,
             );
-            status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
             write_status(consumer, ctx, status).await?;
             Err(error)
         }
@@ -265,237 +246,83 @@ struct Converged {
     recheck: Option<std::time::Duration>,
 }
 
-/// Applies the consumer's desired state and returns the status to write.
+/// Gathers, decides ([`plan::admission`], then what Kafka holds and [`plan::plan`]), applies
+/// in order, and returns the status to write ([`plan::status`]).
 async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, Error> {
     let gathered = gather(consumer, ctx).await?;
-    let ns = consumer.namespace().unwrap_or_default();
     let names = Names::of(consumer);
-    let source = gathered.topic.topic_name();
-    let policy = gathered.policy.as_ref();
-    let dead_letter = plan::dead_letter_topic(&source, policy);
-    let group = consumer.group_id();
-
-    if let Some(gateway) = principal_holder(consumer, ctx) {
-        return Err(Error::Conflict {
-            message: format!(
-                "Kafka principal {} belongs to OrderGateway {ns}/{gateway}, which is older; \
-                 rename this consumer",
-                names.principal
-            ),
-        });
-    }
-
-    let retry = plan::retry_policy(policy).map_err(Error::InvalidSpec)?;
-    let retry_topics =
-        plan::retry_topics(&source, &consumer.name_any(), &retry).map_err(Error::InvalidSpec)?;
-
-    // Tenancy first: a refused consumer creates no topic and keeps no ACL.
-    let companions: Vec<OwnedTopic> = std::iter::once(OwnedTopic {
-        name: dead_letter.clone(),
-        kind: OwnedTopicKind::DeadLetter,
-    })
-    .chain(retry_topics.iter().map(|t| OwnedTopic {
-        name: t.name.clone(),
-        kind: OwnedTopicKind::Retry,
-    }))
-    .collect();
-    let rules = ctx.access_rules(&ns).await?;
-    let topics = ctx.topics.state();
-    let consumers = ctx.consumers.state();
-    let admitted = match plan::admit(
-        consumer,
-        &rules,
-        &companions,
-        &topics.iter().map(Arc::as_ref).collect::<Vec<_>>(),
-        &consumers.iter().map(Arc::as_ref).collect::<Vec<_>>(),
-    ) {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            principal::ensure_acls(consumer, ctx, &names.principal, &BTreeSet::new()).await?;
+    let admitted = match plan::admission(consumer, &gathered)? {
+        plan::Admission::Admitted(admitted) => admitted,
+        // Tenancy first: a refused consumer creates no topic and keeps no ACL.
+        plan::Admission::Refused(refusal) => {
+            let actual = principal::acls(&ctx.admin, &names.kafka.principal).await?;
+            let revoke = AclDiff::between(&names.kafka.principal, &BTreeSet::new(), &actual);
+            principal::apply_acls(consumer, ctx, &revoke).await?;
             return Err(refusal);
         }
     };
-    // Recorded before the topics are created, so no one else can claim them meanwhile.
-    let owned_topics = plan::owned_topics(consumer.owned_topics(), &admitted);
-    if owned_topics != consumer.owned_topics() {
-        record_owned_topics(consumer, ctx, &owned_topics).await?;
-    }
+    let kafka = gather_kafka(ctx, &names, &admitted).await?;
+    let key = object_key(consumer);
+    let plan = plan::plan(
+        consumer,
+        &gathered,
+        admitted,
+        &kafka,
+        &ctx.recommendations.get(&key),
+        jiff::Timestamp::now(),
+        &ctx.settings,
+    )?;
 
-    let dead_letter_partitions = plan::dead_letter_partitions(gathered.partitions, policy);
-    for (topic, used) in &admitted {
-        if *used != Companion::Owned {
-            // A KafkaTopic of this namespace manages it.
-            continue;
-        }
-        let (partitions, is_dead_letter) = match topic.kind {
-            OwnedTopicKind::DeadLetter => (dead_letter_partitions, true),
-            // Partition p of every retry topic goes with partition p of the source.
-            OwnedTopicKind::Retry => (gathered.partitions, false),
-            // Its DLQReplay creates it.
-            OwnedTopicKind::Parking => continue,
-        };
-        ensure_companion_topic(
-            consumer,
-            ctx,
-            &gathered,
-            &topic.name,
-            partitions,
-            is_dead_letter,
-        )
-        .await?;
+    // Recorded before the topics are created, so no one else can claim them meanwhile.
+    if plan.record_owned_topics {
+        record_owned_topics(consumer, ctx, &plan.owned_topics).await?;
+    }
+    for change in &plan.topic_changes {
+        change_companion_topic(consumer, ctx, change).await?;
     }
     let credentials_version = principal::ensure(
         consumer,
         ctx,
-        &names.kafka_principal(),
-        plan::child_meta(consumer, &names.credentials_secret),
+        &plan.names.kafka,
+        plan::child_meta(consumer, &plan.names.kafka.secret),
     )
     .await?;
-    let desired_acls = plan::consumer_acls(
-        &names.principal,
-        &source,
-        &dead_letter,
-        &retry_topics,
-        &group,
-    );
-    principal::ensure_acls(consumer, ctx, &names.principal, &desired_acls).await?;
+    principal::apply_acls(consumer, ctx, &plan.acls).await?;
+    ctx.recommendations.set(&key, plan.recommendations.clone());
 
-    let lag = measure_lag(ctx, &group, &source, gathered.partitions).await?;
-    let old = consumer.status.clone().unwrap_or_default();
-    let key = object_key(consumer);
-    let desired = match &consumer.spec.autoscaling {
-        None => {
-            ctx.recommendations.set(&key, Vec::new());
-            consumer.spec.replicas
-        }
-        Some(autoscaling) => {
-            let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
-                .map_err(SpecError::from)?;
-            let (desired, history) = plan::stabilize(
-                jiff::Timestamp::now(),
-                &ctx.recommendations.get(&key),
-                old.desired_replicas,
-                plan::lag_replicas(lag, autoscaling),
-                window,
-            );
-            ctx.recommendations.set(&key, history);
-            desired
-        }
-    };
-    let (replicas, capped) = plan::partition_cap(desired, gathered.partitions);
-
-    let config = plan::worker_config(&plan::RenderInput {
-        consumer,
-        names: &names,
-        source_topic: &source,
-        dead_letter_topic: &dead_letter,
-        retry,
-        retry_topics: &retry_topics,
-        bootstrap_servers: &ctx.settings.worker_bootstrap_servers,
-        security_protocol: ctx.settings.worker_security_protocol,
-        with_ca: ctx.settings.kafka_ca_pem.is_some(),
-        otlp_endpoint: ctx.settings.worker_otlp_endpoint.as_deref(),
-    })
-    .map_err(Error::InvalidSpec)?
-    .to_json();
-    // The pods read the database URL and their Kafka credentials (with the CA) only at start:
-    // a new version of either Secret must roll them.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut mounted = vec![(names.credentials_secret.clone(), credentials_version)];
-    if let Some(store) = &consumer.spec.handler.event_store {
-        let name = &store.connection_secret.name;
-        let version = secrets
-            .get_metadata_opt(name)
-            .await?
-            .and_then(|s| s.metadata.resource_version);
-        mounted.push((name.clone(), version));
-    }
-    let hash = plan::pod_template_hash(&config, &mounted);
-
+    let ns = consumer.namespace().unwrap_or_default();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let config_map = ConfigMap {
-        metadata: plan::child_meta(consumer, &names.config_map),
-        data: Some(BTreeMap::from([(plan::CONFIG_KEY.to_owned(), config)])),
-        ..Default::default()
-    };
-    let current = config_maps
-        .get_metadata_opt(&names.config_map)
-        .await?
-        .and_then(|m| m.metadata.resource_version);
-    ctx.apply_if_changed(&config_maps, &names.config_map, current, &config_map)
-        .await?;
-
-    let image = consumer
-        .spec
-        .image
-        .clone()
-        .unwrap_or_else(|| ctx.settings.worker_image.clone());
+    ctx.apply_if_changed(
+        &config_maps,
+        &plan.names.config_map,
+        gathered.config_map_version.clone(),
+        &plan.config_map,
+    )
+    .await?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let before = deployments.get_opt(&names.deployment).await?;
-    let deployment = plan::deployment(
-        consumer,
-        &names,
-        replicas,
-        plan::WorkerImage {
-            image: &image,
-            pull_secrets: &ctx.settings.worker_image_pull_secrets,
-        },
-        &hash,
-    );
-    let current = before
-        .as_ref()
-        .and_then(|d| d.metadata.resource_version.clone());
-    let applied = match ctx
-        .apply_if_changed(&deployments, &names.deployment, current, &deployment)
+    let desired = plan.deployment(consumer, &gathered, &ctx.settings, credentials_version);
+    let applied = ctx
+        .apply_or_keep(&deployments, gathered.deployment.clone(), &desired)
         .await?
-    {
-        Some(applied) => applied,
-        None => before.clone().expect("unchanged means it exists"),
-    };
-    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
-        Api::namespaced(ctx.client.clone(), &ns);
-    let budget_version = budgets
-        .get_metadata_opt(&names.deployment)
-        .await?
-        .and_then(|b| b.metadata.resource_version);
+        .expect("the worker Deployment was applied or is unchanged");
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
     ctx.apply_if_changed(
         &budgets,
-        &names.deployment,
-        budget_version,
-        &plan::disruption_budget(consumer, &names),
+        &plan.names.deployment,
+        gathered.budget_version.clone(),
+        &plan.budget,
     )
     .await?;
-    let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
-    if before_replicas != Some(replicas) {
+    if let Some(note) = plan.scaled.clone() {
+        let (replicas, capped) = (plan.replicas, plan.capped);
         info!(replicas, capped, "scaled the worker Deployment");
-        let note = match before_replicas {
-            None => format!("deployed {replicas} worker replicas"),
-            Some(b) => format!("scaled workers from {b} to {replicas}"),
-        };
         ctx.event(consumer, EventType::Normal, "Scaled", note).await;
     }
 
-    let generation = consumer.metadata.generation;
-    let reconciled = conditions::new(
-        conditions::RECONCILED,
-        true,
-        reason::RECONCILED,
-        format!(
-            "{replicas} worker replicas deployed to consume {source} as {}; {}dead letters go to \
-             {dead_letter}",
-            names.principal,
-            match retry_topics.as_slice() {
-                [] => String::new(),
-                [only] => format!("retries wait in {}; ", only.name),
-                [first, .., last] => format!("retries wait in {} to {}; ", first.name, last.name),
-            }
-        ),
-        generation,
-    );
     // Ready is the workers', not the operator's: the wanted pods must be available. The pods
     // are read only when the Deployment says some are missing, so a healthy consumer at rest
     // costs no list.
-    let workload = plan::Workload::of(replicas, &applied);
+    let workload = plan::Workload::of(plan.replicas, &applied);
     let pods = if workload.is_ready() {
         Vec::new()
     } else {
@@ -508,59 +335,8 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
             .map(|p| plan::WorkerPod::of(p, now))
             .collect()
     };
-    let (ready, degraded) = plan::workload_conditions(&workload, &pods, generation, plan::WORKERS);
-    let capped_condition = if capped {
-        conditions::new(
-            conditions::CAPPED,
-            true,
-            reason::PARTITION_CAP,
-            format!(
-                "{desired} replicas wanted, capped at the {} partitions of topic {source}: \
-                 an extra consumer would sit idle",
-                gathered.partitions
-            ),
-            generation,
-        )
-    } else {
-        conditions::new(
-            conditions::CAPPED,
-            false,
-            reason::WITHIN_PARTITIONS,
-            format!(
-                "{desired} replicas fit in the {} partitions",
-                gathered.partitions
-            ),
-            generation,
-        )
-    };
-    let merged = [reconciled, ready, degraded, capped_condition]
-        .into_iter()
-        .fold(old.conditions, |all, c| conditions::merge(&all, c));
-    let status = OrderConsumerStatus {
-        observed_generation: generation,
-        replicas: Some(replicas),
-        desired_replicas: Some(desired),
-        ready_replicas: Some(
-            applied
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        ),
-        partitions: Some(gathered.partitions),
-        max_replicas: Some(gathered.partitions),
-        lag: Some(lag),
-        group_id: Some(group),
-        dead_letter_topic: Some(dead_letter),
-        retry_topics: retry_topics.into_iter().map(|t| t.name).collect(),
-        owned_topics,
-        principal: Some(names.principal.clone()),
-        credentials_secret: Some(names.credentials_secret.clone()),
-        selector: Some(plan::selector(consumer)),
-        conditions: merged,
-    };
     Ok(Converged {
-        status,
+        status: plan::status(consumer, &plan, &workload, &pods),
         recheck: plan::recheck_after(&pods),
     })
 }
@@ -585,73 +361,30 @@ pub(crate) async fn record_owned_topics(
     Ok(())
 }
 
-/// Creates the dead-letter topic or a retry topic, or grows it to the partitions it needs.
-/// Both take whatever record size the source takes.
-async fn ensure_companion_topic(
+/// Creates the dead-letter topic or a retry topic, or grows it to the partitions it needs,
+/// as [`plan::plan`] decided.
+async fn change_companion_topic(
     consumer: &OrderConsumer,
     ctx: &Context,
-    gathered: &Gathered,
-    topic: &str,
-    partitions: i32,
-    dead_letter: bool,
+    change: &plan::CompanionChange,
 ) -> Result<(), Error> {
-    let policy = gathered.policy.as_ref();
-    let (kind, created, grown) = if dead_letter {
-        (
-            "dead-letter",
-            "DeadLetterTopicCreated",
-            "DeadLetterTopicGrown",
-        )
-    } else {
-        ("retry", "RetryTopicCreated", "RetryTopicGrown")
-    };
-    match ctx.admin.describe_topic(topic).await? {
-        None => {
-            let replication = policy
-                .and_then(|p| p.dead_letter.replication_factor)
-                .or_else(|| gathered.topic.status.as_ref()?.replication_factor)
-                .unwrap_or(gathered.topic.spec.replication_factor);
-            let mut configs = BTreeMap::new();
-            // Whatever fits the source must fit its dead letters and retries.
-            if let Some(limit) = gathered.topic.config_strings().get("max.message.bytes") {
-                configs.insert("max.message.bytes".to_owned(), limit.clone());
-            }
-            if let Some(retention) = policy
-                .filter(|_| dead_letter)
-                .and_then(|p| p.dead_letter.retention.as_deref())
-            {
-                let ms = crate::duration::parse(retention).map_err(SpecError::from)?;
-                configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
-            }
+    let (topic, partitions) = (&change.topic, change.partitions);
+    match &change.create {
+        Some((replication, configs)) => {
             match ctx
                 .admin
-                .create_topic(topic, partitions, replication, &configs)
+                .create_topic(topic, partitions, *replication, configs)
                 .await
             {
                 Err(e)
                     if e.code() == Some(rdkafka::error::RDKafkaErrorCode::TopicAlreadyExists) => {}
                 other => other?,
             }
-            ctx.event(
-                consumer,
-                EventType::Normal,
-                created,
-                format!("created {kind} topic {topic} with {partitions} partitions"),
-            )
-            .await;
         }
-        Some(existing) if existing.partition_count() < partitions => {
-            ctx.admin.create_partitions(topic, partitions).await?;
-            ctx.event(
-                consumer,
-                EventType::Normal,
-                grown,
-                format!("grew {kind} topic {topic} to {partitions} partitions"),
-            )
-            .await;
-        }
-        Some(_) => {}
+        None => ctx.admin.create_partitions(topic, partitions).await?,
     }
+    let (reason, note) = change.event();
+    ctx.event(consumer, EventType::Normal, reason, note).await;
     Ok(())
 }
 
@@ -704,11 +437,7 @@ async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Erro
     let names = Names::of(consumer);
     ctx.applied.forget(
         &consumer.namespace().unwrap_or_default(),
-        &[
-            &names.credentials_secret,
-            &names.config_map,
-            &names.deployment,
-        ],
+        &[&names.kafka.secret, &names.config_map, &names.deployment],
     );
     Ok(Action::await_change())
 }
@@ -729,5 +458,5 @@ pub async fn remove_principal(
     admin: &crate::kafka::KafkaAdmin,
 ) -> Result<(), AdminError> {
     let names = Names::of(consumer);
-    principal::remove(admin, &names.user, &names.principal).await
+    principal::remove(admin, &names.kafka.user, &names.kafka.principal).await
 }

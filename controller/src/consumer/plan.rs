@@ -1,14 +1,17 @@
-//! The OrderConsumer reconciler's decisions, as pure functions: names, the principal's exact
-//! ACLs, the replica arithmetic (partition cap, lag autoscaling, scale-down stabilization), the
-//! rendered worker configuration and the Deployment that runs it.
+//! The OrderConsumer reconciler's decisions, as pure functions: whether it may proceed
+//! ([`admission`]), then one [`plan`] of a pass (names, the principal's ACL changes, its
+//! dead-letter and retry topics, the replica arithmetic: partition cap, lag autoscaling,
+//! scale-down stabilization; the rendered worker configuration and the Deployment that runs
+//! it), and the [`status`] it leads to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector,
-    Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, ObjectMeta, OwnerReference,
@@ -20,16 +23,19 @@ use pubsubkafka_contract::config::{
     WorkerConfig,
 };
 
-use crate::crd::conditions::reason;
+use crate::context::Settings;
+use crate::crd::conditions::{CAPPED, RECONCILED, merge, new, reason};
 use crate::crd::dlq_policy::DLQPolicySpec;
 use crate::crd::order_consumer::{Autoscaling, OwnedTopic, OwnedTopicKind};
-use crate::crd::{KafkaTopic, OrderConsumer};
+use crate::crd::{KafkaTopic, OrderConsumer, OrderConsumerStatus};
 use crate::duration;
 use crate::error::{Error, SpecError};
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::ownership::{self, Companion};
 use crate::pods;
+use crate::principal::{AclDiff, Principal, held_by};
 use crate::tenancy::{self, Rules};
+use crate::workload::{replicas_of, scaled_note};
 
 /// Where the worker pod mounts what the operator gives it.
 pub const CONFIG_DIR: &str = "/etc/pubsubkafka/config";
@@ -48,42 +54,31 @@ pub const WORKER_TERMINATION_GRACE_SECONDS: i64 = WORKER_SHUTDOWN_GRACE_SECONDS 
 /// The consumer group session timeout of the workers: a crashed worker's partitions move on
 /// after this long.
 pub const WORKER_SESSION_TIMEOUT_MS: u64 = 30_000;
+/// How often the kubelet asks a worker's `/readyz`.
+pub const WORKER_READINESS_PERIOD_SECONDS: i32 = 5;
+/// Kafka's longest topic name.
+pub const KAFKA_TOPIC_NAME_MAX: usize = 249;
+/// The bounds the DLQPolicy and OrderConsumer schemas put on retries and on records in
+/// flight per partition, enforced again on what the workers get.
+pub const MAX_RETRIES: i32 = 100;
+pub const MAX_CONCURRENCY_PER_PARTITION: i32 = 1000;
 /// The worker container of each pod.
 pub const WORKER_CONTAINER: &str = "worker";
 
 /// Names of everything the operator creates for one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// SCRAM user name.
-    pub user: String,
-    /// `User:<user>`.
-    pub principal: String,
-    pub credentials_secret: String,
+    /// Its Kafka principal and credentials Secret.
+    pub kafka: Principal,
     pub config_map: String,
     pub deployment: String,
 }
 
 impl Names {
-    /// The principal with its credentials Secret.
-    pub fn kafka_principal(&self) -> crate::principal::Principal {
-        crate::principal::Principal {
-            user: self.user.clone(),
-            principal: self.principal.clone(),
-            secret: self.credentials_secret.clone(),
-        }
-    }
-
     pub fn of(consumer: &OrderConsumer) -> Self {
         let name = consumer.name_any();
-        let user = format!(
-            "pubsubkafka.{}.{}",
-            consumer.namespace().unwrap_or_default(),
-            name
-        );
         Self {
-            principal: format!("User:{user}"),
-            user,
-            credentials_secret: format!("{name}-kafka-credentials"),
+            kafka: Principal::of(consumer),
             config_map: format!("{name}-worker"),
             deployment: format!("{name}-worker"),
         }
@@ -514,7 +509,7 @@ pub fn retry_topics(
     retry: &RetryPolicy,
 ) -> Result<Vec<RetryTopic>, SpecError> {
     let topics = pubsubkafka_contract::retry::retry_topics(&format!("{source}-{consumer}"), retry);
-    match topics.iter().find(|t| t.name.len() > 249) {
+    match topics.iter().find(|t| t.name.len() > KAFKA_TOPIC_NAME_MAX) {
         Some(t) => Err(SpecError::RetryTopicTooLong(t.name.clone())),
         None => Ok(topics),
     }
@@ -531,7 +526,7 @@ pub fn retry_policy(policy: Option<&DLQPolicySpec>) -> Result<RetryPolicy, SpecE
             .map_err(|source| SpecError::FieldDuration { field, source })
     };
     Ok(RetryPolicy {
-        max_retries: policy.max_retries.clamp(0, 100) as u32,
+        max_retries: policy.max_retries.clamp(0, MAX_RETRIES) as u32,
         initial_backoff_ms: ms(&policy.backoff.initial, "backoff.initial")?,
         multiplier: policy.backoff.multiplier.max(1.0),
         max_backoff_ms: ms(&policy.backoff.max, "backoff.max")?,
@@ -581,7 +576,7 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, SpecError>
         kafka: KafkaConnection {
             bootstrap_servers: input.bootstrap_servers.to_owned(),
             security_protocol: input.security_protocol,
-            username: Some(input.names.user.clone()),
+            username: Some(input.names.kafka.user.clone()),
             password_file: Some(format!("{KAFKA_DIR}/password").into()),
             ca_file: input.with_ca.then(|| format!("{KAFKA_DIR}/ca.crt").into()),
         },
@@ -593,7 +588,9 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, SpecError>
         http_port: WORKER_HTTP_PORT,
         shutdown_grace_seconds: WORKER_SHUTDOWN_GRACE_SECONDS,
         session_timeout_ms: WORKER_SESSION_TIMEOUT_MS,
-        concurrency: spec.concurrency_per_partition.clamp(1, 1000) as usize,
+        concurrency: spec
+            .concurrency_per_partition
+            .clamp(1, MAX_CONCURRENCY_PER_PARTITION) as usize,
         retry_topics: input.retry_topics.to_vec(),
         tracing: input.otlp_endpoint.map(|endpoint| TracingConfig {
             otlp_endpoint: endpoint.to_owned(),
@@ -617,6 +614,20 @@ pub fn pod_template_hash(config: &str, mounted_secrets: &[(String, Option<String
         ));
     }
     config_hash(&text)
+}
+
+/// The pod template's config hash of a Deployment the operator rendered.
+pub fn config_hash_of(deployment: &Deployment) -> Option<&str> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(CONFIG_HASH_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// A stable 64-bit FNV-1a hash, hex: the same config gives the same hash across releases.
@@ -687,7 +698,7 @@ pub fn disruption_budget(
     PodDisruptionBudget {
         metadata: child_meta(consumer, &names.deployment),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(pods::MAX_UNAVAILABLE_PODS)),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(consumer)),
                 ..Default::default()
@@ -715,7 +726,7 @@ pub fn deployment(
 ) -> Deployment {
     let spec = &consumer.spec;
     let (credentials, credentials_mount) =
-        pods::secret_mount("kafka-credentials", &names.credentials_secret, KAFKA_DIR);
+        pods::secret_mount("kafka-credentials", &names.kafka.secret, KAFKA_DIR);
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -789,8 +800,14 @@ pub fn deployment(
                             container_port: i32::from(WORKER_HTTP_PORT),
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
-                        readiness_probe: Some(pods::http_probe("/readyz", 5)),
+                        liveness_probe: Some(pods::http_probe(
+                            "/healthz",
+                            pods::LIVENESS_PERIOD_SECONDS,
+                        )),
+                        readiness_probe: Some(pods::http_probe(
+                            "/readyz",
+                            WORKER_READINESS_PERIOD_SECONDS,
+                        )),
                         resources: spec.resources.clone(),
                         security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
@@ -803,6 +820,454 @@ pub fn deployment(
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// What the reconciler read from the API server and its caches before deciding (no Kafka).
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    /// The consumer's KafkaTopic, when it exists and is Ready.
+    pub topic: Option<Arc<KafkaTopic>>,
+    /// The DLQPolicy the consumer names, when it exists.
+    pub policy: Option<DLQPolicySpec>,
+    /// The OrderGateway of the same name that holds the principal both would use, if any.
+    pub principal_holder: Option<String>,
+    /// The tenancy rules of the namespace.
+    pub rules: Rules,
+    /// Every KafkaTopic and OrderConsumer the operator sees (for ownership).
+    pub topics: Vec<Arc<KafkaTopic>>,
+    pub consumers: Vec<Arc<OrderConsumer>>,
+    /// The resourceVersion of the event store's connection Secret (the pods mount it).
+    pub event_store_secret: Option<String>,
+    /// The worker Deployment as it is, and the resourceVersions of the ConfigMap and the
+    /// PodDisruptionBudget.
+    pub deployment: Option<Deployment>,
+    pub config_map_version: Option<String>,
+    pub budget_version: Option<String>,
+}
+
+/// A consumer the tenancy and ownership checks let through, with the topics it uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// The consumer's KafkaTopic, its Kafka topic and partitions.
+    pub topic: Arc<KafkaTopic>,
+    pub source: String,
+    pub partitions: i32,
+    pub dead_letter: String,
+    pub retry: RetryPolicy,
+    pub retry_topics: Vec<RetryTopic>,
+    pub group: String,
+    /// Its dead-letter and retry topics, and how it uses each.
+    pub companions: Vec<(OwnedTopic, Companion)>,
+}
+
+/// The verdict of [`admission`].
+#[derive(Debug)]
+pub enum Admission {
+    Admitted(Admitted),
+    /// Refused by tenancy or ownership: the principal keeps no ACL.
+    Refused(Error),
+}
+
+/// The checks before the operator touches anything for a consumer, in order: its KafkaTopic
+/// is Ready and its DLQPolicy exists (waited for), no older OrderGateway holds its principal,
+/// its retry policy is valid, and [`admit`] lets it use its group and topics. An `Err` changes
+/// nothing; a refusal takes the principal's ACLs away.
+pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admission, Error> {
+    let topic_name = &consumer.spec.topic_ref.name;
+    let topic = gathered.topic.clone().ok_or_else(|| Error::Waiting {
+        reason: reason::TOPIC_NOT_READY,
+        message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
+    })?;
+    if let Some(named) = &consumer.spec.dlq_policy_ref
+        && gathered.policy.is_none()
+    {
+        return Err(Error::Waiting {
+            reason: reason::POLICY_NOT_FOUND,
+            message: format!("waiting for DLQPolicy {} to exist", named.name),
+        });
+    }
+    let source = topic.topic_name();
+    let partitions = topic
+        .status
+        .as_ref()
+        .and_then(|s| s.partitions)
+        .unwrap_or(topic.spec.partitions);
+    let policy = gathered.policy.as_ref();
+    if let Some(gateway) = &gathered.principal_holder {
+        let holder = format!(
+            "OrderGateway {}/{gateway}",
+            consumer.namespace().unwrap_or_default()
+        );
+        return Err(held_by(&Principal::of(consumer), &holder, "consumer"));
+    }
+    let dead_letter = dead_letter_topic(&source, policy);
+    let retry = retry_policy(policy)?;
+    let retry_topics = retry_topics(&source, &consumer.name_any(), &retry)?;
+    let companions: Vec<OwnedTopic> = std::iter::once(OwnedTopic {
+        name: dead_letter.clone(),
+        kind: OwnedTopicKind::DeadLetter,
+    })
+    .chain(retry_topics.iter().map(|t| OwnedTopic {
+        name: t.name.clone(),
+        kind: OwnedTopicKind::Retry,
+    }))
+    .collect();
+    let topics: Vec<&KafkaTopic> = gathered.topics.iter().map(Arc::as_ref).collect();
+    let consumers: Vec<&OrderConsumer> = gathered.consumers.iter().map(Arc::as_ref).collect();
+    Ok(
+        match admit(consumer, &gathered.rules, &companions, &topics, &consumers) {
+            Ok(companions) => Admission::Admitted(Admitted {
+                topic,
+                source,
+                partitions,
+                dead_letter,
+                retry,
+                retry_topics,
+                group: consumer.group_id(),
+                companions,
+            }),
+            Err(refusal) => Admission::Refused(refusal),
+        },
+    )
+}
+
+/// What Kafka holds for an admitted consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaState {
+    /// The principal's ACLs.
+    pub acls: BTreeSet<Acl>,
+    /// Records the group has not committed, summed over the source's partitions.
+    pub lag: i64,
+    /// Partitions of each topic the consumer owns (dead-letter, retry), `None` when missing.
+    pub companion_partitions: BTreeMap<String, Option<i32>>,
+}
+
+/// A dead-letter or retry topic to create or grow. Both take whatever record size the source
+/// takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompanionChange {
+    pub topic: String,
+    pub dead_letter: bool,
+    pub partitions: i32,
+    /// To create, with its replication factor and configs; otherwise grown to `partitions`.
+    pub create: Option<(i32, BTreeMap<String, String>)>,
+}
+
+impl CompanionChange {
+    /// The event's reason and note once the change is made.
+    pub fn event(&self) -> (&'static str, String) {
+        let (kind, created, grown) = if self.dead_letter {
+            (
+                "dead-letter",
+                "DeadLetterTopicCreated",
+                "DeadLetterTopicGrown",
+            )
+        } else {
+            ("retry", "RetryTopicCreated", "RetryTopicGrown")
+        };
+        let (topic, partitions) = (&self.topic, self.partitions);
+        match self.create {
+            Some(_) => (
+                created,
+                format!("created {kind} topic {topic} with {partitions} partitions"),
+            ),
+            None => (
+                grown,
+                format!("grew {kind} topic {topic} to {partitions} partitions"),
+            ),
+        }
+    }
+}
+
+/// What one pass applies, in this order: the claim on its topics (`record_owned_topics`), the
+/// topic changes, the principal and its ACL changes, the worker ConfigMap, the Deployment
+/// ([`Plan::deployment`]) and its PodDisruptionBudget.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub names: Names,
+    pub admitted: Admitted,
+    pub partitions: i32,
+    pub lag: i64,
+    /// Every topic the consumer owns after this pass; written first when it changed.
+    pub owned_topics: Vec<OwnedTopic>,
+    pub record_owned_topics: bool,
+    pub topic_changes: Vec<CompanionChange>,
+    pub acls: AclDiff,
+    /// Replicas wanted before the cap, after it, and whether the cap applied.
+    pub desired: i32,
+    pub replicas: i32,
+    pub capped: bool,
+    /// The lag recommendations to keep for the next pass (none without autoscaling).
+    pub recommendations: Vec<Recommendation>,
+    /// The worker configuration (worker.json) and the ConfigMap holding it.
+    pub config: String,
+    pub config_map: ConfigMap,
+    pub budget: k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    /// The event note when the worker replicas change.
+    pub scaled: Option<String>,
+    image: String,
+}
+
+/// Decides an admitted consumer's pass from what was gathered; `history` is the consumer's
+/// recent lag recommendations, `now` the time of the pass.
+pub fn plan(
+    consumer: &OrderConsumer,
+    gathered: &Gathered,
+    admitted: Admitted,
+    kafka: &KafkaState,
+    history: &[Recommendation],
+    now: jiff::Timestamp,
+    settings: &Settings,
+) -> Result<Plan, Error> {
+    let names = Names::of(consumer);
+    let policy = gathered.policy.as_ref();
+    let partitions = admitted.partitions;
+    let owned = owned_topics(consumer.owned_topics(), &admitted.companions);
+
+    let dead_letter_partitions = dead_letter_partitions(partitions, policy);
+    let mut topic_changes = Vec::new();
+    for (topic, used) in &admitted.companions {
+        if *used != Companion::Owned {
+            // A KafkaTopic of this namespace manages it.
+            continue;
+        }
+        let (wanted, dead_letter) = match topic.kind {
+            OwnedTopicKind::DeadLetter => (dead_letter_partitions, true),
+            // Partition p of every retry topic goes with partition p of the source.
+            OwnedTopicKind::Retry => (partitions, false),
+            // Its DLQReplay creates it.
+            OwnedTopicKind::Parking => continue,
+        };
+        let create = match kafka
+            .companion_partitions
+            .get(&topic.name)
+            .copied()
+            .flatten()
+        {
+            None => Some(companion_topic_settings(
+                &admitted.topic,
+                gathered.policy.as_ref(),
+                dead_letter,
+            )?),
+            Some(existing) if existing < wanted => None,
+            Some(_) => continue,
+        };
+        topic_changes.push(CompanionChange {
+            topic: topic.name.clone(),
+            dead_letter,
+            partitions: wanted,
+            create,
+        });
+    }
+
+    let desired_acls = consumer_acls(
+        &names.kafka.principal,
+        &admitted.source,
+        &admitted.dead_letter,
+        &admitted.retry_topics,
+        &admitted.group,
+    );
+    let (desired, recommendations) = match &consumer.spec.autoscaling {
+        None => (consumer.spec.replicas, Vec::new()),
+        Some(autoscaling) => {
+            let window = crate::duration::parse(&autoscaling.scale_down_stabilization)
+                .map_err(SpecError::from)?;
+            stabilize(
+                now,
+                history,
+                consumer.status.as_ref().and_then(|s| s.desired_replicas),
+                lag_replicas(kafka.lag, autoscaling),
+                window,
+            )
+        }
+    };
+    let (replicas, capped) = partition_cap(desired, partitions);
+
+    let config = worker_config(&RenderInput {
+        consumer,
+        names: &names,
+        source_topic: &admitted.source,
+        dead_letter_topic: &admitted.dead_letter,
+        retry: admitted.retry.clone(),
+        retry_topics: &admitted.retry_topics,
+        bootstrap_servers: &settings.worker_bootstrap_servers,
+        security_protocol: settings.worker_security_protocol,
+        with_ca: settings.kafka_ca_pem.is_some(),
+        otlp_endpoint: settings.worker_otlp_endpoint.as_deref(),
+    })?
+    .to_json();
+    let config_map = ConfigMap {
+        metadata: child_meta(consumer, &names.config_map),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config.clone())])),
+        ..Default::default()
+    };
+    Ok(Plan {
+        acls: AclDiff::between(&names.kafka.principal, &desired_acls, &kafka.acls),
+        budget: disruption_budget(consumer, &names),
+        scaled: scaled_note(
+            replicas_of(gathered.deployment.as_ref()),
+            replicas,
+            "worker replicas",
+            "workers",
+        ),
+        image: consumer
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+        record_owned_topics: owned != consumer.owned_topics(),
+        owned_topics: owned,
+        partitions,
+        lag: kafka.lag,
+        topic_changes,
+        desired,
+        replicas,
+        capped,
+        recommendations,
+        config,
+        config_map,
+        names,
+        admitted,
+    })
+}
+
+/// The replication factor and configs of a dead-letter or retry topic to create: the policy's
+/// replication factor, else the source's; the source's record size limit; the policy's
+/// retention for dead letters.
+fn companion_topic_settings(
+    source: &KafkaTopic,
+    policy: Option<&DLQPolicySpec>,
+    dead_letter: bool,
+) -> Result<(i32, BTreeMap<String, String>), Error> {
+    let replication = policy
+        .and_then(|p| p.dead_letter.replication_factor)
+        .or_else(|| source.status.as_ref()?.replication_factor)
+        .unwrap_or(source.spec.replication_factor);
+    let mut configs = BTreeMap::new();
+    // Whatever fits the source must fit its dead letters and retries.
+    if let Some(limit) = source.config_strings().get("max.message.bytes") {
+        configs.insert("max.message.bytes".to_owned(), limit.clone());
+    }
+    if let Some(retention) = policy
+        .filter(|_| dead_letter)
+        .and_then(|p| p.dead_letter.retention.as_deref())
+    {
+        let ms = duration::parse(retention).map_err(SpecError::from)?;
+        configs.insert("retention.ms".to_owned(), ms.as_millis().to_string());
+    }
+    Ok((replication, configs))
+}
+
+impl Plan {
+    /// The worker Deployment, once the credentials Secret is applied: its
+    /// `credentials_version`, and the event store Secret's, are in the pod template's hash,
+    /// because the pods read both only at start.
+    pub fn deployment(
+        &self,
+        consumer: &OrderConsumer,
+        gathered: &Gathered,
+        settings: &Settings,
+        credentials_version: Option<String>,
+    ) -> Deployment {
+        let mut mounted = vec![(self.names.kafka.secret.clone(), credentials_version)];
+        if let Some(store) = &consumer.spec.handler.event_store {
+            mounted.push((
+                store.connection_secret.name.clone(),
+                gathered.event_store_secret.clone(),
+            ));
+        }
+        deployment(
+            consumer,
+            &self.names,
+            self.replicas,
+            WorkerImage {
+                image: &self.image,
+                pull_secrets: &settings.worker_image_pull_secrets,
+            },
+            &pod_template_hash(&self.config, &mounted),
+        )
+    }
+}
+
+/// The status after a pass that applied everything: Reconciled, Ready and Degraded from the
+/// workers (`workload`, and its `pods` when some are missing), Capped from the partition cap.
+pub fn status(
+    consumer: &OrderConsumer,
+    plan: &Plan,
+    workload: &Workload,
+    pods: &[WorkerPod],
+) -> OrderConsumerStatus {
+    let Plan {
+        names,
+        admitted,
+        replicas,
+        desired,
+        partitions,
+        ..
+    } = plan;
+    let (source, dead_letter) = (&admitted.source, &admitted.dead_letter);
+    let generation = consumer.metadata.generation;
+    let reconciled = new(
+        RECONCILED,
+        true,
+        reason::RECONCILED,
+        format!(
+            "{replicas} worker replicas deployed to consume {source} as {}; {}dead letters go to \
+             {dead_letter}",
+            names.kafka.principal,
+            match admitted.retry_topics.as_slice() {
+                [] => String::new(),
+                [only] => format!("retries wait in {}; ", only.name),
+                [first, .., last] => format!("retries wait in {} to {}; ", first.name, last.name),
+            }
+        ),
+        generation,
+    );
+    let (ready, degraded) = workload_conditions(workload, pods, generation, WORKERS);
+    let capped = if plan.capped {
+        new(
+            CAPPED,
+            true,
+            reason::PARTITION_CAP,
+            format!(
+                "{desired} replicas wanted, capped at the {partitions} partitions of topic \
+                 {source}: an extra consumer would sit idle"
+            ),
+            generation,
+        )
+    } else {
+        new(
+            CAPPED,
+            false,
+            reason::WITHIN_PARTITIONS,
+            format!("{desired} replicas fit in the {partitions} partitions"),
+            generation,
+        )
+    };
+    let old = consumer.status.clone().unwrap_or_default();
+    OrderConsumerStatus {
+        observed_generation: generation,
+        replicas: Some(*replicas),
+        desired_replicas: Some(*desired),
+        ready_replicas: Some(workload.ready),
+        partitions: Some(*partitions),
+        max_replicas: Some(*partitions),
+        lag: Some(plan.lag),
+        group_id: Some(admitted.group.clone()),
+        dead_letter_topic: Some(dead_letter.clone()),
+        retry_topics: admitted
+            .retry_topics
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+        owned_topics: plan.owned_topics.clone(),
+        principal: Some(names.kafka.principal.clone()),
+        credentials_secret: Some(names.kafka.secret.clone()),
+        selector: Some(selector(consumer)),
+        conditions: [reconciled, ready, degraded, capped]
+            .into_iter()
+            .fold(old.conditions, |all, c| merge(&all, c)),
     }
 }
 
@@ -1207,7 +1672,7 @@ spec:
     fn rendering_points_at_the_pods_mounts_and_hashes_stably() {
         let c = consumer(ORDERS);
         let names = Names::of(&c);
-        assert_eq!(names.principal, "User:pubsubkafka.shop.order-store");
+        assert_eq!(names.kafka.principal, "User:pubsubkafka.shop.order-store");
         let input = RenderInput {
             consumer: &c,
             names: &names,
@@ -1431,6 +1896,456 @@ spec:
         assert_eq!(
             refusal(admit(&other_group, &rules(Open), &internal, &[], &[])),
             Some("ReservedTopicName")
+        );
+    }
+
+    const TOPIC: &str = r#"
+apiVersion: pubsubkafka.io/v1alpha1
+kind: KafkaTopic
+metadata: {name: orders, namespace: shop, generation: 1}
+spec:
+  topicName: orders
+  partitions: 3
+  replicationFactor: 1
+  config: {max.message.bytes: 2097152}
+status:
+  observedGeneration: 1
+  partitions: 3
+  replicationFactor: 2
+  conditions:
+  - {type: Ready, status: "True", reason: Created, message: "", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#;
+
+    /// What a consumer of ORDERS finds in namespace `shop` under the open policy: its topic
+    /// Ready with 3 partitions, no DLQPolicy, nothing deployed yet.
+    fn gathered() -> Gathered {
+        let topic: KafkaTopic = serde_yaml::from_str(TOPIC).expect("topic fixture");
+        Gathered {
+            topic: Some(Arc::new(topic)),
+            policy: None,
+            principal_holder: None,
+            rules: tenancy::rules(
+                "shop",
+                &BTreeMap::new(),
+                [],
+                tenancy::DefaultAccessPolicy::Open,
+            ),
+            topics: Vec::new(),
+            consumers: Vec::new(),
+            event_store_secret: Some("17".into()),
+            deployment: None,
+            config_map_version: None,
+            budget_version: None,
+        }
+    }
+
+    /// The admission's verdict as `admitted`, `refused <reason>` or `<reason>` (wait or stop).
+    fn verdict(result: Result<Admission, Error>) -> String {
+        match result {
+            Ok(Admission::Admitted(_)) => "admitted".into(),
+            Ok(Admission::Refused(e)) => format!("refused {}", e.reason()),
+            Err(e) => e.reason().to_owned(),
+        }
+    }
+
+    #[test]
+    fn admission_waits_for_dependencies_and_refuses_what_is_not_the_consumers() {
+        let me = consumer(ORDERS);
+        let with_policy = consumer(&format!("{ORDERS}  dlqPolicyRef: {{name: strict}}\n"));
+        let mut victim = consumer(&ORDERS.replace("namespace: shop", "namespace: victim"));
+        victim.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        victim.status = Some(OrderConsumerStatus {
+            group_id: Some("victim.order-store".into()),
+            owned_topics: vec![owned("orders-dlq", OwnedTopicKind::DeadLetter)],
+            ..Default::default()
+        });
+        let policy: DLQPolicySpec = serde_yaml::from_str("{}").unwrap();
+        type Change = fn(&mut Gathered);
+        let cases: [(&str, &OrderConsumer, Change, &str); 8] = [
+            ("ready topic, open policy", &me, |_| {}, "admitted"),
+            (
+                "no Ready KafkaTopic",
+                &me,
+                |g| g.topic = None,
+                "TopicNotReady",
+            ),
+            (
+                "the named DLQPolicy is missing",
+                &with_policy,
+                |_| {},
+                "PolicyNotFound",
+            ),
+            (
+                "an older gateway holds the principal",
+                &me,
+                |g| g.principal_holder = Some("order-store".into()),
+                "ResourceConflict",
+            ),
+            (
+                "a topic that is not Ready comes first",
+                &me,
+                |g| {
+                    g.topic = None;
+                    g.principal_holder = Some("order-store".into());
+                },
+                "TopicNotReady",
+            ),
+            (
+                "names outside the namespace under the namespaced policy",
+                &me,
+                |g| {
+                    g.rules = tenancy::rules(
+                        "shop",
+                        &BTreeMap::new(),
+                        [],
+                        tenancy::DefaultAccessPolicy::Namespaced,
+                    )
+                },
+                "refused PolicyViolation",
+            ),
+            (
+                "another namespace's consumer owns the dead-letter topic",
+                &me,
+                |_| {},
+                "refused ResourceConflict",
+            ),
+            ("the policy exists", &with_policy, |_| {}, "admitted"),
+        ];
+        for (case, consumer, change, expected) in cases {
+            let mut g = gathered();
+            change(&mut g);
+            if case.starts_with("another namespace") {
+                g.consumers = vec![Arc::new(victim.clone())];
+            }
+            if case == "the policy exists" {
+                g.policy = Some(policy.clone());
+            }
+            assert_eq!(verdict(admission(consumer, &g)), expected, "{case}");
+        }
+        let Err(conflict) = admission(
+            &me,
+            &Gathered {
+                principal_holder: Some("order-store".into()),
+                ..gathered()
+            },
+        ) else {
+            panic!("a held principal is a conflict")
+        };
+        assert_eq!(
+            conflict.to_string(),
+            "Kafka principal User:pubsubkafka.shop.order-store belongs to OrderGateway \
+             shop/order-store, which is older; rename this consumer"
+        );
+    }
+
+    fn admitted(consumer: &OrderConsumer, g: &Gathered) -> Admitted {
+        match admission(consumer, g) {
+            Ok(Admission::Admitted(a)) => a,
+            other => panic!("not admitted: {}", verdict(other)),
+        }
+    }
+
+    /// One line per thing the plan changes, for the table below.
+    fn changes(plan: &Plan) -> Vec<String> {
+        let mut lines: Vec<String> = plan
+            .topic_changes
+            .iter()
+            .map(|c| match &c.create {
+                Some((replication, configs)) => format!(
+                    "create {} {}x{replication} {configs:?}",
+                    c.topic, c.partitions
+                ),
+                None => format!("grow {} to {}", c.topic, c.partitions),
+            })
+            .collect();
+        lines.push(format!(
+            "acls +{} -{}",
+            plan.acls.missing.len(),
+            plan.acls.extra.len()
+        ));
+        lines.push(format!(
+            "replicas {} of {} wanted{}",
+            plan.replicas,
+            plan.desired,
+            if plan.capped { ", capped" } else { "" }
+        ));
+        if plan.record_owned_topics {
+            lines.push("claim topics".into());
+        }
+        lines.extend(plan.scaled.clone());
+        lines
+    }
+
+    #[test]
+    fn the_plan_decides_topics_acls_and_replicas_from_what_was_gathered() {
+        let me = consumer(ORDERS);
+        let fresh = gathered();
+        let all_acls = consumer_acls(
+            "User:pubsubkafka.shop.order-store",
+            "orders",
+            "orders-dlq",
+            &[],
+            "shop.order-store",
+        );
+        let mut settled = me.clone();
+        settled.status = Some(OrderConsumerStatus {
+            owned_topics: vec![owned("orders-dlq", OwnedTopicKind::DeadLetter)],
+            ..Default::default()
+        });
+        let deployed = |replicas: i32| Gathered {
+            deployment: Some(deployment(
+                &me,
+                &Names::of(&me),
+                replicas,
+                WorkerImage {
+                    image: "pubsubkafka/worker:1",
+                    pull_secrets: &[],
+                },
+                "h",
+            )),
+            ..gathered()
+        };
+        let three = deployed(3);
+        let dead_letter = |partitions: Option<i32>| KafkaState {
+            acls: all_acls.clone(),
+            lag: 0,
+            companion_partitions: BTreeMap::from([("orders-dlq".to_owned(), partitions)]),
+        };
+        let stale = KafkaState {
+            acls: all_acls
+                .iter()
+                .cloned()
+                .chain([Acl {
+                    resource: ResourceKind::Topic,
+                    name: "payments".into(),
+                    principal: "User:pubsubkafka.shop.order-store".into(),
+                    operation: AclOperation::Read,
+                }])
+                .collect(),
+            ..dead_letter(Some(3))
+        };
+        let mut two = settled.clone();
+        two.spec.replicas = 2;
+        let mut scaling = settled.clone();
+        scaling.spec.autoscaling = Some(autoscaling(1, 10, 1000));
+        let with_lag = |lag| KafkaState {
+            lag,
+            ..dead_letter(Some(3))
+        };
+        let mut retention = me.clone();
+        retention.spec.dlq_policy_ref = Some(serde_yaml::from_str("{name: strict}").unwrap());
+        let policy: DLQPolicySpec = serde_yaml::from_str(
+            "deadLetter: {partitions: 6, retention: 10m, replicationFactor: 1}",
+        )
+        .unwrap();
+        let with_policy = Gathered {
+            policy: Some(policy),
+            ..gathered()
+        };
+        let cases: Vec<(&str, &OrderConsumer, &Gathered, KafkaState, Vec<&str>)> = vec![
+            (
+                "first pass: everything to create, 10 replicas capped at 3 partitions",
+                &me,
+                &fresh,
+                dead_letter(None),
+                vec![
+                    "create orders-dlq 3x2 {\"max.message.bytes\": \"2097152\"}",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                    "claim topics",
+                    "deployed 3 worker replicas",
+                ],
+            ),
+            (
+                "converged: nothing to change",
+                &settled,
+                &three,
+                dead_letter(Some(3)),
+                vec!["acls +0 -0", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "the source grew: the dead-letter topic follows",
+                &settled,
+                &three,
+                dead_letter(Some(1)),
+                vec![
+                    "grow orders-dlq to 3",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                ],
+            ),
+            (
+                "lost ACLs are written again",
+                &settled,
+                &three,
+                KafkaState {
+                    acls: BTreeSet::new(),
+                    ..dead_letter(Some(3))
+                },
+                vec!["acls +5 -0", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "a stale ACL is removed",
+                &settled,
+                &three,
+                stale,
+                vec!["acls +0 -1", "replicas 3 of 10 wanted, capped"],
+            ),
+            (
+                "fewer replicas than partitions: no cap, scaled down",
+                &two,
+                &three,
+                dead_letter(Some(3)),
+                vec![
+                    "acls +0 -0",
+                    "replicas 2 of 2 wanted",
+                    "scaled workers from 3 to 2",
+                ],
+            ),
+            (
+                "autoscaling: a lag of 1500 at 1000 per replica wants 2",
+                &scaling,
+                &three,
+                with_lag(1500),
+                vec![
+                    "acls +0 -0",
+                    "replicas 2 of 2 wanted",
+                    "scaled workers from 3 to 2",
+                ],
+            ),
+            (
+                "autoscaling: a lag of 9000 wants 9, capped at 3",
+                &scaling,
+                &three,
+                with_lag(9000),
+                vec!["acls +0 -0", "replicas 3 of 9 wanted, capped"],
+            ),
+            (
+                "the DLQPolicy sizes the dead-letter topic and its retention",
+                &retention,
+                &with_policy,
+                dead_letter(None),
+                vec![
+                    "create orders-dlq 6x1 {\"max.message.bytes\": \"2097152\", \
+                     \"retention.ms\": \"600000\"}",
+                    "acls +0 -0",
+                    "replicas 3 of 10 wanted, capped",
+                    "claim topics",
+                    "deployed 3 worker replicas",
+                ],
+            ),
+        ];
+        for (case, consumer, g, kafka, expected) in cases {
+            let plan = plan(
+                consumer,
+                g,
+                admitted(consumer, g),
+                &kafka,
+                &[],
+                jiff::Timestamp::UNIX_EPOCH,
+                &Settings::example(),
+            )
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(changes(&plan), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_deployment_hash_follows_the_mounted_secrets_and_the_status_the_plan() {
+        let me = consumer(ORDERS);
+        let g = gathered();
+        let kafka = KafkaState::default();
+        let plan = plan(
+            &me,
+            &g,
+            admitted(&me, &g),
+            &kafka,
+            &[],
+            jiff::Timestamp::UNIX_EPOCH,
+            &Settings::example(),
+        )
+        .unwrap();
+        let hash = |d: &Deployment| config_hash_of(d).expect("a config hash").to_owned();
+        let first = plan.deployment(&me, &g, &Settings::example(), Some("1".into()));
+        assert_eq!(
+            hash(&first),
+            pod_template_hash(
+                &plan.config,
+                &[
+                    ("order-store-kafka-credentials".into(), Some("1".into())),
+                    ("orders-db".into(), Some("17".into())),
+                ]
+            ),
+            "the hash of worker.json and both Secrets' versions"
+        );
+        let rotated = plan.deployment(&me, &g, &Settings::example(), Some("2".into()));
+        assert_ne!(
+            hash(&first),
+            hash(&rotated),
+            "new credentials roll the pods"
+        );
+
+        let at = |ready: i32, pods: &[WorkerPod]| {
+            let workload = Workload {
+                replicas: 3,
+                ready,
+                rolled_out: true,
+            };
+            let s = status(&me, &plan, &workload, pods);
+            let find = |t: &str| {
+                let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+                format!("{} {} {}", c.type_, c.status, c.reason)
+            };
+            (
+                [
+                    find(RECONCILED),
+                    find(crate::crd::conditions::READY),
+                    find(crate::crd::conditions::DEGRADED),
+                    find(CAPPED),
+                ],
+                s,
+            )
+        };
+        let (ready, s) = at(3, &[]);
+        assert_eq!(
+            ready,
+            [
+                "Reconciled True Reconciled",
+                "Ready True WorkersReady",
+                "Degraded False AsDeclared",
+                "Capped True PartitionCap",
+            ]
+        );
+        assert_eq!(
+            (s.replicas, s.desired_replicas, s.max_replicas, s.lag),
+            (Some(3), Some(10), Some(3), Some(0))
+        );
+        assert_eq!(s.dead_letter_topic.as_deref(), Some("orders-dlq"));
+        assert_eq!(
+            s.owned_topics,
+            [owned("orders-dlq", OwnedTopicKind::DeadLetter)]
+        );
+        let reconciled = s.conditions.iter().find(|c| c.type_ == RECONCILED).unwrap();
+        assert_eq!(
+            reconciled.message,
+            "3 worker replicas deployed to consume orders as \
+             User:pubsubkafka.shop.order-store; dead letters go to orders-dlq"
+        );
+        let crashing = [pod(
+            "order-store-worker-1",
+            false,
+            Some("CrashLoopBackOff"),
+            None,
+        )];
+        let (crash_looping, _) = at(2, &crashing);
+        assert_eq!(
+            crash_looping[1..3],
+            [
+                "Ready False WorkerCrashLooping".to_owned(),
+                "Degraded True WorkerCrashLooping".to_owned(),
+            ]
         );
     }
 }

@@ -1,7 +1,9 @@
-//! The OrderGateway reconciler: gather (the KafkaTopic, a consumer sharing the name, the
-//! versions of the Secrets the pods mount), decide ([`plan`], pure), apply in order (the
-//! credentials Secret and SCRAM principal, its ACLs, the gateway Deployment, Service and
-//! PodDisruptionBudget, the outbox relay Deployment), then status ([`plan::status`], pure).
+//! The OrderGateway reconciler: gather from the API server and the caches (the KafkaTopic, a
+//! consumer sharing the name, the outbox Secret's version, the current objects), decide whether
+//! it may proceed ([`plan::admit`], pure), read the principal's ACLs from Kafka, decide the
+//! rest ([`plan::plan`], pure), apply in order (the credentials Secret and SCRAM principal, its
+//! ACL changes, the gateway Deployment, Service and PodDisruptionBudget, the outbox relay
+//! Deployment or its removal), then status ([`plan::status`], pure).
 //!
 //! Deleting a gateway removes its principal and ACLs (finalizer); its Secret, Deployments,
 //! Service and PodDisruptionBudget go with it through their owner references.
@@ -10,7 +12,6 @@ pub mod plan;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -21,15 +22,15 @@ use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::consumer::plan::{WorkerImage, pod_template_hash};
-use crate::context::{Context, object_key};
-use crate::crd::conditions::{self, reason};
+use crate::context::{Context, object_key, resource_version};
+use crate::crd::conditions;
 use crate::crd::order_gateway::FINALIZER;
 use crate::crd::{KafkaTopic, OrderGateway, OrderGatewayStatus};
 use crate::error::Error;
-use crate::principal::{self, Principal};
+use crate::principal;
+use crate::workload;
 use plan::Names;
 
 const KIND: &str = "OrderGateway";
@@ -66,7 +67,7 @@ pub fn controller(
                     .iter()
                     .find(|o| o.kind == KIND && o.api_version == OrderGateway::api_version(&()))
                     .map(|o| o.name.clone());
-                users(&by_secret, &namespace, |g| {
+                workload::users(&by_secret, &namespace, |g| {
                     owner.as_deref() == Some(g.name_any().as_str())
                         || g.spec
                             .outbox
@@ -88,25 +89,11 @@ pub fn controller(
             },
         )
         .watches(api::<KafkaTopic>(client, namespace), config, move |topic| {
-            users(&by_topic, &topic.namespace().unwrap_or_default(), |g| {
+            workload::users(&by_topic, &topic.namespace().unwrap_or_default(), |g| {
                 g.spec.topic_ref.name == topic.name_any()
             })
         });
     (controller, store)
-}
-
-/// The gateways in `namespace` matching `uses`.
-fn users(
-    store: &Store<OrderGateway>,
-    namespace: &str,
-    uses: impl Fn(&OrderGateway) -> bool,
-) -> Vec<ObjectRef<OrderGateway>> {
-    store
-        .state()
-        .iter()
-        .filter(|g| g.namespace().as_deref() == Some(namespace) && uses(g))
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
-        .collect()
 }
 
 /// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed (a gateway reads
@@ -116,46 +103,21 @@ pub async fn run(
     controller: Controller<OrderGateway>,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    tokio::select! {
-        synced = ctx.topics.wait_until_ready() => {
-            if synced.is_err() {
-                warn!("the KafkaTopic cache was dropped before it listed; not reconciling OrderGateways");
-                return;
-            }
-        }
-        _ = shutdown.clone() => return,
-    }
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "OrderGateway reconcile failed");
-            }
-        })
-        .await;
+    crate::workload::run(KIND, ctx, controller, reconcile, shutdown).await;
 }
 
 async fn reconcile(gateway: Arc<OrderGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
     let context = Arc::clone(&ctx);
-    ctx.under_finalizer(KIND, FINALIZER, gateway, move |event, api| async move {
+    ctx.under_finalizer(KIND, FINALIZER, gateway, move |event, _api| async move {
         match event {
-            Finalizer::Apply(g) => apply(&g, &context, &api).await,
+            Finalizer::Apply(g) => apply(&g, &context).await,
             Finalizer::Cleanup(g) => cleanup(&g, &context).await,
         }
     })
     .await
 }
 
-fn error_policy(gateway: Arc<OrderGateway>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.retry_after(gateway.as_ref(), error)
-}
-
-async fn apply(
-    gateway: &OrderGateway,
-    ctx: &Context,
-    _api: &Api<OrderGateway>,
-) -> Result<Action, Error> {
+async fn apply(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error> {
     match converge(gateway, ctx).await {
         Ok((status, recheck)) => {
             ctx.backoff.reset(&object_key(gateway));
@@ -166,16 +128,11 @@ async fn apply(
         Err(error) => {
             let mut status = gateway.status.clone().unwrap_or_default();
             status.observed_generation = gateway.metadata.generation;
-            // The operator could not do its part: not Reconciled, and not Ready either (the
-            // pods may run, but not as the current spec declares).
-            let failed = conditions::new(
-                conditions::READY,
-                false,
-                error.reason(),
-                error.to_string(),
+            status.conditions = crate::workload::failed_conditions(
+                &status.conditions,
+                &error,
                 gateway.metadata.generation,
             );
-            status.conditions = conditions::merge_ready_and_reconciled(&status.conditions, failed);
             write_status(gateway, ctx, status).await?;
             Err(error)
         }
@@ -191,196 +148,114 @@ fn principal_holder(gateway: &OrderGateway, ctx: &Context) -> Option<String> {
     crate::ownership::consumer_keeps_principal(&consumer, gateway).then(|| consumer.name_any())
 }
 
-/// Applies the gateway's desired state; returns the status to write and when to look again if
-/// sooner than the resync.
+/// Reads what the plan needs from the API server and the caches (no Kafka).
+async fn gather(gateway: &OrderGateway, ctx: &Context) -> Result<plan::Gathered, Error> {
+    let ns = gateway.namespace().unwrap_or_default();
+    let names = Names::of(gateway);
+    let topic = ctx
+        .topics
+        .get(&ObjectRef::new(&gateway.spec.topic_ref.name).within(&ns))
+        .filter(|t| t.is_ready())
+        .map(|t| t.topic_name());
+    let outbox_secret = match &gateway.spec.outbox {
+        None => None,
+        Some(outbox) => {
+            resource_version(
+                &Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+                &outbox.connection_secret.name,
+            )
+            .await?
+        }
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(plan::Gathered {
+        topic,
+        principal_holder: principal_holder(gateway, ctx),
+        outbox_secret,
+        deployment: deployments.get_opt(&names.gateway).await?,
+        service_version: resource_version(
+            &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+            &names.gateway,
+        )
+        .await?,
+        budget_version: resource_version(
+            &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns),
+            &names.gateway,
+        )
+        .await?,
+        relay: deployments.get_opt(&names.relay).await?,
+    })
+}
+
+/// Gathers, decides ([`plan::admit`], then the principal's ACLs from Kafka and [`plan::plan`])
+/// and applies the gateway's desired state; returns the status to write and when to look
+/// again if sooner than the resync.
 async fn converge(
     gateway: &OrderGateway,
     ctx: &Context,
 ) -> Result<(OrderGatewayStatus, Option<std::time::Duration>), Error> {
     let ns = gateway.namespace().unwrap_or_default();
+    let gathered = gather(gateway, ctx).await?;
+    let topic = plan::admit(gateway, &gathered)?;
     let names = Names::of(gateway);
-    // Gather.
-    let topic_name = &gateway.spec.topic_ref.name;
-    let topic = ctx
-        .topics
-        .get(&ObjectRef::new(topic_name).within(&ns))
-        .filter(|t| t.is_ready())
-        .ok_or_else(|| Error::Waiting {
-            reason: reason::TOPIC_NOT_READY,
-            message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
-        })?
-        .topic_name();
-    if let Some(consumer) = principal_holder(gateway, ctx) {
-        return Err(Error::Conflict {
-            message: format!(
-                "Kafka principal {} belongs to OrderConsumer {ns}/{consumer}, which is older; \
-                 rename this gateway",
-                names.principal
-            ),
-        });
-    }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let outbox_version = match &gateway.spec.outbox {
-        None => None,
-        Some(outbox) => {
-            let name = &outbox.connection_secret.name;
-            let secret = secrets
-                .get_metadata_opt(name)
-                .await?
-                .ok_or_else(|| Error::Waiting {
-                    reason: reason::SECRET_NOT_FOUND,
-                    message: format!("waiting for the outbox connection Secret {name}"),
-                })?;
-            Some((name.clone(), secret.metadata.resource_version))
-        }
-    };
+    let acls = principal::acls(&ctx.admin, &names.kafka.principal).await?;
+    let plan = plan::plan(gateway, &gathered, &topic, &acls, &ctx.settings);
 
     // Apply: the principal first, so the pods start with a credential that works.
     let credentials_version = principal::ensure(
         gateway,
         ctx,
-        &Principal {
-            user: names.user.clone(),
-            principal: names.principal.clone(),
-            secret: names.credentials_secret.clone(),
-        },
-        plan::child_meta(gateway, &names.credentials_secret, "gateway"),
+        &plan.names.kafka,
+        plan::child_meta(gateway, &plan.names.kafka.secret, "gateway"),
     )
     .await?;
-    principal::ensure_acls(
-        gateway,
-        ctx,
-        &names.principal,
-        &plan::gateway_acls(&names.principal, &topic),
-    )
-    .await?;
+    principal::apply_acls(gateway, ctx, &plan.acls).await?;
 
-    let settings = &ctx.settings;
-    let image = gateway
-        .spec
-        .image
-        .clone()
-        .unwrap_or_else(|| settings.worker_image.clone());
-    let otlp_endpoint = gateway
-        .spec
-        .tracing
-        .as_ref()
-        .map(|t| t.otlp_endpoint.as_str())
-        .or(settings.worker_otlp_endpoint.as_deref());
-    let gateway_args = plan::gateway_args(gateway, &topic);
-    let relay_args = plan::relay_args(gateway, &topic);
-    let mut mounted = vec![(names.credentials_secret.clone(), credentials_version)];
-    mounted.extend(outbox_version);
-    let hash_of = |args: &[String]| {
-        let mut text = args.join("\n");
-        text.push_str(&format!("\nimage={image}\notlp={otlp_endpoint:?}"));
-        text.push_str(&format!(
-            "\nbootstrap={}",
-            settings.worker_bootstrap_servers
-        ));
-        pod_template_hash(&text, &mounted)
-    };
-    let image_ref = WorkerImage {
-        image: &image,
-        pull_secrets: &settings.worker_image_pull_secrets,
-    };
-    let kafka = plan::KafkaAccess {
-        bootstrap_servers: &settings.worker_bootstrap_servers,
-        security_protocol: settings.worker_security_protocol,
-        with_ca: settings.kafka_ca_pem.is_some(),
-    };
+    let (desired, desired_relay) = plan.deployments(gateway, &ctx.settings, credentials_version);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let before = deployments.get_opt(&names.gateway).await?;
-    let gateway_hash = hash_of(&gateway_args);
-    let desired = plan::deployment(
-        gateway,
-        &plan::PodInput {
-            names: &names,
-            image: image_ref,
-            kafka,
-            otlp_endpoint,
-            config_hash: &gateway_hash,
-        },
-        gateway.spec.replicas,
-        gateway_args,
-        false,
-    );
-    let current = before
-        .as_ref()
-        .and_then(|d| d.metadata.resource_version.clone());
-    let applied = match ctx
-        .apply_if_changed(&deployments, &names.gateway, current, &desired)
+    let applied = ctx
+        .apply_or_keep(&deployments, gathered.deployment, &desired)
         .await?
-    {
-        Some(applied) => applied,
-        None => before.clone().expect("unchanged means it exists"),
-    };
-    let before_replicas = before.as_ref().and_then(|d| d.spec.as_ref()?.replicas);
-    if before_replicas != Some(gateway.spec.replicas) {
-        let replicas = gateway.spec.replicas;
-        info!(replicas, "scaled the gateway Deployment");
-        let note = match before_replicas {
-            None => format!("deployed {replicas} gateway replicas"),
-            Some(b) => format!("scaled the gateway from {b} to {replicas}"),
-        };
+        .expect("the gateway Deployment was applied or is unchanged");
+    if let Some(note) = plan.scaled.clone() {
+        info!(
+            replicas = gateway.spec.replicas,
+            "scaled the gateway Deployment"
+        );
         ctx.event(gateway, EventType::Normal, "Scaled", note).await;
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = version_of(&services, &names.gateway).await?;
     ctx.apply_if_changed(
         &services,
-        &names.gateway,
-        current,
-        &plan::service(gateway, &names),
+        &plan.names.gateway,
+        gathered.service_version,
+        &plan.service,
     )
     .await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = version_of(&budgets, &names.gateway).await?;
     ctx.apply_if_changed(
         &budgets,
-        &names.gateway,
-        current,
-        &plan::disruption_budget(gateway, &names),
+        &plan.names.gateway,
+        gathered.budget_version,
+        &plan.budget,
     )
     .await?;
-    let relay = match relay_args {
-        Some(args) => {
-            let relay_hash = hash_of(&args);
-            let desired = plan::deployment(
-                gateway,
-                &plan::PodInput {
-                    names: &names,
-                    image: image_ref,
-                    kafka,
-                    otlp_endpoint,
-                    config_hash: &relay_hash,
-                },
-                gateway.spec.outbox.as_ref().map_or(1, |o| o.relay_replicas),
-                args,
-                true,
-            );
-            let before = deployments.get_opt(&names.relay).await?;
-            let current = before
-                .as_ref()
-                .and_then(|d| d.metadata.resource_version.clone());
-            match ctx
-                .apply_if_changed(&deployments, &names.relay, current, &desired)
+    let relay = match &desired_relay {
+        Some(desired) => {
+            ctx.apply_or_keep(&deployments, gathered.relay, desired)
                 .await?
-            {
-                Some(applied) => Some(applied),
-                None => before,
-            }
         }
         None => {
-            // The outbox was turned off: the relay goes (the rows it left stay in PostgreSQL).
-            if deployments.get_metadata_opt(&names.relay).await?.is_some() {
+            if plan.delete_relay {
                 deployments
-                    .delete(&names.relay, &DeleteParams::background())
+                    .delete(&plan.names.relay, &DeleteParams::background())
                     .await?;
             }
             None
         }
     };
+
+    // Status, from what the Deployments (and, when some are missing, their pods) show.
     let pods = observe(ctx, &ns, &applied, gateway.spec.replicas).await?;
     let relay = match (&relay, &gateway.spec.outbox) {
         (Some(deployment), Some(outbox)) => {
@@ -395,7 +270,14 @@ async fn converge(
         .unwrap_or_default();
     let recheck = plan_recheck(&pods, relay.as_ref());
     Ok((
-        plan::status(gateway, &names, &topic, &pods, relay.as_ref(), old),
+        plan::status(
+            gateway,
+            &plan.names,
+            &plan.topic,
+            &pods,
+            relay.as_ref(),
+            old,
+        ),
         recheck,
     ))
 }
@@ -447,17 +329,6 @@ async fn observe(
     Ok(plan::Observed { workload, pods })
 }
 
-/// The resourceVersion of object `name`, if it exists.
-async fn version_of<K>(api: &Api<K>, name: &str) -> Result<Option<String>, kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    Ok(api
-        .get_metadata_opt(name)
-        .await?
-        .and_then(|m| m.metadata.resource_version))
-}
-
 /// Writes the status when a user would see a change; a Warning when the operator fails or the
 /// pods degrade, once per change of reason.
 async fn write_status(
@@ -486,7 +357,7 @@ async fn cleanup(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error>
     let names = Names::of(gateway);
     ctx.applied.forget(
         &gateway.namespace().unwrap_or_default(),
-        &[&names.credentials_secret, &names.gateway, &names.relay],
+        &[&names.kafka.secret, &names.gateway, &names.relay],
     );
     Ok(Action::await_change())
 }
@@ -497,5 +368,5 @@ pub async fn remove_principal(
     admin: &crate::kafka::KafkaAdmin,
 ) -> Result<(), crate::kafka::AdminError> {
     let names = Names::of(gateway);
-    principal::remove(admin, &names.user, &names.principal).await
+    principal::remove(admin, &names.kafka.user, &names.kafka.principal).await
 }

@@ -1,6 +1,7 @@
-//! The OrderGateway reconciler's decisions, as pure functions: names, the principal's exact
-//! ACLs, the gateway and relay Deployments, the Service, the PodDisruptionBudget, and the
-//! status the observed Deployments give.
+//! The OrderGateway reconciler's decisions, as pure functions: whether it may proceed
+//! ([`admit`]), then one [`plan`] of a pass (names, the principal's ACL changes, the gateway
+//! and relay Deployments, the Service, the PodDisruptionBudget), and the [`status`] the
+//! observed Deployments give.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,13 +16,18 @@ use kube::{Resource, ResourceExt};
 use pubsubkafka_contract::config::SecurityProtocol;
 
 use crate::consumer::plan::{
-    DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, workload_conditions,
+    DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, pod_template_hash,
+    workload_conditions,
 };
+use crate::context::Settings;
 use crate::crd::OrderGateway;
 use crate::crd::conditions::{self, reason};
 use crate::crd::order_gateway::OrderGatewayStatus;
+use crate::error::Error;
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::pods;
+use crate::principal::{AclDiff, Principal, held_by};
+use crate::workload::{replicas_of, scaled_note};
 
 /// The port the gateway listens on in its pod (API, /metrics and probes).
 pub const GATEWAY_PORT: i32 = 8080;
@@ -29,6 +35,11 @@ pub const GATEWAY_PORT: i32 = 8080;
 pub const RELAY_PORT: i32 = crate::consumer::plan::WORKER_HTTP_PORT as i32;
 /// Seconds a gateway pod has to answer the requests it holds when it is stopped.
 pub const GATEWAY_GRACE_SECONDS: i64 = 30;
+/// How often the kubelet asks a gateway's `/readyz`: more often than a worker's, as the
+/// Service sends requests only to ready pods.
+pub const GATEWAY_READINESS_PERIOD_SECONDS: i32 = 2;
+/// The port a URL may leave out.
+pub const HTTP_DEFAULT_PORT: i32 = 80;
 pub const GATEWAY_LABEL: &str = "pubsubkafka.io/gateway";
 /// Annotation on the pod templates whose change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = crate::consumer::plan::CONFIG_HASH_ANNOTATION;
@@ -36,11 +47,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = crate::consumer::plan::CONFIG_HASH_ANNO
 /// Names of everything the operator creates for one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// SCRAM user name.
-    pub user: String,
-    /// `User:<user>`.
-    pub principal: String,
-    pub credentials_secret: String,
+    /// Its Kafka principal and credentials Secret.
+    pub kafka: Principal,
     /// The gateway Deployment, its Service and its PodDisruptionBudget.
     pub gateway: String,
     /// The outbox relay Deployment.
@@ -50,15 +58,8 @@ pub struct Names {
 impl Names {
     pub fn of(gateway: &OrderGateway) -> Self {
         let name = gateway.name_any();
-        let user = format!(
-            "pubsubkafka.{}.{}",
-            gateway.namespace().unwrap_or_default(),
-            name
-        );
         Self {
-            principal: format!("User:{user}"),
-            user,
-            credentials_secret: format!("{name}-kafka-credentials"),
+            kafka: Principal::of(gateway),
             relay: format!("{name}-relay"),
             gateway: name,
         }
@@ -152,7 +153,7 @@ fn kafka_env(names: &Names, kafka: KafkaAccess<'_>) -> Vec<EnvVar> {
             "PSK_KAFKA_SECURITY_PROTOCOL",
             kafka.security_protocol.as_kafka().to_owned(),
         ),
-        var("PSK_KAFKA_USERNAME", names.user.clone()),
+        var("PSK_KAFKA_USERNAME", names.kafka.user.clone()),
         var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
         var("PSK_LOG_FORMAT", "json".to_owned()),
     ];
@@ -227,11 +228,8 @@ pub fn deployment(
     } else {
         ("gateway", &input.names.gateway, GATEWAY_PORT)
     };
-    let (credentials, credentials_mount) = pods::secret_mount(
-        "kafka-credentials",
-        &input.names.credentials_secret,
-        KAFKA_DIR,
-    );
+    let (credentials, credentials_mount) =
+        pods::secret_mount("kafka-credentials", &input.names.kafka.secret, KAFKA_DIR);
     let mut volumes = vec![credentials];
     let mut mounts = vec![credentials_mount];
     if let Some(outbox) = &gateway.spec.outbox {
@@ -285,8 +283,14 @@ pub fn deployment(
                             container_port: port,
                             ..Default::default()
                         }]),
-                        liveness_probe: Some(pods::http_probe("/healthz", 10)),
-                        readiness_probe: Some(pods::http_probe("/readyz", 2)),
+                        liveness_probe: Some(pods::http_probe(
+                            "/healthz",
+                            pods::LIVENESS_PERIOD_SECONDS,
+                        )),
+                        readiness_probe: Some(pods::http_probe(
+                            "/readyz",
+                            GATEWAY_READINESS_PERIOD_SECONDS,
+                        )),
                         resources: gateway.spec.resources.clone(),
                         security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
@@ -328,7 +332,7 @@ pub fn disruption_budget(gateway: &OrderGateway, names: &Names) -> PodDisruption
     PodDisruptionBudget {
         metadata: child_meta(gateway, &names.gateway, "gateway"),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(pods::MAX_UNAVAILABLE_PODS)),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(gateway, "gateway")),
                 ..Default::default()
@@ -336,6 +340,178 @@ pub fn disruption_budget(gateway: &OrderGateway, names: &Names) -> PodDisruption
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// What the reconciler read from the API server and its caches before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Gathered {
+    /// The Kafka topic of the gateway's KafkaTopic, when that exists and is Ready.
+    pub topic: Option<String>,
+    /// The OrderConsumer of the same name that holds the principal both would use, if any.
+    pub principal_holder: Option<String>,
+    /// With an outbox: its connection Secret's resourceVersion, `None` while it is missing.
+    pub outbox_secret: Option<String>,
+    /// The gateway Deployment, Service and PodDisruptionBudget (their resourceVersions) and
+    /// the relay Deployment as they are.
+    pub deployment: Option<Deployment>,
+    pub service_version: Option<String>,
+    pub budget_version: Option<String>,
+    pub relay: Option<Deployment>,
+}
+
+/// The checks before the operator touches anything for a gateway: its topic is Ready, no
+/// older OrderConsumer holds its principal, its outbox Secret exists. Returns the Kafka topic.
+pub fn admit(gateway: &OrderGateway, gathered: &Gathered) -> Result<String, Error> {
+    let topic_name = &gateway.spec.topic_ref.name;
+    let topic = gathered.topic.clone().ok_or_else(|| Error::Waiting {
+        reason: reason::TOPIC_NOT_READY,
+        message: format!("waiting for KafkaTopic {topic_name} to exist and be Ready"),
+    })?;
+    if let Some(consumer) = &gathered.principal_holder {
+        let holder = format!(
+            "OrderConsumer {}/{consumer}",
+            gateway.namespace().unwrap_or_default()
+        );
+        return Err(held_by(&Principal::of(gateway), &holder, "gateway"));
+    }
+    if let Some(outbox) = &gateway.spec.outbox
+        && gathered.outbox_secret.is_none()
+    {
+        return Err(Error::Waiting {
+            reason: reason::SECRET_NOT_FOUND,
+            message: format!(
+                "waiting for the outbox connection Secret {}",
+                outbox.connection_secret.name
+            ),
+        });
+    }
+    Ok(topic)
+}
+
+/// What one pass applies, in this order: the principal and its ACL changes, the gateway
+/// Deployment ([`Plan::deployments`]), Service and PodDisruptionBudget, then the relay (or its
+/// removal).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub names: Names,
+    pub topic: String,
+    pub acls: AclDiff,
+    pub service: Service,
+    pub budget: PodDisruptionBudget,
+    /// The event note when the gateway's replicas change.
+    pub scaled: Option<String>,
+    /// The outbox was turned off: the relay goes (the rows it left stay in PostgreSQL).
+    pub delete_relay: bool,
+    gateway_args: Vec<String>,
+    relay_args: Option<Vec<String>>,
+    image: String,
+    otlp_endpoint: Option<String>,
+    /// The outbox connection Secret and its version, mounted in both kinds of pods.
+    outbox_secret: Option<(String, Option<String>)>,
+}
+
+/// Decides a gateway's pass from what was gathered: `topic` as [`admit`] returned it and
+/// `acls`, what Kafka holds for the principal.
+pub fn plan(
+    gateway: &OrderGateway,
+    gathered: &Gathered,
+    topic: &str,
+    acls: &BTreeSet<Acl>,
+    settings: &Settings,
+) -> Plan {
+    let names = Names::of(gateway);
+    let relay_args = relay_args(gateway, topic);
+    Plan {
+        acls: AclDiff::between(
+            &names.kafka.principal,
+            &gateway_acls(&names.kafka.principal, topic),
+            acls,
+        ),
+        service: service(gateway, &names),
+        budget: disruption_budget(gateway, &names),
+        scaled: scaled_note(
+            replicas_of(gathered.deployment.as_ref()),
+            gateway.spec.replicas,
+            "gateway replicas",
+            "the gateway",
+        ),
+        delete_relay: relay_args.is_none() && gathered.relay.is_some(),
+        gateway_args: gateway_args(gateway, topic),
+        relay_args,
+        image: gateway
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+        otlp_endpoint: gateway
+            .spec
+            .tracing
+            .as_ref()
+            .map(|t| t.otlp_endpoint.clone())
+            .or_else(|| settings.worker_otlp_endpoint.clone()),
+        outbox_secret: gateway.spec.outbox.as_ref().map(|outbox| {
+            (
+                outbox.connection_secret.name.clone(),
+                gathered.outbox_secret.clone(),
+            )
+        }),
+        topic: topic.to_owned(),
+        names,
+    }
+}
+
+impl Plan {
+    /// The gateway Deployment and, with an outbox, the relay's, once the credentials Secret is
+    /// applied: its `credentials_version` is in the pod templates' hash, so a new one rolls
+    /// the pods.
+    pub fn deployments(
+        &self,
+        gateway: &OrderGateway,
+        settings: &Settings,
+        credentials_version: Option<String>,
+    ) -> (Deployment, Option<Deployment>) {
+        let mut mounted = vec![(self.names.kafka.secret.clone(), credentials_version)];
+        mounted.extend(self.outbox_secret.clone());
+        let image = &self.image;
+        let otlp_endpoint = self.otlp_endpoint.as_deref();
+        let hash_of = |args: &[String]| {
+            let mut text = args.join("\n");
+            text.push_str(&format!("\nimage={image}\notlp={otlp_endpoint:?}"));
+            text.push_str(&format!(
+                "\nbootstrap={}",
+                settings.worker_bootstrap_servers
+            ));
+            pod_template_hash(&text, &mounted)
+        };
+        let image = WorkerImage {
+            image,
+            pull_secrets: &settings.worker_image_pull_secrets,
+        };
+        let kafka = KafkaAccess {
+            bootstrap_servers: &settings.worker_bootstrap_servers,
+            security_protocol: settings.worker_security_protocol,
+            with_ca: settings.kafka_ca_pem.is_some(),
+        };
+        let render = |args: &Vec<String>, replicas: i32, relay: bool| {
+            let config_hash = hash_of(args);
+            let input = PodInput {
+                names: &self.names,
+                image,
+                kafka,
+                otlp_endpoint,
+                config_hash: &config_hash,
+            };
+            deployment(gateway, &input, replicas, args.clone(), relay)
+        };
+        let relay = match (&self.relay_args, &gateway.spec.outbox) {
+            (Some(args), Some(outbox)) => Some(render(args, outbox.relay_replicas, true)),
+            _ => None,
+        };
+        (
+            render(&self.gateway_args, gateway.spec.replicas, false),
+            relay,
+        )
     }
 }
 
@@ -351,7 +527,7 @@ pub fn url(gateway: &OrderGateway, names: &Names) -> String {
         crate::crd::order_gateway::Domain::Orders => "/orders",
         crate::crd::order_gateway::Domain::Users => "/users",
     };
-    if port == 80 {
+    if port == HTTP_DEFAULT_PORT {
         format!("http://{host}{route}")
     } else {
         format!("http://{host}:{port}{route}")
@@ -402,7 +578,7 @@ pub fn status(
         format!(
             "{replicas} gateway replicas publish {} to {topic} as {}{}",
             spec.domain.as_arg(),
-            names.principal,
+            names.kafka.principal,
             match relay {
                 Some(r) => format!(
                     " through the outbox, with {} relay replicas",
@@ -445,8 +621,8 @@ pub fn status(
         relay_ready_replicas: relay.map(|r| r.workload.ready),
         url: Some(url(gateway, names)),
         topic: Some(topic.to_owned()),
-        principal: Some(names.principal.clone()),
-        credentials_secret: Some(names.credentials_secret.clone()),
+        principal: Some(names.kafka.principal.clone()),
+        credentials_secret: Some(names.kafka.secret.clone()),
         selector: Some(selector(gateway)),
         conditions: [reconciled, ready, degraded]
             .into_iter()
@@ -537,12 +713,10 @@ spec:
         );
     }
 
-    #[test]
-    fn pods_run_as_non_root_on_a_read_only_root_with_the_secrets_mounted() {
-        let g = gateway(USERS_OUTBOX);
-        let names = Names::of(&g);
-        let input = PodInput {
-            names: &names,
+    /// The pods of `names` with the example image and brokers.
+    fn pod_input(names: &Names, with_ca: bool) -> PodInput<'_> {
+        PodInput {
+            names,
             image: WorkerImage {
                 image: "pubsubkafka/worker:1",
                 pull_secrets: &[],
@@ -550,11 +724,18 @@ spec:
             kafka: KafkaAccess {
                 bootstrap_servers: "kafka:9093",
                 security_protocol: SecurityProtocol::SaslSsl,
-                with_ca: true,
+                with_ca,
             },
             otlp_endpoint: None,
             config_hash: "abc",
-        };
+        }
+    }
+
+    #[test]
+    fn pods_run_as_non_root_on_a_read_only_root_with_the_secrets_mounted() {
+        let g = gateway(USERS_OUTBOX);
+        let names = Names::of(&g);
+        let input = pod_input(&names, true);
         let d = deployment(&g, &input, 3, gateway_args(&g, "users"), false);
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
@@ -696,6 +877,204 @@ spec:
                 .map(|c| &c.last_transition_time)
                 .collect::<Vec<_>>(),
             "transition times stay"
+        );
+    }
+
+    /// What a gateway finds when its topic is Ready and nothing of it exists yet.
+    fn gathered() -> Gathered {
+        Gathered {
+            topic: Some("shop.users".into()),
+            outbox_secret: Some("42".into()),
+            ..Gathered::default()
+        }
+    }
+
+    #[test]
+    fn a_gateway_waits_for_its_topic_and_outbox_and_yields_a_held_principal() {
+        let orders = gateway(ORDERS);
+        let outbox = gateway(USERS_OUTBOX);
+        type Change = fn(&mut Gathered);
+        let cases: [(&str, &OrderGateway, Change, Result<&str, &str>); 6] = [
+            ("ready", &orders, |_| {}, Ok("shop.users")),
+            (
+                "ready, with its outbox Secret",
+                &outbox,
+                |_| {},
+                Ok("shop.users"),
+            ),
+            (
+                "no Ready KafkaTopic",
+                &orders,
+                |g| g.topic = None,
+                Err("TopicNotReady"),
+            ),
+            (
+                "an older consumer holds the principal",
+                &orders,
+                |g| g.principal_holder = Some("orders-gateway".into()),
+                Err("ResourceConflict"),
+            ),
+            (
+                "the outbox Secret is missing",
+                &outbox,
+                |g| g.outbox_secret = None,
+                Err("SecretNotFound"),
+            ),
+            (
+                "without an outbox, no Secret is needed",
+                &orders,
+                |g| g.outbox_secret = None,
+                Ok("shop.users"),
+            ),
+        ];
+        for (case, g, change, expected) in cases {
+            let mut gathered = gathered();
+            change(&mut gathered);
+            let verdict = admit(g, &gathered);
+            assert_eq!(
+                verdict.as_deref().map_err(Error::reason),
+                expected,
+                "{case}"
+            );
+        }
+        let conflict = admit(
+            &orders,
+            &Gathered {
+                principal_holder: Some("orders-gateway".into()),
+                ..gathered()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            conflict.to_string(),
+            "Kafka principal User:pubsubkafka.shop.orders-gateway belongs to OrderConsumer \
+             shop/orders-gateway, which is older; rename this gateway"
+        );
+    }
+
+    #[test]
+    fn the_plan_diffs_acls_scales_and_removes_a_relay_no_longer_wanted() {
+        let orders = gateway(ORDERS);
+        let outbox = gateway(USERS_OUTBOX);
+        let granted = |g: &OrderGateway| gateway_acls(&Names::of(g).kafka.principal, "shop.users");
+        let names = Names::of(&orders);
+        let input = pod_input(&names, false);
+        let running = |replicas: i32, relay: bool| Gathered {
+            deployment: Some(deployment(&orders, &input, replicas, Vec::new(), false)),
+            relay: relay.then(|| deployment(&orders, &input, 1, Vec::new(), true)),
+            ..gathered()
+        };
+        let stale: BTreeSet<Acl> = granted(&orders)
+            .into_iter()
+            .chain([Acl {
+                resource: ResourceKind::Topic,
+                name: "shop.other".into(),
+                principal: "User:pubsubkafka.shop.orders-gateway".into(),
+                operation: AclOperation::Write,
+            }])
+            .collect();
+        let cases: Vec<(&str, &OrderGateway, Gathered, BTreeSet<Acl>, &str)> = vec![
+            (
+                "first pass",
+                &orders,
+                gathered(),
+                BTreeSet::new(),
+                "acls +2 -0; deployed 2 gateway replicas; relay: none",
+            ),
+            (
+                "converged",
+                &orders,
+                running(2, false),
+                granted(&orders),
+                "acls +0 -0; relay: none",
+            ),
+            (
+                "scaled and a stale ACL",
+                &orders,
+                running(5, false),
+                stale,
+                "acls +0 -1; scaled the gateway from 5 to 2; relay: none",
+            ),
+            (
+                "the outbox turned off: the relay goes",
+                &orders,
+                running(2, true),
+                granted(&orders),
+                "acls +0 -0; relay: delete",
+            ),
+            (
+                "with an outbox, the relay runs",
+                &outbox,
+                gathered(),
+                granted(&outbox),
+                "acls +0 -0; deployed 3 gateway replicas; relay: 1 replicas",
+            ),
+        ];
+        for (case, g, gathered, acls, expected) in cases {
+            let plan = plan(g, &gathered, "shop.users", &acls, &Settings::example());
+            let (_, relay) = plan.deployments(g, &Settings::example(), Some("1".into()));
+            let relay = match (&relay, plan.delete_relay) {
+                (Some(d), false) => {
+                    format!("{} replicas", d.spec.as_ref().unwrap().replicas.unwrap())
+                }
+                (None, true) => "delete".into(),
+                (None, false) => "none".into(),
+                (Some(_), true) => "both".into(),
+            };
+            let mut summary = vec![format!(
+                "acls +{} -{}",
+                plan.acls.missing.len(),
+                plan.acls.extra.len()
+            )];
+            summary.extend(plan.scaled.clone());
+            summary.push(format!("relay: {relay}"));
+            assert_eq!(summary.join("; "), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_pod_templates_hash_the_arguments_image_and_mounted_secrets() {
+        let g = gateway(USERS_OUTBOX);
+        let hash = |d: &Deployment| {
+            crate::consumer::plan::config_hash_of(d)
+                .expect("a config hash")
+                .to_owned()
+        };
+        let plan = plan(
+            &g,
+            &gathered(),
+            "shop.users",
+            &BTreeSet::new(),
+            &Settings::example(),
+        );
+        let (gateway, relay) = plan.deployments(&g, &Settings::example(), Some("1".into()));
+        let relay = relay.expect("an outbox gateway has a relay");
+        let mounted = [
+            (
+                "users-gateway-kafka-credentials".to_owned(),
+                Some("1".to_owned()),
+            ),
+            ("gateway-db".to_owned(), Some("42".to_owned())),
+        ];
+        let text = |args: Vec<String>| {
+            format!(
+                "{}\nimage=pubsubkafka/worker:1\notlp=None\nbootstrap=kafka:9093",
+                args.join("\n")
+            )
+        };
+        assert_eq!(
+            hash(&gateway),
+            pod_template_hash(&text(gateway_args(&g, "shop.users")), &mounted)
+        );
+        assert_eq!(
+            hash(&relay),
+            pod_template_hash(&text(relay_args(&g, "shop.users").unwrap()), &mounted)
+        );
+        let (rotated, _) = plan.deployments(&g, &Settings::example(), Some("2".into()));
+        assert_ne!(
+            hash(&gateway),
+            hash(&rotated),
+            "new credentials roll the pods"
         );
     }
 }

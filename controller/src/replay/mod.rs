@@ -353,11 +353,12 @@ async fn prepare(
         plan::child_meta(replay, &names.credentials_secret),
     )
     .await?;
-    principal::ensure_acls(
+    let desired = plan::acls(&names.principal, names, topics, replay.spec.dry_run);
+    let actual = principal::acls(&ctx.admin, &names.principal).await?;
+    principal::apply_acls(
         replay,
         ctx,
-        &names.principal,
-        &plan::acls(&names.principal, names, topics, replay.spec.dry_run),
+        &principal::AclDiff::between(&names.principal, &desired, &actual),
     )
     .await?;
     Ok(())

@@ -434,7 +434,7 @@ impl KafkaAdmin {
             let deadline = std::time::Instant::now() + timeout;
             let committed = loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                let attempt = left.min(GROUP_ATTEMPT).max(Duration::from_millis(100));
+                let attempt = left.min(GROUP_ATTEMPT).max(GROUP_ATTEMPT_MIN);
                 let result = consumer.committed_offsets(wanted.clone(), attempt);
                 if let Some((code, refused)) = refusal(&consumer, &group, &topic) {
                     return Err(AdminError::Rejected {
@@ -459,7 +459,7 @@ impl KafkaAdmin {
                                 )
                             }) =>
                     {
-                        std::thread::sleep(Duration::from_millis(200));
+                        std::thread::sleep(GROUP_RETRY_PAUSE);
                     }
                     Err(e) => {
                         return Err(match e.rdkafka_error_code() {
@@ -497,6 +497,10 @@ impl KafkaAdmin {
 
 /// One attempt of an offset fetch; the queue is served for refusals between attempts.
 const GROUP_ATTEMPT: Duration = Duration::from_secs(1);
+/// The shortest attempt, when the deadline is near.
+const GROUP_ATTEMPT_MIN: Duration = Duration::from_millis(100);
+/// The pause before asking a coordinator that is moving or loading again.
+const GROUP_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// An authorization refusal the consumer's queue holds, with the resource it concerns.
 fn refusal(

@@ -133,6 +133,9 @@ unsafe fn error_object(err: *const sys::rd_kafka_error_t) -> Option<AdminError> 
 }
 
 const ERRSTR_LEN: usize = 512;
+/// How much longer than the request timeout a result is waited for: the operation times out
+/// on its own, and its answer must still arrive.
+const RESULT_POLL_MARGIN: Duration = Duration::from_secs(5);
 
 /// The buffer librdkafka writes a constructor's failure into.
 struct ErrStr([c_char; ERRSTR_LEN]);
@@ -353,7 +356,7 @@ impl Request<'_> {
     /// Waits for the result event and checks its top-level error.
     pub(super) fn wait(&self) -> Result<Event> {
         // The operation times out on its own after the request timeout; poll a little longer.
-        let poll_ms = (self.timeout + Duration::from_secs(5)).as_millis() as i32;
+        let poll_ms = (self.timeout + RESULT_POLL_MARGIN).as_millis() as i32;
         // SAFETY: a live queue; the event it returns is ours.
         let event =
             unsafe { Native::from_raw(sys::rd_kafka_queue_poll(self.queue.as_ptr(), poll_ms)) };
