@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -60,21 +59,14 @@ pub fn controller(
         .owns(api::<Job>(client, namespace), config)
 }
 
-/// Runs the reconciler until `shutdown`.
+/// Runs the reconciler until `shutdown`, once the KafkaTopic cache has listed (a replay reads
+/// its consumer's topics from it).
 pub async fn run(
     ctx: Arc<Context>,
     controller: Controller<DLQReplay>,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "DLQReplay reconcile failed");
-            }
-        })
-        .await;
+    crate::workload::run(KIND, ctx, controller, reconcile, shutdown).await;
 }
 
 async fn reconcile(replay: Arc<DLQReplay>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -86,10 +78,6 @@ async fn reconcile(replay: Arc<DLQReplay>, ctx: Arc<Context>) -> Result<Action, 
         }
     })
     .await
-}
-
-fn error_policy(replay: Arc<DLQReplay>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.retry_after(replay.as_ref(), error)
 }
 
 async fn apply(replay: &DLQReplay, ctx: &Context) -> Result<Action, Error> {
