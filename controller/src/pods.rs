@@ -3,10 +3,51 @@
 //! mounted read-only, and the image pull Secrets of the operator's settings.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, HTTPGetAction, LocalObjectReference, PodSecurityContext, Probe, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, EnvVar, HTTPGetAction, LocalObjectReference, PodSecurityContext, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use pubsubkafka_contract::config::SecurityProtocol;
+
+use crate::consumer::plan::KAFKA_DIR;
+
+/// What the pods need to reach Kafka: as the operator's settings give it.
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaAccess<'a> {
+    pub bootstrap_servers: &'a str,
+    pub security_protocol: SecurityProtocol,
+    /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
+    pub with_ca: bool,
+}
+
+/// The environment a gateway, relay or replay container reads its Kafka connection from, as
+/// SCRAM user `user` with the credentials Secret mounted at `KAFKA_DIR` (the worker's flags
+/// take the same names from the environment; no secret value is in it).
+pub fn kafka_env(user: &str, kafka: KafkaAccess<'_>) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    let mut env = vec![
+        var(
+            "PSK_KAFKA_BOOTSTRAP_SERVERS",
+            kafka.bootstrap_servers.to_owned(),
+        ),
+        var(
+            "PSK_KAFKA_SECURITY_PROTOCOL",
+            kafka.security_protocol.as_kafka().to_owned(),
+        ),
+        var("PSK_KAFKA_USERNAME", user.to_owned()),
+        var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
+        var("PSK_LOG_FORMAT", "json".to_owned()),
+    ];
+    if kafka.with_ca {
+        env.push(var("PSK_KAFKA_CA_FILE", format!("{KAFKA_DIR}/ca.crt")));
+    }
+    env
+}
 
 /// The user and group the images run as (`app` in docker/*.Dockerfile and scripts/images.sh).
 pub const APP_UID: i64 = 65532;

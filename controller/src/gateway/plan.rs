@@ -13,7 +13,6 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use pubsubkafka_contract::config::SecurityProtocol;
 
 use crate::consumer::plan::{
     DATABASE_DIR, KAFKA_DIR, PodsNoun, WorkerImage, WorkerPod, Workload, pod_template_hash,
@@ -127,42 +126,6 @@ pub fn child_meta(gateway: &OrderGateway, name: &str, component: &str) -> Object
     }
 }
 
-/// What the pods need to reach Kafka: as the operator's settings give it.
-#[derive(Debug, Clone, Copy)]
-pub struct KafkaAccess<'a> {
-    pub bootstrap_servers: &'a str,
-    pub security_protocol: SecurityProtocol,
-    /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
-    pub with_ca: bool,
-}
-
-/// The environment both containers read their Kafka connection from (the worker's flags take
-/// the same names from the environment).
-fn kafka_env(names: &Names, kafka: KafkaAccess<'_>) -> Vec<EnvVar> {
-    let var = |name: &str, value: String| EnvVar {
-        name: name.to_owned(),
-        value: Some(value),
-        ..Default::default()
-    };
-    let mut env = vec![
-        var(
-            "PSK_KAFKA_BOOTSTRAP_SERVERS",
-            kafka.bootstrap_servers.to_owned(),
-        ),
-        var(
-            "PSK_KAFKA_SECURITY_PROTOCOL",
-            kafka.security_protocol.as_kafka().to_owned(),
-        ),
-        var("PSK_KAFKA_USERNAME", names.kafka.user.clone()),
-        var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
-        var("PSK_LOG_FORMAT", "json".to_owned()),
-    ];
-    if kafka.with_ca {
-        env.push(var("PSK_KAFKA_CA_FILE", format!("{KAFKA_DIR}/ca.crt")));
-    }
-    env
-}
-
 /// The gateway container's arguments.
 pub fn gateway_args(gateway: &OrderGateway, topic: &str) -> Vec<String> {
     let spec = &gateway.spec;
@@ -209,7 +172,7 @@ pub fn relay_args(gateway: &OrderGateway, topic: &str) -> Option<Vec<String>> {
 pub struct PodInput<'a> {
     pub names: &'a Names,
     pub image: WorkerImage<'a>,
-    pub kafka: KafkaAccess<'a>,
+    pub kafka: pods::KafkaAccess<'a>,
     pub otlp_endpoint: Option<&'a str>,
     /// The pod template's hash: arguments and the versions of the mounted Secrets.
     pub config_hash: &'a str,
@@ -238,7 +201,7 @@ pub fn deployment(
         volumes.push(volume);
         mounts.push(mount);
     }
-    let mut env = kafka_env(input.names, input.kafka);
+    let mut env = pods::kafka_env(&input.names.kafka.user, input.kafka);
     if let Some(endpoint) = input.otlp_endpoint {
         env.push(EnvVar {
             name: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
@@ -488,7 +451,7 @@ impl Plan {
             image,
             pull_secrets: &settings.worker_image_pull_secrets,
         };
-        let kafka = KafkaAccess {
+        let kafka = pods::KafkaAccess {
             bootstrap_servers: &settings.worker_bootstrap_servers,
             security_protocol: settings.worker_security_protocol,
             with_ca: settings.kafka_ca_pem.is_some(),
@@ -633,6 +596,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pubsubkafka_contract::config::SecurityProtocol;
 
     fn gateway(yaml: &str) -> OrderGateway {
         let mut g: OrderGateway = serde_yaml::from_str(yaml).expect("fixture parses");
@@ -721,7 +685,7 @@ spec:
                 image: "pubsubkafka/worker:1",
                 pull_secrets: &[],
             },
-            kafka: KafkaAccess {
+            kafka: pods::KafkaAccess {
                 bootstrap_servers: "kafka:9093",
                 security_protocol: SecurityProtocol::SaslSsl,
                 with_ca,

@@ -366,9 +366,11 @@ async fn start(
             image: &settings.worker_image,
             pull_secrets: &settings.worker_image_pull_secrets,
         },
-        bootstrap_servers: &settings.worker_bootstrap_servers,
-        security_protocol: settings.worker_security_protocol,
-        with_ca: settings.kafka_ca_pem.is_some(),
+        kafka: crate::pods::KafkaAccess {
+            bootstrap_servers: &settings.worker_bootstrap_servers,
+            security_protocol: settings.worker_security_protocol,
+            with_ca: settings.kafka_ca_pem.is_some(),
+        },
         otlp_endpoint: settings.worker_otlp_endpoint.as_deref(),
     };
     let job = plan::job(replay, names, &input, plan::args(replay, names, topics));

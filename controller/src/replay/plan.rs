@@ -20,7 +20,6 @@ use crate::crd::dlq_replay::{
 };
 use crate::kafka::{Acl, AclOperation, ResourceKind};
 use crate::pods;
-use pubsubkafka_contract::config::SecurityProtocol;
 
 /// The label on a replay's Job and pods: the DLQReplay's name.
 pub const REPLAY_LABEL: &str = "pubsubkafka.io/dlqreplay";
@@ -200,10 +199,7 @@ pub fn child_meta(replay: &DLQReplay, name: &str) -> ObjectMeta {
 #[derive(Debug, Clone, Copy)]
 pub struct PodInput<'a> {
     pub image: WorkerImage<'a>,
-    pub bootstrap_servers: &'a str,
-    pub security_protocol: SecurityProtocol,
-    /// Whether the credentials Secret carries the brokers' CA (`ca.crt`).
-    pub with_ca: bool,
+    pub kafka: pods::KafkaAccess<'a>,
     pub otlp_endpoint: Option<&'a str>,
 }
 
@@ -212,29 +208,13 @@ pub struct PodInput<'a> {
 pub fn job(replay: &DLQReplay, names: &Names, input: &PodInput<'_>, args: Vec<String>) -> Job {
     let (volume, mount) =
         pods::secret_mount("kafka-credentials", &names.credentials_secret, KAFKA_DIR);
-    let var = |name: &str, value: String| EnvVar {
-        name: name.to_owned(),
-        value: Some(value),
-        ..Default::default()
-    };
-    let mut env = vec![
-        var(
-            "PSK_KAFKA_BOOTSTRAP_SERVERS",
-            input.bootstrap_servers.to_owned(),
-        ),
-        var(
-            "PSK_KAFKA_SECURITY_PROTOCOL",
-            input.security_protocol.as_kafka().to_owned(),
-        ),
-        var("PSK_KAFKA_USERNAME", names.user.clone()),
-        var("PSK_KAFKA_PASSWORD_FILE", format!("{KAFKA_DIR}/password")),
-        var("PSK_LOG_FORMAT", "json".to_owned()),
-    ];
-    if input.with_ca {
-        env.push(var("PSK_KAFKA_CA_FILE", format!("{KAFKA_DIR}/ca.crt")));
-    }
+    let mut env = pods::kafka_env(&names.user, input.kafka);
     if let Some(endpoint) = input.otlp_endpoint {
-        env.push(var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()));
+        env.push(EnvVar {
+            name: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            value: Some(endpoint.to_owned()),
+            ..Default::default()
+        });
     }
     let quantity = |q: &str| Quantity(q.to_owned());
     Job {
@@ -528,6 +508,7 @@ fn keep_times(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pubsubkafka_contract::config::SecurityProtocol;
 
     fn replay(yaml: &str) -> DLQReplay {
         let mut r: DLQReplay = serde_yaml::from_str(yaml).expect("a DLQReplay");
@@ -646,9 +627,11 @@ spec:
                 image: "pubsubkafka/worker:dev",
                 pull_secrets: &pull,
             },
-            bootstrap_servers: "kafka:9092",
-            security_protocol: SecurityProtocol::SaslPlaintext,
-            with_ca: false,
+            kafka: pods::KafkaAccess {
+                bootstrap_servers: "kafka:9092",
+                security_protocol: SecurityProtocol::SaslPlaintext,
+                with_ca: false,
+            },
             otlp_endpoint: None,
         };
         let job = job(&r, &names, &input, args(&r, &names, &topics()));
