@@ -68,6 +68,16 @@ pub struct Operator {
     task: Option<JoinHandle<Result<(), String>>>,
 }
 
+/// The operator's settings for a test whose workers run on the stack's node: [`args`] with the
+/// worker image the node holds and Kafka as pods reach it (with its CA).
+pub fn node_args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
+    let mut args = args(kafka, namespace, resync);
+    args.worker_image = crate::node::product_image("worker");
+    args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
+    args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
+    args
+}
+
 /// The operator's settings for a test: admin over SASL_SSL, one namespace, a short resync.
 pub fn args(kafka: &KafkaInfo, namespace: &str, resync: Duration) -> Args {
     let conn = kafka.admin_connection();

@@ -43,10 +43,7 @@ impl Shop {
         let ns = testenv::unique_name(prefix);
         operator::create_namespace(&client, &ns).await;
         let kafka = &stack.kafka;
-        let mut args = operator::args(kafka, &ns, Duration::from_secs(3));
-        args.worker_image = testenv::node::product_image("worker");
-        args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
-        args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
+        let args = operator::node_args(kafka, &ns, Duration::from_secs(3));
         let operator = Operator::start(&stack.kube, args).await;
         let database = stack.postgres.fresh_database("replay").await.unwrap();
         let url = stack.postgres.database_url_for_pods(&database).unwrap();

@@ -39,7 +39,11 @@ impl Shop {
         operator::install_crds(&client).await;
         let ns = testenv::unique_name(prefix);
         operator::create_namespace(&client, &ns).await;
-        let operator = Operator::start(&stack.kube, operator_args(kafka, &ns)).await;
+        let operator = Operator::start(
+            &stack.kube,
+            operator::node_args(kafka, &ns, Duration::from_secs(3)),
+        )
+        .await;
         Self {
             stack,
             client,
@@ -125,16 +129,6 @@ impl Shop {
             .expect("the credentials Secret");
         String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap()
     }
-}
-
-/// The operator's settings for a shop in namespace `ns`: the worker image on the node, Kafka
-/// as pods reach it.
-fn operator_args(kafka: &KafkaInfo, ns: &str) -> pubsubkafka_controller::settings::Args {
-    let mut args = operator::args(kafka, ns, Duration::from_secs(3));
-    args.worker_image = testenv::node::product_image("worker");
-    args.worker_bootstrap_servers = kafka.node_bootstrap.clone();
-    args.kafka.kafka_ca_file = Some(kafka.ca_file.clone());
-    args
 }
 
 impl Drop for Shop {
@@ -627,8 +621,13 @@ async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_re
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Started again: it finishes what the first one left.
-    shop.operator =
-        Some(Operator::start(&shop.stack.kube, operator_args(&stack.kafka, &shop.ns)).await);
+    shop.operator = Some(
+        Operator::start(
+            &shop.stack.kube,
+            operator::node_args(&stack.kafka, &shop.ns, Duration::from_secs(3)),
+        )
+        .await,
+    );
     let gateway = shop.ready_gateway(1).await;
     let status = gateway.status.unwrap();
     assert_eq!(status.relay_ready_replicas, Some(1));
