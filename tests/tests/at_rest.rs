@@ -1,7 +1,9 @@
 //! The operator at rest writes nothing: on an API server of its own (so no other test's
 //! requests count), KafkaTopics, DLQPolicies, OrderConsumers of every shape (fixed replicas,
 //! lag autoscaling with a short and the default stabilization window, RetryTopics mode, an HTTP
-//! handler) and OrderGateways (plain, and with an outbox and its relay) are reconciled, then held at rest for three minutes with a 3 s resync while the
+//! handler), OrderGateways (plain, and with an outbox and its relay) and DLQReplays (running,
+//! queued behind it, and waiting for a consumer) are reconciled, then held at rest for three
+//! minutes with a 3 s resync while the
 //! API server's own `apiserver_request_total` counts what the operator asks of it.
 //!
 //! The same real status objects then go through the Argo CD health check of README.md.
@@ -13,7 +15,8 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::Api;
 use pubsubkafka_controller::crd::conditions;
-use pubsubkafka_controller::crd::{DLQPolicy, KafkaTopic, OrderConsumer, OrderGateway};
+use pubsubkafka_controller::crd::dlq_replay::ReplayPhase;
+use pubsubkafka_controller::crd::{DLQPolicy, DLQReplay, KafkaTopic, OrderConsumer, OrderGateway};
 use testenv::kube_api::{api_server_own, is_write, request_counts, request_increase};
 use testenv::operator::{self, Operator};
 use testenv::{KubeApi, Lifetime, eventually};
@@ -106,12 +109,47 @@ spec:
   topicRef: {{name: {plain}}}
   domain: Users
   outbox: {{connectionSecret: {{name: orders-db}}}}
+---
+apiVersion: pubsubkafka.io/v1alpha1
+kind: DLQReplay
+metadata: {{name: replay-first}}
+spec: {{consumerRef: {{name: fixed}}, filter: {{errorClasses: [Validation]}}}}
+---
+apiVersion: pubsubkafka.io/v1alpha1
+kind: DLQReplay
+metadata: {{name: replay-second}}
+spec: {{consumerRef: {{name: fixed}}, dryRun: true}}
+---
+apiVersion: pubsubkafka.io/v1alpha1
+kind: DLQReplay
+metadata: {{name: replay-orphan}}
+spec: {{consumerRef: {{name: nobody}}}}
 "#
     )
 }
 
 const CONSUMERS: [&str; 4] = ["fixed", "autoscaled", "autoscaled-default", "retrying"];
 const GATEWAYS: [&str; 2] = ["gateway", "gateway-outbox"];
+/// DLQReplays and the phase and Ready reason each settles in. No Job runs on this API server
+/// (no controller-manager): the first replay stays Running, reading its progress from Kafka;
+/// the second (created in the same second: the name decides) waits for it.
+const REPLAYS: [(&str, ReplayPhase, &str); 3] = [
+    (
+        "replay-first",
+        ReplayPhase::Running,
+        conditions::reason::REPLAY_RUNNING,
+    ),
+    (
+        "replay-second",
+        ReplayPhase::Pending,
+        conditions::reason::WAITING_FOR_REPLAY,
+    ),
+    (
+        "replay-orphan",
+        ReplayPhase::Pending,
+        conditions::reason::CONSUMER_NOT_FOUND,
+    ),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
@@ -137,6 +175,7 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
     let consumers: Api<OrderConsumer> = Api::namespaced(client.clone(), &ns);
     let policies: Api<DLQPolicy> = Api::namespaced(client.clone(), &ns);
     let gateways: Api<OrderGateway> = Api::namespaced(client.clone(), &ns);
+    let replays: Api<DLQReplay> = Api::namespaced(client.clone(), &ns);
     eventually("every resource reconciled", WAIT, || async {
         let mut pending = Vec::new();
         for name in [&source, &plain] {
@@ -161,6 +200,14 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
                 && s.observed_generation == g.metadata.generation)
             {
                 pending.push(format!("{name}: {:?}", g.status));
+            }
+        }
+        for (name, phase, reason) in REPLAYS {
+            let r = replays.get(name).await.map_err(|e| e.to_string())?;
+            let s = r.status.clone().unwrap_or_default();
+            let ready = conditions::ready(&s.conditions).map(|c| c.reason.as_str());
+            if !(r.phase() == phase && ready == Some(reason)) {
+                pending.push(format!("{name}: {:?}", r.status));
             }
         }
         let waiting = consumers.get("waiting").await.map_err(|e| e.to_string())?;
@@ -193,6 +240,9 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
                 format!("OrderGateway/{}", g.name_any()),
                 g.resource_version(),
             ));
+        }
+        for r in replays.list(&Default::default()).await.unwrap() {
+            all.push((format!("DLQReplay/{}", r.name_any()), r.resource_version()));
         }
         all
     };
