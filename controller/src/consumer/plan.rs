@@ -1897,6 +1897,37 @@ spec:
             refusal(admit(&other_group, &rules(Open), &internal, &[], &[])),
             Some("ReservedTopicName")
         );
+        // A DLQReplay's parking topic goes through the same checks: another namespace's parking
+        // topic, or one a KafkaTopic of another namespace declares, is not this consumer's.
+        let mut parked_victim = victim.clone();
+        parked_victim.status.as_mut().unwrap().owned_topics =
+            vec![owned("victim-dlq-parking", OwnedTopicKind::Parking)];
+        let stolen_parking = [owned("victim-dlq-parking", OwnedTopicKind::Parking)];
+        assert_eq!(
+            refusal(admit(
+                &other_group,
+                &rules(Open),
+                &stolen_parking,
+                &[],
+                &[&parked_victim]
+            )),
+            Some("ResourceConflict")
+        );
+        let declared: KafkaTopic = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\n\
+             metadata: {name: parking, namespace: victim}\n\
+             spec: {topicName: orders-dlq-parking, partitions: 1, replicationFactor: 1}\n",
+        )
+        .unwrap();
+        let own_parking = [owned("orders-dlq-parking", OwnedTopicKind::Parking)];
+        assert_eq!(
+            refusal(admit(&me, &rules(Open), &own_parking, &[&declared], &[&me])),
+            Some("ResourceConflict")
+        );
+        assert_eq!(
+            admit(&me, &rules(Open), &own_parking, &[], &[&me]).unwrap(),
+            [(own_parking[0].clone(), Companion::Owned)]
+        );
     }
 
     const TOPIC: &str = r#"

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Container, EnvVar, PodSpec, PodTemplateSpec, ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
@@ -450,59 +450,40 @@ pub fn status(replay: &DLQReplay, names: &Names, observed: &Observed) -> DLQRepl
         }
         _ => {}
     }
-    let ready = conditions::new(conditions::READY, ok, why, message.clone(), generation);
-    let mut merged = conditions::merge_ready_and_reconciled(&old.conditions, ready);
-    // Reconciled says whether the operator did its part: a Job that runs or ran is that.
-    if matches!(
+    // Reconciled says whether the operator did its part: a Job that runs or ran is that;
+    // before it, Reconciled says what Ready says (what the replay waits for).
+    let reconciled = if matches!(
         phase,
         ReplayPhase::Running | ReplayPhase::Succeeded | ReplayPhase::Failed
     ) {
-        merged = conditions::merge(
-            &merged,
-            conditions::new(
-                conditions::RECONCILED,
-                true,
-                reason::RECONCILED,
-                format!("Job {} created", names.job),
-                generation,
-            ),
-        );
-    }
-    merged = conditions::merge(
-        &merged,
+        conditions::new(
+            conditions::RECONCILED,
+            true,
+            reason::RECONCILED,
+            format!("Job {} created", names.job),
+            generation,
+        )
+    } else {
+        conditions::new(conditions::RECONCILED, ok, why, message.clone(), generation)
+    };
+    let complete = if phase.is_final() {
+        conditions::new(conditions::COMPLETE, true, why, message.clone(), generation)
+    } else {
         conditions::new(
             conditions::COMPLETE,
-            phase.is_final(),
-            if phase.is_final() {
-                why
-            } else {
-                reason::REPLAY_NOT_FINISHED
-            },
-            if phase.is_final() {
-                message
-            } else {
-                "not finished".to_owned()
-            },
+            false,
+            reason::REPLAY_NOT_FINISHED,
+            "not finished",
             generation,
-        ),
-    );
-    status.conditions = keep_times(&old.conditions, merged);
+        )
+    };
+    let ready = conditions::new(conditions::READY, ok, why, message, generation);
+    // Merged into the old ones: a condition whose status holds keeps its transition time, so
+    // an unchanged pass writes an identical status.
+    status.conditions = [reconciled, ready, complete]
+        .into_iter()
+        .fold(old.conditions.clone(), |all, c| conditions::merge(&all, c));
     status
-}
-
-/// Conditions whose content did not change keep their old transition time, so an unchanged
-/// pass writes an identical status (and the operator writes nothing at rest).
-fn keep_times(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
-    new.into_iter()
-        .map(|mut c| {
-            if let Some(o) = old.iter().find(|o| o.type_ == c.type_)
-                && o.status == c.status
-            {
-                c.last_transition_time = o.last_transition_time.clone();
-            }
-            c
-        })
-        .collect()
 }
 
 #[cfg(test)]
