@@ -264,9 +264,10 @@ pub fn job(replay: &DLQReplay, names: &Names, input: &PodInput<'_>, args: Vec<St
     }
 }
 
-/// The replay that must finish before `me` starts: the oldest unfinished replay of the same
-/// dead-letter topic created before it (by creation time, then name). `others` are the
-/// namespace's replays with the dead-letter topic each reads (None while unknown).
+/// The replay that must finish before `me` starts: one of the same dead-letter topic that runs
+/// already (whatever its age: two never interleave), else the oldest unfinished one created
+/// before it (by creation time, then name). `others` are the namespace's replays with the
+/// dead-letter topic each reads (None while unknown).
 pub fn waiting_for<'a>(
     me: &DLQReplay,
     dead_letter: &str,
@@ -286,9 +287,9 @@ pub fn waiting_for<'a>(
                 && *topic == Some(dead_letter)
                 && !other.phase().is_final()
                 && other.metadata.deletion_timestamp.is_none()
-                && rank(other) < mine
+                && (other.phase() == ReplayPhase::Running || rank(other) < mine)
         })
-        .min_by_key(|(other, _)| rank(other))
+        .min_by_key(|(other, _)| (other.phase() != ReplayPhase::Running, rank(other)))
         .map(|(other, _)| other.name_any())
 }
 
@@ -675,6 +676,8 @@ spec:
         let older_failed = at("d", "2026-12-01T08:30:00Z", Some(ReplayPhase::Failed));
         let same_time_before = at("a2", "2026-12-01T10:00:00Z", None);
         let newer = at("z", "2026-12-01T11:00:00Z", Some(ReplayPhase::Running));
+        let newer_pending = at("y", "2026-12-01T11:00:00Z", Some(ReplayPhase::Pending));
+        let same_time_after_running = at("c2", "2026-12-01T10:00:00Z", Some(ReplayPhase::Running));
         let dlq = Some("orders-dlq");
         type Case<'a> = (
             &'a str,
@@ -700,7 +703,26 @@ spec:
                 vec![(&same_time_before, dlq)],
                 Some("a2"),
             ),
-            ("a newer one waits for me", vec![(&newer, dlq)], None),
+            (
+                "a newer one running already",
+                vec![(&newer, dlq)],
+                Some("z"),
+            ),
+            (
+                "a newer one pending waits for me",
+                vec![(&newer_pending, dlq)],
+                None,
+            ),
+            (
+                "same second, running, name after",
+                vec![(&same_time_after_running, dlq)],
+                Some("c2"),
+            ),
+            (
+                "the running one before an older pending",
+                vec![(&same_time_before, dlq), (&newer, dlq)],
+                Some("z"),
+            ),
             (
                 "the oldest of two",
                 vec![(&same_time_before, dlq), (&older, dlq)],
