@@ -202,17 +202,30 @@ async fn scram_users_and_acls_grant_and_revoke_access() {
         })
         .collect();
     admin.create_acls(&acls).await.expect("create ACLs");
-    let mut described = admin
-        .describe_acls(&AclFilter {
-            resource: Some((ResourceKind::Topic, topic.clone())),
-            ..Default::default()
-        })
-        .await
-        .expect("describe ACLs");
-    described.sort();
+    // A broker answers DescribeAcls from its own copy of the metadata log,
+    // which may not hold a binding the controller has just committed.
     let mut expected = acls.clone();
     expected.sort();
-    assert_eq!(described, expected);
+    testenv::eventually(
+        "the new bindings to be described",
+        Duration::from_secs(15),
+        || async {
+            let mut described = admin
+                .describe_acls(&AclFilter {
+                    resource: Some((ResourceKind::Topic, topic.clone())),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            described.sort();
+            if described == expected {
+                Ok(())
+            } else {
+                Err(format!("described {described:?}"))
+            }
+        },
+    )
+    .await;
 
     testenv::eventually(
         "the write to be allowed",
