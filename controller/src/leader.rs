@@ -2,17 +2,20 @@
 //! safe: only the holder reconciles. A replica takes the Lease when it is free or expired, renews
 //! it every few seconds, and stops (the process exits and Kubernetes restarts it as a candidate)
 //! if it cannot renew before the Lease expires. On a clean shutdown the holder releases the
-//! Lease ([`release`]), so a standby takes over at its next try instead of after the expiry.
+//! Lease ([`release`]); a standby watches the Lease and takes it as soon as it is free, instead
+//! of at its next try or after the expiry.
 //!
 //! Leadership decides who reconciles, never readiness: a standby is Ready too (the
 //! controller-runtime convention), so a rolling update or `replicas: 2` can become available.
 
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use tracing::{info, warn};
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::{debug, info, warn};
 
 /// How long a Lease holds without renewal: a replica that died is replaced after this long.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -59,8 +62,12 @@ pub fn can_take(
     }
 }
 
-/// Blocks until this replica holds the Lease.
+/// Blocks until this replica holds the Lease: it tries every `renew`, and at once when a watch
+/// on the Lease shows it released or deleted (a leader's clean shutdown hands over in
+/// milliseconds). Without permission to watch, the timer alone still gets there.
 pub async fn acquire(api: &Api<Lease>, election: &Election) {
+    let changes = watcher::watch_object(api.clone(), &election.name).default_backoff();
+    let mut changes = std::pin::pin!(changes);
     loop {
         match try_take(api, election).await {
             Ok(true) => {
@@ -70,8 +77,35 @@ pub async fn acquire(api: &Api<Lease>, election: &Election) {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "leader election: could not read or write the Lease"),
         }
-        tokio::time::sleep(election.renew).await;
+        tokio::select! {
+            _ = tokio::time::sleep(election.renew) => {}
+            _ = freed(&mut changes) => debug!(lease = %election.name, "the Lease was released"),
+        }
     }
+}
+
+/// Resolves when the watched Lease is seen without a holder, or gone. Never resolves once the
+/// watch has ended.
+async fn freed<S>(changes: &mut S)
+where
+    S: Stream<Item = Result<Option<Lease>, watcher::Error>> + Unpin,
+{
+    while let Some(change) = changes.next().await {
+        match change {
+            Ok(lease) if is_free(lease.as_ref()) => return,
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "leader election: watching the Lease failed"),
+        }
+    }
+    std::future::pending().await
+}
+
+/// Whether a Lease as read has no holder (released, never held, or deleted).
+fn is_free(lease: Option<&Lease>) -> bool {
+    let holder = lease
+        .and_then(|l| l.spec.as_ref())
+        .and_then(|s| s.holder_identity.as_deref());
+    holder.is_none_or(str::is_empty)
 }
 
 /// Renews the Lease until renewing fails for longer than the lease lasts; then returns (the
@@ -204,5 +238,21 @@ mod tests {
             can_take(Some("b"), at("2026-01-01T00:00:10Z"), d, "a", now),
             "b expired"
         );
+    }
+
+    #[test]
+    fn a_lease_is_free_without_a_holder_or_when_gone() {
+        let held = |holder: Option<&str>| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        };
+        assert!(is_free(None), "deleted");
+        assert!(is_free(Some(&Lease::default())), "no spec");
+        assert!(is_free(Some(&held(None))), "released");
+        assert!(is_free(Some(&held(Some("")))), "released by an old client");
+        assert!(!is_free(Some(&held(Some("b")))));
     }
 }

@@ -223,12 +223,28 @@ pub async fn run(
         default_access_policy = args.default_access_policy.as_str(),
         "operator started"
     );
-    tokio::join!(
-        topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
-        consumer::run(Arc::clone(&ctx), consumer_controller, stop.clone()),
-        gateway::run(Arc::clone(&ctx), gateway_controller, stop.clone()),
-        replay::run(ctx, replay_controller, stop),
-    );
+    let reconcilers = async {
+        tokio::join!(
+            topic::run(Arc::clone(&ctx), topic_controller, stop.clone()),
+            consumer::run(Arc::clone(&ctx), consumer_controller, stop.clone()),
+            gateway::run(Arc::clone(&ctx), gateway_controller, stop.clone()),
+            replay::run(ctx, replay_controller, stop.clone()),
+        )
+    };
+    // Once told to stop, the passes in flight get DRAIN_TIMEOUT to finish; then they are
+    // dropped, as a kill would (every step is safe to interrupt), so a slow Kafka call never
+    // keeps the successor waiting for the Lease.
+    let overdue = async {
+        stop.clone().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    tokio::select! {
+        _ = reconcilers => {}
+        _ = overdue => warn!(
+            timeout = ?DRAIN_TIMEOUT,
+            "reconciles still running after the shutdown's grace; stopping them"
+        ),
+    }
     if lost.load(Ordering::Relaxed) {
         info!("operator stopped");
         return Err(StartError::LeadershipLost);
@@ -245,6 +261,10 @@ pub async fn run(
     info!("operator stopped");
     Ok(())
 }
+
+/// How long a stopping operator lets its reconciles in flight finish: with [`RELEASE_TIMEOUT`],
+/// well within a pod's default 30 s termination grace.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a stopping operator tries to release its Lease.
 const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
