@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec,
+    Service, ServicePort, ServiceSpec, SleepAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, ObjectMeta};
@@ -34,6 +35,10 @@ pub const GATEWAY_PORT: i32 = 8080;
 pub const RELAY_PORT: i32 = crate::consumer::plan::WORKER_HTTP_PORT as i32;
 /// Seconds a gateway pod has to answer the requests it holds when it is stopped.
 pub const GATEWAY_GRACE_SECONDS: i64 = 30;
+/// Seconds a stopping gateway pod keeps serving before it is sent SIGTERM: the time for the
+/// Service's endpoints to drop it everywhere, so a rollout refuses no request (a pod that
+/// stopped accepting at once would still be sent new connections for a moment).
+pub const GATEWAY_DRAIN_SECONDS: i64 = 5;
 /// How often the kubelet asks a gateway's `/readyz`: more often than a worker's, as the
 /// Service sends requests only to ready pods.
 pub const GATEWAY_READINESS_PERIOD_SECONDS: i32 = 2;
@@ -254,6 +259,16 @@ pub fn deployment(
                             "/readyz",
                             GATEWAY_READINESS_PERIOD_SECONDS,
                         )),
+                        // Only the gateway takes traffic through a Service.
+                        lifecycle: (component == "gateway").then(|| Lifecycle {
+                            pre_stop: Some(LifecycleHandler {
+                                sleep: Some(SleepAction {
+                                    seconds: GATEWAY_DRAIN_SECONDS,
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
                         resources: gateway.spec.resources.clone(),
                         security_context: Some(pods::container_security()),
                         volume_mounts: Some(mounts),
@@ -336,7 +351,7 @@ pub fn admit(gateway: &OrderGateway, gathered: &Gathered) -> Result<String, Erro
             "OrderConsumer {}/{consumer}",
             gateway.namespace().unwrap_or_default()
         );
-        return Err(held_by(&Principal::of(gateway), &holder, "gateway"));
+        return Err(held_by(&Principal::base(gateway), &holder, "gateway"));
     }
     if let Some(outbox) = &gateway.spec.outbox
         && gathered.outbox_secret.is_none()
@@ -586,6 +601,7 @@ pub fn status(
         topic: Some(topic.to_owned()),
         principal: Some(names.kafka.principal.clone()),
         credentials_secret: Some(names.kafka.secret.clone()),
+        credentials: gateway.status.as_ref().and_then(|s| s.credentials.clone()),
         selector: Some(selector(gateway)),
         conditions: [reconciled, ready, degraded]
             .into_iter()
