@@ -24,8 +24,8 @@ cd "$root"
 lanes=${PSK_TEST_LANES:-2}
 alone=(node demo)
 # The longest binaries first, so that the lanes end together (seconds on 2 cores).
-longest_first=(lifecycle faults dlq_replay tenancy kafka_topic order_consumer chart worker key_order
-  observability gateway order_gateway kafka_permissions)
+longest_first=(lifecycle faults dlq_replay order_gateway tenancy kafka_topic order_consumer chart worker key_order
+  observability gateway kafka_permissions)
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-tests.XXXXXX")"
 trap 'rm -rf "$logs"' EXIT

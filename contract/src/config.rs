@@ -124,7 +124,10 @@ impl KafkaConnection {
             if password.is_empty() {
                 return Err(ConfigError::EmptyPassword(path.clone()));
             }
+            // The client id is the username: the operator tells from a group's members
+            // whether any still connects with a credential it is retiring.
             config
+                .set("client.id", username)
                 .set("sasl.mechanisms", "SCRAM-SHA-512")
                 .set("sasl.username", username)
                 .set("sasl.password", password);
@@ -182,6 +185,11 @@ mod tests {
         let config = conn.client_config().unwrap();
         assert_eq!(config.get("sasl.password"), Some("s3cret"));
         assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            config.get("client.id"),
+            Some("orders"),
+            "group members name their user"
+        );
         assert_eq!(config.get("ssl.ca.location"), Some("/etc/kafka/ca.crt"));
         std::fs::write(&file, "").unwrap();
         assert!(matches!(

@@ -17,6 +17,7 @@ pub mod ownership;
 pub mod pods;
 pub mod principal;
 pub mod replay;
+pub mod rotation;
 pub mod settings;
 pub mod tenancy;
 pub mod topic;

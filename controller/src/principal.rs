@@ -14,6 +14,7 @@ use tracing::info;
 use crate::context::Context;
 use crate::error::Error;
 use crate::kafka::{Acl, AclFilter, AdminError, KafkaAdmin};
+use crate::rotation::{self, Credentialed};
 
 /// One workload's principal: `User:<user>`, its credentials in Secret `secret`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +28,31 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// The principal of workload `owner`: user `pubsubkafka.<namespace>.<name>`, its
+    /// The principal workload `owner`'s pods use: the username its status.credentials names
+    /// when that is one of its two ([`crate::rotation`]), else [`Principal::base`].
+    pub fn of<K: Credentialed>(owner: &K) -> Self {
+        let base = Self::base(owner);
+        match owner.credentials_status() {
+            Some(c) if rotation::is_own(&base.user, &c.active_user) => {
+                base.with_user(&c.active_user)
+            }
+            _ => base,
+        }
+    }
+
+    /// The same principal under another username (the Secret stays).
+    pub fn with_user(self, user: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            principal: format!("User:{user}"),
+            secret: self.secret,
+        }
+    }
+
+    /// The first principal of workload `owner`: user `pubsubkafka.<namespace>.<name>`, its
     /// credentials in Secret `<name>-kafka-credentials`. An OrderConsumer and an OrderGateway
     /// of one name would share it, which [`crate::ownership::consumer_keeps_principal`] settles.
-    pub fn of<K: Resource>(owner: &K) -> Self {
+    pub fn base<K: Resource>(owner: &K) -> Self {
         let name = owner.name_any();
         let user = format!(
             "pubsubkafka.{}.{}",
@@ -65,9 +87,11 @@ pub fn jaas_config(user: &str, password: &str) -> String {
     )
 }
 
-/// The credentials Secret (password generated once and kept; `meta` names it and makes the
-/// workload its owner) and the SCRAM credential. Returns the Secret's resourceVersion, which
-/// goes into the pod template's hash.
+/// The SCRAM credential and the credentials Secret (`meta` names it and makes the workload its
+/// owner). The password is generated when the Secret holds none for `principal.user` (a new
+/// workload, or a rotation's new username) and kept after; a new one reaches Kafka before the
+/// Secret, so no pod starts with a credential Kafka does not know. Returns the Secret's
+/// resourceVersion, which goes into the pod template's hash.
 pub async fn ensure<K>(
     owner: &K,
     ctx: &Context,
@@ -80,13 +104,33 @@ where
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &owner.namespace().unwrap_or_default());
     let existing = secrets.get_opt(&principal.secret).await?;
-    let kept = existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref()?.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-        .filter(|p| !p.is_empty());
+    let field = |key: &str| {
+        existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(key))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    let kept = field("password")
+        .filter(|p| !p.is_empty())
+        .filter(|_| field("username").as_deref() == Some(principal.user.as_str()));
     let fresh = kept.is_none();
     let password = kept.unwrap_or_else(generate_password);
+    if fresh || !ctx.admin.scram_user_exists(&principal.user).await? {
+        ctx.admin
+            .upsert_scram_user(&principal.user, &password)
+            .await?;
+        info!(principal = %principal.principal, "created the SCRAM credential");
+        ctx.event(
+            owner,
+            EventType::Normal,
+            "PrincipalCreated",
+            format!(
+                "created Kafka principal {} (credentials in Secret {})",
+                principal.principal, principal.secret
+            ),
+        )
+        .await;
+    }
     let settings = &ctx.settings;
     let mut data = BTreeMap::from([
         ("username".to_owned(), principal.user.clone()),
@@ -128,22 +172,6 @@ where
         Some(applied) => applied.metadata.resource_version,
         None => current,
     };
-    if fresh || !ctx.admin.scram_user_exists(&principal.user).await? {
-        ctx.admin
-            .upsert_scram_user(&principal.user, &password)
-            .await?;
-        info!(principal = %principal.principal, "created the SCRAM credential");
-        ctx.event(
-            owner,
-            EventType::Normal,
-            "PrincipalCreated",
-            format!(
-                "created Kafka principal {} (credentials in Secret {})",
-                principal.principal, principal.secret
-            ),
-        )
-        .await;
-    }
     Ok(version)
 }
 
@@ -164,6 +192,8 @@ pub async fn acls(admin: &KafkaAdmin, principal: &str) -> Result<BTreeSet<Acl>, 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AclDiff {
     pub principal: String,
+    /// Every ACL the principal is to have.
+    pub desired: BTreeSet<Acl>,
     pub missing: Vec<Acl>,
     pub extra: Vec<Acl>,
 }
@@ -173,6 +203,7 @@ impl AclDiff {
     pub fn between(principal: &str, desired: &BTreeSet<Acl>, actual: &BTreeSet<Acl>) -> Self {
         Self {
             principal: principal.to_owned(),
+            desired: desired.clone(),
             missing: desired.difference(actual).cloned().collect(),
             extra: actual.difference(desired).cloned().collect(),
         }
@@ -220,6 +251,14 @@ pub async fn remove(admin: &KafkaAdmin, user: &str, principal: &str) -> Result<(
     admin.delete_scram_user(user).await?;
     info!(%principal, "removed the principal and its ACLs");
     Ok(())
+}
+
+/// Deletes both usernames of a workload whose first principal is `base` ([`crate::rotation`]),
+/// with their ACLs.
+pub async fn remove_both(admin: &KafkaAdmin, base: &Principal) -> Result<(), AdminError> {
+    let second = rotation::other_user(&base.user, &base.user);
+    remove(admin, &base.user, &base.principal).await?;
+    remove(admin, &second, &format!("User:{second}")).await
 }
 
 /// 32 random alphanumeric characters from the kernel's random source.

@@ -495,11 +495,30 @@ pub async fn wait_progress(
 
 /// Asserts that `topic` (a dead-letter topic) stays empty for a few seconds.
 pub async fn assert_no_dead_letters(kafka: &KafkaInfo, topic: &str, why: &str) {
+    use rdkafka::message::Headers;
     let dead = read_all(kafka, topic, 1, Duration::from_secs(3)).await;
+    let first = dead.first().map(|m| {
+        m.headers()
+            .map(|h| {
+                h.iter()
+                    .filter(|h| h.key.starts_with("x-dlq-"))
+                    .map(|h| {
+                        format!(
+                            "{}={}",
+                            h.key,
+                            String::from_utf8_lossy(h.value.unwrap_or_default())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    });
     assert!(
         dead.is_empty(),
-        "{why}: {} dead letters in {topic}",
-        dead.len()
+        "{why}: {} dead letters in {topic}, the first with {}",
+        dead.len(),
+        first.unwrap_or_default()
     );
 }
 

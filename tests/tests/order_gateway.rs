@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use pubsubkafka_controller::crd::OrderGateway;
 use pubsubkafka_controller::crd::conditions;
 use pubsubkafka_controller::kafka::AclFilter;
+use pubsubkafka_controller::rotation::Credentialed;
 use testenv::cluster;
 use testenv::operator::{self, Operator};
 use testenv::{KafkaInfo, StackInfo, eventually, worker};
@@ -121,6 +122,29 @@ impl Shop {
         address
     }
 
+    /// A fresh PostgreSQL database and the Secret `secret` holding its URL (key `url`) as pods
+    /// reach it; returns the database's name.
+    async fn database_secret(&self, secret: &str, prefix: &str) -> String {
+        let postgres = &self.stack.postgres;
+        let database = postgres.fresh_database(prefix).await.unwrap();
+        let url = postgres.database_url_for_pods(&database).unwrap();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}}}\nstringData:\n  url: {url}\n"
+        ));
+        database
+    }
+
+    /// Starts the operator again (after a test killed it).
+    async fn restart_operator(&mut self, kafka: &KafkaInfo) {
+        self.operator = Some(
+            Operator::start(
+                &self.stack.kube,
+                operator::node_args(kafka, &self.ns, Duration::from_secs(3)),
+            )
+            .await,
+        );
+    }
+
     /// The gateway's password, from the credentials Secret the operator wrote.
     async fn password(&self, secret: &str) -> String {
         let secret = Api::<Secret>::namespaced(self.client.clone(), &self.ns)
@@ -181,11 +205,7 @@ async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal()
     let stack = testenv::shared();
     let shop = Shop::new("gateway", &stack.kafka).await;
     // Its orders are stored by an OrderConsumer, as in the seed architecture.
-    let database = stack.postgres.fresh_database("gw").await.unwrap();
-    let url = stack.postgres.database_url_for_pods(&database).unwrap();
-    shop.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db}}\nstringData:\n  url: {url}\n"
-    ));
+    let database = shop.database_secret("orders-db", "gw").await;
     shop.apply_gateway("  replicas: 2\n");
     shop.apply(
         "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {name: order-store}\n\
@@ -355,13 +375,8 @@ async fn fault_an_outbox_gateway_publishes_what_it_accepted_while_the_broker_was
     let dir = tempfile::tempdir().unwrap();
     let mut kafka =
         testenv::Kafka::start_with(dir.path(), 1, testenv::Lifetime::Owned, true).unwrap();
-    let stack = testenv::shared();
     let shop = Shop::new("gw-outbox", &kafka.info).await;
-    let database = stack.postgres.fresh_database("outbox").await.unwrap();
-    let url = stack.postgres.database_url_for_pods(&database).unwrap();
-    shop.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: gateway-db}}\nstringData:\n  url: {url}\n"
-    ));
+    shop.database_secret("gateway-db", "outbox").await;
     shop.apply_gateway(
         "  replicas: 1\n  outbox:\n    connectionSecret: {name: gateway-db, key: url}\n",
     );
@@ -548,11 +563,7 @@ async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_re
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let stack = testenv::shared();
     let mut shop = Shop::new("gw-killed", &stack.kafka).await;
-    let database = stack.postgres.fresh_database("killed").await.unwrap();
-    let url = stack.postgres.database_url_for_pods(&database).unwrap();
-    shop.apply(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: gateway-db}}\nstringData:\n  url: {url}\n"
-    ));
+    shop.database_secret("gateway-db", "killed").await;
     shop.apply_gateway(
         "  replicas: 1\n  outbox:\n    connectionSecret: {name: gateway-db, key: url}\n",
     );
@@ -621,13 +632,7 @@ async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_re
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Started again: it finishes what the first one left.
-    shop.operator = Some(
-        Operator::start(
-            &shop.stack.kube,
-            operator::node_args(&stack.kafka, &shop.ns, Duration::from_secs(3)),
-        )
-        .await,
-    );
+    shop.restart_operator(&stack.kafka).await;
     let gateway = shop.ready_gateway(1).await;
     let status = gateway.status.unwrap();
     assert_eq!(status.relay_ready_replicas, Some(1));
@@ -761,4 +766,310 @@ async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_re
     println!(
         "restarted: one principal with its 2 ACLs, one set of objects, Ready; removed on delete"
     );
+}
+
+/// Whether `user` with `password` passes SASL authentication (a metadata request needs nothing
+/// more).
+async fn logs_in(kafka: &KafkaInfo, user: &str, password: &str) -> Result<(), String> {
+    let client: rdkafka::producer::BaseProducer = kafka
+        .sasl_config(user, password)
+        .create()
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        client
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+/// An OrderConsumer or an OrderGateway, read from the API server.
+trait Workload:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Credentialed
+{
+}
+
+impl<K> Workload for K where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Credentialed
+{
+}
+
+/// The username, password and rotation record of a workload, as its Secret and status say.
+async fn credential_of<K: Workload>(
+    shop: &Shop,
+    name: &str,
+    secret: &str,
+) -> (String, String, Option<String>) {
+    let object = Api::<K>::namespaced(shop.client.clone(), &shop.ns)
+        .get(name)
+        .await
+        .expect("the workload");
+    let data = Api::<Secret>::namespaced(shop.client.clone(), &shop.ns)
+        .get(secret)
+        .await
+        .expect("the credentials Secret")
+        .data
+        .unwrap();
+    let field = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    let request = object
+        .credentials_status()
+        .and_then(|c| c.rotation_request.clone());
+    (field("username"), field("password"), request)
+}
+
+/// Waits until workload `name` of kind `K` has finished rotating for annotation value
+/// `request`: a new username in use, the old one retired, CredentialsRotating False.
+async fn rotated<K: Workload>(shop: &Shop, name: &str, request: &str, from: &str) -> String {
+    let api = Api::<K>::namespaced(shop.client.clone(), &shop.ns);
+    eventually(
+        "the rotation to finish",
+        Duration::from_secs(300),
+        || async {
+            let object = api.get(name).await.map_err(|e| e.to_string())?;
+            let credentials = object
+                .credentials_status()
+                .cloned()
+                .ok_or("no status.credentials")?;
+            (credentials.rotation_request.as_deref() == Some(request)
+                && credentials.retiring_user.is_none()
+                && credentials.last_rotation.is_some()
+                && credentials.active_user != from)
+                .then(|| credentials.active_user.clone())
+                .ok_or(format!("{credentials:?}"))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_rotate_twice_under_load_without_losing_an_order() {
+    use pubsubkafka_controller::crd::OrderConsumer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let stack = testenv::shared();
+    let mut shop = Shop::new("rotate", &stack.kafka).await;
+    let database = shop.database_secret("orders-db", "rot").await;
+    shop.apply_gateway("  replicas: 2\n  credentials: {rotation: 720h}\n");
+    shop.apply(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {name: order-store}\n\
+         spec:\n  topicRef: {name: orders}\n  replicas: 2\n  credentials: {rotation: 720h}\n  \
+         handler:\n    eventStore:\n      connectionSecret: {name: orders-db, key: url}\n",
+    );
+    shop.ready_gateway(2).await;
+    shop.stack
+        .kube
+        .kubectl_with_stdin(
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "orderconsumer/order-store",
+                "-n",
+                &shop.ns,
+                "--timeout=180s",
+            ],
+            "",
+        )
+        .expect("kubectl wait for the consumer Ready");
+    let address = shop.service_address("orders-gateway").await;
+
+    // Steady load through the Service for the whole test: every 202 is remembered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(0usize));
+    let load = {
+        let (stop, acknowledged, refused) = (stop.clone(), acknowledged.clone(), refused.clone());
+        let address = address.clone();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("rot-{i}");
+                i += 1;
+                match worker::http_request_at(
+                    &address,
+                    "POST",
+                    "/orders",
+                    &[("Content-Type", "application/json")],
+                    &worker::order_request(&id),
+                ) {
+                    Ok((202, _)) => acknowledged.lock().unwrap().push(id),
+                    // A pod going away may drop a request; it is not acknowledged.
+                    other => {
+                        eprintln!(
+                            "{} order {id} not acknowledged: {other:?}",
+                            jiff::Timestamp::now()
+                        );
+                        *refused.lock().unwrap() += 1
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let admin = stack.kafka.kafka_admin();
+    for round in ["1", "2"] {
+        let (gateway_user, gateway_password, _) = credential_of::<OrderGateway>(
+            &shop,
+            "orders-gateway",
+            "orders-gateway-kafka-credentials",
+        )
+        .await;
+        let (consumer_user, consumer_password, _) =
+            credential_of::<OrderConsumer>(&shop, "order-store", "order-store-kafka-credentials")
+                .await;
+        let before = acknowledged.lock().unwrap().len();
+        eprintln!("{} round {round} starts", jiff::Timestamp::now());
+        for kind in ["ordergateway/orders-gateway", "orderconsumer/order-store"] {
+            shop.stack
+                .kube
+                .kubectl_with_stdin(
+                    &[
+                        "annotate",
+                        "--overwrite",
+                        "-n",
+                        &shop.ns,
+                        kind,
+                        &format!("pubsubkafka.io/rotate-credentials={round}"),
+                    ],
+                    "",
+                )
+                .expect("kubectl annotate");
+        }
+        if round == "2" {
+            // The operator killed mid-rotation, once the rotation is recorded: a new one
+            // resumes it.
+            let gateways = shop.gateways();
+            eventually("the rotation recorded", WAIT, || async {
+                let g = gateways
+                    .get("orders-gateway")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                g.credentials_status()
+                    .and_then(|c| c.retiring_user.clone())
+                    .ok_or_else(|| format!("{:?}", g.credentials_status()))
+            })
+            .await;
+            drop(shop.operator.take());
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            shop.restart_operator(&stack.kafka).await;
+        }
+        let new_gateway =
+            rotated::<OrderGateway>(&shop, "orders-gateway", round, &gateway_user).await;
+        let new_consumer =
+            rotated::<OrderConsumer>(&shop, "order-store", round, &consumer_user).await;
+        eprintln!(
+            "round {round}: gateway {gateway_user} -> {new_gateway}, consumer {consumer_user} -> \
+             {new_consumer}; {} orders acknowledged meanwhile",
+            acknowledged.lock().unwrap().len() - before
+        );
+        // The new credentials work and the Secrets name them; the old ones are gone.
+        let (user, password, request) = credential_of::<OrderGateway>(
+            &shop,
+            "orders-gateway",
+            "orders-gateway-kafka-credentials",
+        )
+        .await;
+        assert_eq!(
+            (user.as_str(), request.as_deref()),
+            (new_gateway.as_str(), Some(round))
+        );
+        assert_ne!(password, gateway_password);
+        logs_in(&stack.kafka, &user, &password)
+            .await
+            .expect("the new gateway credential logs in");
+        for (old, old_password) in [
+            (&gateway_user, &gateway_password),
+            (&consumer_user, &consumer_password),
+        ] {
+            assert!(
+                !admin.scram_user_exists(old).await.unwrap(),
+                "{old} retired"
+            );
+            assert_eq!(
+                acls_of(&stack.kafka, &format!("User:{old}")).await,
+                Vec::<String>::new()
+            );
+            let login = logs_in(&stack.kafka, old, old_password).await;
+            assert!(login.is_err(), "the retired credential {old} still logs in");
+        }
+        // The consumer's new username holds what the old one held.
+        assert_eq!(
+            acls_of(&stack.kafka, &format!("User:{new_consumer}"))
+                .await
+                .len(),
+            5
+        );
+        let consumer = Api::<OrderConsumer>::namespaced(shop.client.clone(), &shop.ns)
+            .get("order-store")
+            .await
+            .unwrap();
+        let status = consumer.status.unwrap();
+        assert_eq!(
+            status.principal.as_deref(),
+            Some(format!("User:{new_consumer}").as_str())
+        );
+        let rotating = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::CREDENTIALS_ROTATING)
+            .expect("a CredentialsRotating condition");
+        assert_eq!(
+            (rotating.status.as_str(), rotating.reason.as_str()),
+            ("False", "Rotated")
+        );
+        assert!(
+            status.credentials.unwrap().next_rotation.is_some(),
+            "720h ahead"
+        );
+        // Orders went on flowing during the rotation.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            acknowledged.lock().unwrap().len() > before,
+            "no order acknowledged"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    // Every acknowledged order is stored, once; nothing was dead-lettered.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let db = stack.postgres.connect(&database).await.unwrap();
+    eventually("every acknowledged order stored", WAIT, || async {
+        let rows = db
+            .query("SELECT order_id FROM orders", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let stored: std::collections::BTreeSet<String> =
+            rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !stored.contains(*id))
+            .count();
+        (missing == 0).then_some(()).ok_or(format!(
+            "{missing} of {} acknowledged orders not stored",
+            acknowledged.len()
+        ))
+    })
+    .await;
+    let (rows, distinct) = worker::stored(&db).await;
+    assert_eq!(rows, distinct);
+    eprintln!(
+        "{} orders acknowledged, {rows} stored, {} requests not acknowledged",
+        acknowledged.len(),
+        refused.lock().unwrap()
+    );
+    worker::assert_no_dead_letters(&stack.kafka, &format!("{}-dlq", shop.topic), "rotation").await;
 }

@@ -37,6 +37,7 @@ use crate::error::Error;
 use crate::kafka::AdminError;
 use crate::ownership::Companion;
 use crate::principal::{self, AclDiff};
+use crate::rotation;
 use crate::workload;
 use plan::Names;
 
@@ -215,7 +216,17 @@ async fn gather_kafka(
 }
 
 async fn apply(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
-    match converge(consumer, ctx).await {
+    // The rotation step first: the rest of the pass sees the consumer as it records it (the
+    // username its workers are to use), and so does a failed pass's status.
+    let (consumer, outcome) = match rotation::begin(consumer, ctx).await {
+        Ok((step, seen)) => {
+            let outcome = converge(&seen, &step, ctx).await;
+            (seen, outcome)
+        }
+        Err(error) => (consumer.clone(), Err(error)),
+    };
+    let consumer = &consumer;
+    match outcome {
         Ok(Converged { status, recheck }) => {
             ctx.backoff.reset(&object_key(consumer));
             ctx.metrics.set_kafka_up(true);
@@ -248,16 +259,23 @@ struct Converged {
 
 /// Gathers, decides ([`plan::admission`], then what Kafka holds and [`plan::plan`]), applies
 /// in order, and returns the status to write ([`plan::status`]).
-async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, Error> {
+async fn converge(
+    consumer: &OrderConsumer,
+    step: &rotation::Step,
+    ctx: &Context,
+) -> Result<Converged, Error> {
     let gathered = gather(consumer, ctx).await?;
     let names = Names::of(consumer);
     let admitted = match plan::admission(consumer, &gathered)? {
         plan::Admission::Admitted(admitted) => admitted,
         // Tenancy first: a refused consumer creates no topic and keeps no ACL.
         plan::Admission::Refused(refusal) => {
-            let actual = principal::acls(&ctx.admin, &names.kafka.principal).await?;
-            let revoke = AclDiff::between(&names.kafka.principal, &BTreeSet::new(), &actual);
-            principal::apply_acls(consumer, ctx, &revoke).await?;
+            for user in std::iter::once(names.kafka.user.as_str()).chain(step.retiring()) {
+                let principal = format!("User:{user}");
+                let actual = principal::acls(&ctx.admin, &principal).await?;
+                let revoke = AclDiff::between(&principal, &BTreeSet::new(), &actual);
+                principal::apply_acls(consumer, ctx, &revoke).await?;
+            }
             return Err(refusal);
         }
     };
@@ -288,6 +306,7 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
     )
     .await?;
     principal::apply_acls(consumer, ctx, &plan.acls).await?;
+    rotation::keep_retiring_acls(consumer, ctx, step, &plan.acls).await?;
     ctx.recommendations.set(&key, plan.recommendations.clone());
 
     let ns = consumer.namespace().unwrap_or_default();
@@ -335,9 +354,21 @@ async fn converge(consumer: &OrderConsumer, ctx: &Context) -> Result<Converged, 
             .map(|p| plan::WorkerPod::of(p, now))
             .collect()
     };
+    let mut status = plan::status(consumer, &plan, &workload, &pods);
+    let group = plan.admitted.group.as_str();
+    let rotating = rotation::advance(
+        consumer,
+        ctx,
+        step,
+        &[&applied],
+        Some(group),
+        &mut status.credentials,
+        &mut status.conditions,
+    )
+    .await?;
     Ok(Converged {
-        status: plan::status(consumer, &plan, &workload, &pods),
-        recheck: plan::recheck_after(&pods),
+        status,
+        recheck: rotation::recheck(rotating, plan::recheck_after(&pods)),
     })
 }
 
@@ -457,6 +488,5 @@ pub async fn remove_principal(
     consumer: &OrderConsumer,
     admin: &crate::kafka::KafkaAdmin,
 ) -> Result<(), AdminError> {
-    let names = Names::of(consumer);
-    principal::remove(admin, &names.kafka.user, &names.kafka.principal).await
+    principal::remove_both(admin, &principal::Principal::base(consumer)).await
 }

@@ -899,7 +899,7 @@ pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admiss
             "OrderGateway {}/{gateway}",
             consumer.namespace().unwrap_or_default()
         );
-        return Err(held_by(&Principal::of(consumer), &holder, "consumer"));
+        return Err(held_by(&Principal::base(consumer), &holder, "consumer"));
     }
     let dead_letter = dead_letter_topic(&source, policy);
     let retry = retry_policy(policy)?;
@@ -1264,6 +1264,7 @@ pub fn status(
         owned_topics: plan.owned_topics.clone(),
         principal: Some(names.kafka.principal.clone()),
         credentials_secret: Some(names.kafka.secret.clone()),
+        credentials: old.credentials.clone(),
         selector: Some(selector(consumer)),
         conditions: [reconciled, ready, degraded, capped]
             .into_iter()

@@ -17,6 +17,9 @@ pub const CAPPED: &str = "Capped";
 /// DLQReplay: True once it has ended, succeeded or failed (as a Job's `Complete`, so
 /// `kubectl wait --for=condition=Complete` works).
 pub const COMPLETE: &str = "Complete";
+/// OrderConsumer and OrderGateway: True while the workers move to a new Kafka credential; False
+/// once the last rotation ended (absent before the first).
+pub const CREDENTIALS_ROTATING: &str = "CredentialsRotating";
 
 /// Reasons, stable and machine-readable (alerts and runbooks key on them).
 pub mod reason {
@@ -72,6 +75,10 @@ pub mod reason {
     pub const REPLAY_FAILED: &str = "JobFailed";
     /// DLQReplay Complete=False: not ended yet.
     pub const REPLAY_NOT_FINISHED: &str = "NotFinished";
+    /// CredentialsRotating=True: a rotation is under way.
+    pub const ROTATING: &str = "Rotating";
+    /// CredentialsRotating=False: the last rotation ended, the old username is deleted.
+    pub const ROTATED: &str = "Rotated";
 }
 
 /// A status with conditions: what [`crate::context::Context::write_status`] compares.

@@ -3,6 +3,7 @@
 
 pub mod access_policy;
 pub mod conditions;
+pub mod credentials;
 pub mod dlq_policy;
 pub mod dlq_replay;
 pub mod kafka_topic;
@@ -10,6 +11,7 @@ pub mod order_consumer;
 pub mod order_gateway;
 
 pub use access_policy::{KafkaAccessPolicy, KafkaAccessPolicySpec};
+pub use credentials::{CredentialsSpec, CredentialsStatus};
 pub use dlq_policy::{DLQPolicy, DLQPolicySpec};
 pub use dlq_replay::{DLQReplay, DLQReplaySpec, DLQReplayStatus};
 pub use kafka_topic::{KafkaTopic, KafkaTopicSpec, KafkaTopicStatus};

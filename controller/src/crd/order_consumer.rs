@@ -12,6 +12,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::{CredentialsSpec, CredentialsStatus};
+
 /// A consumer of a KafkaTopic, run as worker pods by the operator.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -99,6 +101,10 @@ pub struct OrderConsumerSpec {
     /// Compute resources of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// The SCRAM credential's rotation (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
 }
 
 fn default_replicas() -> i32 {
@@ -255,6 +261,9 @@ pub struct OrderConsumerStatus {
     /// Secret holding the principal's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// The SCRAM username in use and the credential's rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
     /// Label selector of the worker pods (for the scale subresource, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

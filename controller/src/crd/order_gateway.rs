@@ -12,6 +12,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::credentials::{CredentialsSpec, CredentialsStatus};
+
 use super::order_consumer::{LocalRef, SecretKeyRef};
 
 /// An HTTP gateway that publishes the orders (or users) it accepts to a KafkaTopic.
@@ -99,6 +101,10 @@ pub struct OrderGatewaySpec {
     /// Compute resources of each gateway container (and of the relay's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// The SCRAM credential's rotation (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
 
     /// Trace export; the operator's worker OTLP endpoint when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +266,9 @@ pub struct OrderGatewayStatus {
     /// Secret holding the principal's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// The SCRAM username in use and the credential's rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
     /// Label selector of the gateway pods (for the scale subresource and an HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

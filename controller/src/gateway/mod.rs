@@ -30,6 +30,7 @@ use crate::crd::order_gateway::FINALIZER;
 use crate::crd::{KafkaTopic, OrderGateway, OrderGatewayStatus};
 use crate::error::Error;
 use crate::principal;
+use crate::rotation;
 use crate::workload;
 use plan::Names;
 
@@ -118,7 +119,16 @@ async fn reconcile(gateway: Arc<OrderGateway>, ctx: Arc<Context>) -> Result<Acti
 }
 
 async fn apply(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error> {
-    match converge(gateway, ctx).await {
+    // As for a consumer: the rotation step first, and the rest of the pass sees its record.
+    let (gateway, outcome) = match rotation::begin(gateway, ctx).await {
+        Ok((step, seen)) => {
+            let outcome = converge(&seen, &step, ctx).await;
+            (seen, outcome)
+        }
+        Err(error) => (gateway.clone(), Err(error)),
+    };
+    let gateway = &gateway;
+    match outcome {
         Ok((status, recheck)) => {
             ctx.backoff.reset(&object_key(gateway));
             write_status(gateway, ctx, status).await?;
@@ -192,6 +202,7 @@ async fn gather(gateway: &OrderGateway, ctx: &Context) -> Result<plan::Gathered,
 /// again if sooner than the resync.
 async fn converge(
     gateway: &OrderGateway,
+    step: &rotation::Step,
     ctx: &Context,
 ) -> Result<(OrderGatewayStatus, Option<std::time::Duration>), Error> {
     let ns = gateway.namespace().unwrap_or_default();
@@ -210,6 +221,7 @@ async fn converge(
     )
     .await?;
     principal::apply_acls(gateway, ctx, &plan.acls).await?;
+    rotation::keep_retiring_acls(gateway, ctx, step, &plan.acls).await?;
 
     let (desired, desired_relay) = plan.deployments(gateway, &ctx.settings, credentials_version);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -257,7 +269,8 @@ async fn converge(
 
     // Status, from what the Deployments (and, when some are missing, their pods) show.
     let pods = observe(ctx, &ns, &applied, gateway.spec.replicas).await?;
-    let relay = match (&relay, &gateway.spec.outbox) {
+    let relay_deployment = relay;
+    let relay = match (&relay_deployment, &gateway.spec.outbox) {
         (Some(deployment), Some(outbox)) => {
             Some(observe(ctx, &ns, deployment, outbox.relay_replicas).await?)
         }
@@ -269,17 +282,29 @@ async fn converge(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let recheck = plan_recheck(&pods, relay.as_ref());
-    Ok((
-        plan::status(
-            gateway,
-            &plan.names,
-            &plan.topic,
-            &pods,
-            relay.as_ref(),
-            old,
-        ),
-        recheck,
-    ))
+    let mut status = plan::status(
+        gateway,
+        &plan.names,
+        &plan.topic,
+        &pods,
+        relay.as_ref(),
+        old,
+    );
+    // The relay connects with the same credential: it must roll too before the old one goes.
+    let rolled: Vec<&Deployment> = std::iter::once(&applied)
+        .chain(relay_deployment.as_ref())
+        .collect();
+    let rotating = rotation::advance(
+        gateway,
+        ctx,
+        step,
+        &rolled,
+        None,
+        &mut status.credentials,
+        &mut status.conditions,
+    )
+    .await?;
+    Ok((status, rotation::recheck(rotating, recheck)))
 }
 
 /// When to look again at pods on their way to ready (see
@@ -367,6 +392,5 @@ pub async fn remove_principal(
     gateway: &OrderGateway,
     admin: &crate::kafka::KafkaAdmin,
 ) -> Result<(), crate::kafka::AdminError> {
-    let names = Names::of(gateway);
-    principal::remove(admin, &names.kafka.user, &names.kafka.principal).await
+    principal::remove_both(admin, &principal::Principal::base(gateway)).await
 }

@@ -156,24 +156,32 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     plan
 }
 
-/// The literal ALLOW ACLs that `access` grants on `topic`.
+/// The literal ALLOW ACLs that `access` grants on `topic`. A grant to a workload's principal
+/// (`User:pubsubkafka.<namespace>.<name>`) goes to both of its usernames, so it holds across
+/// credential rotations ([`crate::rotation`]).
 pub fn acls_for(topic: &str, access: &[TopicAccess]) -> BTreeSet<Acl> {
-    access
-        .iter()
-        .flat_map(|entry| {
-            entry.operations.iter().map(|op| Acl {
+    let mut acls = BTreeSet::new();
+    for entry in access {
+        let second = entry
+            .principal
+            .strip_prefix("User:")
+            .filter(|user| user.starts_with(tenancy::MANAGED_USER_PREFIX) && !user.contains('~'))
+            .map(|user| format!("User:{user}{}", crate::rotation::SECOND_SUFFIX));
+        for principal in std::iter::once(&entry.principal).chain(second.as_ref()) {
+            acls.extend(entry.operations.iter().map(|op| Acl {
                 resource: ResourceKind::Topic,
                 name: topic.to_owned(),
-                principal: entry.principal.clone(),
+                principal: principal.clone(),
                 operation: match op {
                     TopicOperation::Read => AclOperation::Read,
                     TopicOperation::Write => AclOperation::Write,
                     TopicOperation::Describe => AclOperation::Describe,
                     TopicOperation::DescribeConfigs => AclOperation::DescribeConfigs,
                 },
-            })
-        })
-        .collect()
+            }));
+        }
+    }
+    acls
 }
 
 /// Whether the namespace may manage this topic at all, before Kafka is asked anything: not a
@@ -294,6 +302,32 @@ pub fn cleanup(topic: &KafkaTopic, kafka_id: Option<&str>, owned_elsewhere: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_to_a_workload_holds_for_both_of_its_usernames() {
+        let access = |principal: &str| TopicAccess {
+            principal: principal.into(),
+            operations: vec![TopicOperation::Read],
+        };
+        let principals = |grant: &str| -> Vec<String> {
+            acls_for("orders", &[access(grant)])
+                .into_iter()
+                .map(|a| a.principal)
+                .collect()
+        };
+        assert_eq!(
+            principals("User:pubsubkafka.shop.audit"),
+            [
+                "User:pubsubkafka.shop.audit",
+                "User:pubsubkafka.shop.audit~2"
+            ]
+        );
+        assert_eq!(
+            principals("User:pubsubkafka.shop.audit~2"),
+            ["User:pubsubkafka.shop.audit~2"]
+        );
+        assert_eq!(principals("User:order-gateway"), ["User:order-gateway"]);
+    }
 
     fn topic_yaml(yaml: &str) -> KafkaTopic {
         serde_yaml::from_str(yaml).expect("fixture parses")

@@ -486,6 +486,33 @@ impl KafkaAdmin {
         .map_err(|e| AdminError::InvalidRequest(format!("offset task failed: {e}")))?
     }
 
+    /// The client id of each member of consumer group `group` (none when it has no members or
+    /// does not exist), from the group coordinator.
+    pub async fn group_client_ids(&self, group: &str) -> Result<Vec<String>> {
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        let name = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let list = client
+                .inner()
+                .fetch_group_list(Some(&name), timeout)
+                .map_err(|e| match e.rdkafka_error_code() {
+                    Some(code) => AdminError::from_code(code, format!("describing the group: {e}")),
+                    None => AdminError::Unavailable(e.to_string()),
+                })?;
+            Ok(list
+                .groups()
+                .iter()
+                .filter(|g| g.name() == name)
+                .flat_map(|g| g.members())
+                .map(|m| m.client_id().to_owned())
+                .collect())
+        })
+        .await
+        .map_err(|e| AdminError::InvalidRequest(format!("group task failed: {e}")))?
+        .map_err(|e: AdminError| e.needing("DESCRIBE", || format!("group {group}")))
+    }
+
     /// The high watermark (next offset) of each of `topic`'s `partitions`.
     pub async fn end_offsets(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>> {
         let name = cstring(topic)?;
