@@ -56,7 +56,7 @@ pub fn controller(
     if let Some(selector) = selector {
         own_config = own_config.labels(selector);
     }
-    let controller = Controller::new(api::<OrderConsumer>(client, namespace), own_config);
+    let controller = workload::lean_controller(api::<OrderConsumer>(client, namespace), own_config);
     let store = controller.store();
     let by_topic = store.clone();
     let by_policy = store.clone();

@@ -49,7 +49,8 @@ pub fn controller(
     if let Some(selector) = selector {
         own_config = own_config.labels(selector);
     }
-    let controller = Controller::new(api::<OrderGateway>(client, namespace), own_config);
+    let controller =
+        crate::workload::lean_controller(api::<OrderGateway>(client, namespace), own_config);
     let store = controller.store();
     let by_topic = store.clone();
     let by_secret = store.clone();

@@ -55,7 +55,7 @@ pub fn controller(
     if let Some(selector) = selector {
         own_config = own_config.labels(selector);
     }
-    Controller::new(api::<DLQReplay>(client, namespace), own_config)
+    crate::workload::lean_controller(api::<DLQReplay>(client, namespace), own_config)
         .owns(api::<Job>(client, namespace), config)
 }
 

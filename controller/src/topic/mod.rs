@@ -66,7 +66,7 @@ pub fn controller(
     if let Some(selector) = selector {
         config = config.labels(selector);
     }
-    let controller = Controller::new(api, config).with_config(
+    let controller = crate::workload::lean_controller(api, config).with_config(
         kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
     );
     let store = controller.store();
