@@ -24,10 +24,12 @@ const PER_KEY: usize = 8;
 const FLAKY: [usize; 4] = [0, 1, 2, 3];
 /// The key whose record 3 always fails (dead-lettered after the retries).
 const BROKEN: usize = 4;
-/// How long after the first request every healthy key must be done. A flaky record spends
-/// 1.5 s in backoff (500 + 1000 ms) and the broken one 3.5 s: a partition blocked behind them
-/// would hold its healthy keys for at least that long.
-const HEALTHY_BOUND: Duration = Duration::from_millis(1000);
+/// How long after the first request every healthy key must be done: less than the shortest
+/// hold a blocked partition would cause. A flaky record spends 1.5 s in backoff (500 + 1000 ms)
+/// after its first failure, and the broken one 3.5 s, so a partition held behind either would
+/// finish its healthy keys later than this. (1 s, the bound before, was a latency goal rather
+/// than this line, and a loaded run of the whole suite measured 1.21 s with nothing held.)
+const HEALTHY_BOUND: Duration = Duration::from_millis(1500);
 
 /// The policy of these tests: 3 retries, 500 ms doubling to 2 s, no jitter (exact delays).
 fn policy(mode: RetryMode) -> RetryPolicy {
