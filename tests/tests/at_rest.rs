@@ -61,6 +61,7 @@ metadata: {{name: fixed}}
 spec:
   topicRef: {{name: {source}}}
   replicas: 2
+  credentials: {{rotation: 720h}}
   dlqPolicyRef: {{name: blocking}}
   handler: {{eventStore: {{connectionSecret: {{name: orders-db}}}}}}
 ---
@@ -97,10 +98,13 @@ spec:
 ---
 apiVersion: pubsubkafka.io/v1alpha1
 kind: OrderGateway
-metadata: {{name: gateway}}
+metadata:
+  name: gateway
+  annotations: {{pubsubkafka.io/rotate-credentials: "at-creation"}}
 spec:
   topicRef: {{name: {source}}}
   replicas: 2
+  credentials: {{rotation: 720h}}
 ---
 apiVersion: pubsubkafka.io/v1alpha1
 kind: OrderGateway
@@ -275,6 +279,18 @@ async fn nothing_is_written_at_rest_and_argo_cd_reads_the_status() {
         before_versions, after_versions,
         "a resource changed at rest"
     );
+
+    // A gateway created with the rotate annotation starts on its fresh credential: nothing
+    // to rotate, the request taken as done, the next rotation 720h ahead.
+    let gateway = gateways.get("gateway").await.unwrap();
+    let credentials = gateway.status.unwrap().credentials.unwrap();
+    assert_eq!(credentials.active_user, format!("pubsubkafka.{ns}.gateway"));
+    assert_eq!(credentials.rotation_request.as_deref(), Some("at-creation"));
+    assert_eq!(
+        (credentials.retiring_user, credentials.last_rotation),
+        (None, None)
+    );
+    assert!(credentials.next_rotation.is_some());
 
     // Argo CD's view of the same objects.
     for name in [&source, &plain] {
