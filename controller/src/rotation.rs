@@ -285,18 +285,35 @@ where
     let namespace = owner.namespace().unwrap_or_default();
     let base = Principal::base(owner);
     let in_secret = secret_user(ctx, &namespace, &base.secret).await?;
-    let (step, credentials) = decide(&Observed {
-        base: &base.user,
-        secret_user: in_secret.as_deref(),
-        spec: owner.credentials_spec(),
-        status: owner.credentials_status(),
-        request: owner
-            .annotations()
-            .get(ROTATE_ANNOTATION)
-            .map(String::as_str),
-        now: jiff::Timestamp::now(),
-    })?;
+    let observe = |workload: &K| {
+        decide(&Observed {
+            base: &base.user,
+            secret_user: in_secret.as_deref(),
+            spec: workload.credentials_spec(),
+            status: workload.credentials_status(),
+            request: workload
+                .annotations()
+                .get(ROTATE_ANNOTATION)
+                .map(String::as_str),
+            now: jiff::Timestamp::now(),
+        })
+    };
     let mut seen = owner.clone();
+    let (mut step, mut credentials) = observe(owner)?;
+    let recorded = owner.credentials_status().map(|c| c.active_user.as_str());
+    if !matches!(step, Step::Steady { .. })
+        || in_secret.is_some() && in_secret.as_deref() != recorded
+    {
+        // The cache may not hold this operator's last status write yet (the Secret above is
+        // read fresh): a request taken a moment ago would look new and rotate the credential
+        // again, a rotation recorded a moment ago would look over (its old username never
+        // retired), a rotation just over would look under way. Whatever is not steady, and a
+        // Secret ahead of the record, is decided again on a fresh read.
+        seen = Api::<K>::namespaced(ctx.client.clone(), &namespace)
+            .get(&owner.name_any())
+            .await?;
+        (step, credentials) = observe(&seen)?;
+    }
     seen.set_credentials_status(credentials);
     let step = match step {
         Step::Start { from, to } => {
