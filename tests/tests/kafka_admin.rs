@@ -28,6 +28,101 @@ fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Concurrent calls share admin requests (the adapter batches them): each caller still gets
+/// its own topic's answer, a refusal reaches only the caller it concerns, and a topic named
+/// by two callers at once is created once.
+#[tokio::test]
+async fn concurrent_calls_each_get_their_own_answer() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let prefix = testenv::unique_name("admin-batch");
+    let names: Vec<String> = (0..120).map(|i| format!("{prefix}-{i}")).collect();
+    let partitions = |i: usize| 1 + (i % 3) as i32;
+
+    let absent = futures::future::join_all(names.iter().map(|n| admin.describe_topic(n))).await;
+    assert!(
+        absent.iter().all(|d| matches!(d, Ok(None))),
+        "none exists yet"
+    );
+
+    // Every topic once, the first ten a second time, and one with a config Kafka refuses.
+    let bad = format!("{prefix}-bad");
+    let retention = strings(&[("retention.ms", "3600000")]);
+    let refused = strings(&[("cleanup.policy", "no-such-policy")]);
+    let creates = names
+        .iter()
+        .enumerate()
+        .chain(names.iter().enumerate().take(10))
+        .map(|(i, n)| (n.clone(), partitions(i), &retention))
+        .chain([(bad.clone(), 1, &refused)]);
+    let created = futures::future::join_all(creates.map(|(n, p, config)| {
+        let admin = admin.clone();
+        async move { (n.clone(), admin.create_topic(&n, p, 1, config).await) }
+    }))
+    .await;
+    let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (n, result) in created {
+        let outcome = match result {
+            Ok(()) => "created".to_owned(),
+            Err(e) => format!("{:?}", e.code()),
+        };
+        outcomes.entry(n).or_default().push(outcome);
+    }
+    for n in &names[..10] {
+        let mut twice = outcomes[n].clone();
+        twice.sort();
+        assert_eq!(
+            twice,
+            ["Some(TopicAlreadyExists)", "created"],
+            "{n}: created once, the second caller told it exists"
+        );
+    }
+    for n in &names[10..] {
+        assert_eq!(outcomes[n], ["created"], "{n}");
+    }
+    assert_eq!(
+        outcomes[&bad],
+        ["Some(InvalidConfig)"],
+        "the refusal reaches its own caller only"
+    );
+
+    let described = testenv::eventually("every topic described", Duration::from_secs(20), || {
+        let admin = admin.clone();
+        let names = names.clone();
+        async move {
+            let all =
+                futures::future::join_all(names.iter().map(|n| admin.describe_topic(n))).await;
+            let mut out = Vec::new();
+            for (n, d) in names.iter().zip(all) {
+                match d.map_err(|e| e.to_string())? {
+                    Some(d) => out.push(d),
+                    None => return Err(format!("{n} not described yet")),
+                }
+            }
+            Ok(out)
+        }
+    })
+    .await;
+    for (i, (n, d)) in names.iter().zip(&described).enumerate() {
+        assert_eq!(&d.name, n, "each caller gets its own topic");
+        assert_eq!(d.partition_count(), partitions(i), "{n}");
+    }
+    let configs =
+        futures::future::join_all(names.iter().map(|n| admin.describe_topic_config(n))).await;
+    for (n, config) in names.iter().zip(configs) {
+        let config = config.expect("describe config");
+        assert_eq!(
+            config["retention.ms"].value.as_deref(),
+            Some("3600000"),
+            "{n}"
+        );
+    }
+
+    for n in &names {
+        admin.delete_topic(n).await.expect("delete");
+    }
+}
+
 #[tokio::test]
 async fn topics_are_created_described_grown_reconfigured_and_deleted() {
     let kafka = &testenv::shared().kafka;

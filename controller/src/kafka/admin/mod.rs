@@ -10,9 +10,10 @@
 //!
 //! The raw librdkafka calls are in [`native`]; this module is safe code over its API.
 
+mod batch;
 mod native;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use batch::Batcher;
 use native::AdminOp;
 
 /// Failures of an admin operation, split by what a caller can do about them.
@@ -220,6 +222,54 @@ pub struct KafkaAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
     config: ClientConfig,
     timeout: Duration,
+    batches: Arc<Batches>,
+}
+
+/// The requests that concurrent reconciles share ([`batch`]): the ones every KafkaTopic pass
+/// makes.
+struct Batches {
+    describe_topics: Batcher<CString, Option<TopicDescription>>,
+    create_topics: Batcher<NewTopic, ()>,
+    describe_configs: Batcher<CString, TopicConfig>,
+}
+
+impl Batches {
+    fn new(client: &Arc<AdminClient<DefaultClientContext>>, timeout: Duration) -> Self {
+        /// A batch runner: `op` on a session of `client`.
+        fn runner<I: 'static, O: 'static>(
+            client: &Arc<AdminClient<DefaultClientContext>>,
+            timeout: Duration,
+            op: fn(&Session<'_>, Vec<I>) -> Vec<Result<O>>,
+        ) -> batch::Run<I, O> {
+            let client = Arc::clone(client);
+            Box::new(move |items| {
+                let session = Session {
+                    client: native::Client::of(client.inner()),
+                    timeout,
+                };
+                op(&session, items)
+            })
+        }
+        fn name(topic: &CString) -> &[u8] {
+            topic.as_bytes()
+        }
+        Self {
+            describe_topics: Batcher::new(
+                runner(client, timeout, |s, topics| s.describe_topics(&topics)),
+                name,
+            ),
+            create_topics: Batcher::new(
+                runner(client, timeout, |s, topics| s.create_topics(topics)),
+                |topic: &NewTopic| topic.name.as_bytes(),
+            ),
+            describe_configs: Batcher::new(
+                runner(client, timeout, |s, topics| {
+                    s.describe_topic_configs(&topics)
+                }),
+                name,
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for KafkaAdmin {
@@ -238,8 +288,10 @@ impl KafkaAdmin {
             .clone()
             .create::<AdminClient<DefaultClientContext>>()
             .map_err(|e| AdminError::InvalidRequest(format!("creating the admin client: {e}")))?;
+        let client = Arc::new(client);
         Ok(Self {
-            client: Arc::new(client),
+            batches: Arc::new(Batches::new(&client, timeout)),
+            client,
             config: config.clone(),
             timeout,
         })
@@ -275,8 +327,9 @@ impl KafkaAdmin {
 
     /// Describes `topic`, or `None` when it does not exist.
     pub async fn describe_topic(&self, topic: &str) -> Result<Option<TopicDescription>> {
-        let name = cstring(topic)?;
-        self.call(move |n| n.describe_topic(&name))
+        self.batches
+            .describe_topics
+            .call(cstring(topic)?)
             .await
             .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
     }
@@ -289,9 +342,15 @@ impl KafkaAdmin {
         replication_factor: i32,
         configs: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let name = cstring(topic)?;
-        let configs = cstring_pairs(configs)?;
-        self.call(move |n| n.create_topic(&name, partitions, replication_factor, &configs))
+        let new_topic = NewTopic {
+            name: cstring(topic)?,
+            partitions,
+            replication_factor,
+            configs: cstring_pairs(configs)?,
+        };
+        self.batches
+            .create_topics
+            .call(new_topic)
             .await
             .map_err(|e| e.needing("CREATE", topic_resource(topic)))
     }
@@ -318,8 +377,9 @@ impl KafkaAdmin {
         &self,
         topic: &str,
     ) -> Result<BTreeMap<String, ConfigEntry>> {
-        let name = cstring(topic)?;
-        self.call(move |n| n.describe_topic_config(&name))
+        self.batches
+            .describe_configs
+            .call(cstring(topic)?)
             .await
             .map_err(|e| e.needing("DESCRIBE_CONFIGS", topic_resource(topic)))
     }
@@ -574,49 +634,54 @@ impl Session<'_> {
         self.client.request(op, self.timeout)
     }
 
-    fn describe_topic(&self, topic: &CStr) -> Result<Option<TopicDescription>> {
-        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_ANY)?;
-        request.describe_topics(native::TopicCollection::of_names(&[topic])?);
-        let event = request.wait()?;
-        let topics = event.describe_topics_result();
-        let Some(desc) = topics.first() else {
-            return Ok(None);
-        };
-        if let Some(err) = desc.error() {
-            return match err.code() {
-                Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
-                _ => Err(err),
-            };
-        }
-        let infos = desc.partitions();
-        let mut partitions = vec![Vec::new(); infos.len()];
-        for info in infos {
-            if let Some(slot) = partitions.get_mut(info.partition() as usize) {
-                *slot = info.replicas();
+    /// Describes `topics` in one request; answers each, in order (`None`: no such topic).
+    fn describe_topics(&self, topics: &[CString]) -> Vec<Result<Option<TopicDescription>>> {
+        let names: Vec<&CStr> = topics.iter().map(CString::as_c_str).collect();
+        let described = (|| {
+            let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_ANY)?;
+            request.describe_topics(native::TopicCollection::of_names(&names)?);
+            let event = request.wait()?;
+            let mut by_name: HashMap<String, Result<Option<TopicDescription>>> = HashMap::new();
+            for desc in event.describe_topics_result() {
+                let answer = match desc.error() {
+                    Some(err) if err.code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                        Ok(None)
+                    }
+                    Some(err) => Err(err),
+                    None => Ok(Some(description(desc))),
+                };
+                by_name.insert(desc.name(), answer);
             }
-        }
-        Ok(Some(TopicDescription {
-            name: desc.name(),
-            id: desc.id(),
-            partitions,
-        }))
+            Ok(by_name)
+        })();
+        answer_each(topics, described, Ok(None))
     }
 
-    fn create_topic(
-        &self,
-        topic: &CStr,
-        partitions: i32,
-        replication_factor: i32,
-        configs: &[(CString, CString)],
-    ) -> Result<()> {
-        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATETOPICS)?;
-        let mut new_topic = native::NewTopic::new(topic, partitions, replication_factor)?;
-        for (key, value) in configs {
-            new_topic.set_config(key, value);
-        }
-        request.create_topics(vec![new_topic]);
-        let event = request.wait()?;
-        first_topic_result(&event.create_topics_result())
+    /// Creates `topics` in one request; answers each, in order.
+    fn create_topics(&self, topics: Vec<NewTopic>) -> Vec<Result<()>> {
+        let names: Vec<CString> = topics.iter().map(|t| t.name.clone()).collect();
+        let created = (|| {
+            let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATETOPICS)?;
+            let natives = topics
+                .iter()
+                .map(|t| {
+                    let mut native =
+                        native::NewTopic::new(&t.name, t.partitions, t.replication_factor)?;
+                    for (key, value) in &t.configs {
+                        native.set_config(key, value);
+                    }
+                    Ok(native)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            request.create_topics(natives);
+            let event = request.wait()?;
+            Ok(event
+                .create_topics_result()
+                .into_iter()
+                .map(|r| (r.name(), r.error().map_or(Ok(()), Err)))
+                .collect::<HashMap<_, _>>())
+        })();
+        answer_each(&names, created, Err(unanswered()))
     }
 
     fn create_partitions(&self, topic: &CStr, total: i32) -> Result<()> {
@@ -634,32 +699,44 @@ impl Session<'_> {
         first_topic_result(&event.delete_topics_result())
     }
 
-    fn describe_topic_config(&self, topic: &CStr) -> Result<BTreeMap<String, ConfigEntry>> {
-        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)?;
-        request.describe_configs(vec![native::ConfigResource::topic(topic)?]);
-        let event = request.wait()?;
-        let resources = event.describe_configs_result();
-        let Some(resource) = resources.first() else {
-            return Ok(BTreeMap::new());
-        };
-        if let Some(err) = resource.error() {
-            return Err(err);
-        }
-        Ok(resource
-            .entries()
-            .into_iter()
-            .map(|entry| {
-                (
-                    entry.name(),
-                    ConfigEntry {
-                        value: entry.value(),
-                        dynamic: entry.is_topic_config(),
-                        sensitive: entry.is_sensitive(),
-                        read_only: entry.is_read_only(),
-                    },
-                )
-            })
-            .collect())
+    /// Every config entry of each of `topics`, by name, in one request; answers each, in
+    /// order.
+    fn describe_topic_configs(&self, topics: &[CString]) -> Vec<Result<TopicConfig>> {
+        let described = (|| {
+            let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS)?;
+            let resources = topics
+                .iter()
+                .map(|t| native::ConfigResource::topic(t))
+                .collect::<Result<Vec<_>>>()?;
+            request.describe_configs(resources);
+            let event = request.wait()?;
+            Ok(event
+                .describe_configs_result()
+                .into_iter()
+                .map(|resource| {
+                    let answer = match resource.error() {
+                        Some(err) => Err(err),
+                        None => Ok(resource
+                            .entries()
+                            .into_iter()
+                            .map(|entry| {
+                                (
+                                    entry.name(),
+                                    ConfigEntry {
+                                        value: entry.value(),
+                                        dynamic: entry.is_topic_config(),
+                                        sensitive: entry.is_sensitive(),
+                                        read_only: entry.is_read_only(),
+                                    },
+                                )
+                            })
+                            .collect()),
+                    };
+                    (resource.name(), answer)
+                })
+                .collect::<HashMap<_, _>>())
+        })();
+        answer_each(topics, described, Ok(BTreeMap::new()))
     }
 
     fn alter_topic_config(
@@ -773,6 +850,57 @@ impl Session<'_> {
             out.insert(info.partition(), info.offset());
         }
         Ok(out)
+    }
+}
+
+/// A topic's config entries, by name.
+type TopicConfig = BTreeMap<String, ConfigEntry>;
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+struct NewTopic {
+    name: CString,
+    partitions: i32,
+    replication_factor: i32,
+    configs: Vec<(CString, CString)>,
+}
+
+fn description(desc: &native::TopicInfo) -> TopicDescription {
+    let infos = desc.partitions();
+    let mut partitions = vec![Vec::new(); infos.len()];
+    for info in infos {
+        if let Some(slot) = partitions.get_mut(info.partition() as usize) {
+            *slot = info.replicas();
+        }
+    }
+    TopicDescription {
+        name: desc.name(),
+        id: desc.id(),
+        partitions,
+    }
+}
+
+fn unanswered() -> AdminError {
+    AdminError::Unavailable("Kafka's answer named no result for this topic".into())
+}
+
+/// Each of `names`' answer from a request's answers by name: the request's error for all when
+/// it failed as a whole, `missing` for a name the answer leaves out.
+fn answer_each<T: Clone>(
+    names: &[CString],
+    answers: Result<HashMap<String, Result<T>>>,
+    missing: Result<T>,
+) -> Vec<Result<T>> {
+    match answers {
+        Err(e) => names.iter().map(|_| Err(e.clone())).collect(),
+        Ok(mut by_name) => names
+            .iter()
+            .map(|n| {
+                by_name
+                    .remove(n.to_string_lossy().as_ref())
+                    .unwrap_or_else(|| missing.clone())
+            })
+            .collect(),
     }
 }
 

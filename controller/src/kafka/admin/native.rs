@@ -910,6 +910,11 @@ impl Event {
 // that object and are copied or read before the borrow ends.
 
 impl TopicResult {
+    pub(super) fn name(&self) -> String {
+        // SAFETY: `self` is a live object of the event.
+        unsafe { owned(sys::rd_kafka_topic_result_name(self.raw())) }
+    }
+
     pub(super) fn error(&self) -> Option<AdminError> {
         // SAFETY: `self` is a live object of the event.
         unsafe {
@@ -969,6 +974,11 @@ impl PartitionInfo {
 }
 
 impl ConfigResult {
+    pub(super) fn name(&self) -> String {
+        // SAFETY: `self` is a live object of the event.
+        unsafe { owned(sys::rd_kafka_ConfigResource_name(self.raw())) }
+    }
+
     pub(super) fn error(&self) -> Option<AdminError> {
         // SAFETY: `self` is a live object of the event.
         unsafe {
