@@ -120,7 +120,7 @@ pub fn topic_conflict<'a>(
     consumers: impl IntoIterator<Item = &'a OrderConsumer>,
 ) -> Option<Owner> {
     let name = me.topic_name();
-    if let Some(owner) = consumer_owning_topic(&name, consumers) {
+    if let Some(owner) = consumer_owning_topic(name, consumers) {
         return Some(owner);
     }
     let owner = topics

@@ -455,7 +455,7 @@ pub async fn run_on(
         .items
     {
         summary.topics.push((
-            t.topic_name(),
+            t.topic_name().to_owned(),
             t.status.and_then(|s| s.partitions).unwrap_or(0),
         ));
     }

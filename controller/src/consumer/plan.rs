@@ -887,7 +887,7 @@ pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admiss
             message: format!("waiting for DLQPolicy {} to exist", named.name),
         });
     }
-    let source = topic.topic_name();
+    let source = topic.topic_name().to_owned();
     let partitions = topic
         .status
         .as_ref()

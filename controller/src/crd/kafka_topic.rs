@@ -196,11 +196,11 @@ pub const FINALIZER: &str = "pubsubkafka.io/topic-cleanup";
 
 impl KafkaTopic {
     /// The topic's name in Kafka: spec.topicName, else metadata.name.
-    pub fn topic_name(&self) -> String {
+    pub fn topic_name(&self) -> &str {
         self.spec
             .topic_name
-            .clone()
-            .or_else(|| self.metadata.name.clone())
+            .as_deref()
+            .or(self.metadata.name.as_deref())
             .unwrap_or_default()
     }
 

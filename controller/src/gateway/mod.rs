@@ -167,7 +167,7 @@ async fn gather(gateway: &OrderGateway, ctx: &Context) -> Result<plan::Gathered,
         .topics
         .get(&ObjectRef::new(&gateway.spec.topic_ref.name).within(&ns))
         .filter(|t| t.is_ready())
-        .map(|t| t.topic_name());
+        .map(|t| t.topic_name().to_owned());
     let outbox_secret = match &gateway.spec.outbox {
         None => None,
         Some(outbox) => {

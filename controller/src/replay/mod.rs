@@ -181,7 +181,7 @@ async fn resolve(
         ctx.topics
             .get(&ObjectRef::new(topic).within(&ns))
             .filter(|t| t.is_ready())
-            .map(|t| t.topic_name())
+            .map(|t| t.topic_name().to_owned())
             .ok_or((
                 reason::TOPIC_NOT_READY,
                 format!("waiting for KafkaTopic {topic} to exist and be Ready"),

@@ -36,7 +36,7 @@ pub struct Desired {
 
 impl Desired {
     pub fn of(topic: &KafkaTopic) -> Self {
-        let topic_name = topic.topic_name();
+        let topic_name = topic.topic_name().to_owned();
         let applied = topic
             .status
             .as_ref()
@@ -194,7 +194,7 @@ pub fn admit<'a>(
     consumers: impl IntoIterator<Item = &'a OrderConsumer>,
 ) -> Result<(), Error> {
     let name = topic.topic_name();
-    if tenancy::is_internal_topic(&name) {
+    if tenancy::is_internal_topic(name) {
         return Err(Error::Refused {
             reason: reason::RESERVED_TOPIC_NAME,
             message: format!(
@@ -207,7 +207,7 @@ pub fn admit<'a>(
         reason: reason::POLICY_VIOLATION,
         message: v.message,
     };
-    rules.check_topic(&name).map_err(refused)?;
+    rules.check_topic(name).map_err(refused)?;
     for entry in &topic.spec.access {
         rules.check_principal(&entry.principal).map_err(refused)?;
     }
@@ -278,7 +278,7 @@ pub struct Cleanup {
 pub fn cleanup(topic: &KafkaTopic, kafka_id: Option<&str>, owned_elsewhere: bool) -> Cleanup {
     let status = topic.status.clone().unwrap_or_default();
     let managed = !owned_elsewhere
-        && !tenancy::is_internal_topic(&topic.topic_name())
+        && !tenancy::is_internal_topic(topic.topic_name())
         && status.origin.is_some();
     let wants_delete = topic.spec.deletion_policy == DeletionPolicy::Delete;
     let kept_because = if !wants_delete || kafka_id.is_none() {
