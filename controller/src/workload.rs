@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,11 +28,24 @@ where
     K: Resource<DynamicType = ()> + Clone,
 {
     store
-        .state()
+        .state_filter(|w| w.namespace().as_deref() == Some(namespace) && uses(w))
         .iter()
-        .filter(|w| w.namespace().as_deref() == Some(namespace) && uses(w))
         .map(|w| ObjectRef::from_obj(w.as_ref()))
         .collect()
+}
+
+/// The objects of `api` as a trigger stream of their metadata only: a watcher that wakes
+/// workloads by an object's name, labels or owners never needs (nor holds) a Secret's data
+/// or a pod's spec, and decodes a fraction of the bytes.
+pub fn metadata_of<K>(
+    api: kube::Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+    PartialObjectMeta<K>: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    watcher::watcher(api, config).touched_objects()
 }
 
 /// A controller of the objects `api` lists, whose cache keeps them without what the operator

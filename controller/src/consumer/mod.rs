@@ -20,6 +20,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::Event as Finalizer;
@@ -66,10 +67,13 @@ pub fn controller(
         .owns(api::<ConfigMap>(client, namespace), config.clone())
         // A Secret wakes the consumer that owns it (its credentials) and every consumer whose
         // pods mount it (an event store's connection Secret), so a change rolls the workers.
-        // Trigger streams keep no cache: Secrets pass through, only their names are used.
-        .watches(
-            api::<Secret>(client, namespace),
-            config.clone(),
+        // Trigger streams keep no cache, and this one reads no Secret's data: only names and
+        // owners are used.
+        .watches_stream(
+            workload::metadata_of(
+                api::<PartialObjectMeta<Secret>>(client, namespace),
+                config.clone(),
+            ),
             move |secret| secret_users(&by_secret, &secret),
         )
         .watches(
@@ -83,9 +87,11 @@ pub fn controller(
         )
         // A worker pod that turns ready, crash-loops or loses its sink changes Ready; the
         // Deployment's status does not always move with it (a restart keeps it unavailable).
-        .watches(
-            api::<Pod>(client, namespace),
-            config.clone().labels(plan::CONSUMER_LABEL),
+        .watches_stream(
+            workload::metadata_of(
+                api::<PartialObjectMeta<Pod>>(client, namespace),
+                config.clone().labels(plan::CONSUMER_LABEL),
+            ),
             |pod| {
                 let namespace = pod.namespace().unwrap_or_default();
                 pod.labels()
@@ -105,7 +111,10 @@ pub fn controller(
 }
 
 /// The consumers that own `secret` or mount it.
-fn secret_users(store: &Store<OrderConsumer>, secret: &Secret) -> Vec<ObjectRef<OrderConsumer>> {
+fn secret_users(
+    store: &Store<OrderConsumer>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<OrderConsumer>> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     let owners: BTreeSet<String> = secret

@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::Event as Finalizer;
@@ -58,9 +59,11 @@ pub fn controller(
         .owns(api::<Deployment>(client, namespace), config.clone())
         // A Secret wakes the gateway that owns it (its credentials) and every gateway whose
         // pods mount it (the outbox database), so a change rolls the pods.
-        .watches(
-            api::<Secret>(client, namespace),
-            config.clone(),
+        .watches_stream(
+            crate::workload::metadata_of(
+                api::<PartialObjectMeta<Secret>>(client, namespace),
+                config.clone(),
+            ),
             move |secret| {
                 let namespace = secret.namespace().unwrap_or_default();
                 let name = secret.name_any();
@@ -80,9 +83,11 @@ pub fn controller(
         )
         // A gateway or relay pod that turns ready, crash-loops or loses the broker changes
         // Ready; the Deployment's status does not always move with it.
-        .watches(
-            api::<Pod>(client, namespace),
-            config.clone().labels(plan::GATEWAY_LABEL),
+        .watches_stream(
+            crate::workload::metadata_of(
+                api::<PartialObjectMeta<Pod>>(client, namespace),
+                config.clone().labels(plan::GATEWAY_LABEL),
+            ),
             |pod| {
                 let namespace = pod.namespace().unwrap_or_default();
                 pod.labels()
