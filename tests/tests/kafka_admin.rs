@@ -45,8 +45,10 @@ async fn concurrent_calls_each_get_their_own_answer() {
         "none exists yet"
     );
 
-    // Every topic once, the first ten a second time, and one with a config Kafka refuses.
+    // Every topic once, the first ten a second time, one with a config Kafka refuses, and one
+    // with more partitions than librdkafka builds a request for.
     let bad = format!("{prefix}-bad");
+    let huge = format!("{prefix}-huge");
     let retention = strings(&[("retention.ms", "3600000")]);
     let refused = strings(&[("cleanup.policy", "no-such-policy")]);
     let creates = names
@@ -54,7 +56,10 @@ async fn concurrent_calls_each_get_their_own_answer() {
         .enumerate()
         .chain(names.iter().enumerate().take(10))
         .map(|(i, n)| (n.clone(), partitions(i), &retention))
-        .chain([(bad.clone(), 1, &refused)]);
+        .chain([
+            (bad.clone(), 1, &refused),
+            (huge.clone(), 100_001, &retention),
+        ]);
     let created = futures::future::join_all(creates.map(|(n, p, config)| {
         let admin = admin.clone();
         async move { (n.clone(), admin.create_topic(&n, p, 1, config).await) }
@@ -84,6 +89,11 @@ async fn concurrent_calls_each_get_their_own_answer() {
         outcomes[&bad],
         ["Some(InvalidConfig)"],
         "the refusal reaches its own caller only"
+    );
+    assert_eq!(
+        outcomes[&huge],
+        ["None"],
+        "refused before the request, alone: the others went"
     );
 
     let described = testenv::eventually("every topic described", Duration::from_secs(20), || {

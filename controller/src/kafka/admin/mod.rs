@@ -657,29 +657,40 @@ impl Session<'_> {
         answer_each(topics, described, Ok(None))
     }
 
-    /// Creates `topics` in one request; answers each, in order.
+    /// Creates `topics` in one request; answers each, in order. A topic librdkafka refuses to
+    /// build (a partition count out of its range) is answered alone; the others still go.
     fn create_topics(&self, topics: Vec<NewTopic>) -> Vec<Result<()>> {
-        let names: Vec<CString> = topics.iter().map(|t| t.name.clone()).collect();
-        let created = (|| {
-            let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATETOPICS)?;
-            let natives = topics
-                .iter()
-                .map(|t| {
-                    let mut native =
-                        native::NewTopic::new(&t.name, t.partitions, t.replication_factor)?;
+        let mut refused = HashMap::new();
+        let mut natives = Vec::new();
+        for t in &topics {
+            match native::NewTopic::new(&t.name, t.partitions, t.replication_factor) {
+                Ok(mut native) => {
                     for (key, value) in &t.configs {
                         native.set_config(key, value);
                     }
-                    Ok(native)
-                })
-                .collect::<Result<Vec<_>>>()?;
+                    natives.push(native);
+                }
+                Err(e) => {
+                    refused.insert(t.name.to_string_lossy().into_owned(), Err(e));
+                }
+            }
+        }
+        let names: Vec<CString> = topics.into_iter().map(|t| t.name).collect();
+        let created = (|| {
+            if natives.is_empty() {
+                return Ok(refused);
+            }
+            let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_CREATETOPICS)?;
             request.create_topics(natives);
             let event = request.wait()?;
-            Ok(event
-                .create_topics_result()
-                .into_iter()
-                .map(|r| (r.name(), r.error().map_or(Ok(()), Err)))
-                .collect::<HashMap<_, _>>())
+            let mut answers = refused;
+            answers.extend(
+                event
+                    .create_topics_result()
+                    .into_iter()
+                    .map(|r| (r.name(), r.error().map_or(Ok(()), Err))),
+            );
+            Ok(answers)
         })();
         answer_each(&names, created, Err(unanswered()))
     }
