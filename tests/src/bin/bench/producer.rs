@@ -35,9 +35,13 @@ pub struct ProducerResult {
     /// Orders/s, one order per request.
     single_rates: Vec<f64>,
     single_p99: f64,
+    /// The gateway's CPU-µs per request, one order per request.
+    single_cpu_us: Vec<f64>,
     /// Orders/s in arrays of BATCH.
     batch_rates: Vec<f64>,
     batch_p99: f64,
+    /// The gateway's CPU-µs per order, in arrays.
+    batch_cpu_us: Vec<f64>,
     p99_at_2k: f64,
     achieved_at_2k: f64,
     record_bytes: usize,
@@ -48,7 +52,28 @@ pub struct ProducerResult {
 struct Wrk {
     rate: f64,
     p99_ms: f64,
+    /// The gateway's CPU time (user and system) per request, in microseconds: what a request
+    /// costs whatever share of the cores wrk and the broker leave it.
+    cpu_us: f64,
     command: String,
+}
+
+/// The CPU time `pid` has used (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the gateway's stat");
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's tick.
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 pub async fn producer_bench(
@@ -89,7 +114,7 @@ pub async fn producer_bench(
     .args(["--orders-topic", "bench-gateway"])
     // Traces are not exported in the benchmark, as in a deployment without a collector.
     .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-    let _proc = testenv::process::Proc::spawn(
+    let gateway = testenv::process::Proc::spawn(
         "bench-gateway",
         cmd,
         &dir.join("bench-gateway.log"),
@@ -109,8 +134,16 @@ pub async fn producer_bench(
     let single_script = wrk_script(dir, "single", &single);
     let batch_script = wrk_script(dir, "batch", &batch);
     // Warm up connections, the producer and the allocator.
-    wrk(&url, &single_script, CONNECTIONS, Duration::from_secs(2));
+    let pid = gateway.pid();
     wrk(
+        pid,
+        &url,
+        &single_script,
+        CONNECTIONS,
+        Duration::from_secs(2),
+    );
+    wrk(
+        pid,
         &url,
         &batch_script,
         BATCH_CONNECTIONS,
@@ -120,6 +153,7 @@ pub async fn producer_bench(
     let mut perf_rates = Vec::new();
     let mut single_rates = Vec::new();
     let mut batch_rates = Vec::new();
+    let (mut single_cpu_us, mut batch_cpu_us) = (Vec::new(), Vec::new());
     let (mut perf_output, mut command, mut perf_p99) = (String::new(), String::new(), f64::NAN);
     let (mut single_p99, mut batch_p99) = (f64::NAN, f64::NAN);
     let mut wrk_commands = [String::new(), String::new()];
@@ -133,12 +167,14 @@ pub async fn producer_bench(
         command = format!("ProducerPerformance {}", args.join(" "));
         perf_rates.push(rate);
         perf_p99 = p99;
-        let one = wrk(&url, &single_script, CONNECTIONS, duration);
+        let one = wrk(pid, &url, &single_script, CONNECTIONS, duration);
         single_rates.push(one.rate);
         single_p99 = one.p99_ms;
-        let many = wrk(&url, &batch_script, BATCH_CONNECTIONS, duration);
+        single_cpu_us.push(one.cpu_us);
+        let many = wrk(pid, &url, &batch_script, BATCH_CONNECTIONS, duration);
         batch_rates.push(many.rate * BATCH as f64);
         batch_p99 = many.p99_ms;
+        batch_cpu_us.push(many.cpu_us / BATCH as f64);
         wrk_commands = [one.command, many.command];
     }
     let (achieved_at_2k, mut at_2k) =
@@ -152,8 +188,10 @@ pub async fn producer_bench(
         perf_p99,
         single_rates,
         single_p99,
+        single_cpu_us,
         batch_rates,
         batch_p99,
+        batch_cpu_us,
         p99_at_2k: percentile(&mut at_2k, 0.99),
         achieved_at_2k,
         record_bytes,
@@ -176,7 +214,7 @@ fn wrk_script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
 }
 
 /// Runs wrk for `duration`; any answer but 2xx, or any socket error, aborts the benchmark.
-fn wrk(url: &str, script: &Path, connections: usize, duration: Duration) -> Wrk {
+fn wrk(pid: u32, url: &str, script: &Path, connections: usize, duration: Duration) -> Wrk {
     let args = [
         "-t1".to_owned(),
         format!("-c{connections}"),
@@ -186,10 +224,12 @@ fn wrk(url: &str, script: &Path, connections: usize, duration: Duration) -> Wrk 
         script.display().to_string(),
         url.to_owned(),
     ];
+    let cpu_before = cpu_seconds(pid);
     let out = Command::new("wrk")
         .args(&args)
         .output()
         .expect("running wrk (scripts/install-tools.sh installs it)");
+    let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk failed: {text}");
     assert!(
@@ -206,9 +246,16 @@ fn wrk(url: &str, script: &Path, connections: usize, duration: Duration) -> Wrk 
         .find_map(|l| l.trim().strip_prefix("99%"))
         .and_then(|v| wrk_duration_ms(v.trim()))
         .expect("wrk's 99th percentile");
+    // "  123456 requests in 10.00s, ..."
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .expect("wrk's request count");
     Wrk {
         rate,
         p99_ms,
+        cpu_us: cpu * 1e6 / requests.max(1.0),
         command: format!("wrk {}", args[..4].join(" ")),
     }
 }
@@ -328,6 +375,14 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * q).round() as usize]
 }
 
+fn tenths(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The producer rows of the summary table and the section's text.
 pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
     let perf = median(&p.perf_rates);
@@ -341,8 +396,15 @@ pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
     );
     let _ = writeln!(
         summary,
-        "| producer, acks=all, ~1 KiB records, one order per POST /orders (records/s, {CONNECTIONS} connections) | {single:.0} | {perf:.0} (ProducerPerformance) | {:.2}x | | |",
+        "| producer, acks=all, ~1 KiB records, one order per POST /orders (records/s, {CONNECTIONS} connections) | {single:.0} | {perf:.0} (ProducerPerformance) | {:.2}x | >= 0.7x | {} |",
         single / perf,
+        verdict(single / perf >= 0.7),
+    );
+    let _ = writeln!(
+        summary,
+        "| gateway CPU time per order (user + system): one order per POST / arrays of {BATCH} | {:.1} µs / {:.1} µs | | | | |",
+        median(&p.single_cpu_us),
+        median(&p.batch_cpu_us),
     );
     let _ = writeln!(
         summary,
@@ -364,7 +426,8 @@ pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
          per run, {CONNECTIONS} connections with one order per request, {BATCH_CONNECTIONS} with arrays of \
          {BATCH}; ProducerPerformance sends {records} records per round. {ROUNDS} alternating rounds; medians \
          in the table. Raw records/s: gateway one order per request {sraw}; arrays {braw}; \
-         ProducerPerformance {ppraw}.\n\n\
+         ProducerPerformance {ppraw}. The gateway's CPU-µs per order (from /proc, user and system, over \
+         each wrk run): one order per request {scpu}; arrays {bcpu}.\n\n\
          ```\n{wrk1}\n{wrk2}\n{pcmd}\n{pout}```\n\n",
         bytes = p.record_bytes,
         secs = p.seconds,
@@ -372,6 +435,8 @@ pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
         sraw = raw(&p.single_rates),
         braw = raw(&p.batch_rates),
         ppraw = raw(&p.perf_rates),
+        scpu = tenths(&p.single_cpu_us),
+        bcpu = tenths(&p.batch_cpu_us),
         wrk1 = p.wrk_commands[0],
         wrk2 = p.wrk_commands[1],
         pcmd = p.command,
