@@ -248,9 +248,14 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn raw(values: &[f64]) -> String {
+    listed(values, 0)
+}
+
+/// `values` with `decimals` decimals, comma-separated.
+fn listed(values: &[f64], decimals: usize) -> String {
     values
         .iter()
-        .map(|v| format!("{v:.0}"))
+        .map(|v| format!("{v:.decimals$}"))
         .collect::<Vec<_>>()
         .join(", ")
 }

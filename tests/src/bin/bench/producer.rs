@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use testenv::{KafkaInfo, Lifetime, worker};
 
-use crate::{ROUNDS, create_topic, java_tool, median, raw, verdict};
+use crate::{ROUNDS, create_topic, java_tool, listed, median, raw, verdict};
 
 /// Orders per request in the array runs.
 const BATCH: usize = 100;
@@ -375,14 +375,6 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() as f64 - 1.0) * q).round() as usize]
 }
 
-fn tenths(values: &[f64]) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.1}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The producer rows of the summary table and the section's text.
 pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
     let perf = median(&p.perf_rates);
@@ -435,8 +427,8 @@ pub fn render(p: &ProducerResult, summary: &mut String, body: &mut String) {
         sraw = raw(&p.single_rates),
         braw = raw(&p.batch_rates),
         ppraw = raw(&p.perf_rates),
-        scpu = tenths(&p.single_cpu_us),
-        bcpu = tenths(&p.batch_cpu_us),
+        scpu = listed(&p.single_cpu_us, 1),
+        bcpu = listed(&p.batch_cpu_us, 1),
         wrk1 = p.wrk_commands[0],
         wrk2 = p.wrk_commands[1],
         pcmd = p.command,
