@@ -64,6 +64,48 @@ impl KubeInfo {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
     }
+
+    /// Deletes namespace `ns` without waiting. When the calling thread is panicking (a failed
+    /// test), first prints what happened in it: its pods, its events, and every container's
+    /// log (the previous run's too), which go with the namespace otherwise.
+    pub fn drop_namespace(&self, ns: &str) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.namespace_report(ns));
+        }
+        let _ = self.kubectl_with_stdin(&["delete", "namespace", ns, "--wait=false"], "");
+    }
+
+    /// Pods, events and container logs of namespace `ns`, as text.
+    pub fn namespace_report(&self, ns: &str) -> String {
+        let run = |args: &[&str]| match self.kubectl_with_stdin(args, "") {
+            Ok(out) => out,
+            Err(err) => format!("(kubectl {}: {})\n", args.join(" "), err.trim()),
+        };
+        let mut report = format!("==== namespace {ns} at the failure ====\n");
+        report += &run(&["get", "pods", "-n", ns, "-o", "wide"]);
+        report += &run(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"]);
+        let pods = run(&["get", "pods", "-n", ns, "-o", "name"]);
+        for pod in pods.lines().filter(|l| l.starts_with("pod/")) {
+            for previous in ["--previous=true", "--previous=false"] {
+                let log = self.kubectl_with_stdin(
+                    &[
+                        "logs",
+                        "-n",
+                        ns,
+                        pod,
+                        "--all-containers",
+                        "--tail=300",
+                        previous,
+                    ],
+                    "",
+                );
+                if let Some(log) = log.ok().filter(|l| !l.is_empty()) {
+                    report += &format!("---- {pod} {previous} ----\n{log}");
+                }
+            }
+        }
+        report
+    }
 }
 
 /// A `kube::Client` from a kubeconfig file, as a user's tool would build it.

@@ -79,11 +79,7 @@ impl Scenario {
 /// an operator that stopped with the test may keep its custom resources, never its pods).
 impl Drop for Scenario {
     fn drop(&mut self) {
-        let _ = self
-            .kube
-            .kubectl()
-            .args(["delete", "namespace", &self.ns, "--wait=false"])
-            .output();
+        self.kube.drop_namespace(&self.ns);
     }
 }
 

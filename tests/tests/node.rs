@@ -155,10 +155,7 @@ impl App {
     }
 
     fn delete_namespace(&self) {
-        let _ = self
-            .stack
-            .kube
-            .kubectl_with_stdin(&["delete", "namespace", &self.ns, "--wait=false"], "");
+        self.stack.kube.drop_namespace(&self.ns);
     }
 }
 

@@ -157,10 +157,7 @@ impl Shop {
 
 impl Drop for Shop {
     fn drop(&mut self) {
-        let _ = self
-            .stack
-            .kube
-            .kubectl_with_stdin(&["delete", "namespace", &self.ns, "--wait=false"], "");
+        self.stack.kube.drop_namespace(&self.ns);
     }
 }
 

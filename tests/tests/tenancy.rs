@@ -68,11 +68,7 @@ async fn tenants(default: DefaultAccessPolicy) -> Tenants {
 impl Drop for Tenants {
     fn drop(&mut self) {
         for ns in [&self.victim, &self.attacker] {
-            let _ = self
-                .kube
-                .kubectl()
-                .args(["delete", "namespace", ns, "--wait=false"])
-                .output();
+            self.kube.drop_namespace(ns);
         }
     }
 }
