@@ -122,7 +122,10 @@ pub fn init(format: &str, default_filter: &str, export: Option<&TraceExport>) ->
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colors only for a person at a terminal, not in a file `--log-format text` goes to.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let fmt = if json {
         fmt.json()
             .flatten_event(true)
