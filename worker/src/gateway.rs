@@ -27,7 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::field::Empty;
-use tracing::{Instrument, Span, info, info_span, warn};
+use tracing::{Instrument, Span, error, info, info_span, warn};
 
 use crate::headers;
 use crate::http::Health;
@@ -241,9 +241,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Readiness follows the broker: a metadata request every 5 s.
+/// Readiness follows the broker: a metadata request every 5 s. A fatal producer error (the
+/// idempotent producer's state out of step with the broker's) fails liveness: the kubelet
+/// restarts the gateway with a new producer, rather than it refusing every order.
 async fn watch_broker(producer: FutureProducer, health: Arc<Health>, ready: Arc<AtomicBool>) {
     loop {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            error!(%code, %reason, "the Kafka producer failed for good: failing liveness");
+            health.set_broken(format!("the Kafka producer failed for good: {reason}"));
+        }
         let p = producer.clone();
         let up = tokio::task::spawn_blocking(move || {
             p.client()

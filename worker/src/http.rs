@@ -17,6 +17,9 @@ pub struct Health {
     started: AtomicBool,
     /// Partitions currently waiting for an unreachable sink.
     blocked: AtomicUsize,
+    /// Why the process can no longer do its work (a Kafka client's fatal error): `/healthz`
+    /// fails from then on, so that the kubelet restarts the container.
+    broken: std::sync::OnceLock<String>,
 }
 
 impl Health {
@@ -30,6 +33,11 @@ impl Health {
 
     pub fn sink_unblocked(&self) {
         self.blocked.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The process can no longer do its work, for `reason`; the first reason is kept.
+    pub fn set_broken(&self, reason: String) {
+        let _ = self.broken.set(reason);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -47,7 +55,7 @@ struct AppState {
 pub fn routes(metrics: Metrics, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(liveness))
         .route("/readyz", get(readiness))
         .with_state(AppState { metrics, health })
 }
@@ -59,6 +67,13 @@ async fn metrics_text(
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.encode(),
     )
+}
+
+async fn liveness(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.broken.get() {
+        Some(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason.clone()),
+        None => (StatusCode::OK, "ok".into()),
+    }
 }
 
 async fn readiness(State(state): State<AppState>) -> (StatusCode, &'static str) {

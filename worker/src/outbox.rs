@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tracing::{info, warn};
 
 use crate::http::Health;
@@ -211,7 +211,8 @@ pub async fn relay(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), OutboxError> {
     let outbox = Outbox::open(&args.database_url_file)?;
-    let producer = idempotent_producer(&args.kafka.connection(), Duration::from_secs(30))?;
+    let connection = args.kafka.connection();
+    let mut producer = idempotent_producer(&connection, Duration::from_secs(30))?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
     // The relay may start before the gateway created the schema.
@@ -235,6 +236,13 @@ pub async fn relay(
                 // Only housekeeping: the next purge tries again.
                 Err(e) => warn!(error = %e, "could not purge published outbox rows"),
             }
+        }
+        // A fatal error (the idempotent producer's sequence out of step with the broker's,
+        // after a broker restart for instance) fails every later send: the rows are published
+        // again by a new producer.
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            warn!(%code, %reason, "the Kafka producer failed for good: starting a new one");
+            producer = idempotent_producer(&connection, Duration::from_secs(30))?;
         }
         let published = tokio::select! {
             _ = &mut shutdown => return Ok(()),
