@@ -448,6 +448,88 @@ async fn group_offsets_and_end_offsets_measure_lag() {
     admin.delete_topic(&topic).await.unwrap();
 }
 
+/// A credential rotation asks which client ids a group's members connect with. A group of the
+/// consumer protocol (KIP-848) is known only to ConsumerGroupDescribe: the classic
+/// DescribeGroups answers it as Dead with no members, which would retire a credential still in
+/// use. A classic group is still described, and a group that does not exist has no members.
+#[tokio::test]
+async fn group_client_ids_name_the_members_of_both_group_protocols() {
+    let kafka = &testenv::shared().kafka;
+    let admin = admin(kafka);
+    let topic = testenv::unique_name("admin-members");
+    admin
+        .create_topic(&topic, 2, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+
+    // (group, client id, group.protocol)
+    let groups = [
+        (
+            testenv::unique_name("admin-group-consumer"),
+            testenv::unique_name("member-consumer"),
+            "consumer",
+        ),
+        (
+            testenv::unique_name("admin-group-classic"),
+            testenv::unique_name("member-classic"),
+            "classic",
+        ),
+    ];
+    let consumers: Vec<BaseConsumer> = groups
+        .iter()
+        .map(|(group, client_id, protocol)| {
+            let consumer: BaseConsumer = kafka
+                .admin_config()
+                .set("group.id", group)
+                .set("client.id", client_id)
+                .set("group.protocol", *protocol)
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[&topic]).expect("subscribe");
+            consumer
+        })
+        .collect();
+    for ((group, _, protocol), consumer) in groups.iter().zip(&consumers) {
+        testenv::eventually(
+            &format!("a {protocol} member of {group} to be assigned partitions"),
+            Duration::from_secs(60),
+            || async {
+                // Serves the group protocol's callbacks; no record is produced.
+                if let Some(Err(e)) = consumer.poll(Duration::from_millis(200)) {
+                    return Err(e.to_string());
+                }
+                let assigned = consumer.assignment().map_err(|e| e.to_string())?;
+                if assigned.count() > 0 {
+                    Ok(())
+                } else {
+                    Err("no assignment yet".to_owned())
+                }
+            },
+        )
+        .await;
+    }
+
+    for (group, client_id, protocol) in &groups {
+        let members = admin
+            .group_client_ids(group)
+            .await
+            .unwrap_or_else(|e| panic!("describing the {protocol} group {group}: {e}"));
+        assert_eq!(
+            members,
+            std::slice::from_ref(client_id),
+            "the {protocol} group's one member"
+        );
+    }
+    let absent = admin
+        .group_client_ids(&testenv::unique_name("admin-group-absent"))
+        .await
+        .expect("describing a group that does not exist");
+    assert_eq!(absent, Vec::<String>::new());
+
+    drop(consumers);
+    admin.delete_topic(&topic).await.unwrap();
+}
+
 #[tokio::test]
 async fn an_unreachable_cluster_is_reported_as_unavailable() {
     let port = testenv::free_port().unwrap();

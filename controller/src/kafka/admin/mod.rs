@@ -548,29 +548,25 @@ impl KafkaAdmin {
 
     /// The client id of each member of consumer group `group` (none when it has no members or
     /// does not exist), from the group coordinator.
+    ///
+    /// Asked with DescribeConsumerGroups: librdkafka sends ConsumerGroupDescribe, which knows
+    /// groups of the consumer protocol (KIP-848, `group.protocol=consumer`), and falls back to
+    /// the classic DescribeGroups for classic groups. The classic request alone answers a
+    /// consumer-protocol group as Dead with no members.
+    ///
+    /// Kafka describes a consumer-protocol group only to a principal that may also DESCRIBE
+    /// every topic the group subscribes to; it refuses with TOPIC_AUTHORIZATION_FAILED
+    /// otherwise.
     pub async fn group_client_ids(&self, group: &str) -> Result<Vec<String>> {
-        let client = Arc::clone(&self.client);
-        let timeout = self.timeout;
-        let name = group.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let list = client
-                .inner()
-                .fetch_group_list(Some(&name), timeout)
-                .map_err(|e| match e.rdkafka_error_code() {
-                    Some(code) => AdminError::from_code(code, format!("describing the group: {e}")),
-                    None => AdminError::Unavailable(e.to_string()),
-                })?;
-            Ok(list
-                .groups()
-                .iter()
-                .filter(|g| g.name() == name)
-                .flat_map(|g| g.members())
-                .map(|m| m.client_id().to_owned())
-                .collect())
-        })
-        .await
-        .map_err(|e| AdminError::InvalidRequest(format!("group task failed: {e}")))?
-        .map_err(|e: AdminError| e.needing("DESCRIBE", || format!("group {group}")))
+        let name = cstring(group)?;
+        self.call(move |n| n.group_client_ids(&name))
+            .await
+            .map_err(|e| match e.code() {
+                Some(RDKafkaErrorCode::TopicAuthorizationFailed) => {
+                    e.needing("DESCRIBE", || format!("the topics of group {group}"))
+                }
+                _ => e.needing("DESCRIBE", || format!("group {group}")),
+            })
     }
 
     /// The high watermark (next offset) of each of `topic`'s `partitions`.
@@ -843,6 +839,34 @@ impl Session<'_> {
             Some(e) if e.code() == Some(RDKafkaErrorCode::ResourceNotFound) => Ok(false),
             Some(e) => Err(e),
             None => Ok(description.credential_count() > 0),
+        }
+    }
+
+    /// The client id of each member of `group`; none when it does not exist or is dead (a
+    /// dead group has no members).
+    fn group_client_ids(&self, group: &CStr) -> Result<Vec<String>> {
+        let request = self.request(AdminOp::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS)?;
+        request.describe_consumer_groups(&[group]);
+        let event = request.wait()?;
+        // Rotation retires a credential when no member uses it: an answer without the group is
+        // not "no members".
+        let answer = event.describe_consumer_groups_result();
+        let Some(described) = answer
+            .into_iter()
+            .find(|g| g.name().as_bytes() == group.to_bytes())
+        else {
+            return Err(AdminError::Unavailable(
+                "Kafka's answer named no result for the group".into(),
+            ));
+        };
+        match described.error() {
+            Some(e) if e.code() == Some(RDKafkaErrorCode::GroupIdNotFound) => Ok(Vec::new()),
+            Some(e) => Err(e),
+            None => Ok(described
+                .members()
+                .into_iter()
+                .map(|m| m.client_id())
+                .collect()),
         }
     }
 

@@ -348,6 +348,21 @@ impl Request<'_> {
         }
     }
 
+    pub(super) fn describe_consumer_groups(&self, groups: &[&CStr]) {
+        let mut names: Vec<*const c_char> = groups.iter().map(|g| g.as_ptr()).collect();
+        // SAFETY: the handle, options and queue are live; `names` holds `names.len()` strings
+        // valid for the call, which librdkafka copies.
+        unsafe {
+            sys::rd_kafka_DescribeConsumerGroups(
+                self.client.rk.as_ptr(),
+                names.as_mut_ptr(),
+                names.len(),
+                self.options.as_ptr(),
+                self.queue.as_ptr(),
+            )
+        }
+    }
+
     pub(super) fn list_offsets(&self, partitions: PartitionList) {
         // SAFETY: ListOffsets takes such a list and copies it.
         unsafe { self.enqueue_one(partitions, sys::rd_kafka_ListOffsets) }
@@ -735,6 +750,9 @@ views! {
     ScramResponse(sys::rd_kafka_AlterUserScramCredentials_result_response_t);
     ScramDescription(sys::rd_kafka_UserScramCredentialsDescription_t);
     OffsetInfo(sys::rd_kafka_ListOffsetsResultInfo_t);
+    /// A group in a DescribeConsumerGroups result.
+    GroupInfo(sys::rd_kafka_ConsumerGroupDescription_t);
+    MemberInfo(sys::rd_kafka_MemberDescription_t);
 }
 
 /// One of librdkafka's accessors of an array that an object of type `R` owns.
@@ -900,6 +918,16 @@ impl Event {
             self.results(
                 sys::rd_kafka_event_ListOffsets_result,
                 sys::rd_kafka_ListOffsets_result_infos,
+            )
+        }
+    }
+
+    pub(super) fn describe_consumer_groups_result(&self) -> Vec<&GroupInfo> {
+        // SAFETY: DescribeConsumerGroups' result, which owns its descriptions.
+        unsafe {
+            self.results(
+                sys::rd_kafka_event_DescribeConsumerGroups_result,
+                sys::rd_kafka_DescribeConsumerGroups_result_groups,
             )
         }
     }
@@ -1111,5 +1139,39 @@ impl OffsetInfo {
     pub(super) fn error_code(&self) -> Option<RDKafkaErrorCode> {
         let err = self.topic_partition().err;
         (err != sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| err.into())
+    }
+}
+
+impl GroupInfo {
+    pub(super) fn name(&self) -> String {
+        // SAFETY: `self` is a live object of the event.
+        unsafe { owned(sys::rd_kafka_ConsumerGroupDescription_group_id(self.raw())) }
+    }
+
+    pub(super) fn error(&self) -> Option<AdminError> {
+        // SAFETY: `self` is a live object of the event; the error object is the description's.
+        unsafe { error_object(sys::rd_kafka_ConsumerGroupDescription_error(self.raw())) }
+    }
+
+    pub(super) fn members(&self) -> Vec<&MemberInfo> {
+        // SAFETY: `self` is a live object of the event.
+        let count = unsafe { sys::rd_kafka_ConsumerGroupDescription_member_count(self.raw()) };
+        (0..count)
+            // SAFETY: `self` is a live object of the event and `i` is below its member count;
+            // each member is null or a live object the description owns, valid while `self`
+            // is borrowed; `MemberInfo` is transparent over it.
+            .filter_map(|i| unsafe {
+                sys::rd_kafka_ConsumerGroupDescription_member(self.raw(), i)
+                    .cast::<MemberInfo>()
+                    .as_ref()
+            })
+            .collect()
+    }
+}
+
+impl MemberInfo {
+    pub(super) fn client_id(&self) -> String {
+        // SAFETY: `self` is a live object of the event.
+        unsafe { owned(sys::rd_kafka_MemberDescription_client_id(self.raw())) }
     }
 }
