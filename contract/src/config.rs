@@ -220,9 +220,12 @@ pub struct WorkerConfig {
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_seconds: u64,
     /// How long the group waits for a silent member (a killed pod) before moving its
-    /// partitions.
+    /// partitions, under the classic protocol.
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u64,
+    /// The group protocol to join with (the session timeout applies to Classic only).
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     /// Records of one partition processed at once, across different keys; records of one key
     /// are always processed one at a time, in order.
     #[serde(default = "default_concurrency")]
@@ -376,6 +379,31 @@ pub enum RetryMode {
     Blocking,
     /// Retry through delay topics: the partition moves on, the key's later records wait.
     RetryTopics,
+}
+
+/// The consumer group protocol the workers speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GroupProtocol {
+    /// Kafka's consumer group protocol (KIP-848, Kafka 4.0 and later): the broker assigns
+    /// partitions and moves only those that change owner, so a scale event pauses just the
+    /// partitions that move. The session timeout is the broker's
+    /// (`group.consumer.session.timeout.ms`, 45 s by default). A broker that refuses it makes
+    /// the worker fall back to Classic.
+    #[default]
+    Consumer,
+    /// The classic rebalance protocol: every member gives up all its partitions at each
+    /// rebalance (range assignor), with the worker's own session timeout.
+    Classic,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consumer => "consumer",
+            Self::Classic => "classic",
+        }
+    }
 }
 
 /// What the worker does with each record.

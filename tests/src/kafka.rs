@@ -167,6 +167,18 @@ impl Kafka {
         lifetime: Lifetime,
         for_pods: bool,
     ) -> Result<Self, Error> {
+        Self::start_configured(dir, nodes, lifetime, for_pods, "")
+    }
+
+    /// As [`Kafka::start_with`], with `extra` appended to every node's server.properties (a
+    /// later line wins over the stack's own).
+    pub fn start_configured(
+        dir: &Path,
+        nodes: usize,
+        lifetime: Lifetime,
+        for_pods: bool,
+        extra: &str,
+    ) -> Result<Self, Error> {
         assert!(nodes >= 1, "a cluster needs a node");
         let lib = tools::kafka_lib()?;
         let java = tools::java()?;
@@ -249,7 +261,7 @@ impl Kafka {
                 internal_rf = internal_rf,
                 min_isr = min_isr,
             );
-            std::fs::write(&properties, text)
+            std::fs::write(&properties, text + extra)
                 .map_err(|e| Error::io("writing server.properties", e))?;
             let log = node_dir.join("kafka.log");
             format_storage(

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use pubsubkafka_worker::config::{HandlerConfig, KafkaConnection, RetryPolicy, WorkerConfig};
+use pubsubkafka_worker::config::{
+    GroupProtocol, HandlerConfig, KafkaConnection, RetryPolicy, WorkerConfig,
+};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -60,6 +62,8 @@ pub fn config(kafka: &KafkaInfo, topic: &str, group: &str, handler: HandlerConfi
         shutdown_grace_seconds: 10,
         // The broker's minimum: a killed worker's partitions move on quickly.
         session_timeout_ms: 6_000,
+        // The product's default; the stack's broker holds consumer-protocol sessions as short.
+        group_protocol: pubsubkafka_worker::config::GroupProtocol::default(),
         concurrency: pubsubkafka_worker::config::DEFAULT_CONCURRENCY,
         retry_topics: Vec::new(),
         tracing: None,
@@ -282,6 +286,19 @@ impl WorkerProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Each of `workers` joined its group with `protocol`, and none fell back to another.
+pub fn assert_protocol(workers: &[&WorkerProcess], protocol: GroupProtocol) {
+    let joined = format!("protocol=\"{}\"", protocol.as_str());
+    for worker in workers {
+        let log = worker.log_text();
+        let consuming: Vec<&str> = log.lines().filter(|l| l.contains(" consuming")).collect();
+        assert!(
+            !consuming.is_empty() && consuming.iter().all(|l| l.contains(&joined)),
+            "every join with {joined}: {consuming:?}"
+        );
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use pubsubkafka_worker::config::{HandlerConfig, RetryMode, RetryPolicy, WorkerConfig};
+use pubsubkafka_worker::config::{
+    GroupProtocol, HandlerConfig, RetryMode, RetryPolicy, WorkerConfig,
+};
 use pubsubkafka_worker::headers as h;
 use pubsubkafka_worker::retry;
 use rdkafka::Message;
@@ -458,6 +460,17 @@ async fn retry_topics_lose_nothing_across_sigkills() {
 
 #[tokio::test]
 async fn retry_topics_survive_rebalances_and_sigterm() {
+    retry_topics_survive_rebalances(GroupProtocol::Consumer).await;
+}
+
+#[tokio::test]
+async fn retry_topics_survive_classic_rebalances_and_sigterm() {
+    retry_topics_survive_rebalances(GroupProtocol::Classic).await;
+}
+
+/// Two workers in mode RetryTopics under `protocol`: a join and a SIGTERM while records wait
+/// in the retry topics lose nothing, store nothing twice, and leave every offset committed.
+async fn retry_topics_survive_rebalances(protocol: GroupProtocol) {
     let stack = testenv::shared();
     let database = stack.postgres.fresh_database("keyed").await.unwrap();
     let db = stack.postgres.connect(&database).await.unwrap();
@@ -471,6 +484,10 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
         worker::event_store(dir.path(), &stack.postgres.database_url(&database)),
     )
     .await;
+    let config = WorkerConfig {
+        group_protocol: protocol,
+        ..config
+    };
     let producer = worker::producer(&stack.kafka);
     let records = worker::orders("kp", 2000);
     let flaky: Vec<String> = records.iter().step_by(40).map(|(k, _)| k.clone()).collect();
@@ -497,6 +514,7 @@ async fn retry_topics_survive_rebalances_and_sigterm() {
             || second.log_text().contains("partitions revoked"),
         "a rebalance happened"
     );
+    worker::assert_protocol(&[&first, &second], protocol);
 
     // Everything was committed, on the source and on every retry topic.
     let admin = stack.kafka.kafka_admin();

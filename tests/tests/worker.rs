@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use pubsubkafka_controller::kafka::KafkaAdmin;
-use pubsubkafka_worker::config::{ErrorClass, HandlerConfig, RetryPolicy};
+use pubsubkafka_worker::config::{ErrorClass, GroupProtocol, HandlerConfig, RetryPolicy};
 use pubsubkafka_worker::headers as h;
 use rdkafka::Message;
 use testenv::worker::{self, WorkerProcess};
@@ -560,17 +560,29 @@ async fn fault_a_database_outage_pauses_consumption_without_dead_letters() {
 
 #[tokio::test]
 async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
+    two_workers_rebalance(GroupProtocol::Consumer).await;
+}
+
+#[tokio::test]
+async fn two_classic_workers_rebalance_without_loss_and_sigterm_commits() {
+    two_workers_rebalance(GroupProtocol::Classic).await;
+}
+
+/// Two workers share a group under `protocol`: a join, a SIGTERM, nothing lost, everything
+/// committed, and each reports the lag of its own partitions only.
+async fn two_workers_rebalance(protocol: GroupProtocol) {
     let stack = testenv::shared();
     let topic = topics(&stack.kafka, "rebalance", 4).await;
     let (url, db) = database(&stack.postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let group = testenv::unique_name("pair");
-    let config = worker::config(
+    let mut config = worker::config(
         &stack.kafka,
         &topic,
         &group,
         worker::event_store(dir.path(), &url),
     );
+    config.group_protocol = protocol;
     let producer = worker::producer(&stack.kafka);
     let records = worker::orders("pair", 2000);
 
@@ -623,6 +635,59 @@ async fn two_workers_rebalance_without_loss_and_sigterm_commits() {
         first.log_text().contains("partitions revoked")
             || second.log_text().contains("partitions revoked"),
         "a rebalance happened"
+    );
+    worker::assert_protocol(&[&first, &second], protocol);
+}
+
+/// A Kafka 4 cluster with the consumer group protocol disabled answers its heartbeats
+/// UNSUPPORTED_VERSION: the worker, asked for the consumer protocol, joins with the classic
+/// one instead and consumes everything.
+#[tokio::test]
+async fn a_worker_falls_back_to_classic_when_the_brokers_refuse_the_consumer_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = testenv::Kafka::start_configured(
+        &dir.path().join("kafka"),
+        1,
+        testenv::Lifetime::Owned,
+        false,
+        "group.coordinator.rebalance.protocols=classic\n",
+    )
+    .unwrap();
+    let topic = topics(&kafka.info, "refused", 2).await;
+    let group = testenv::unique_name("refused");
+    let mut config = worker::config(&kafka.info, &topic, &group, HandlerConfig::Noop);
+    config.group_protocol = GroupProtocol::Consumer;
+    let producer = worker::producer(&kafka.info);
+    worker::produce(&producer, &topic, &worker::orders("refused", 200)).await;
+    let mut consumer = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
+
+    let admin = admin(&kafka.info);
+    let ends = admin.end_offsets(&topic, 2).await.unwrap();
+    eventually("every record committed by the group", WAIT, || async {
+        let committed = admin
+            .group_offsets(&group, &topic, 2)
+            .await
+            .map_err(|e| e.to_string())?;
+        ends.iter()
+            .all(|(p, end)| committed.get(p).copied().flatten() == Some(*end))
+            .then_some(())
+            .ok_or(format!("committed {committed:?} of {ends:?}"))
+    })
+    .await;
+    consumer
+        .terminate(Duration::from_secs(40))
+        .expect("clean stop");
+    let log = consumer.log_text();
+    assert!(
+        log.contains("refuse the consumer group protocol"),
+        "the fallback is logged: {log}"
+    );
+    let joins: Vec<&str> = log.lines().filter(|l| l.contains(" consuming")).collect();
+    assert!(
+        joins.len() == 2
+            && joins[0].contains("protocol=\"consumer\"")
+            && joins[1].contains("protocol=\"classic\""),
+        "asked for consumer, then joined as classic: {joins:?}"
     );
 }
 

@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use pubsubkafka_contract::config::{
-    HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol, TracingConfig,
-    WorkerConfig,
+    GroupProtocol, HandlerConfig, KafkaConnection, RetryPolicy, RetryTopic, SecurityProtocol,
+    TracingConfig, WorkerConfig,
 };
 
 use crate::context::Settings;
@@ -545,6 +545,7 @@ pub struct RenderInput<'a> {
     pub dead_letter_topic: &'a str,
     pub retry: RetryPolicy,
     pub retry_topics: &'a [RetryTopic],
+    pub group_protocol: GroupProtocol,
     /// Bootstrap servers as the workers reach them.
     pub bootstrap_servers: &'a str,
     pub security_protocol: SecurityProtocol,
@@ -588,6 +589,7 @@ pub fn worker_config(input: &RenderInput<'_>) -> Result<WorkerConfig, SpecError>
         http_port: WORKER_HTTP_PORT,
         shutdown_grace_seconds: WORKER_SHUTDOWN_GRACE_SECONDS,
         session_timeout_ms: WORKER_SESSION_TIMEOUT_MS,
+        group_protocol: input.group_protocol,
         concurrency: spec
             .concurrency_per_partition
             .clamp(1, MAX_CONCURRENCY_PER_PARTITION) as usize,
@@ -857,6 +859,8 @@ pub struct Admitted {
     pub retry: RetryPolicy,
     pub retry_topics: Vec<RetryTopic>,
     pub group: String,
+    /// The consumer's own protocol, else its policy's, else the default.
+    pub group_protocol: GroupProtocol,
     /// Its dead-letter and retry topics, and how it uses each.
     pub companions: Vec<(OwnedTopic, Companion)>,
 }
@@ -925,6 +929,11 @@ pub fn admission(consumer: &OrderConsumer, gathered: &Gathered) -> Result<Admiss
                 retry,
                 retry_topics,
                 group: consumer.group_id(),
+                group_protocol: consumer
+                    .spec
+                    .group_protocol
+                    .or(policy.and_then(|p| p.group_protocol))
+                    .unwrap_or_default(),
                 companions,
             }),
             Err(refusal) => Admission::Refused(refusal),
@@ -1091,6 +1100,7 @@ pub fn plan(
         dead_letter_topic: &admitted.dead_letter,
         retry: admitted.retry.clone(),
         retry_topics: &admitted.retry_topics,
+        group_protocol: admitted.group_protocol,
         bootstrap_servers: &settings.worker_bootstrap_servers,
         security_protocol: settings.worker_security_protocol,
         with_ca: settings.kafka_ca_pem.is_some(),
@@ -1681,6 +1691,7 @@ spec:
             dead_letter_topic: "orders-dlq",
             retry: RetryPolicy::default(),
             retry_topics: &[],
+            group_protocol: GroupProtocol::default(),
             bootstrap_servers: "kafka:9093",
             security_protocol: SecurityProtocol::SaslSsl,
             with_ca: true,
@@ -2070,6 +2081,34 @@ status:
             "Kafka principal User:pubsubkafka.shop.order-store belongs to OrderGateway \
              shop/order-store, which is older; rename this consumer"
         );
+    }
+
+    #[test]
+    fn the_consumers_group_protocol_wins_over_its_policys() {
+        let policy = |protocol: Option<&str>| -> DLQPolicySpec {
+            let yaml = protocol.map_or("{}".to_owned(), |p| format!("{{groupProtocol: {p}}}"));
+            serde_yaml::from_str(&yaml).expect("policy fixture")
+        };
+        let mine = |protocol: Option<&str>| {
+            let extra = protocol.map_or(String::new(), |p| format!("  groupProtocol: {p}\n"));
+            consumer(&format!("{ORDERS}  dlqPolicyRef: {{name: p}}\n{extra}"))
+        };
+        for (own, policy_says, expected) in [
+            (None, None, GroupProtocol::Consumer),
+            (None, Some("Classic"), GroupProtocol::Classic),
+            (Some("Consumer"), Some("Classic"), GroupProtocol::Consumer),
+            (Some("Classic"), None, GroupProtocol::Classic),
+        ] {
+            let g = Gathered {
+                policy: Some(policy(policy_says)),
+                ..gathered()
+            };
+            assert_eq!(
+                admitted(&mine(own), &g).group_protocol,
+                expected,
+                "consumer {own:?}, policy {policy_says:?}"
+            );
+        }
     }
 
     fn admitted(consumer: &OrderConsumer, g: &Gathered) -> Admitted {

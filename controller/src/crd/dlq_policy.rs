@@ -6,7 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 use kube::{CustomResource, KubeSchema};
-use pubsubkafka_contract::config::{ErrorClass, RetryMode};
+use pubsubkafka_contract::config::{ErrorClass, GroupProtocol, RetryMode};
 use serde::{Deserialize, Serialize};
 
 /// How failed records are retried and where they go when retries run out.
@@ -85,6 +85,14 @@ pub struct DLQPolicySpec {
     /// done. Both keep per-key order.
     #[serde(default)]
     pub mode: RetryMode,
+
+    /// The consumer group protocol of the workers that use this policy, unless an
+    /// OrderConsumer sets its own. Consumer (the default when neither sets one): Kafka's
+    /// consumer group protocol (KIP-848, Kafka 4.0 and later), where scaling moves only the
+    /// partitions that change owner and the others keep going; the worker falls back to
+    /// Classic when the brokers refuse it. Classic: every rebalance pauses every partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_protocol: Option<GroupProtocol>,
 }
 
 fn default_max_retries() -> i32 {

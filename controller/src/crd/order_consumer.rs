@@ -9,6 +9,7 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
+use pubsubkafka_contract::config::GroupProtocol;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +106,13 @@ pub struct OrderConsumerSpec {
     /// The SCRAM credential's rotation (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
+
+    /// The consumer group protocol of the workers: Consumer (Kafka's KIP-848 protocol, where
+    /// scaling moves only the partitions that change owner; the workers fall back to Classic
+    /// when the brokers refuse it) or Classic. Overrides the DLQPolicy's; Consumer when
+    /// neither sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_protocol: Option<GroupProtocol>,
 }
 
 fn default_replicas() -> i32 {

@@ -23,22 +23,25 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::config::WorkerConfig;
+use crate::config::{GroupProtocol, WorkerConfig};
 use crate::handler::Handler;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordQueue};
 use crate::retry::{self};
 
-use poll::{WorkerContext, poll_loop};
+use poll::{Ended, WorkerContext, poll_loop};
 
 /// Logs an event at `$level` that names the record's coordinates (topic, partition, offset)
 /// before the given fields and message: every log line about a record locates it the same way.
@@ -95,14 +98,24 @@ struct Shared {
     /// polled before the revocation and has not handed over are dropped (the new owner reads
     /// them again from the committed offset).
     revoked: Mutex<Vec<i32>>,
-    /// Where assigned partitions forward their records. Owned by the poll thread, which drops it
-    /// before the consumer (librdkafka's order).
-    records: std::sync::OnceLock<std::sync::Weak<RecordQueue>>,
+    /// Where assigned partitions forward their records. Owned by the poll thread of the current
+    /// consumer, which drops it before the consumer (librdkafka's order).
+    records: Mutex<Weak<RecordQueue>>,
+    /// Topic-partitions kept while their partition number's task stopped for a revocation:
+    /// read again from their committed offsets once the revocation is done.
+    rewind: Mutex<TopicPartitionList>,
 }
 
 impl Shared {
     fn topic_index(&self, topic: &str) -> Option<usize> {
         self.topics.iter().position(|t| t == topic)
+    }
+
+    fn record_queue(&self) -> Option<Arc<RecordQueue>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
     }
 }
 
@@ -195,40 +208,9 @@ pub async fn run(
         gates: Mutex::default(),
         stopping: AtomicBool::new(false),
         revoked: Mutex::default(),
-        records: std::sync::OnceLock::new(),
+        records: Mutex::default(),
+        rewind: Mutex::new(TopicPartitionList::new()),
     });
-    let consumer: Arc<WorkerConsumer> = Arc::new(
-        client
-            .clone()
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "5000")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("enable.partition.eof", "false")
-            // librdkafka prefetches up to this much per consumer; the partition tasks hold their
-            // own 5,000 records each, so 16 MiB keeps fetching ahead without doubling memory.
-            .set("queued.max.messages.kbytes", "16384")
-            // With a full prefetch queue librdkafka waits this long before fetching again. Its
-            // default (1 s) left the worker idle between bursts: the tasks drain 16 MiB in
-            // about 40 ms (measured 110k records/s at 45% CPU before, 490k at 170% after).
-            .set("fetch.queue.backoff.ms", "10")
-            // Partition p of the source and of each retry topic go to the same member.
-            .set("partition.assignment.strategy", "range")
-            .create_with_context(WorkerContext {
-                shared: Arc::clone(&shared),
-            })?,
-    );
-    // SAFETY: the queue goes before the consumer. The poll thread drops it before the
-    // consumer's last reference (see `poll_loop`); on an early return, `records` is declared
-    // after `consumer` and dropped first. The `Weak` in `shared` is upgraded only by the
-    // consumer's callbacks, and fails once the queue is gone.
-    let records = Arc::new(unsafe { RecordQueue::new(consumer.client()) });
-    let _ = shared.records.set(Arc::downgrade(&records));
-    let subscribed: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&subscribed)?;
     refresh_dead_letter_partitions(&shared).await;
     let refresher = tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -239,39 +221,120 @@ pub async fn run(
             }
         }
     });
-
-    info!(
-        topics = ?shared.topics,
-        group = %config.group_id,
-        concurrency = config.concurrency,
-        "consuming"
-    );
-    health.set_started(true);
-    let poller = {
-        let shared = Arc::clone(&shared);
-        let consumer = Arc::clone(&consumer);
-        std::thread::Builder::new()
-            .name("kafka-poll".into())
-            .spawn(move || poll_loop(consumer, shared, records))
-            .expect("spawning the poll thread")
-    };
-    drop(consumer);
-    let poller_done = tokio::task::spawn_blocking(move || poller.join());
-    tokio::pin!(poller_done);
-    tokio::select! {
-        _ = &mut shutdown => {
-            info!("shutting down: finishing in-flight records");
-            shared.stopping.store(true, Ordering::Relaxed);
-            let _ = poller_done.await;
+    let subscribed: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
+    let mut protocol = config.group_protocol;
+    let mut failures = 0;
+    loop {
+        let consumer: Arc<WorkerConsumer> = Arc::new(
+            group_consumer(&client, &config, protocol).create_with_context(WorkerContext {
+                shared: Arc::clone(&shared),
+            })?,
+        );
+        // SAFETY: the queue goes before the consumer. The poll thread drops it before the
+        // consumer's last reference (see `poll_loop`); on an early return, `records` is
+        // declared after `consumer` and dropped first. The `Weak` in `shared` is upgraded only
+        // by the consumer's callbacks, and fails once the queue is gone.
+        let records = Arc::new(unsafe { RecordQueue::new(consumer.client()) });
+        *shared.records.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&records);
+        consumer.subscribe(&subscribed)?;
+        info!(
+            topics = ?shared.topics,
+            group = %config.group_id,
+            protocol = protocol.as_str(),
+            concurrency = config.concurrency,
+            "consuming"
+        );
+        health.set_started(true);
+        let poller = {
+            let shared = Arc::clone(&shared);
+            let consumer = Arc::clone(&consumer);
+            std::thread::Builder::new()
+                .name("kafka-poll".into())
+                .spawn(move || poll_loop(consumer, shared, records))
+                .expect("spawning the poll thread")
+        };
+        drop(consumer);
+        let poller_done = tokio::task::spawn_blocking(move || poller.join());
+        tokio::pin!(poller_done);
+        let ended = tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down: finishing in-flight records");
+                shared.stopping.store(true, Ordering::Relaxed);
+                let _ = poller_done.await;
+                break;
+            }
+            result = &mut poller_done => result,
+        };
+        let Ok(Ok(Ended::Fatal { code, reason })) = ended else {
+            error!(result = ?ended, "the poll thread ended on its own");
+            break;
+        };
+        health.set_started(false);
+        if protocol == GroupProtocol::Consumer && refuses_protocol(code) {
+            warn!(
+                %reason,
+                "the brokers refuse the consumer group protocol (KIP-848): joining with the \
+                 classic protocol"
+            );
+            protocol = GroupProtocol::Classic;
+            continue;
         }
-        result = &mut poller_done => {
-            error!(?result, "the poll thread ended on its own");
+        // A fatal error ends a consumer for good (the consumer protocol raises one for a lost
+        // group authorization, for instance): a new one joins again from the committed offsets.
+        warn!(%reason, "the consumer failed for good: joining again with a new one");
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(retry::outage_delay(failures)) => failures += 1,
         }
     }
     health.set_started(false);
     refresher.abort();
     info!("stopped");
     Ok(())
+}
+
+/// The group consumer's settings for `protocol`.
+fn group_consumer(
+    client: &ClientConfig,
+    config: &WorkerConfig,
+    protocol: GroupProtocol,
+) -> ClientConfig {
+    let mut settings = client.clone();
+    settings
+        .set("group.id", &config.group_id)
+        .set("group.protocol", protocol.as_str())
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to this much per consumer; the partition tasks hold their
+        // own 5,000 records each, so 16 MiB keeps fetching ahead without doubling memory.
+        .set("queued.max.messages.kbytes", "16384")
+        // With a full prefetch queue librdkafka waits this long before fetching again. Its
+        // default (1 s) left the worker idle between bursts: the tasks drain 16 MiB in about
+        // 40 ms (measured 110k records/s at 45% CPU before, 490k at 170% after).
+        .set("fetch.queue.backoff.ms", "10");
+    // Partition p of the source and of each retry topic go to the same member. Under the
+    // consumer protocol the broker assigns and owns the session timeout: librdkafka refuses
+    // the classic settings there.
+    match protocol {
+        GroupProtocol::Consumer => settings.set("group.remote.assignor", "range"),
+        GroupProtocol::Classic => settings
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string()),
+    };
+    settings
+}
+
+/// Whether fatal error `code` means the brokers do not speak the consumer group protocol (a
+/// Kafka 4 cluster with it disabled answers its heartbeats UNSUPPORTED_VERSION).
+fn refuses_protocol(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::UnsupportedFeature
+    )
 }
 
 async fn refresh_dead_letter_partitions(shared: &Arc<Shared>) {
@@ -317,5 +380,73 @@ async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
         biased;
         _ = stop.wait_for(|s| *s) => false,
         _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HandlerConfig, KafkaConnection, RetryPolicy, SecurityProtocol};
+
+    fn config() -> WorkerConfig {
+        WorkerConfig {
+            kafka: KafkaConnection {
+                bootstrap_servers: "kafka:9092".into(),
+                security_protocol: SecurityProtocol::Plaintext,
+                username: None,
+                password_file: None,
+                ca_file: None,
+            },
+            source_topic: "orders".into(),
+            group_id: "shop.store".into(),
+            dead_letter_topic: "orders-dlq".into(),
+            retry: RetryPolicy::default(),
+            handler: HandlerConfig::Noop,
+            http_port: 9090,
+            shutdown_grace_seconds: 25,
+            session_timeout_ms: 30_000,
+            group_protocol: GroupProtocol::Consumer,
+            concurrency: 8,
+            retry_topics: Vec::new(),
+            tracing: None,
+        }
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_the_session_and_assignment_to_the_broker() {
+        let base = ClientConfig::new();
+        let settings = group_consumer(&base, &config(), GroupProtocol::Consumer);
+        assert_eq!(settings.get("group.protocol"), Some("consumer"));
+        assert_eq!(settings.get("group.remote.assignor"), Some("range"));
+        // librdkafka refuses to create a consumer-protocol member with any of these set.
+        for refused in [
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "partition.assignment.strategy",
+            "group.protocol.type",
+        ] {
+            assert_eq!(settings.get(refused), None, "{refused}");
+        }
+        // And accepts what is left.
+        let created: Result<BaseConsumer, _> = settings.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
+    fn the_classic_protocol_keeps_its_range_assignor_and_session() {
+        let settings = group_consumer(&ClientConfig::new(), &config(), GroupProtocol::Classic);
+        assert_eq!(settings.get("group.protocol"), Some("classic"));
+        assert_eq!(settings.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(settings.get("session.timeout.ms"), Some("30000"));
+        assert_eq!(settings.get("group.remote.assignor"), None);
+    }
+
+    #[test]
+    fn only_an_unsupported_protocol_falls_back() {
+        assert!(refuses_protocol(RDKafkaErrorCode::UnsupportedVersion));
+        assert!(refuses_protocol(RDKafkaErrorCode::UnsupportedFeature));
+        assert!(!refuses_protocol(
+            RDKafkaErrorCode::GroupAuthorizationFailed
+        ));
     }
 }

@@ -63,17 +63,20 @@ impl ClientContext for WorkerContext {
     }
 }
 
+/// Partition tasks are per partition number: the task of p handles partition p of the source
+/// and of every retry topic (the range assignor keeps them together). The classic protocol
+/// revokes and assigns everything at each rebalance. The consumer protocol (KIP-848) moves only
+/// the partitions that change owner, and could move p of one topic without p of another: then
+/// the task of p stops whole, and the topics of p this member keeps are read again from their
+/// committed offsets by the task that replaces it.
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-            partitions.sort_unstable();
-            partitions.dedup();
+            let partitions = partition_numbers(list);
             info!(
                 ?partitions,
                 "partitions revoked: finishing in-flight records"
             );
-            self.shared.stop_partitions(Some(&partitions));
             // Another member reports their lag from now on.
             for e in list.elements() {
                 let _ = self
@@ -82,37 +85,23 @@ impl ConsumerContext for WorkerContext {
                     .consumer_lag
                     .remove_label_values(&[e.topic(), &e.partition().to_string()]);
             }
+            let kept = kept_of(consumer, &partitions, list);
             self.shared
-                .revoked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(&partitions);
-            commit(consumer, "revocation");
+                .restart_partitions(consumer, &partitions, "revocation");
+            *self.shared.rewind.lock().unwrap_or_else(|p| p.into_inner()) = kept;
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            // Before their first fetch: the partitions' records go to the poll thread's batches.
-            if let Some(records) = self.shared.records.get().and_then(std::sync::Weak::upgrade) {
-                for e in list.elements() {
-                    records.forward(e.topic(), e.partition());
-                }
+        match rebalance {
+            Rebalance::Revoke(_) => {
+                let kept = std::mem::take(
+                    &mut *self.shared.rewind.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                rewind(consumer, &kept);
             }
-            let source = &self.shared.topics[0];
-            let partitions: Vec<i32> = list
-                .elements()
-                .iter()
-                .filter(|e| e.topic() == source)
-                .map(|e| e.partition())
-                .collect();
-            info!(?partitions, "partitions assigned");
-            if self.shared.topics.len() > 1 {
-                for partition in partitions {
-                    let gate = retry_gate(consumer, &self.shared.topics, list, partition);
-                    self.shared.set_gate(partition, gate);
-                }
-            }
+            Rebalance::Assign(list) => self.assigned(consumer, list),
+            Rebalance::Error(_) => {}
         }
     }
 
@@ -122,6 +111,108 @@ impl ConsumerContext for WorkerContext {
         {
             warn!(error = %e, "offset commit failed; it is retried with the next commit");
         }
+    }
+}
+
+impl WorkerContext {
+    /// `list` was just added to the assignment (all of it under the classic protocol).
+    fn assigned(&self, consumer: &WorkerConsumer, list: &TopicPartitionList) {
+        // Before their first fetch: the partitions' records go to the poll thread's batches.
+        if let Some(records) = self.shared.record_queue() {
+            for e in list.elements() {
+                records.forward(e.topic(), e.partition());
+            }
+        }
+        let numbers = partition_numbers(list);
+        // Partition numbers of which this member already held another topic: their task
+        // restarts, so that it starts with the whole partition's gate.
+        let held = kept_of(consumer, &numbers, list);
+        if held.count() > 0 {
+            let restarted = partition_numbers(&held);
+            info!(partitions = ?restarted, "partitions completed: restarting their tasks");
+            self.shared
+                .restart_partitions(consumer, &restarted, "assignment");
+            rewind(consumer, &held);
+        }
+        let source = &self.shared.topics[0];
+        let partitions: Vec<i32> = list
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == source)
+            .map(|e| e.partition())
+            .collect();
+        info!(?partitions, "partitions assigned");
+        if self.shared.topics.len() > 1 {
+            let whole = consumer.assignment().unwrap_or_else(|_| list.clone());
+            for partition in numbers {
+                if whole.find_partition(source, partition).is_some() {
+                    let gate = retry_gate(consumer, &self.shared.topics, &whole, partition);
+                    self.shared.set_gate(partition, gate);
+                }
+            }
+        }
+    }
+}
+
+/// The distinct partition numbers of `list`, sorted.
+fn partition_numbers(list: &TopicPartitionList) -> Vec<i32> {
+    let mut partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    partitions
+}
+
+/// The topic-partitions of the consumer's assignment numbered as one of `partitions` and not in
+/// `changing`: what this member keeps of partition numbers whose ownership changes.
+fn kept_of(
+    consumer: &WorkerConsumer,
+    partitions: &[i32],
+    changing: &TopicPartitionList,
+) -> TopicPartitionList {
+    let mut kept = TopicPartitionList::new();
+    if let Ok(assignment) = consumer.assignment() {
+        for e in assignment.elements() {
+            if partitions.contains(&e.partition())
+                && changing.find_partition(e.topic(), e.partition()).is_none()
+            {
+                kept.add_partition(e.topic(), e.partition());
+            }
+        }
+    }
+    kept
+}
+
+/// Moves the fetch position of `list` back to its committed offsets (the earliest when none),
+/// where the records its stopped task left unfinished start.
+fn rewind(consumer: &WorkerConsumer, list: &TopicPartitionList) {
+    if list.count() == 0 {
+        return;
+    }
+    let timeout = Duration::from_secs(10);
+    let committed = match consumer.committed_offsets(list.clone(), timeout) {
+        Ok(committed) => committed,
+        Err(e) => {
+            warn!(error = %e, "could not read committed offsets to rewind to; the records in flight are read again by the next owner");
+            return;
+        }
+    };
+    let mut targets = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        let _ = targets.add_partition_offset(e.topic(), e.partition(), offset);
+    }
+    match consumer.seek_partitions(targets, timeout) {
+        Ok(done) => {
+            for e in done.elements() {
+                if let Err(err) = e.error() {
+                    warn!(topic = e.topic(), partition = e.partition(), error = %err, "could not rewind the partition");
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "could not rewind partitions"),
     }
 }
 
@@ -191,6 +282,17 @@ pub(super) fn commit(consumer: &WorkerConsumer, why: &str) {
 }
 
 impl Shared {
+    /// Stops the tasks of `partitions` and commits what they finished; the records they
+    /// polled and had not handed over are dropped.
+    fn restart_partitions(&self, consumer: &WorkerConsumer, partitions: &[i32], why: &str) {
+        self.stop_partitions(Some(partitions));
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(partitions);
+        commit(consumer, why);
+    }
+
     /// Hands `gate` to the partition's task, or keeps it for the task's creation.
     fn set_gate(&self, partition: i32, gate: Gate) {
         let map = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,10 +322,11 @@ impl Shared {
             };
             keys.iter().filter_map(|p| map.remove(p)).collect()
         };
-        if let Some(list) = partitions {
+        {
             let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-            for p in list {
-                gates.remove(p);
+            match partitions {
+                Some(list) => list.iter().for_each(|p| drop(gates.remove(p))),
+                None => gates.clear(),
             }
         }
         if handles.is_empty() {
@@ -259,9 +362,16 @@ pub(super) fn poll_loop(
     consumer: Arc<WorkerConsumer>,
     shared: Arc<Shared>,
     records: Arc<RecordQueue>,
-) {
+) -> Ended {
     let mut burst: Vec<Record> = Vec::with_capacity(BURST);
+    let mut ended = Ended::Stopped;
     while !shared.stopping.load(Ordering::Relaxed) {
+        // A fatal error ends this consumer: no record it still hands over could be committed.
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            warn!(%code, %reason, "fatal consumer error");
+            ended = Ended::Fatal { code, reason };
+            break;
+        }
         throttle(&consumer, &shared);
         serve_events(&consumer, &shared, &records, &mut burst);
         // Events are looked at again after this wait at the latest.
@@ -277,6 +387,11 @@ pub(super) fn poll_loop(
         resume_drained(&consumer, &shared);
     }
     shared.stop_partitions(None);
+    shared
+        .revoked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
     commit(&consumer, "shutdown");
     consumer.unsubscribe();
     // Every record is gone with the tasks; the queue goes before the consumer.
@@ -284,6 +399,19 @@ pub(super) fn poll_loop(
     drop(records);
     // The last reference: dropping closes the consumer and leaves the group.
     drop(consumer);
+    ended
+}
+
+/// Why the poll thread returned.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// A stop was requested.
+    Stopped,
+    /// librdkafka raised a fatal error: the consumer can do nothing more.
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
 }
 
 /// Serves what waits on the consumer's queue: rebalances, commit results, errors, and records
