@@ -11,12 +11,15 @@
 //! - Gateway `POST /orders` (acks=all, 202 after the ack) against `ProducerPerformance` with the
 //!   same record size and acks: records/s at full load, one order per request and arrays of
 //!   100, and p99 latency at 2,000 requests/s.
+//! - A worker group scaled 1 -> 3 -> 1 under load, classic against consumer group protocol:
+//!   the longest time a partition went without progress.
 //! - The controller: N KafkaTopic resources applied at once, time until all Ready, memory at
 //!   rest, API requests per resource.
 
 mod controller;
 mod ordering;
 mod producer;
+mod rebalance;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -71,11 +74,15 @@ struct Args {
     /// Records of the slow-handler run (10 ms per record).
     #[arg(long, default_value_t = 3_000)]
     slow_records: usize,
-    /// Benchmarks to run: consumer, poison, slow, scaling, sink, producer, controller.
+    /// Seconds at each size of the rebalance benchmark's scale 1 -> 3 -> 1.
+    #[arg(long, default_value_t = 15)]
+    scale_seconds: u64,
+    /// Benchmarks to run: consumer, poison, slow, scaling, rebalance, sink, producer,
+    /// controller.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "consumer,poison,slow,scaling,sink,producer,controller"
+        default_value = "consumer,poison,slow,scaling,rebalance,sink,producer,controller"
     )]
     only: Vec<String>,
     /// The worker binary to measure (a release build).
@@ -94,6 +101,7 @@ struct Results {
     poison: Option<ordering::PoisonResult>,
     slow: Option<ordering::SlowResult>,
     scaling: Option<ScalingResult>,
+    rebalance: Option<rebalance::RebalanceResult>,
     sink: Option<SinkResult>,
     producer: Option<ProducerResult>,
     controller: Vec<ControllerResult>,
@@ -155,6 +163,19 @@ async fn main() {
     } else {
         None
     };
+    let rebalance = if run("rebalance") {
+        Some(
+            rebalance::rebalance_bench(
+                &kafka.info,
+                &worker_bin,
+                dir.path(),
+                Duration::from_secs(args.scale_seconds),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let sink = if run("sink") {
         Some(sink::sink_bench(&kafka.info, &worker_bin, dir.path(), args.sink_records).await)
     } else {
@@ -191,6 +212,7 @@ async fn main() {
         poison,
         slow,
         scaling,
+        rebalance,
         sink,
         producer,
         controller,
@@ -421,28 +443,7 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         // Retry topics of the run's own (see ordering.rs): no copies left by an earlier round.
         config.retry_topics = pubsubkafka_worker::retry::retry_topics(&m.label, &m.retry);
     }
-    config.kafka = pubsubkafka_worker::config::KafkaConnection {
-        bootstrap_servers: kafka.bootstrap.clone(),
-        security_protocol: pubsubkafka_worker::config::SecurityProtocol::Plaintext,
-        username: None,
-        password_file: None,
-        ca_file: None,
-    };
-    let port = testenv::free_port().unwrap();
-    let config_path = dir.join(format!("bench-worker-{}.json", m.label));
-    std::fs::write(&config_path, config.to_json()).unwrap();
-    let mut cmd = Command::new(worker_bin);
-    cmd.args(["--log-format", "json", "consume", "--config"])
-        .arg(&config_path)
-        .args(["--http-addr", &format!("127.0.0.1:{port}")]);
-    let mut proc_ = testenv::process::Proc::spawn(
-        "bench-worker",
-        cmd,
-        &dir.join(format!("bench-worker-{}.log", m.label)),
-        Lifetime::Owned,
-        None,
-    )
-    .unwrap();
+    let (mut proc_, port) = spawn_worker(kafka, worker_bin, dir, &m.label, config);
     let mut first: Option<(Instant, f64)> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -464,6 +465,40 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A worker process consuming over PLAINTEXT with `config`, its files named after `label`:
+/// the process and the port of its /metrics.
+fn spawn_worker(
+    kafka: &KafkaInfo,
+    worker_bin: &Path,
+    dir: &Path,
+    label: &str,
+    mut config: pubsubkafka_worker::config::WorkerConfig,
+) -> (testenv::process::Proc, u16) {
+    config.kafka = pubsubkafka_worker::config::KafkaConnection {
+        bootstrap_servers: kafka.bootstrap.clone(),
+        security_protocol: pubsubkafka_worker::config::SecurityProtocol::Plaintext,
+        username: None,
+        password_file: None,
+        ca_file: None,
+    };
+    let port = testenv::free_port().unwrap();
+    let config_path = dir.join(format!("bench-worker-{label}.json"));
+    std::fs::write(&config_path, config.to_json()).unwrap();
+    let mut cmd = Command::new(worker_bin);
+    cmd.args(["--log-format", "json", "consume", "--config"])
+        .arg(&config_path)
+        .args(["--http-addr", &format!("127.0.0.1:{port}")]);
+    let proc_ = testenv::process::Proc::spawn(
+        "bench-worker",
+        cmd,
+        &dir.join(format!("bench-worker-{label}.log")),
+        Lifetime::Owned,
+        None,
+    )
+    .unwrap();
+    (proc_, port)
 }
 
 struct ScalingResult {
@@ -588,6 +623,9 @@ fn render(args: &Args, r: &Results) -> String {
     }
     if let Some(sl) = &r.slow {
         ordering::render_slow(sl, &mut summary, &mut body);
+    }
+    if let Some(rb) = &r.rebalance {
+        rebalance::render(rb, &mut summary, &mut body);
     }
     if let Some(sk) = &r.sink {
         let worker = median(&sk.worker_rates);
