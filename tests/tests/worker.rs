@@ -539,20 +539,7 @@ async fn fault_a_database_outage_pauses_consumption_without_dead_letters() {
         "no retry budget spent"
     );
     // The lag drains: every offset is committed.
-    let admin = admin(&stack.kafka);
-    let ends = admin.end_offsets(&topic, 2).await.unwrap();
-    eventually("the group's lag to drain to 0", WAIT, || async {
-        let committed = admin
-            .group_offsets(&group, &topic, 2)
-            .await
-            .map_err(|e| e.to_string())?;
-        let lag: i64 = ends
-            .iter()
-            .map(|(p, end)| end - committed.get(p).copied().flatten().unwrap_or(0))
-            .sum();
-        (lag == 0).then_some(()).ok_or(format!("lag {lag}"))
-    })
-    .await;
+    wait_all_committed(&stack.kafka, &group, &topic, 2).await;
     println!(
         "PostgreSQL down 30 s: 600 produced, 600 stored, 0 dead letters, 0 retries, lag 0 after"
     );
@@ -661,19 +648,7 @@ async fn a_worker_falls_back_to_classic_when_the_brokers_refuse_the_consumer_pro
     worker::produce(&producer, &topic, &worker::orders("refused", 200)).await;
     let mut consumer = WorkerProcess::start(dir.path(), "worker", &config).unwrap();
 
-    let admin = admin(&kafka.info);
-    let ends = admin.end_offsets(&topic, 2).await.unwrap();
-    eventually("every record committed by the group", WAIT, || async {
-        let committed = admin
-            .group_offsets(&group, &topic, 2)
-            .await
-            .map_err(|e| e.to_string())?;
-        ends.iter()
-            .all(|(p, end)| committed.get(p).copied().flatten() == Some(*end))
-            .then_some(())
-            .ok_or(format!("committed {committed:?} of {ends:?}"))
-    })
-    .await;
+    wait_all_committed(&kafka.info, &group, &topic, 2).await;
     consumer
         .terminate(Duration::from_secs(40))
         .expect("clean stop");
@@ -689,6 +664,23 @@ async fn a_worker_falls_back_to_classic_when_the_brokers_refuse_the_consumer_pro
             && joins[1].contains("protocol=\"classic\""),
         "asked for consumer, then joined as classic: {joins:?}"
     );
+}
+
+/// Waits until `group` has committed every record of `topic`'s `partitions` (its lag is 0).
+async fn wait_all_committed(kafka: &KafkaInfo, group: &str, topic: &str, partitions: i32) {
+    let admin = admin(kafka);
+    let ends = admin.end_offsets(topic, partitions).await.unwrap();
+    eventually("the group's lag to drain to 0", WAIT, || async {
+        let committed = admin
+            .group_offsets(group, topic, partitions)
+            .await
+            .map_err(|e| e.to_string())?;
+        ends.iter()
+            .all(|(p, end)| committed.get(p).copied().flatten() == Some(*end))
+            .then_some(())
+            .ok_or(format!("committed {committed:?} of {ends:?}"))
+    })
+    .await;
 }
 
 /// The partitions of `topic` whose `kafka_consumer_lag` the worker exports.

@@ -302,30 +302,22 @@ fn measure(arrivals: &Arrivals, from: Instant, down: Instant, to: Instant) -> Ro
 }
 
 pub fn render(r: &RebalanceResult, summary: &mut String, body: &mut String) {
-    let gaps = |p: GroupProtocol| -> Vec<f64> {
-        r.protocols
+    // The median of one figure of every round under `p`.
+    let median_of = |p: GroupProtocol, figure: fn(&Round) -> f64| -> f64 {
+        let values: Vec<f64> = r
+            .protocols
             .iter()
             .filter(|(q, _)| *q == p)
-            .flat_map(|(_, rounds)| rounds.iter().map(|x| x.longest_gap.as_secs_f64()))
-            .collect()
+            .flat_map(|(_, rounds)| rounds.iter().map(figure))
+            .collect();
+        median(&values)
     };
-    let paused = |p: GroupProtocol| -> Vec<f64> {
-        r.protocols
-            .iter()
-            .filter(|(q, _)| *q == p)
-            .flat_map(|(_, rounds)| rounds.iter().map(|x| x.paused))
-            .collect()
-    };
-    let rates = |p: GroupProtocol| -> Vec<f64> {
-        r.protocols
-            .iter()
-            .filter(|(q, _)| *q == p)
-            .flat_map(|(_, rounds)| rounds.iter().map(|x| x.rate))
-            .collect()
-    };
+    let gap = |x: &Round| x.longest_gap.as_secs_f64();
+    let paused = |x: &Round| x.paused;
+    let rate = |x: &Round| x.rate;
     let (consumer, classic) = (
-        median(&gaps(GroupProtocol::Consumer)),
-        median(&gaps(GroupProtocol::Classic)),
+        median_of(GroupProtocol::Consumer, gap),
+        median_of(GroupProtocol::Classic, gap),
     );
     let ratio = consumer / classic;
     let _ = writeln!(
@@ -337,16 +329,16 @@ pub fn render(r: &RebalanceResult, summary: &mut String, body: &mut String) {
         summary,
         "| the same scale: seconds without progress summed over the partitions (pauses of {} ms or more) | {:.2} s (consumer protocol) | {:.2} s (classic protocol) | {:.2}x | | |",
         PAUSE.as_millis(),
-        median(&paused(GroupProtocol::Consumer)),
-        median(&paused(GroupProtocol::Classic)),
-        median(&paused(GroupProtocol::Consumer)) / median(&paused(GroupProtocol::Classic)),
+        median_of(GroupProtocol::Consumer, paused),
+        median_of(GroupProtocol::Classic, paused),
+        median_of(GroupProtocol::Consumer, paused) / median_of(GroupProtocol::Classic, paused),
     );
     let _ = writeln!(
         summary,
         "| the same scale: new records handled per second from the scale-up to the end | {:.0} (consumer protocol) | {:.0} (classic protocol) | {:.2}x | | |",
-        median(&rates(GroupProtocol::Consumer)),
-        median(&rates(GroupProtocol::Classic)),
-        median(&rates(GroupProtocol::Consumer)) / median(&rates(GroupProtocol::Classic)),
+        median_of(GroupProtocol::Consumer, rate),
+        median_of(GroupProtocol::Classic, rate),
+        median_of(GroupProtocol::Consumer, rate) / median_of(GroupProtocol::Classic, rate),
     );
     let _ = write!(
         body,
@@ -369,7 +361,9 @@ pub fn render(r: &RebalanceResult, summary: &mut String, body: &mut String) {
         phase = r.phase.as_secs(),
     );
     for (protocol, rounds) in &r.protocols {
-        let gaps: Vec<f64> = rounds.iter().map(|x| x.longest_gap.as_secs_f64()).collect();
+        let listed_of = |figure: fn(&Round) -> f64, decimals| {
+            listed(&rounds.iter().map(figure).collect::<Vec<_>>(), decimals)
+        };
         let partitions: Vec<String> = rounds
             .iter()
             .map(|x| {
@@ -377,16 +371,14 @@ pub fn render(r: &RebalanceResult, summary: &mut String, body: &mut String) {
                 format!("{} at the scale-{when}", x.partition)
             })
             .collect();
-        let rates: Vec<f64> = rounds.iter().map(|x| x.rate).collect();
-        let paused: Vec<f64> = rounds.iter().map(|x| x.paused).collect();
         let _ = writeln!(
             body,
             "- {} protocol: longest gaps {} s (partitions {}); paused partition-seconds {}; new records/s {}",
             protocol.as_str(),
-            listed(&gaps, 2),
+            listed_of(gap, 2),
             partitions.join(", "),
-            listed(&paused, 2),
-            listed(&rates, 0),
+            listed_of(paused, 2),
+            listed_of(rate, 0),
         );
     }
     body.push('\n');
