@@ -13,6 +13,7 @@
 use std::fmt;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use crate::crd::order_consumer::OwnedTopicKind;
@@ -203,13 +204,23 @@ pub fn group_conflict<'a>(
 }
 
 /// Which kind keeps the Kafka principal `pubsubkafka.<namespace>.<name>` when an OrderConsumer
-/// and an OrderGateway of one namespace share a name: the older of the two (the consumer on a
-/// tie). The other is refused with ResourceConflict, and gets no principal or ACL, until it
-/// is renamed; both reconcilers apply this one rule, so they never write each other's ACLs.
-pub fn consumer_keeps_principal(consumer: &OrderConsumer, gateway: &OrderGateway) -> bool {
-    let created = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.creation_timestamp.as_ref().map(|t| t.0)
-    };
+/// and an OrderGateway of one namespace share a name. Like every claim here, recorded before
+/// declared: the one that controls the credentials Secret both would use (`secret_controller`,
+/// the UID of that Secret's controller) holds it; when neither does yet, the older of the two,
+/// the consumer on a tie (creation timestamps count whole seconds, so ties happen). The other
+/// is refused with ResourceConflict, and gets no principal or ACL, until it is renamed; both
+/// reconcilers apply this one rule, so they never write each other's ACLs.
+pub fn consumer_keeps_principal(
+    consumer: &OrderConsumer,
+    gateway: &OrderGateway,
+    secret_controller: Option<&str>,
+) -> bool {
+    match secret_controller {
+        Some(holder) if Some(holder) == consumer.meta().uid.as_deref() => return true,
+        Some(holder) if Some(holder) == gateway.meta().uid.as_deref() => return false,
+        _ => {}
+    }
+    let created = |meta: &ObjectMeta| meta.creation_timestamp.as_ref().map(|t| t.0);
     created(consumer.meta()) <= created(gateway.meta())
 }
 
@@ -396,5 +407,37 @@ mod tests {
         let both = [fresh_a.clone(), fresh_b.clone()];
         assert_eq!(group_conflict(&fresh_a, &both), None);
         assert!(group_conflict(&fresh_b, &both).is_some());
+    }
+
+    #[test]
+    fn the_holder_of_the_credentials_secret_keeps_a_shared_principal_whatever_its_age() {
+        let mut store = consumer("shop", "orders", 100, &[]);
+        store.metadata.uid = Some("consumer-uid".into());
+        let mut gateway: OrderGateway = serde_yaml::from_str(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\n\
+             metadata: {name: orders, namespace: shop, uid: gateway-uid}\n\
+             spec: {topicRef: {name: orders}}",
+        )
+        .unwrap();
+        for (consumer_created, gateway_created, secret, consumer_keeps) in [
+            // Nobody holds it yet: the older, the consumer on a tie (whole seconds).
+            (100, 200, None, true),
+            (200, 100, None, false),
+            (100, 100, None, true),
+            // The Secret's controller holds it, older or not.
+            (100, 100, Some("gateway-uid"), false),
+            (100, 200, Some("gateway-uid"), false),
+            (200, 100, Some("consumer-uid"), true),
+            // A Secret some third object controls settles nothing.
+            (200, 100, Some("someone-else"), false),
+        ] {
+            store.metadata.creation_timestamp = at(consumer_created);
+            gateway.metadata.creation_timestamp = at(gateway_created);
+            assert_eq!(
+                consumer_keeps_principal(&store, &gateway, secret),
+                consumer_keeps,
+                "consumer {consumer_created}, gateway {gateway_created}, secret {secret:?}"
+            );
+        }
     }
 }

@@ -67,16 +67,33 @@ impl Principal {
     }
 }
 
-/// The refusal of a workload whose principal `holder` (an older workload of the other kind
-/// with the same name, "OrderGateway shop/orders") holds; `this` names the refused kind
-/// ("consumer", "gateway").
+/// The refusal of a workload whose principal `holder` (the workload of the other kind with
+/// the same name that claimed it first, "OrderGateway shop/orders") holds; `this` names the
+/// refused kind ("consumer", "gateway").
 pub fn held_by(principal: &Principal, holder: &str, this: &str) -> Error {
     Error::Conflict {
         message: format!(
-            "Kafka principal {} belongs to {holder}, which is older; rename this {this}",
+            "Kafka principal {} belongs to {holder}, which claimed it first; rename this {this}",
             principal.principal
         ),
     }
+}
+
+/// The UID of the workload controlling credentials Secret `secret` in `namespace`: the one
+/// that holds the principal ([`crate::ownership::consumer_keeps_principal`]). Reads only the
+/// Secret's metadata, never its keys.
+pub async fn secret_controller(
+    ctx: &Context,
+    namespace: &str,
+    secret: &str,
+) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(secrets
+        .get_metadata_opt(secret)
+        .await?
+        .and_then(|s| s.metadata.owner_references)
+        .and_then(|owners| owners.into_iter().find(|o| o.controller == Some(true)))
+        .map(|o| o.uid))
 }
 
 /// The SASL JAAS line a Java client needs for this principal.

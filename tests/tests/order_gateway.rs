@@ -464,6 +464,121 @@ async fn a_consumer_and_a_gateway_of_one_name_never_share_a_principal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_and_a_gateway_applied_together_leave_one_holder() {
+    let stack = testenv::shared();
+    let shop = Shop::new("gw-race", &stack.kafka).await;
+    // One manifest, so both are usually created within the same second (creation timestamps
+    // count whole seconds) and reconciled side by side.
+    shop.apply(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata: {{name: orders}}\n\
+         spec:\n  topicName: {topic}\n  partitions: 3\n  replicationFactor: 1\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderGateway\nmetadata: {{name: orders-twin}}\n\
+         spec:\n  topicRef: {{name: orders}}\n  replicas: 0\n---\n\
+         apiVersion: pubsubkafka.io/v1alpha1\nkind: OrderConsumer\nmetadata: {{name: orders-twin}}\n\
+         spec:\n  topicRef: {{name: orders}}\n  replicas: 0\n  handler:\n    http:\n      url: http://x.example/\n",
+        topic = shop.topic,
+    ));
+    let consumers: Api<pubsubkafka_controller::crd::OrderConsumer> =
+        Api::namespaced(shop.client.clone(), &shop.ns);
+    let secrets: Api<Secret> = Api::namespaced(shop.client.clone(), &shop.ns);
+    let refused = |c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conditions::ready(c).is_some_and(|r| r.status == "False" && r.reason == "ResourceConflict")
+    };
+    // Exactly one is refused, naming the other, and the credentials Secret is the other's.
+    let (holder, loser) = eventually("one holder, one refused", WAIT, || async {
+        let gateway = shop
+            .gateways()
+            .get("orders-twin")
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = consumers
+            .get("orders-twin")
+            .await
+            .map_err(|e| e.to_string())?;
+        let gateway_refused = gateway
+            .status
+            .as_ref()
+            .is_some_and(|s| refused(&s.conditions));
+        let consumer_refused = consumer
+            .status
+            .as_ref()
+            .is_some_and(|s| refused(&s.conditions));
+        let secret = secrets
+            .get_opt("orders-twin-kafka-credentials")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no credentials Secret yet")?;
+        let controller = secret
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .into_iter()
+            .find(|o| o.controller == Some(true))
+            .ok_or("the Secret has no controller")?;
+        match (gateway_refused, consumer_refused, controller.kind.as_str()) {
+            (true, false, "OrderConsumer") => Ok(("OrderConsumer", "OrderGateway")),
+            (false, true, "OrderGateway") => Ok(("OrderGateway", "OrderConsumer")),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let principal = format!("User:pubsubkafka.{}.orders-twin", shop.ns);
+    let acls = eventually("the holder's ACLs", WAIT, || async {
+        let acls = acls_of(&stack.kafka, &principal).await;
+        // A gateway writes and describes its topic; a consumer reads it, writes and describes
+        // its dead-letter topic and reads its group.
+        let wanted = if holder == "OrderGateway" { 2 } else { 5 };
+        (acls.len() == wanted)
+            .then_some(acls.clone())
+            .ok_or(format!("{acls:?}"))
+    })
+    .await;
+    let reads_a_group = acls.iter().any(|a| a.starts_with("Group"));
+    assert_eq!(
+        reads_a_group,
+        holder == "OrderConsumer",
+        "{holder}: {acls:?}"
+    );
+    // Several passes later nothing changed hands.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        acls_of(&stack.kafka, &principal).await,
+        acls,
+        "{holder} kept"
+    );
+    // Deleting the refused one leaves the holder's principal alone.
+    match loser {
+        "OrderGateway" => {
+            shop.gateways()
+                .delete("orders-twin", &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        _ => {
+            consumers
+                .delete("orders-twin", &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+    }
+    eventually("the refused one gone", WAIT, || async {
+        let gone = match loser {
+            "OrderGateway" => shop
+                .gateways()
+                .get_opt("orders-twin")
+                .await
+                .map(|g| g.is_none()),
+            _ => consumers.get_opt("orders-twin").await.map(|c| c.is_none()),
+        };
+        gone.map_err(|e| e.to_string())?
+            .then_some(())
+            .ok_or_else(|| format!("{loser} still there"))
+    })
+    .await;
+    assert_eq!(acls_of(&stack.kafka, &principal).await, acls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_refuses_bad_gateways_naming_the_field() {
     let stack = testenv::shared();
     let shop = Shop::new("gw-bad", &stack.kafka).await;

@@ -182,7 +182,7 @@ async fn gather(consumer: &OrderConsumer, ctx: &Context) -> Result<plan::Gathere
     Ok(plan::Gathered {
         topic,
         policy,
-        principal_holder: principal_holder(consumer, ctx),
+        principal_holder: principal_holder(consumer, ctx).await?,
         rules: ctx.access_rules(&ns).await?,
         topics: ctx.topics.state(),
         consumers: ctx.consumers.state(),
@@ -470,7 +470,7 @@ async fn write_status(
 /// Removes the consumer's ACLs and SCRAM credential from Kafka, unless an OrderGateway of the
 /// same name holds that principal.
 async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Error> {
-    if principal_holder(consumer, ctx).is_none() {
+    if principal_holder(consumer, ctx).await?.is_none() {
         remove_principal(consumer, &ctx.admin).await?;
     }
     ctx.recommendations.set(&object_key(consumer), Vec::new());
@@ -484,12 +484,23 @@ async fn cleanup(consumer: &OrderConsumer, ctx: &Context) -> Result<Action, Erro
 
 /// The OrderGateway of the same name that holds the principal both would use, if any
 /// ([`crate::ownership::consumer_keeps_principal`]).
-fn principal_holder(consumer: &OrderConsumer, ctx: &Context) -> Option<String> {
+async fn principal_holder(
+    consumer: &OrderConsumer,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
     let ns = consumer.namespace().unwrap_or_default();
-    let gateway = ctx
+    let Some(gateway) = ctx
         .gateways
-        .get(&ObjectRef::new(&consumer.name_any()).within(&ns))?;
-    (!crate::ownership::consumer_keeps_principal(consumer, &gateway)).then(|| gateway.name_any())
+        .get(&ObjectRef::new(&consumer.name_any()).within(&ns))
+    else {
+        return Ok(None);
+    };
+    let secret = principal::Principal::base(consumer).secret;
+    let controller = principal::secret_controller(ctx, &ns, &secret).await?;
+    Ok(
+        (!crate::ownership::consumer_keeps_principal(consumer, &gateway, controller.as_deref()))
+            .then(|| gateway.name_any()),
+    )
 }
 
 /// Deletes the consumer's ACLs and its SCRAM credential (both idempotent).

@@ -2079,7 +2079,7 @@ status:
         assert_eq!(
             conflict.to_string(),
             "Kafka principal User:pubsubkafka.shop.order-store belongs to OrderGateway \
-             shop/order-store, which is older; rename this consumer"
+             shop/order-store, which claimed it first; rename this consumer"
         );
     }
 

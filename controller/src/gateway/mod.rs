@@ -155,13 +155,22 @@ async fn apply(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// The OrderConsumer of the same name that holds the principal both would use, if any.
-fn principal_holder(gateway: &OrderGateway, ctx: &Context) -> Option<String> {
+/// The OrderConsumer of the same name that holds the principal both would use, if any
+/// ([`crate::ownership::consumer_keeps_principal`]).
+async fn principal_holder(gateway: &OrderGateway, ctx: &Context) -> Result<Option<String>, Error> {
     let ns = gateway.namespace().unwrap_or_default();
-    let consumer = ctx
+    let Some(consumer) = ctx
         .consumers
-        .get(&ObjectRef::new(&gateway.name_any()).within(&ns))?;
-    crate::ownership::consumer_keeps_principal(&consumer, gateway).then(|| consumer.name_any())
+        .get(&ObjectRef::new(&gateway.name_any()).within(&ns))
+    else {
+        return Ok(None);
+    };
+    let secret = principal::Principal::base(gateway).secret;
+    let controller = principal::secret_controller(ctx, &ns, &secret).await?;
+    Ok(
+        crate::ownership::consumer_keeps_principal(&consumer, gateway, controller.as_deref())
+            .then(|| consumer.name_any()),
+    )
 }
 
 /// Reads what the plan needs from the API server and the caches (no Kafka).
@@ -186,7 +195,7 @@ async fn gather(gateway: &OrderGateway, ctx: &Context) -> Result<plan::Gathered,
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     Ok(plan::Gathered {
         topic,
-        principal_holder: principal_holder(gateway, ctx),
+        principal_holder: principal_holder(gateway, ctx).await?,
         outbox_secret,
         deployment: deployments.get_opt(&names.gateway).await?,
         service_version: resource_version(
@@ -382,7 +391,7 @@ async fn write_status(
 /// Removes the gateway's ACLs and SCRAM credential from Kafka, unless an OrderConsumer of the
 /// same name holds that principal.
 async fn cleanup(gateway: &OrderGateway, ctx: &Context) -> Result<Action, Error> {
-    if principal_holder(gateway, ctx).is_none() {
+    if principal_holder(gateway, ctx).await?.is_none() {
         remove_principal(gateway, &ctx.admin).await?;
     }
     let names = Names::of(gateway);

@@ -928,7 +928,7 @@ spec:
         assert_eq!(
             conflict.to_string(),
             "Kafka principal User:pubsubkafka.shop.orders-gateway belongs to OrderConsumer \
-             shop/orders-gateway, which is older; rename this gateway"
+             shop/orders-gateway, which claimed it first; rename this gateway"
         );
     }
 
