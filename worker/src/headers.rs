@@ -66,6 +66,33 @@ pub fn get<'a, H: Headers>(headers: Option<&'a H>, name: &str) -> Option<&'a str
         .and_then(|h| std::str::from_utf8(h.value?).ok())
 }
 
+/// The first values of headers `names` as UTF-8, in one walk of the headers (each lookup
+/// through [`get`] walks them all, and a record's headers are read through FFI).
+pub fn get_all<'a, H: Headers, const N: usize>(
+    headers: Option<&'a H>,
+    names: [&str; N],
+) -> [Option<&'a str>; N] {
+    let mut values = [None; N];
+    let Some(headers) = headers else {
+        return values;
+    };
+    let mut found = [false; N];
+    let mut left = N;
+    for header in headers.iter() {
+        let Some(i) = (0..N).find(|&i| !found[i] && header.key.eq_ignore_ascii_case(names[i]))
+        else {
+            continue;
+        };
+        found[i] = true;
+        values[i] = header.value.and_then(|v| std::str::from_utf8(v).ok());
+        left -= 1;
+        if left == 0 {
+            break;
+        }
+    }
+    values
+}
+
 /// A parsed W3C `traceparent`: version 00, trace id, parent span id, flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent<'a> {
@@ -212,14 +239,25 @@ pub struct RetryState<'a> {
 impl<'a> RetryState<'a> {
     /// Reads the `x-retry-*` headers; `None` when they are missing or malformed.
     pub fn parse<H: Headers>(headers: Option<&'a H>) -> Option<Self> {
-        let number = |name| get(headers, name)?.parse::<i64>().ok();
+        let [topic, partition, offset, timestamp, attempts, due_at] = get_all(
+            headers,
+            [
+                RETRY_ORIGINAL_TOPIC,
+                RETRY_ORIGINAL_PARTITION,
+                RETRY_ORIGINAL_OFFSET,
+                RETRY_ORIGINAL_TIMESTAMP,
+                RETRY_ATTEMPTS,
+                RETRY_DUE_AT,
+            ],
+        );
+        let number = |value: Option<&str>| value?.parse::<i64>().ok();
         Some(Self {
-            topic: get(headers, RETRY_ORIGINAL_TOPIC)?,
-            partition: i32::try_from(number(RETRY_ORIGINAL_PARTITION)?).ok()?,
-            offset: number(RETRY_ORIGINAL_OFFSET)?,
-            timestamp_ms: number(RETRY_ORIGINAL_TIMESTAMP),
-            attempts: u32::try_from(number(RETRY_ATTEMPTS)?).ok()?,
-            due_at_ms: number(RETRY_DUE_AT)?,
+            topic: topic?,
+            partition: i32::try_from(number(partition)?).ok()?,
+            offset: number(offset)?,
+            timestamp_ms: number(timestamp),
+            attempts: u32::try_from(number(attempts)?).ok()?,
+            due_at_ms: number(due_at)?,
         })
     }
 }
@@ -263,6 +301,36 @@ pub fn retry_headers<H: Headers>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_walk_finds_what_a_lookup_per_name_finds() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "Content-Type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "x-bad",
+                value: Some(&[0xff_u8, 0xfe][..]),
+            })
+            .insert(Header {
+                key: "x-bad",
+                value: Some("later"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("text/plain"),
+            })
+            .insert(Header::<&str> {
+                key: "x-empty",
+                value: None,
+            });
+        let names = ["content-type", "X-BAD", "x-empty", "x-missing"];
+        let all = get_all(Some(&headers), names);
+        assert_eq!(all, [Some("application/json"), None, None, None]);
+        assert_eq!(all, names.map(|n| get(Some(&headers), n)));
+        assert_eq!(get_all(None::<&OwnedHeaders>, names), [None; 4]);
+    }
 
     #[test]
     fn traceparent_parses_only_the_w3c_form() {

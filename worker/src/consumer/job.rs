@@ -158,7 +158,14 @@ pub(super) async fn run_jobs(
 }
 
 pub(super) fn delivery<'a>(message: &'a Record, event: Option<&'a OrderEvent>) -> Delivery<'a> {
-    let headers = message.headers();
+    let [content_type, correlation_id, traceparent] = headers::get_all(
+        message.headers(),
+        [
+            headers::CONTENT_TYPE,
+            headers::CORRELATION_ID,
+            headers::TRACEPARENT,
+        ],
+    );
     Delivery {
         event,
         value: message.payload().unwrap_or_default(),
@@ -166,10 +173,9 @@ pub(super) fn delivery<'a>(message: &'a Record, event: Option<&'a OrderEvent>) -
         topic: message.topic(),
         partition: message.partition(),
         offset: message.offset(),
-        content_type: headers::get(headers, headers::CONTENT_TYPE)
-            .unwrap_or(order::CONTENT_TYPE_JSON),
-        correlation_id: headers::get(headers, headers::CORRELATION_ID),
-        traceparent: headers::get(headers, headers::TRACEPARENT),
+        content_type: content_type.unwrap_or(order::CONTENT_TYPE_JSON),
+        correlation_id,
+        traceparent,
     }
 }
 
