@@ -129,11 +129,7 @@ async fn main() {
         None
     };
     let poison = if run("poison") {
-        let clean = consumer
-            .as_ref()
-            .expect("the clean run")
-            .worker_rates
-            .clone();
+        let clean = consumer.as_ref().expect("the clean topic");
         Some(
             ordering::poison_bench(
                 &kafka.info,
@@ -141,7 +137,7 @@ async fn main() {
                 dir.path(),
                 args.poison_records,
                 args.poison_backoff_ms,
-                clean,
+                (clean.topic, clean.records),
             )
             .await,
         )
@@ -283,6 +279,8 @@ fn listed(values: &[f64], decimals: usize) -> String {
 }
 
 struct ConsumerResult {
+    /// The topic read, kept for the poison benchmark's clean runs.
+    topic: &'static str,
     records: usize,
     command: String,
     perf_output: String,
@@ -348,6 +346,7 @@ async fn consumer_bench(
         );
     }
     ConsumerResult {
+        topic,
         records,
         command,
         perf_output,
@@ -599,10 +598,10 @@ fn render(args: &Args, r: &Results) -> String {
         let ratio = median(&c.worker_rates) / median(&c.perf_rates);
         let _ = writeln!(
             summary,
-            "| consumer, no-op handler, 1 KiB orders, 3 partitions (records/s while fetching) | {:.0} | {:.0} (ConsumerPerformance fetch.nMsg.sec) | {ratio:.2}x | >= 1.0x | {} |",
+            "| consumer, no-op handler, 1 KiB orders, 3 partitions (records/s while fetching) | {:.0} | {:.0} (ConsumerPerformance fetch.nMsg.sec) | {ratio:.2}x | >= 1.2x | {} |",
             median(&c.worker_rates),
             median(&c.perf_rates),
-            verdict(ratio >= 1.0),
+            verdict(ratio >= 1.2),
         );
         let _ = write!(
             body,
