@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 use tracing::info;
 
 use crate::context::Context;
+use crate::crd::{OrderConsumer, OrderGateway};
 use crate::error::Error;
 use crate::kafka::{Acl, AclFilter, AdminError, KafkaAdmin};
 use crate::rotation::{self, Credentialed};
@@ -79,21 +80,30 @@ pub fn held_by(principal: &Principal, holder: &str, this: &str) -> Error {
     }
 }
 
-/// The UID of the workload controlling credentials Secret `secret` in `namespace`: the one
-/// that holds the principal ([`crate::ownership::consumer_keeps_principal`]). Reads only the
-/// Secret's metadata, never its keys.
-pub async fn secret_controller(
+/// Whether `consumer` rather than the OrderGateway `gateway` of the same name holds the
+/// principal both would use ([`crate::ownership::consumer_keeps_principal`]): the workload
+/// controlling their shared credentials Secret, else the older. Reads only the Secret's
+/// metadata, never its keys.
+pub async fn consumer_holds(
     ctx: &Context,
-    namespace: &str,
-    secret: &str,
-) -> Result<Option<String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(secrets
-        .get_metadata_opt(secret)
+    consumer: &OrderConsumer,
+    gateway: &OrderGateway,
+) -> Result<bool, Error> {
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.client.clone(),
+        &consumer.namespace().unwrap_or_default(),
+    );
+    let controller = secrets
+        .get_metadata_opt(&Principal::base(consumer).secret)
         .await?
         .and_then(|s| s.metadata.owner_references)
         .and_then(|owners| owners.into_iter().find(|o| o.controller == Some(true)))
-        .map(|o| o.uid))
+        .map(|o| o.uid);
+    Ok(crate::ownership::consumer_keeps_principal(
+        consumer,
+        gateway,
+        controller.as_deref(),
+    ))
 }
 
 /// The SASL JAAS line a Java client needs for this principal.

@@ -495,12 +495,7 @@ async fn principal_holder(
     else {
         return Ok(None);
     };
-    let secret = principal::Principal::base(consumer).secret;
-    let controller = principal::secret_controller(ctx, &ns, &secret).await?;
-    Ok(
-        (!crate::ownership::consumer_keeps_principal(consumer, &gateway, controller.as_deref()))
-            .then(|| gateway.name_any()),
-    )
+    Ok((!principal::consumer_holds(ctx, consumer, &gateway).await?).then(|| gateway.name_any()))
 }
 
 /// Deletes the consumer's ACLs and its SCRAM credential (both idempotent).

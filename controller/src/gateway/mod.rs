@@ -165,12 +165,9 @@ async fn principal_holder(gateway: &OrderGateway, ctx: &Context) -> Result<Optio
     else {
         return Ok(None);
     };
-    let secret = principal::Principal::base(gateway).secret;
-    let controller = principal::secret_controller(ctx, &ns, &secret).await?;
-    Ok(
-        crate::ownership::consumer_keeps_principal(&consumer, gateway, controller.as_deref())
-            .then(|| consumer.name_any()),
-    )
+    Ok(principal::consumer_holds(ctx, &consumer, gateway)
+        .await?
+        .then(|| consumer.name_any()))
 }
 
 /// Reads what the plan needs from the API server and the caches (no Kafka).
