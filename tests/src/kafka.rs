@@ -532,6 +532,36 @@ logger.request.name = kafka.request.logger
 logger.request.level = WARN
 ";
 
+/// Waits until Kafka no longer knows `user`: no SCRAM credential and no ACL for `User:<user>`.
+/// A broker answers both from its metadata image, which follows the controller's commit: while
+/// the broker applies a burst of other changes (hundreds of topics created by a test beside
+/// this one), a user deleted a moment ago was measured to read as present for up to 1.5 s. A
+/// principal still there after 30 s fails the test.
+pub async fn principal_gone(admin: &pubsubkafka_controller::kafka::KafkaAdmin, user: &str) {
+    let principal = format!("User:{user}");
+    crate::eventually(
+        &format!("{principal} gone from Kafka"),
+        Duration::from_secs(30),
+        || async {
+            let exists = admin
+                .scram_user_exists(user)
+                .await
+                .map_err(|e| e.to_string())?;
+            let acls = admin
+                .describe_acls(&pubsubkafka_controller::kafka::AclFilter {
+                    principal: Some(principal.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            (!exists && acls.is_empty())
+                .then_some(())
+                .ok_or(format!("SCRAM user exists: {exists}, ACLs: {acls:?}"))
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -738,7 +738,6 @@ fn kubeconfig_with_token(api: &KubeInfo, token: &str, path: &std::path::Path) {
 /// finalizer is left, the pending deletions completed, and the topic still declared is kept.
 #[tokio::test]
 async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
-    use pubsubkafka_controller::kafka::AclFilter;
     let kafka = &testenv::shared().kafka;
     let scenario = testenv::scenario::Scenario::with("uninstall", kafka, false).await;
     let admin_client = scenario.client.clone();
@@ -934,19 +933,7 @@ async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
     // Kafka: no principal, no ACL of either consumer; the declared topic kept, the deleted gone.
     for consumer in ["store", "gone"] {
         let user = format!("pubsubkafka.{}.{consumer}", scenario.ns);
-        assert!(
-            !scenario.admin.scram_user_exists(&user).await.unwrap(),
-            "{user}"
-        );
-        let acls = scenario
-            .admin
-            .describe_acls(&AclFilter {
-                principal: Some(format!("User:{user}")),
-                ..AclFilter::default()
-            })
-            .await
-            .unwrap();
-        assert!(acls.is_empty(), "{user}: {acls:?}");
+        testenv::kafka::principal_gone(&scenario.admin, &user).await;
     }
     assert!(
         scenario

@@ -12,7 +12,6 @@ use pubsubkafka_controller::crd::OrderConsumer;
 use pubsubkafka_controller::crd::conditions;
 use pubsubkafka_controller::crd::dlq_replay::{DLQReplay, DLQReplayStatus, ReplayPhase};
 use pubsubkafka_controller::crd::order_consumer::OwnedTopicKind;
-use pubsubkafka_controller::kafka::AclFilter;
 use pubsubkafka_worker::headers as h;
 use rdkafka::Message;
 use testenv::cluster;
@@ -170,19 +169,7 @@ impl Shop {
     /// The replay's principal is gone from Kafka, with its ACLs.
     async fn principal_gone(&self, name: &str) {
         let user = format!("pubsubkafka.{}.dlqreplay.{name}", self.ns);
-        let admin = self.stack.kafka.kafka_admin();
-        assert!(
-            !admin.scram_user_exists(&user).await.unwrap(),
-            "{user} still logs in"
-        );
-        let acls = admin
-            .describe_acls(&AclFilter {
-                principal: Some(format!("User:{user}")),
-                ..AclFilter::default()
-            })
-            .await
-            .unwrap();
-        assert!(acls.is_empty(), "{acls:?}");
+        testenv::kafka::principal_gone(&self.stack.kafka.kafka_admin(), &user).await;
     }
 }
 

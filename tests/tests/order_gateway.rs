@@ -345,17 +345,7 @@ async fn a_gateway_runs_as_pods_behind_its_service_with_a_write_only_principal()
         .await
         .unwrap();
     let admin = stack.kafka.kafka_admin();
-    eventually("the principal gone from Kafka", WAIT, || async {
-        let acls = acls_of(&stack.kafka, &principal).await;
-        let exists = admin
-            .scram_user_exists(user)
-            .await
-            .map_err(|e| e.to_string())?;
-        (acls.is_empty() && !exists)
-            .then_some(())
-            .ok_or(format!("ACLs {acls:?}, SCRAM user exists: {exists}"))
-    })
-    .await;
+    testenv::kafka::principal_gone(&admin, user).await;
     let deployments: Api<Deployment> = Api::namespaced(shop.client.clone(), &shop.ns);
     eventually("the Deployment collected", WAIT, || async {
         match deployments.get_opt("orders-gateway").await {
@@ -854,17 +844,7 @@ async fn fault_the_operator_killed_while_creating_a_gateway_converges_after_a_re
         .delete("orders-gateway", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the principal gone from Kafka", WAIT, || async {
-        let acls = acls_of(&stack.kafka, &principal).await;
-        let exists = admin
-            .scram_user_exists(&user)
-            .await
-            .map_err(|e| e.to_string())?;
-        (acls.is_empty() && !exists)
-            .then_some(())
-            .ok_or(format!("ACLs {acls:?}, SCRAM user exists: {exists}"))
-    })
-    .await;
+    testenv::kafka::principal_gone(&admin, &user).await;
     eventually("the Deployments collected", WAIT, || async {
         let left = deployments
             .list(&listed)
