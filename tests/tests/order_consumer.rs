@@ -303,15 +303,7 @@ async fn the_principal_gets_exactly_its_permissions_and_loses_them_on_deletion()
         }
     })
     .await;
-    let acls = env
-        .admin
-        .describe_acls(&pubsubkafka_controller::kafka::AclFilter {
-            principal: Some(format!("User:{user}")),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert!(acls.is_empty(), "{acls:?}");
+    testenv::kafka::principal_gone(&env.admin, &user).await;
     eventually("the login to fail", WAIT, || async {
         match read_as(kafka, &user, &password, &group, &topic) {
             Err(_) => Ok(()),
