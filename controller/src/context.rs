@@ -101,8 +101,6 @@ pub struct Context {
     pub policies: Store<KafkaAccessPolicy>,
     /// Every Namespace (their labels select policies).
     pub namespaces: Store<Namespace>,
-    /// The topics this process created, and for which KafkaTopic.
-    pub created_topics: CreatedTopics,
     /// Each autoscaled consumer's recent replica recommendations (scale-down stabilization).
     pub recommendations: Recommendations,
     /// What this process last applied to each child object.
@@ -167,30 +165,6 @@ impl Recommendations {
         } else {
             map.insert(key.to_owned(), history);
         }
-    }
-}
-
-/// Kafka topics this process created, by name, with the uid of the KafkaTopic it created each
-/// for: a topic whose status could not be written right after its creation (an API server
-/// blip) is still known as created by that resource on the next pass, not taken for a foreign
-/// topic that needs `adopt`.
-#[derive(Debug, Default)]
-pub struct CreatedTopics(Mutex<HashMap<String, String>>);
-
-impl CreatedTopics {
-    pub fn record(&self, topic: &str, by: &KafkaTopic) {
-        if let Some(uid) = &by.metadata.uid {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(topic.to_owned(), uid.clone());
-        }
-    }
-
-    /// True when this process created `topic` for `resource`.
-    pub fn by(&self, topic: &str, resource: &KafkaTopic) -> bool {
-        let created = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        created.get(topic).is_some() && created.get(topic) == resource.metadata.uid.as_ref()
     }
 }
 

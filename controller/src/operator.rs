@@ -173,7 +173,6 @@ pub async fn run(
         gateways,
         policies,
         namespaces,
-        created_topics: Default::default(),
         recommendations: Default::default(),
         applied: Default::default(),
     });

@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use pubsubkafka_controller::crd::KafkaTopic;
+use pubsubkafka_controller::crd::kafka_topic::TopicOrigin;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use testenv::operator::{self, Operator};
 use testenv::scenario::Scenario;
@@ -502,4 +503,127 @@ async fn status_is_written_only_when_it_changes() {
         first.metadata.resource_version,
         later.metadata.resource_version
     );
+}
+
+/// An operator stopped between asking Kafka to create a topic and recording the new topic's id
+/// in the status finds the topic again as the one it created: Ready, `origin: Created`, and
+/// deleted with `deletionPolicy: Delete`, never refused as a foreign topic that needs `adopt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_an_operator_stopped_while_creating_topics_resumes_them_as_its_own() {
+    let mut env = env().await;
+    let delete = "  deletionPolicy: Delete\n";
+
+    // The state such a stop leaves, made exactly: the finalizer and `creating` written, the
+    // topic created in Kafka, no topic id in the status.
+    drop(env.scenario.operator.take());
+    let left = testenv::unique_name("left");
+    env.apply_ok(&format!(
+        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {left}\n  \
+         finalizers: [pubsubkafka.io/topic-cleanup]\nspec:\n  partitions: 2\n  \
+         replicationFactor: 1\n{delete}"
+    ));
+    // Written as the operator writes its status: server-side apply, its field manager.
+    env.topics
+        .patch_status(
+            &left,
+            &kube::api::PatchParams::apply(pubsubkafka_controller::FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(serde_json::json!({
+                "apiVersion": "pubsubkafka.io/v1alpha1",
+                "kind": "KafkaTopic",
+                "status": {"creating": true},
+            })),
+        )
+        .await
+        .unwrap();
+    env.admin
+        .create_topic(&left, 2, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+
+    // And the real thing: an operator stopped while a batch of topics is being created.
+    let operator_args =
+        || operator::args(&testenv::shared().kafka, &env.ns, Duration::from_secs(3));
+    let first = Operator::start(&env.kube, operator_args()).await;
+    let names: Vec<String> = (0..30).map(|i| format!("{left}-{i}")).collect();
+    let manifests: Vec<String> = names.iter().map(|n| topic_yaml(n, 1, delete)).collect();
+    env.apply_ok(&manifests.join("---\n"));
+    eventually("the first topic of the batch in Kafka", WAIT, || async {
+        for name in &names {
+            if env
+                .admin
+                .describe_topic(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err("none yet".to_owned())
+    })
+    .await;
+    drop(first);
+    let mut in_kafka_without_id = 0;
+    for name in &names {
+        let recorded = env
+            .topics
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.topic_id);
+        if recorded.is_none() && env.admin.describe_topic(name).await.unwrap().is_some() {
+            in_kafka_without_id += 1;
+        }
+    }
+    eprintln!(
+        "at the stop, {in_kafka_without_id} of {} topics were in Kafka without their id in the status",
+        names.len()
+    );
+
+    let _second = Operator::start(&env.kube, operator_args()).await;
+    for name in std::iter::once(&left).chain(&names) {
+        let topic = env.wait_ready(name).await;
+        let status = topic.status.unwrap();
+        assert_eq!(status.origin, Some(TopicOrigin::Created), "{name}");
+        assert!(!status.creating, "{name}: the mark is cleared");
+        assert_eq!(
+            status.topic_id.as_deref(),
+            env.admin
+                .describe_topic(name)
+                .await
+                .unwrap()
+                .map(|d| d.id)
+                .as_deref(),
+            "{name}: the id of the topic in Kafka"
+        );
+    }
+    for name in std::iter::once(&left).chain(&names) {
+        env.topics
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for name in std::iter::once(&left).chain(&names) {
+        eventually(
+            &format!("{name} gone from Kafka and the API"),
+            WAIT,
+            || async {
+                let resource = env.topics.get_opt(name).await.map_err(|e| e.to_string())?;
+                let topic = env
+                    .admin
+                    .describe_topic(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (resource.is_none() && topic.is_none())
+                    .then_some(())
+                    .ok_or(format!(
+                        "resource {}, Kafka topic {}",
+                        resource.is_some(),
+                        topic.is_some()
+                    ))
+            },
+        )
+        .await;
+    }
 }

@@ -172,6 +172,11 @@ pub struct KafkaTopicStatus {
     /// with spec.adopt); absent while this resource manages no topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<TopicOrigin>,
+    /// True from just before the operator asks Kafka to create the topic until it records the
+    /// created topic's id: an operator stopped in between knows the topic as the one this
+    /// resource created when it starts again, rather than as a foreign topic needing `adopt`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
     /// The access entries whose ACLs are in Kafka, so removals from spec.access can be undone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_access: Vec<TopicAccess>,

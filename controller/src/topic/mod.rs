@@ -133,11 +133,14 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
     }
 
     let desired = Desired::of(topic);
-    match converge(topic, &desired, ctx).await {
+    // The status as this pass left it so far (the creation mark, see `create`): what the final
+    // status is compared with, and built on after a failure.
+    let mut written = topic.status.clone();
+    match converge(topic, &desired, ctx, &mut written).await {
         Ok((description, origin, problems)) => {
             ctx.metrics.set_kafka_up(true);
             let status = converged_status(topic, &description, origin, &problems);
-            write_status(topic, ctx, status).await?;
+            write_status_over(topic, ctx, written.as_ref(), status).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }
         Err(error) => {
@@ -150,7 +153,8 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
             if matches!(error, Error::Refused { .. } | Error::Conflict { .. }) {
                 ctx.metrics.set_kafka_up(true);
             }
-            write_status(topic, ctx, failed_status(topic, error.reason(), &message)).await?;
+            let status = failed_status_over(topic, written.clone(), error.reason(), &message);
+            write_status_over(topic, ctx, written.as_ref(), status).await?;
             Err(error)
         }
     }
@@ -170,11 +174,11 @@ async fn converge(
     topic: &KafkaTopic,
     desired: &Desired,
     ctx: &Context,
+    written: &mut Option<KafkaTopicStatus>,
 ) -> Result<(TopicDescription, TopicOrigin, Vec<Problem>), Error> {
     let admin = &ctx.admin;
     let observed = gather(admin, &desired.topic_name).await?;
-    let created_here = ctx.created_topics.by(&desired.topic_name, topic);
-    let origin = match plan::management(topic, observed.topic.as_ref(), created_here) {
+    let origin = match plan::management(topic, observed.topic.as_ref()) {
         Management::Create => TopicOrigin::Created,
         Management::Manage(origin) => origin,
         Management::Unmanaged => {
@@ -201,6 +205,9 @@ async fn converge(
         .await;
     }
     let plan = plan::plan(desired, &observed);
+    if plan.create {
+        create(topic, desired, ctx, written).await?;
+    }
     apply(topic, desired, &plan, ctx).await?;
     let description = match observed.topic {
         Some(d) if !plan.create && plan.grow_partitions_to.is_none() => d,
@@ -229,6 +236,76 @@ async fn gather(admin: &KafkaAdmin, topic: &str) -> Result<Observed, AdminError>
     })
 }
 
+/// Creates the topic. `status.creating` is written first, so an operator stopped between the
+/// request and the status that records the new topic's id still knows the topic as the one
+/// this resource created ([`plan::management`], [`plan::cleanup`]) rather than refusing it as
+/// foreign. The mark replaces the id and origin of a topic that is gone.
+async fn create(
+    topic: &KafkaTopic,
+    desired: &Desired,
+    ctx: &Context,
+    written: &mut Option<KafkaTopicStatus>,
+) -> Result<(), Error> {
+    let name = &desired.topic_name;
+    let asked_before = topic.status.as_ref().is_some_and(|s| s.creating);
+    if !asked_before {
+        let marked = KafkaTopicStatus {
+            creating: true,
+            topic_id: None,
+            origin: None,
+            ..topic.status.clone().unwrap_or_default()
+        };
+        write_status_over(topic, ctx, written.as_ref(), marked.clone()).await?;
+        *written = Some(marked);
+    }
+    match ctx
+        .admin
+        .create_topic(
+            name,
+            desired.partitions,
+            desired.replication_factor,
+            &desired.config,
+        )
+        .await
+    {
+        Ok(()) => {}
+        // An earlier pass asked, and its answer was lost (a timeout, the operator stopped):
+        // that request created it.
+        Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) && asked_before => {}
+        // Someone else created it after this pass looked: not this resource's. The next pass
+        // finds an existing topic (managed only with spec.adopt).
+        Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
+            let unmarked = KafkaTopicStatus {
+                creating: false,
+                ..written.clone().unwrap_or_default()
+            };
+            write_status_over(topic, ctx, written.as_ref(), unmarked.clone()).await?;
+            *written = Some(unmarked);
+            return Err(Error::Refused {
+                reason: reason::TOPIC_EXISTS,
+                message: format!(
+                    "Kafka topic {name} was created by someone else while this resource was \
+                     creating it, so this resource changes nothing. To take it over set \
+                     spec.adopt: true"
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(topic = %name, partitions = desired.partitions, "created topic");
+    ctx.event(
+        topic,
+        EventType::Normal,
+        "Created",
+        format!(
+            "created Kafka topic {name} with {} partitions, replication factor {}",
+            desired.partitions, desired.replication_factor
+        ),
+    )
+    .await;
+    Ok(())
+}
+
 async fn apply(
     topic: &KafkaTopic,
     desired: &Desired,
@@ -237,36 +314,6 @@ async fn apply(
 ) -> Result<(), Error> {
     let admin = &ctx.admin;
     let name = &desired.topic_name;
-    if plan.create {
-        match admin
-            .create_topic(
-                name,
-                desired.partitions,
-                desired.replication_factor,
-                &desired.config,
-            )
-            .await
-        {
-            // Created meanwhile by someone else: next pass, it is an existing topic (adopted
-            // only with spec.adopt).
-            Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {}
-            other => {
-                other?;
-                ctx.created_topics.record(name, topic);
-            }
-        }
-        info!(topic = %name, partitions = desired.partitions, "created topic");
-        ctx.event(
-            topic,
-            EventType::Normal,
-            "Created",
-            format!(
-                "created Kafka topic {name} with {} partitions, replication factor {}",
-                desired.partitions, desired.replication_factor
-            ),
-        )
-        .await;
-    }
     if let Some(total) = plan.grow_partitions_to {
         admin.create_partitions(name, total).await?;
         info!(topic = %name, partitions = total, "grew partitions");
@@ -375,6 +422,7 @@ fn converged_status(
         partitions: Some(description.partition_count()),
         replication_factor: Some(description.replication_factor()),
         origin: Some(origin),
+        creating: false,
         applied_access: topic.spec.access.clone(),
         conditions: conditions::merge_ready_and_reconciled(&old.conditions, ready),
     }
@@ -382,7 +430,17 @@ fn converged_status(
 
 /// The status after a failed pass: what was known stays, Ready says why it failed.
 fn failed_status(topic: &KafkaTopic, why: &str, message: &str) -> KafkaTopicStatus {
-    let mut status = topic.status.clone().unwrap_or_default();
+    failed_status_over(topic, topic.status.clone(), why, message)
+}
+
+/// [`failed_status`] on `known`, the status as this pass left it.
+fn failed_status_over(
+    topic: &KafkaTopic,
+    known: Option<KafkaTopicStatus>,
+    why: &str,
+    message: &str,
+) -> KafkaTopicStatus {
+    let mut status = known.unwrap_or_default();
     status.observed_generation = topic.metadata.generation;
     status.topic_name = Some(topic.topic_name().to_owned());
     let ready = conditions::new(
@@ -403,13 +461,18 @@ async fn write_status(
     ctx: &Context,
     status: KafkaTopicStatus,
 ) -> Result<(), kube::Error> {
-    ctx.write_status(
-        topic,
-        topic.status.as_ref(),
-        &status,
-        &[(conditions::READY, "False")],
-    )
-    .await
+    write_status_over(topic, ctx, topic.status.as_ref(), status).await
+}
+
+/// [`write_status`] over `old`, the status as this pass left it.
+async fn write_status_over(
+    topic: &KafkaTopic,
+    ctx: &Context,
+    old: Option<&KafkaTopicStatus>,
+    status: KafkaTopicStatus,
+) -> Result<(), kube::Error> {
+    ctx.write_status(topic, old, &status, &[(conditions::READY, "False")])
+        .await
 }
 
 async fn set_finalizer(

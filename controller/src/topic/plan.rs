@@ -235,14 +235,10 @@ pub enum Management {
 
 /// Whether to create, keep managing, adopt or leave alone the topic Kafka reports. A topic this
 /// resource managed is recognised by its id in the status (a topic deleted and created again by
-/// someone else has another id), or, when the status could not be written after the topic was
-/// created, by `created_here` (this process created it for this resource); a status from
+/// someone else has another id), or, when the operator stopped between asking Kafka to create
+/// it and recording its id, by `status.creating` (written before the request); a status from
 /// before `origin` existed counts as adopted, the cautious reading for deletion.
-pub fn management(
-    topic: &KafkaTopic,
-    observed: Option<&TopicDescription>,
-    created_here: bool,
-) -> Management {
+pub fn management(topic: &KafkaTopic, observed: Option<&TopicDescription>) -> Management {
     let Some(observed) = observed else {
         return Management::Create;
     };
@@ -253,7 +249,7 @@ pub fn management(
     };
     if known {
         Management::Manage(status.origin.unwrap_or(TopicOrigin::Adopted))
-    } else if created_here && status.topic_id.is_none() {
+    } else if status.creating && status.topic_id.is_none() {
         Management::Manage(TopicOrigin::Created)
     } else if topic.spec.adopt {
         Management::Manage(TopicOrigin::Adopted)
@@ -277,17 +273,19 @@ pub struct Cleanup {
 /// resource owns it, and this resource created it or `deleteAdopted` says to delete it.
 pub fn cleanup(topic: &KafkaTopic, kafka_id: Option<&str>, owned_elsewhere: bool) -> Cleanup {
     let status = topic.status.clone().unwrap_or_default();
-    let managed = !owned_elsewhere
-        && !tenancy::is_internal_topic(topic.topic_name())
-        && status.origin.is_some();
+    // Asked Kafka to create it, and stopped before recording its id (see `management`).
+    let asked = status.creating && status.topic_id.is_none();
+    let origin = status.origin.or(asked.then_some(TopicOrigin::Created));
+    let managed =
+        !owned_elsewhere && !tenancy::is_internal_topic(topic.topic_name()) && origin.is_some();
     let wants_delete = topic.spec.deletion_policy == DeletionPolicy::Delete;
     let kept_because = if !wants_delete || kafka_id.is_none() {
         None
     } else if !managed {
         Some("this resource never managed it")
-    } else if kafka_id != status.topic_id.as_deref() && kafka_id != Some("") {
+    } else if !asked && kafka_id != status.topic_id.as_deref() && kafka_id != Some("") {
         Some("it is not the topic this resource managed (another topic id)")
-    } else if status.origin == Some(TopicOrigin::Adopted) && !topic.spec.delete_adopted {
+    } else if origin == Some(TopicOrigin::Adopted) && !topic.spec.delete_adopted {
         Some("it was adopted, not created, by this resource (set spec.deleteAdopted to delete it)")
     } else {
         None
@@ -559,7 +557,7 @@ spec:
         ] {
             let topic = with_status(spec, status);
             assert_eq!(
-                management(&topic, observed, false),
+                management(&topic, observed),
                 expected,
                 "{status} adopt={}",
                 topic.spec.adopt
@@ -568,18 +566,28 @@ spec:
     }
 
     #[test]
-    fn a_topic_created_here_is_known_even_when_its_status_was_not_written() {
-        let topic = topic_yaml(ORDERS);
+    fn a_topic_whose_creation_was_asked_is_known_without_its_id() {
+        // The operator wrote `creating`, asked Kafka, and stopped before recording the id.
         let fresh = described(6, 1);
         assert_eq!(
-            management(&topic, Some(&fresh), true),
+            management(&with_status(ORDERS, "{creating: true}"), Some(&fresh)),
             Management::Manage(TopicOrigin::Created)
         );
-        let other = with_status(ORDERS, "{topicId: xyz, origin: Created}");
         assert_eq!(
-            management(&other, Some(&fresh), true),
+            management(&with_status(ORDERS, "{creating: true}"), None),
+            Management::Create,
+            "stopped before Kafka created it: asked again"
+        );
+        let other = with_status(ORDERS, "{topicId: xyz, origin: Created, creating: true}");
+        assert_eq!(
+            management(&other, Some(&fresh)),
             Management::Unmanaged,
             "a status naming another topic id wins"
+        );
+        assert_eq!(
+            management(&with_status(ORDERS, "{}"), Some(&fresh)),
+            Management::Unmanaged,
+            "without the mark, an unknown topic is foreign"
         );
     }
 
@@ -590,6 +598,7 @@ spec:
         let created = "{topicId: abc, origin: Created}";
         let adopted = "{topicId: abc, origin: Adopted}";
         let never = "{topicName: orders}";
+        let asked = "{creating: true}";
         // (spec, status, id in Kafka, owned elsewhere, remove ACLs, delete topic)
         for (spec, status, kafka_id, elsewhere, acls, deleted) in [
             (delete.as_str(), created, Some("abc"), false, true, true),
@@ -607,6 +616,10 @@ spec:
             (delete.as_str(), created, Some("abc"), true, false, false),
             (delete.as_str(), created, Some("new"), false, true, false),
             (delete.as_str(), created, None, false, true, false),
+            // Stopped between asking Kafka to create it and recording its id: created here.
+            (delete.as_str(), asked, Some("new"), false, true, true),
+            (ORDERS, asked, Some("new"), false, true, false),
+            (delete.as_str(), asked, Some("new"), true, false, false),
         ] {
             let steps = cleanup(&with_status(spec, status), kafka_id, elsewhere);
             assert_eq!(
