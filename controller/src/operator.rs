@@ -173,6 +173,7 @@ pub async fn run(
         gateways,
         policies,
         namespaces,
+        superseded: Default::default(),
         recommendations: Default::default(),
         applied: Default::default(),
     });

@@ -103,6 +103,10 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
     let api: Api<KafkaTopic> =
         Api::namespaced(ctx.client.clone(), &topic.namespace().unwrap_or_default());
     ctx.caches_ready().await?;
+    if ctx.superseded.is_stale(topic) {
+        // The watch event of the status written after it starts the next pass.
+        return Ok(Action::await_change());
+    }
     if topic.metadata.deletion_timestamp.is_some() {
         return cleanup(topic, ctx, &api).await;
     }
@@ -133,14 +137,15 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
     }
 
     let desired = Desired::of(topic);
-    // The status as this pass left it so far (the creation mark, see `create`): what the final
-    // status is compared with, and built on after a failure.
-    let mut written = topic.status.clone();
-    match converge(topic, &desired, ctx, &mut written).await {
+    let mut pass = Pass {
+        written: topic.status.clone(),
+        marked_version: None,
+    };
+    match converge(topic, &desired, ctx, &mut pass).await {
         Ok((description, origin, problems)) => {
             ctx.metrics.set_kafka_up(true);
             let status = converged_status(topic, &description, origin, &problems);
-            write_status_over(topic, ctx, written.as_ref(), status).await?;
+            pass.finish(topic, ctx, status).await?;
             Ok(Action::requeue(ctx.settings.resync))
         }
         Err(error) => {
@@ -153,8 +158,8 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
             if matches!(error, Error::Refused { .. } | Error::Conflict { .. }) {
                 ctx.metrics.set_kafka_up(true);
             }
-            let status = failed_status_over(topic, written.clone(), error.reason(), &message);
-            write_status_over(topic, ctx, written.as_ref(), status).await?;
+            let status = failed_status_over(topic, pass.written.clone(), error.reason(), &message);
+            pass.finish(topic, ctx, status).await?;
             Err(error)
         }
     }
@@ -168,13 +173,49 @@ fn same_name(topic: &KafkaTopic, ctx: &Context) -> Vec<Arc<KafkaTopic>> {
     ctx.topics.state_filter(|t| t.topic_name() == name)
 }
 
+/// What one pass has written of the status before its end (the creation mark, see `create`).
+struct Pass {
+    /// The status as this pass left it so far: what the final status is compared with, and
+    /// built on after a failure.
+    written: Option<KafkaTopicStatus>,
+    /// The resourceVersion the creation mark left, once written.
+    marked_version: Option<String>,
+}
+
+impl Pass {
+    /// Writes the pass's final status. When it replaces a creation mark written this pass, the
+    /// mark's version is recorded as superseded, so the pass its watch event starts does not
+    /// act on it ([`crate::context::Superseded`]).
+    async fn finish(
+        &self,
+        topic: &KafkaTopic,
+        ctx: &Context,
+        status: KafkaTopicStatus,
+    ) -> Result<(), kube::Error> {
+        let written = ctx
+            .write_status_version(
+                topic,
+                self.written.as_ref(),
+                &status,
+                &[(conditions::READY, "False")],
+            )
+            .await?;
+        if let (Some(_), Some(marked), Some(uid)) =
+            (written, &self.marked_version, &topic.metadata.uid)
+        {
+            ctx.superseded.record(uid, marked.clone());
+        }
+        Ok(())
+    }
+}
+
 /// Gathers Kafka's view, applies the plan, and returns the topic as it now is and how this
 /// resource came to manage it.
 async fn converge(
     topic: &KafkaTopic,
     desired: &Desired,
     ctx: &Context,
-    written: &mut Option<KafkaTopicStatus>,
+    pass: &mut Pass,
 ) -> Result<(TopicDescription, TopicOrigin, Vec<Problem>), Error> {
     let admin = &ctx.admin;
     let observed = gather(admin, &desired.topic_name).await?;
@@ -206,7 +247,7 @@ async fn converge(
     }
     let plan = plan::plan(desired, &observed);
     if plan.create {
-        create(topic, desired, ctx, written).await?;
+        create(topic, desired, ctx, pass).await?;
     }
     apply(topic, desired, &plan, ctx).await?;
     let description = match observed.topic {
@@ -244,7 +285,7 @@ async fn create(
     topic: &KafkaTopic,
     desired: &Desired,
     ctx: &Context,
-    written: &mut Option<KafkaTopicStatus>,
+    pass: &mut Pass,
 ) -> Result<(), Error> {
     let name = &desired.topic_name;
     let asked_before = topic.status.as_ref().is_some_and(|s| s.creating);
@@ -255,8 +296,15 @@ async fn create(
             origin: None,
             ..topic.status.clone().unwrap_or_default()
         };
-        write_status_over(topic, ctx, written.as_ref(), marked.clone()).await?;
-        *written = Some(marked);
+        pass.marked_version = ctx
+            .write_status_version(
+                topic,
+                pass.written.as_ref(),
+                &marked,
+                &[(conditions::READY, "False")],
+            )
+            .await?;
+        pass.written = Some(marked);
     }
     match ctx
         .admin
@@ -277,10 +325,10 @@ async fn create(
         Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
             let unmarked = KafkaTopicStatus {
                 creating: false,
-                ..written.clone().unwrap_or_default()
+                ..pass.written.clone().unwrap_or_default()
             };
-            write_status_over(topic, ctx, written.as_ref(), unmarked.clone()).await?;
-            *written = Some(unmarked);
+            write_status_over(topic, ctx, pass.written.as_ref(), unmarked.clone()).await?;
+            pass.written = Some(unmarked);
             return Err(Error::Refused {
                 reason: reason::TOPIC_EXISTS,
                 message: format!(
