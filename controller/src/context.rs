@@ -305,29 +305,9 @@ impl Context {
     /// Writes `status` to `object` with server-side apply when a user would see a change (the
     /// conditions compared without their times), and records a Warning event for each
     /// condition of `warn_when` that turns to the status given there or changes its reason
-    /// while in it. A status that moves nothing writes nothing, whatever the resync.
+    /// while in it. A status that moves nothing writes nothing, whatever the resync. Returns
+    /// the object's resourceVersion after the write (`None` when nothing needed writing).
     pub async fn write_status<K, S>(
-        &self,
-        object: &K,
-        old: Option<&S>,
-        status: &S,
-        warn_when: &[(&str, &str)],
-    ) -> Result<(), kube::Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned,
-        S: crate::crd::conditions::HasConditions + Default,
-    {
-        self.write_status_version(object, old, status, warn_when)
-            .await
-            .map(drop)
-    }
-
-    /// [`Self::write_status`], returning the object's resourceVersion after the write (`None`
-    /// when nothing needed writing).
-    pub async fn write_status_version<K, S>(
         &self,
         object: &K,
         old: Option<&S>,

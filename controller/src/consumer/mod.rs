@@ -465,6 +465,7 @@ async fn write_status(
         ],
     )
     .await
+    .map(drop)
 }
 
 /// Removes the consumer's ACLs and SCRAM credential from Kafka, unless an OrderGateway of the

@@ -383,6 +383,7 @@ async fn write_status(
         ],
     )
     .await
+    .map(drop)
 }
 
 /// Removes the gateway's ACLs and SCRAM credential from Kafka, unless an OrderConsumer of the

@@ -183,27 +183,40 @@ struct Pass {
 }
 
 impl Pass {
-    /// Writes the pass's final status. When it replaces a creation mark written this pass, the
-    /// mark's version is recorded as superseded, so the pass its watch event starts does not
-    /// act on it ([`crate::context::Superseded`]).
-    async fn finish(
-        &self,
+    /// Writes `status` over what this pass left ([`Context::write_status`]) and keeps it as
+    /// the status this pass left; returns the resourceVersion written, if anything was.
+    async fn write(
+        &mut self,
         topic: &KafkaTopic,
         ctx: &Context,
         status: KafkaTopicStatus,
-    ) -> Result<(), kube::Error> {
-        let written = ctx
-            .write_status_version(
+    ) -> Result<Option<String>, kube::Error> {
+        let version = ctx
+            .write_status(
                 topic,
                 self.written.as_ref(),
                 &status,
                 &[(conditions::READY, "False")],
             )
             .await?;
+        self.written = Some(status);
+        Ok(version)
+    }
+
+    /// Writes the pass's final status. When it replaces a creation mark written this pass, the
+    /// mark's version is recorded as superseded, so the pass its watch event starts does not
+    /// act on it ([`crate::context::Superseded`]).
+    async fn finish(
+        mut self,
+        topic: &KafkaTopic,
+        ctx: &Context,
+        status: KafkaTopicStatus,
+    ) -> Result<(), kube::Error> {
+        let written = self.write(topic, ctx, status).await?;
         if let (Some(_), Some(marked), Some(uid)) =
-            (written, &self.marked_version, &topic.metadata.uid)
+            (written, self.marked_version, &topic.metadata.uid)
         {
-            ctx.superseded.record(uid, marked.clone());
+            ctx.superseded.record(uid, marked);
         }
         Ok(())
     }
@@ -296,15 +309,7 @@ async fn create(
             origin: None,
             ..topic.status.clone().unwrap_or_default()
         };
-        pass.marked_version = ctx
-            .write_status_version(
-                topic,
-                pass.written.as_ref(),
-                &marked,
-                &[(conditions::READY, "False")],
-            )
-            .await?;
-        pass.written = Some(marked);
+        pass.marked_version = pass.write(topic, ctx, marked).await?;
     }
     match ctx
         .admin
@@ -327,8 +332,7 @@ async fn create(
                 creating: false,
                 ..pass.written.clone().unwrap_or_default()
             };
-            write_status_over(topic, ctx, pass.written.as_ref(), unmarked.clone()).await?;
-            pass.written = Some(unmarked);
+            pass.write(topic, ctx, unmarked).await?;
             return Err(Error::Refused {
                 reason: reason::TOPIC_EXISTS,
                 message: format!(
@@ -509,18 +513,14 @@ async fn write_status(
     ctx: &Context,
     status: KafkaTopicStatus,
 ) -> Result<(), kube::Error> {
-    write_status_over(topic, ctx, topic.status.as_ref(), status).await
-}
-
-/// [`write_status`] over `old`, the status as this pass left it.
-async fn write_status_over(
-    topic: &KafkaTopic,
-    ctx: &Context,
-    old: Option<&KafkaTopicStatus>,
-    status: KafkaTopicStatus,
-) -> Result<(), kube::Error> {
-    ctx.write_status(topic, old, &status, &[(conditions::READY, "False")])
-        .await
+    ctx.write_status(
+        topic,
+        topic.status.as_ref(),
+        &status,
+        &[(conditions::READY, "False")],
+    )
+    .await
+    .map(drop)
 }
 
 async fn set_finalizer(
