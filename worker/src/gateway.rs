@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::field::Empty;
@@ -31,12 +31,16 @@ use tracing::{Instrument, Span, error, info, info_span, warn};
 
 use crate::headers;
 use crate::http::Health;
-use crate::kafka::{KafkaArgs, ProducerError, idempotent_producer};
+use crate::kafka::{KafkaArgs, ProducerError};
 use crate::metrics::Metrics;
 use crate::order::proto;
 use crate::order::{self, CustomerInfo, FieldError, InventoryStatus, Item, Metadata, OrderEvent};
 use crate::outbox::{Outbox, OutboxError};
 use crate::{duration, ids, tracing_ctx};
+
+mod producer;
+
+use producer::SharedProducer;
 
 /// `pubsubkafka-worker gateway` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -133,7 +137,7 @@ pub struct UserEvent {
 
 /// Where accepted events go.
 enum Sink {
-    Kafka(FutureProducer),
+    Kafka(Arc<SharedProducer>),
     Outbox(Outbox),
 }
 
@@ -186,10 +190,11 @@ pub async fn run(
         outbox.migrate().await?;
         Sink::Outbox(outbox)
     } else {
-        Sink::Kafka(idempotent_producer(
-            &args.kafka.connection(),
+        Sink::Kafka(Arc::new(SharedProducer::new(
+            args.kafka.connection(),
             args.delivery_timeout,
-        )?)
+            metrics.clone(),
+        )?))
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -201,10 +206,18 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(false));
     if let Sink::Kafka(producer) = &sink {
         tokio::spawn(watch_broker(
-            producer.clone(),
+            Arc::clone(producer),
             Arc::clone(&health),
             Arc::clone(&ready),
         ));
+        let (producer, health) = (Arc::clone(producer), Arc::clone(&health));
+        tokio::spawn(async move {
+            // Only a new producer that cannot even be created ends the watch: the kubelet
+            // restarts the gateway rather than it refusing every order.
+            let e = producer.watch().await;
+            error!(error = %e, "could not replace the Kafka producer: failing liveness");
+            health.set_broken(format!("could not replace the Kafka producer: {e}"));
+        });
     } else {
         health.set_started(true);
     }
@@ -241,16 +254,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Readiness follows the broker: a metadata request every 5 s. A fatal producer error (the
-/// idempotent producer's state out of step with the broker's) fails liveness: the kubelet
-/// restarts the gateway with a new producer, rather than it refusing every order.
-async fn watch_broker(producer: FutureProducer, health: Arc<Health>, ready: Arc<AtomicBool>) {
+/// Readiness follows the broker: a metadata request every 5 s. A producer that stopped
+/// delivering is replaced by [`SharedProducer::watch`].
+async fn watch_broker(producer: Arc<SharedProducer>, health: Arc<Health>, ready: Arc<AtomicBool>) {
     loop {
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            error!(%code, %reason, "the Kafka producer failed for good: failing liveness");
-            health.set_broken(format!("the Kafka producer failed for good: {reason}"));
-        }
-        let p = producer.clone();
+        let p = producer.current();
         let up = tokio::task::spawn_blocking(move || {
             p.client()
                 .fetch_metadata(None, Duration::from_secs(5))
@@ -869,7 +877,8 @@ async fn publish(
     let traceparent = tracing_ctx::traceparent(span)
         .unwrap_or_else(|| headers::format_traceparent(&meta.trace_id, &meta.span_id, true));
     match &gw.sink {
-        Sink::Kafka(producer) => {
+        Sink::Kafka(shared) => {
+            let producer = shared.current();
             let record = FutureRecord::to(topic)
                 .key(key)
                 .payload(value)
@@ -878,7 +887,9 @@ async fn publish(
                     &meta.correlation_id,
                     &traceparent,
                 ));
-            match producer.send(record, gw.delivery_timeout).await {
+            let sent = producer.send(record, gw.delivery_timeout).await;
+            shared.record(sent.as_ref().map(drop).map_err(|(e, _)| e));
+            match sent {
                 Ok(delivery) => {
                     span.record("messaging.destination.partition.id", delivery.partition);
                     span.record("messaging.kafka.offset", delivery.offset);

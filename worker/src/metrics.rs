@@ -31,6 +31,28 @@ pub struct Metrics {
     pub sink_up: IntGauge,
     /// http_request_duration_seconds{route,status}: the gateway's request latency.
     pub request_duration: HistogramVec,
+    /// pubsubkafka_producer_replacements_total{reason}: producers the gateway or the outbox
+    /// relay closed and started afresh (fatal, undelivered).
+    pub producer_replacements: IntCounterVec,
+}
+
+/// Why a Kafka producer was closed and a new one started (the `reason` label of
+/// `pubsubkafka_producer_replacements_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerReplacement {
+    /// librdkafka raised a fatal error: every later send would fail.
+    Fatal,
+    /// A whole delivery timeout in which sends failed and none was acknowledged.
+    Undelivered,
+}
+
+impl ProducerReplacement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fatal => "fatal",
+            Self::Undelivered => "undelivered",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -124,6 +146,15 @@ impl Metrics {
             &["route", "status"],
         )
         .expect("valid metric");
+        let producer_replacements = IntCounterVec::new(
+            Opts::new(
+                "pubsubkafka_producer_replacements_total",
+                "Kafka producers replaced: fatal (a fatal librdkafka error) or undelivered (a \
+                 delivery timeout without one acknowledgement).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         sink_up.set(1);
         for c in [
             Box::new(consumer_lag.clone()) as Box<dyn prometheus::core::Collector>,
@@ -136,6 +167,7 @@ impl Metrics {
             Box::new(parked_records.clone()),
             Box::new(sink_up.clone()),
             Box::new(request_duration.clone()),
+            Box::new(producer_replacements.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -151,7 +183,23 @@ impl Metrics {
             parked_records,
             sink_up,
             request_duration,
+            producer_replacements,
         }
+    }
+
+    /// Creates both replacement series at 0, so that the first replacement shows as an increase.
+    pub fn prime_producer_replacements(&self) {
+        for reason in [ProducerReplacement::Fatal, ProducerReplacement::Undelivered] {
+            self.producer_replacements
+                .with_label_values(&[reason.as_str()])
+                .inc_by(0);
+        }
+    }
+
+    pub fn producer_replaced(&self, reason: ProducerReplacement) {
+        self.producer_replacements
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// Creates the consumer's counter series at 0 before anything happens. A counter series that

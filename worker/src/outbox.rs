@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::http::Health;
 use crate::kafka::{KafkaArgs, ProducerError, idempotent_producer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProducerReplacement};
 use crate::pg::PoolSetupError;
 use crate::{duration, retry};
 
@@ -223,6 +223,7 @@ pub async fn relay(
     let outbox = Outbox::open(&args.database_url_file)?;
     let connection = args.kafka.connection();
     let mut producer = idempotent_producer(&connection, Duration::from_secs(30))?;
+    metrics.prime_producer_replacements();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures = 0;
     // The relay may start before the gateway created the schema.
@@ -255,6 +256,7 @@ pub async fn relay(
         if let Some((code, reason)) = producer.client().fatal_error() {
             warn!(%code, %reason, "the Kafka producer failed for good: starting a new one");
             producer = idempotent_producer(&connection, Duration::from_secs(30))?;
+            metrics.producer_replaced(ProducerReplacement::Fatal);
         }
         // A producer can also stay wedged without a fatal error. One whose broker stopped while
         // it was still asking for its idempotence id delivered nothing for the two minutes
@@ -269,6 +271,7 @@ pub async fn relay(
             );
             producer = idempotent_producer(&connection, Duration::from_secs(30))?;
             unacknowledged = 0;
+            metrics.producer_replaced(ProducerReplacement::Undelivered);
         }
         let published = tokio::select! {
             _ = &mut shutdown => return Ok(()),
