@@ -186,13 +186,25 @@ async fn topics_are_created_described_grown_reconfigured_and_deleted() {
         )
         .await
         .expect("incremental alter");
-    let config = admin.describe_topic_config(&topic).await.unwrap();
-    assert_eq!(config["cleanup.policy"].value.as_deref(), Some("compact"));
-    assert!(config["cleanup.policy"].dynamic);
-    assert!(
-        !config["retention.ms"].dynamic,
-        "deleted back to the default"
-    );
+    // A broker answers from its copy of the metadata, which can trail the change.
+    testenv::eventually("the altered config", Duration::from_secs(10), || {
+        let (admin, topic) = (admin.clone(), topic.clone());
+        async move {
+            let config = admin
+                .describe_topic_config(&topic)
+                .await
+                .map_err(|e| e.to_string())?;
+            (config["cleanup.policy"].value.as_deref() == Some("compact")
+                && config["cleanup.policy"].dynamic
+                && !config["retention.ms"].dynamic)
+                .then_some(())
+                .ok_or(format!(
+                    "cleanup.policy {:?}, retention.ms {:?}",
+                    config["cleanup.policy"], config["retention.ms"]
+                ))
+        }
+    })
+    .await;
 
     admin.create_partitions(&topic, 6).await.expect("grow");
     let grown = testenv::eventually("6 partitions", Duration::from_secs(10), || {
@@ -209,6 +221,25 @@ async fn topics_are_created_described_grown_reconfigured_and_deleted() {
     })
     .await;
     assert_eq!(grown.id, described.id, "same topic");
+    // Growing to what the topic has, or to fewer, is refused by Kafka; that is no error to
+    // a caller whose metadata trailed its own earlier growth, and nothing changes.
+    assert!(
+        !admin
+            .grow_partitions(&topic, 6)
+            .await
+            .expect("grow to 6 again"),
+        "already 6"
+    );
+    assert!(
+        !admin.grow_partitions(&topic, 4).await.expect("grow to 4"),
+        "more than 4 already"
+    );
+    assert!(admin.grow_partitions(&topic, 7).await.expect("grow to 7"));
+    let missing = testenv::unique_name("admin-missing");
+    assert!(
+        admin.grow_partitions(&missing, 2).await.is_err(),
+        "a topic that does not exist is still an error"
+    );
 
     admin.delete_topic(&topic).await.expect("delete");
     admin

@@ -421,7 +421,19 @@ async fn change_companion_topic(
                 other => other?,
             }
         }
-        None => ctx.admin.create_partitions(topic, partitions).await?,
+        None => {
+            // Already grown, by an earlier pass whose change this pass's metadata did not show.
+            if !ctx.admin.grow_partitions(topic, partitions).await? {
+                return Ok(());
+            }
+        }
+    }
+    // Reported only once the cluster's metadata shows it, as a KafkaTopic is: the status that
+    // follows, and the workers started on it, find the topic as planned.
+    if ctx.admin.describe_grown(topic, partitions).await?.is_none() {
+        return Err(Error::Kafka(AdminError::Unavailable(format!(
+            "topic {topic} does not show in the cluster's metadata yet"
+        ))));
     }
     let (reason, note) = change.event();
     ctx.event(consumer, EventType::Normal, reason, note).await;

@@ -11,7 +11,6 @@
 pub mod plan;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -366,8 +365,10 @@ async fn apply(
 ) -> Result<(), Error> {
     let admin = &ctx.admin;
     let name = &desired.topic_name;
-    if let Some(total) = plan.grow_partitions_to {
-        admin.create_partitions(name, total).await?;
+    // Not grown when an earlier pass had grown it and this one planned from older metadata.
+    if let Some(total) = plan.grow_partitions_to
+        && admin.grow_partitions(name, total).await?
+    {
         info!(topic = %name, partitions = total, "grew partitions");
         ctx.event(
             topic,
@@ -416,22 +417,15 @@ async fn describe_settled(
     admin: &KafkaAdmin,
     desired: &Desired,
 ) -> Result<TopicDescription, Error> {
-    let mut last = None;
-    for _ in 0..40 {
-        if let Some(d) = admin.describe_topic(&desired.topic_name).await? {
-            if d.partition_count() >= desired.partitions {
-                return Ok(d);
-            }
-            last = Some(d);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    last.ok_or_else(|| {
-        Error::Kafka(AdminError::Unavailable(format!(
-            "topic {} does not show in the cluster's metadata yet",
-            desired.topic_name
-        )))
-    })
+    admin
+        .describe_grown(&desired.topic_name, desired.partitions)
+        .await?
+        .ok_or_else(|| {
+            Error::Kafka(AdminError::Unavailable(format!(
+                "topic {} does not show in the cluster's metadata yet",
+                desired.topic_name
+            )))
+        })
 }
 
 fn converged_status(

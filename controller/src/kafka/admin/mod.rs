@@ -334,6 +334,27 @@ impl KafkaAdmin {
             .map_err(|e| e.needing("DESCRIBE", topic_resource(topic)))
     }
 
+    /// Describes `topic` until it shows at least `partitions` partitions. A broker answers from
+    /// its own copy of the cluster's metadata, which can trail a change by a second or more.
+    /// After 10 s, the last description (`None` if the topic never showed).
+    pub async fn describe_grown(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<Option<TopicDescription>> {
+        let mut last = None;
+        for _ in 0..40 {
+            if let Some(d) = self.describe_topic(topic).await? {
+                if d.partition_count() >= partitions {
+                    return Ok(Some(d));
+                }
+                last = Some(d);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(last)
+    }
+
     /// Creates a topic with `configs`; the broker's message explains a refusal.
     pub async fn create_topic(
         &self,
@@ -361,6 +382,23 @@ impl KafkaAdmin {
         self.call(move |n| n.create_partitions(&name, total))
             .await
             .map_err(|e| e.needing("ALTER", topic_resource(topic)))
+    }
+
+    /// Grows `topic` to at least `total` partitions; false when it already had them. Kafka
+    /// refuses to grow a topic to the partitions it has. That refusal is what a caller gets when
+    /// an earlier change of its own had not shown in the metadata it planned from yet, so it is
+    /// not an error once the topic shows them.
+    pub async fn grow_partitions(&self, topic: &str, total: i32) -> Result<bool> {
+        match self.create_partitions(topic, total).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(RDKafkaErrorCode::InvalidPartitions) => {
+                match self.describe_grown(topic, total).await? {
+                    Some(d) if d.partition_count() >= total => Ok(false),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes `topic`; a topic that is already gone is not an error.
