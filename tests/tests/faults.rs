@@ -67,7 +67,15 @@ async fn fault_three_brokers_lose_one_under_gateway_load_and_refuse_with_two_dow
         .create_topic(&format!("{orders}-dlq"), 3, 3, &isr2)
         .await
         .unwrap();
-    let described = kafka_admin.describe_topic(&orders).await.unwrap().unwrap();
+    // The broker that answers can trail the commit of the topic it just created.
+    let described = eventually("the topic", Duration::from_secs(30), || async {
+        kafka_admin
+            .describe_topic(&orders)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("not yet".to_owned())
+    })
+    .await;
     assert_eq!(described.partition_count(), 3);
 
     let dir = tempfile::tempdir().unwrap();

@@ -161,12 +161,18 @@ async fn the_documented_acls_are_enough_and_a_missing_one_is_named() {
     // Growing and reconfiguring the topic: ALTER and ALTER_CONFIGS on it.
     scenario.apply_ok(&topic_yaml(3, "7200000"));
     topic_at(3).await;
-    let config = admin.describe_topic_config(&topic).await.unwrap();
-    assert_eq!(
-        config["retention.ms"].value.as_deref(),
-        Some("7200000"),
-        "the config change reached Kafka"
-    );
+    // Read from the broker's metadata, which can trail the change the operator made.
+    eventually("the config change in Kafka", WAIT, || async {
+        let config = admin
+            .describe_topic_config(&topic)
+            .await
+            .map_err(|e| e.to_string())?;
+        let retention = config["retention.ms"].value.clone();
+        (retention.as_deref() == Some("7200000"))
+            .then_some(())
+            .ok_or(format!("retention.ms {retention:?}"))
+    })
+    .await;
     // A Reconciled condition of before the change does not count: until the consumer's pass
     // sees the grown topic Ready, it may still report the topic as not ready.
     reconciled_condition(
@@ -187,9 +193,11 @@ async fn the_documented_acls_are_enough_and_a_missing_one_is_named() {
         .delete_acls(&[AclFilter::from(&group_describe)])
         .await
         .unwrap();
+    // Waits for the reason itself: a pass can also fail for a moment for another reason (a
+    // Kafka timeout under load), and that is not the answer to the ACL removed.
     let refused =
         reconciled_condition(&consumers, "store", "the consumer NotAuthorized", |_, r| {
-            r.status == "False"
+            r.status == "False" && r.reason == conditions::reason::NOT_AUTHORIZED
         })
         .await;
     assert_eq!(

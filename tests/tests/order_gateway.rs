@@ -410,8 +410,14 @@ async fn a_consumer_and_a_gateway_of_one_name_never_share_a_principal() {
     })
     .await;
     let principal = format!("User:pubsubkafka.{}.orders-gateway", shop.ns);
-    let gateway_acls = acls_of(&stack.kafka, &principal).await;
-    assert_eq!(gateway_acls.len(), 2, "{gateway_acls:?}");
+    // Kafka answers ACL describes from the broker's metadata, which can trail the write.
+    let gateway_acls = eventually("the gateway's 2 ACLs", WAIT, || async {
+        let acls = acls_of(&stack.kafka, &principal).await;
+        (acls.len() == 2)
+            .then_some(acls.clone())
+            .ok_or(format!("{acls:?}"))
+    })
+    .await;
 
     // A consumer named like the gateway, created later: it is refused and touches nothing.
     shop.apply(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams};
 use pubsubkafka_controller::crd::{KafkaAccessPolicy, KafkaTopic, OrderConsumer};
-use pubsubkafka_controller::kafka::{Acl, AclFilter, KafkaAdmin};
+use pubsubkafka_controller::kafka::{Acl, AclFilter, KafkaAdmin, ResourceKind};
 use pubsubkafka_controller::tenancy::DefaultAccessPolicy;
 use testenv::operator::{self, Operator};
 use testenv::scenario::{self, condition};
@@ -208,6 +208,25 @@ impl Tenants {
             .collect()
     }
 
+    /// The ACLs of `principal` once `wanted` holds of them: Kafka answers describes from the
+    /// broker's metadata, which can trail the operator's write by a second or more.
+    async fn acls_when(
+        &self,
+        principal: &str,
+        what: &str,
+        wanted: impl Fn(&BTreeSet<Acl>) -> bool,
+    ) -> BTreeSet<Acl> {
+        eventually(what, WAIT, || async {
+            let acls = self.acls_of(principal).await;
+            if wanted(&acls) {
+                Ok(acls)
+            } else {
+                Err(format!("{acls:?}"))
+            }
+        })
+        .await
+    }
+
     /// Every ACL on topic `topic`.
     async fn acls_on(&self, topic: &str) -> BTreeSet<Acl> {
         self.admin
@@ -298,6 +317,13 @@ async fn victim_consumer(t: &Tenants, topic: &str, retry_topics: bool) -> OrderC
     t.apply_ok(&t.victim, &t.consumer("store", topic, policy));
     t.wait_reason::<OrderConsumer>(&t.victim, "store", "Reconciled")
         .await;
+    // Its ACLs are written in one request: once its group's shows, all of them do.
+    t.acls_when(
+        &format!("User:pubsubkafka.{}.store", t.victim),
+        "the victim's ACLs in Kafka",
+        |acls| acls.iter().any(|a| a.resource == ResourceKind::Group),
+    )
+    .await;
     let consumers: Api<OrderConsumer> = Api::namespaced(t.client.clone(), &t.victim);
     consumers.get("store").await.unwrap()
 }
@@ -786,14 +812,17 @@ async fn inside_one_namespace_consumers_share_dead_letter_topics_as_before() {
             "{name} shares the domain's DLQ"
         );
         let principal = format!("User:pubsubkafka.{ns}.{name}");
-        assert!(
-            t.acls_of(&principal)
-                .await
-                .iter()
-                .any(|a| a.name == dead_letter
-                    && a.operation == pubsubkafka_controller::kafka::AclOperation::Write),
-            "{principal} writes dead letters"
-        );
+        t.acls_when(
+            &principal,
+            &format!("{principal} writes dead letters"),
+            |acls| {
+                acls.iter().any(|a| {
+                    a.name == dead_letter
+                        && a.operation == pubsubkafka_controller::kafka::AclOperation::Write
+                })
+            },
+        )
+        .await;
     }
 
     // Declared first as a KafkaTopic of the namespace: the consumer writes to it, the
@@ -962,10 +991,10 @@ async fn a_policy_allowing_a_prefix_lets_the_namespace_create_and_adopt_under_it
         .unwrap_or_else(|e| panic!("{e}"));
     t.wait_reason::<KafkaTopic>(ns, "payments", "Reconciled")
         .await;
-    assert!(
-        t.acls_of(&gateway).await.iter().any(|a| a.name == created),
-        "the allowed principal is granted"
-    );
+    t.acls_when(&gateway, "the allowed principal granted", |acls| {
+        acls.iter().any(|a| a.name == created)
+    })
+    .await;
 
     // Adopting under the prefix works, with the opt-in; the records stay.
     t.apply_ok(
