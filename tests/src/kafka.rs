@@ -562,6 +562,23 @@ pub async fn principal_gone(admin: &pubsubkafka_controller::kafka::KafkaAdmin, u
     .await
 }
 
+/// Waits until `topic` is gone from Kafka: a deletion shows in the broker's metadata a moment
+/// after it returns, as [`principal_gone`] explains. A topic still there after 30 s fails the
+/// test.
+pub async fn topic_gone(admin: &pubsubkafka_controller::kafka::KafkaAdmin, topic: &str) {
+    crate::eventually(
+        &format!("topic {topic} gone from Kafka"),
+        Duration::from_secs(30),
+        || async {
+            match admin.describe_topic(topic).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -943,14 +943,7 @@ async fn the_uninstall_hook_leaves_no_principal_acl_or_finalizer_behind() {
             .unwrap()
             .is_some()
     );
-    assert!(
-        scenario
-            .admin
-            .describe_topic(&doomed)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    testenv::kafka::topic_gone(&scenario.admin, &doomed).await;
     // The operator's Lease is gone with it.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(admin_client.clone(), &release_ns);

@@ -269,10 +269,8 @@ async fn the_documented_acls_are_enough_and_a_missing_one_is_named() {
     .await;
     // The consumer's SCRAM user and ACLs are removed.
     testenv::kafka::principal_gone(admin, &format!("pubsubkafka.{}.store", scenario.ns)).await;
-    assert!(
-        admin.describe_topic(&topic).await.unwrap().is_none(),
-        "deletionPolicy Delete deleted the topic"
-    );
+    // deletionPolicy Delete deleted the topic.
+    testenv::kafka::topic_gone(admin, &topic).await;
     operator.check_alive().unwrap();
 
     admin

@@ -172,6 +172,21 @@ async fn kafka_principal_acls(stack: &StackInfo, principal: &str) -> usize {
         .len()
 }
 
+/// Waits until the number of ACLs `principal` holds satisfies `wanted`: Kafka answers describes
+/// from the broker's metadata, which can trail the write or the deletion by a second or more.
+async fn principal_acls(
+    stack: &StackInfo,
+    principal: &str,
+    what: &str,
+    wanted: impl Fn(usize) -> bool,
+) {
+    eventually(what, Duration::from_secs(30), || async {
+        let n = kafka_principal_acls(stack, principal).await;
+        wanted(n).then_some(()).ok_or(format!("{n} ACLs"))
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_run_as_pods_survive_deletion_scale_and_are_collected() {
     let _node = NODE.read().await;
@@ -219,7 +234,13 @@ async fn workers_run_as_pods_survive_deletion_scale_and_are_collected() {
 
     // Deleting the consumer: Kubernetes collects what it owns, the operator its principal.
     let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
-    assert!(kafka_principal_acls(app.stack, &principal).await > 0);
+    principal_acls(
+        app.stack,
+        &principal,
+        "the principal's ACLs in Kafka",
+        |n| n > 0,
+    )
+    .await;
     Api::<OrderConsumer>::namespaced(app.client.clone(), &app.ns)
         .delete("order-store", &DeleteParams::default())
         .await
@@ -267,11 +288,12 @@ async fn workers_run_as_pods_survive_deletion_scale_and_are_collected() {
             .ok_or(format!("{left:?} remain"))
     })
     .await;
-    assert_eq!(
-        kafka_principal_acls(app.stack, &principal).await,
-        0,
-        "the principal's ACLs are gone"
-    );
+    // Its SCRAM user and ACLs are gone (as the broker's metadata shows them), so it cannot log in.
+    testenv::kafka::principal_gone(
+        &app.stack.kafka.kafka_admin(),
+        &format!("pubsubkafka.{}.order-store", app.ns),
+    )
+    .await;
     let login: BaseConsumer = app
         .stack
         .kafka
@@ -378,7 +400,10 @@ async fn a_namespace_with_topics_policies_and_consumers_deletes_while_the_operat
     })
     .await;
     let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
-    assert!(kafka_principal_acls(stack, &principal).await > 0);
+    principal_acls(stack, &principal, "the principal's ACLs in Kafka", |n| {
+        n > 0
+    })
+    .await;
 
     let started = std::time::Instant::now();
     stack
@@ -396,7 +421,7 @@ async fn a_namespace_with_topics_policies_and_consumers_deletes_while_the_operat
         started.elapsed().as_secs_f64()
     );
     // The operator's cleanups ran: no ACLs left, the Delete topic is gone from Kafka.
-    assert_eq!(kafka_principal_acls(stack, &principal).await, 0);
+    principal_acls(stack, &principal, "no ACL left", |n| n == 0).await;
     let metadata_consumer: BaseConsumer = stack
         .kafka
         .admin_config()
@@ -510,7 +535,13 @@ async fn helm_uninstall_with_consumers_left_never_leaves_a_namespace_stuck() {
     app.apply_pipeline(1, "");
     app.ready_workers(1).await;
     let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
-    assert!(kafka_principal_acls(app.stack, &principal).await > 0);
+    principal_acls(
+        app.stack,
+        &principal,
+        "the principal's ACLs in Kafka",
+        |n| n > 0,
+    )
+    .await;
 
     // The operator goes with its release while the consumer (and its finalizer) stays: the
     // chart's pre-delete hook, a Job on the node, cleans up what the operator would have.
@@ -520,11 +551,13 @@ async fn helm_uninstall_with_consumers_left_never_leaves_a_namespace_stuck() {
             cluster::describe_namespace(app.stack, &app.ns)
         )
     });
-    assert_eq!(
-        kafka_principal_acls(app.stack, &principal).await,
-        0,
-        "the hook removed the consumer's ACLs"
-    );
+    principal_acls(
+        app.stack,
+        &principal,
+        "the hook removed the consumer's ACLs",
+        |n| n == 0,
+    )
+    .await;
     let started = std::time::Instant::now();
     app.stack
         .kube
@@ -665,7 +698,10 @@ async fn deleting_the_watched_namespace_finishes_with_the_operator_elsewhere() {
     app.apply_pipeline(1, "  deletionPolicy: Delete\n");
     app.ready_workers(1).await;
     let principal = format!("User:pubsubkafka.{}.order-store", app.ns);
-    assert!(kafka_principal_acls(stack, &principal).await > 0);
+    principal_acls(stack, &principal, "the principal's ACLs in Kafka", |n| {
+        n > 0
+    })
+    .await;
 
     stack
         .kube
@@ -676,11 +712,13 @@ async fn deleting_the_watched_namespace_finishes_with_the_operator_elsewhere() {
                 cluster::describe_namespace(stack, &operator_ns)
             )
         });
-    assert_eq!(
-        kafka_principal_acls(stack, &principal).await,
-        0,
-        "the operator cleaned the consumer's principal up"
-    );
+    principal_acls(
+        stack,
+        &principal,
+        "the operator cleaned the consumer's principal up",
+        |n| n == 0,
+    )
+    .await;
     release.uninstall(stack).expect("helm uninstall");
     let _ = stack
         .kube
