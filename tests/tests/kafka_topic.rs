@@ -1,7 +1,7 @@
 //! The KafkaTopic controller against the real API server and the real secured Kafka: each test
 //! gets its own namespace, its own topic names and its own operator scoped to that namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
@@ -57,6 +57,30 @@ impl Env {
             }
         })
         .await
+    }
+
+    /// KafkaTopic `name` (2 partitions, replication factor 1, `deletionPolicy: Delete`) as an
+    /// operator stopped after writing its creation mark leaves it: the finalizer in place and
+    /// `status.creating` written as the operator writes its status (server-side apply, its
+    /// field manager). Run without an operator.
+    async fn leave_marked(&self, name: &str) {
+        self.apply_ok(&format!(
+            "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {name}\n  \
+             finalizers: [pubsubkafka.io/topic-cleanup]\nspec:\n  partitions: 2\n  \
+             replicationFactor: 1\n  deletionPolicy: Delete\n"
+        ));
+        self.topics
+            .patch_status(
+                name,
+                &kube::api::PatchParams::apply(pubsubkafka_controller::FIELD_MANAGER).force(),
+                &kube::api::Patch::Apply(serde_json::json!({
+                    "apiVersion": "pubsubkafka.io/v1alpha1",
+                    "kind": "KafkaTopic",
+                    "status": {"creating": true},
+                })),
+            )
+            .await
+            .unwrap();
     }
 
     async fn wait_ready(&self, name: &str) -> KafkaTopic {
@@ -490,6 +514,182 @@ async fn the_operator_refuses_to_start_without_its_crds() {
     );
 }
 
+/// A creation mark whose answer was lost, on a topic someone else created meanwhile: the
+/// operator cannot learn from Kafka who created a topic, but a topic of another shape than the
+/// spec (here 3 partitions where 2 were asked) was not made by its request. The resource is
+/// refused, the mark cleared, and `deletionPolicy: Delete` leaves the topic. The state is made
+/// exactly as such a stop leaves it, as in the test above.
+#[tokio::test]
+async fn a_creation_mark_never_claims_a_topic_of_another_shape() {
+    let mut env = env().await;
+    let operator = env.scenario.operator.take();
+    drop(operator);
+    let name = testenv::unique_name("foreign");
+    env.leave_marked(&name).await;
+    env.admin
+        .create_topic(&name, 3, 1, &BTreeMap::new())
+        .await
+        .unwrap();
+    let id = eventually("the topic", WAIT, || async {
+        env.admin
+            .describe_topic(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|d| d.id)
+            .ok_or("absent".to_owned())
+    })
+    .await;
+
+    let _operator = Operator::start(
+        &env.kube,
+        operator::args(&testenv::shared().kafka, &env.ns, Duration::from_secs(3)),
+    )
+    .await;
+    let status = env.wait_reason(&name, "TopicExists").await.status.unwrap();
+    assert!(!status.creating, "the mark is cleared");
+    assert_eq!(
+        status.topic_id, None,
+        "the topic is not recorded as this resource's"
+    );
+    assert_eq!(status.origin, None);
+
+    env.topics
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the KafkaTopic gone", WAIT, || async {
+        match env.topics.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|t| t.map(|t| t.status)))),
+        }
+    })
+    .await;
+    assert_eq!(
+        env.admin.describe_topic(&name).await.unwrap().map(|d| d.id),
+        Some(id),
+        "Delete leaves a topic the resource did not create"
+    );
+    env.admin.delete_topic(&name).await.unwrap();
+}
+
+/// Someone else creates each topic around the moment the operator creates it for a KafkaTopic.
+/// Whoever Kafka let create it owns it. When the other creator's request succeeded, the
+/// resource is refused (`TopicExists`) and deleting it with `deletionPolicy: Delete` leaves
+/// the topic. When Kafka refused the other creator, the operator created the topic and it is
+/// the resource's to delete. The other creator asks for 2 partitions and the resources for 1,
+/// so Kafka itself says whose each topic is. One create every 50 ms or so while 30 resources
+/// are applied: some land before the operator looks, some after it created the topic, and any
+/// in between take the branch where the operator's own create is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_someone_else_creates_meanwhile_stays_theirs() {
+    let env = env().await;
+    let base = testenv::unique_name("race");
+    let names: Vec<String> = (0..100).map(|i| format!("{base}-{i}")).collect();
+    let other = {
+        let (admin, names) = (env.admin.clone(), names.clone());
+        tokio::spawn(async move {
+            let creates = names.into_iter().enumerate().map(|(i, name)| {
+                let admin = admin.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200 + 5 * i as u64)).await;
+                    match admin.create_topic(&name, 2, 1, &BTreeMap::new()).await {
+                        Ok(()) => Some(name),
+                        Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => None,
+                        Err(e) => panic!("{name}: {e}"),
+                    }
+                }
+            });
+            futures::future::join_all(creates)
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<BTreeSet<String>>()
+        })
+    };
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|n| topic_yaml(n, 1, "  deletionPolicy: Delete\n"))
+        .collect();
+    env.apply_ok(&manifests.join("---\n"));
+    let theirs = other.await.unwrap();
+
+    for name in &names {
+        let described = eventually(&format!("{name} in Kafka"), WAIT, || async {
+            env.admin
+                .describe_topic(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("absent".to_owned())
+        })
+        .await;
+        if theirs.contains(name) {
+            assert_eq!(
+                described.partition_count(),
+                2,
+                "{name}: the other creator's"
+            );
+            let status = env.wait_reason(name, "TopicExists").await.status.unwrap();
+            assert_ne!(status.origin, Some(TopicOrigin::Created), "{name}");
+            assert!(!status.creating, "{name}: no creation mark left");
+        } else {
+            assert_eq!(
+                described.partition_count(),
+                1,
+                "{name}: Kafka refused the other creator, so the operator created it"
+            );
+            let status = env.wait_ready(name).await.status.unwrap();
+            assert_eq!(status.origin, Some(TopicOrigin::Created), "{name}");
+            assert_eq!(status.topic_id, Some(described.id), "{name}");
+        }
+    }
+    // How many the operator's own create found taken (the branch between its look and its
+    // create), from its events: timing decides, so it is reported, not asserted.
+    let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
+    let raced = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| {
+            e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("while this resource was creating it"))
+        })
+        .count();
+    eprintln!(
+        "{} of {} topics were the other creator's, {raced} of them created while the operator \
+         was creating them",
+        theirs.len(),
+        names.len()
+    );
+
+    for name in &names {
+        env.topics
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for name in &names {
+        eventually(&format!("KafkaTopic {name} gone"), WAIT, || async {
+            match env.topics.get_opt(name).await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|t| t.map(|t| t.status)))),
+            }
+        })
+        .await;
+        if theirs.contains(name) {
+            assert!(
+                env.admin.describe_topic(name).await.unwrap().is_some(),
+                "{name}: Delete removes only a topic the resource created"
+            );
+            env.admin.delete_topic(name).await.unwrap();
+        } else {
+            testenv::kafka::topic_gone(&env.admin, name).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn status_is_written_only_when_it_changes() {
     let env = env().await;
@@ -517,24 +717,7 @@ async fn fault_an_operator_stopped_while_creating_topics_resumes_them_as_its_own
     // topic created in Kafka, no topic id in the status.
     drop(env.scenario.operator.take());
     let left = testenv::unique_name("left");
-    env.apply_ok(&format!(
-        "apiVersion: pubsubkafka.io/v1alpha1\nkind: KafkaTopic\nmetadata:\n  name: {left}\n  \
-         finalizers: [pubsubkafka.io/topic-cleanup]\nspec:\n  partitions: 2\n  \
-         replicationFactor: 1\n{delete}"
-    ));
-    // Written as the operator writes its status: server-side apply, its field manager.
-    env.topics
-        .patch_status(
-            &left,
-            &kube::api::PatchParams::apply(pubsubkafka_controller::FIELD_MANAGER).force(),
-            &kube::api::Patch::Apply(serde_json::json!({
-                "apiVersion": "pubsubkafka.io/v1alpha1",
-                "kind": "KafkaTopic",
-                "status": {"creating": true},
-            })),
-        )
-        .await
-        .unwrap();
+    env.leave_marked(&left).await;
     env.admin
         .create_topic(&left, 2, 1, &BTreeMap::new())
         .await

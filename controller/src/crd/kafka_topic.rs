@@ -174,7 +174,8 @@ pub struct KafkaTopicStatus {
     pub origin: Option<TopicOrigin>,
     /// True from just before the operator asks Kafka to create the topic until it records the
     /// created topic's id: an operator stopped in between knows the topic as the one this
-    /// resource created when it starts again, rather than as a foreign topic needing `adopt`.
+    /// resource created when it starts again, rather than as a foreign topic needing `adopt`,
+    /// if the topic has the spec's partitions and replication factor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
     /// The access entries whose ACLs are in Kafka, so removals from spec.access can be undone.

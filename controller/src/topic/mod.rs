@@ -106,6 +106,26 @@ async fn reconcile_inner(topic: &KafkaTopic, ctx: &Context) -> Result<Action, Er
         // The watch event of the status written after it starts the next pass.
         return Ok(Action::await_change());
     }
+    // A creation mark makes a nameless topic this resource's (see `create`), so it is trusted
+    // only as the API server has it now. The cache can still hold a mark that a pass of this
+    // process cleared when someone else created the topic first: acting on it would claim, and
+    // with Delete later delete, their topic. Read again only while a mark is up: rare.
+    let fresh;
+    let topic = if topic
+        .status
+        .as_ref()
+        .is_some_and(|s| s.creating && s.topic_id.is_none())
+    {
+        match api.get_opt(&topic.name_any()).await? {
+            Some(current) => {
+                fresh = current;
+                &fresh
+            }
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        topic
+    };
     if topic.metadata.deletion_timestamp.is_some() {
         return cleanup(topic, ctx, &api).await;
     }
@@ -235,6 +255,10 @@ async fn converge(
         Management::Create => TopicOrigin::Created,
         Management::Manage(origin) => origin,
         Management::Unmanaged => {
+            // A creation mark left on a topic it did not make goes (see `plan::made_as_asked`).
+            if let Some(written) = pass.written.as_mut() {
+                written.creating = false;
+            }
             return Err(Error::Refused {
                 reason: reason::TOPIC_EXISTS,
                 message: format!(
@@ -322,8 +346,15 @@ async fn create(
     {
         Ok(()) => {}
         // An earlier pass asked, and its answer was lost (a timeout, the operator stopped):
-        // that request created it.
-        Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) && asked_before => {}
+        // that request created it, if the topic has the shape it asked for.
+        Err(e)
+            if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists)
+                && asked_before
+                && ctx
+                    .admin
+                    .describe_grown(name, 1)
+                    .await?
+                    .is_some_and(|d| plan::made_as_asked(topic, &d)) => {}
         // Someone else created it after this pass looked: not this resource's. The next pass
         // finds an existing topic (managed only with spec.adopt).
         Err(e) if e.code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
@@ -555,8 +586,8 @@ pub async fn release_kafka(
     owned_elsewhere: bool,
 ) -> Result<plan::Cleanup, AdminError> {
     let name = topic.topic_name();
-    let kafka_id = admin.describe_topic(name).await?.map(|d| d.id);
-    let steps = plan::cleanup(topic, kafka_id.as_deref(), owned_elsewhere);
+    let observed = admin.describe_topic(name).await?;
+    let steps = plan::cleanup(topic, observed.as_ref(), owned_elsewhere);
     if steps.remove_acls {
         let applied = Desired::of(topic).applied_acls;
         let filters: Vec<AclFilter> = applied.iter().map(AclFilter::from).collect();

@@ -236,8 +236,9 @@ pub enum Management {
 /// Whether to create, keep managing, adopt or leave alone the topic Kafka reports. A topic this
 /// resource managed is recognised by its id in the status (a topic deleted and created again by
 /// someone else has another id), or, when the operator stopped between asking Kafka to create
-/// it and recording its id, by `status.creating` (written before the request); a status from
-/// before `origin` existed counts as adopted, the cautious reading for deletion.
+/// it and recording its id, by `status.creating` (written before the request) on a topic of the
+/// spec's shape ([`made_as_asked`]); a status from before `origin` existed counts as adopted,
+/// the cautious reading for deletion.
 pub fn management(topic: &KafkaTopic, observed: Option<&TopicDescription>) -> Management {
     let Some(observed) = observed else {
         return Management::Create;
@@ -249,13 +250,24 @@ pub fn management(topic: &KafkaTopic, observed: Option<&TopicDescription>) -> Ma
     };
     if known {
         Management::Manage(status.origin.unwrap_or(TopicOrigin::Adopted))
-    } else if status.creating && status.topic_id.is_none() {
+    } else if status.creating && status.topic_id.is_none() && made_as_asked(topic, observed) {
         Management::Manage(TopicOrigin::Created)
     } else if topic.spec.adopt {
         Management::Manage(TopicOrigin::Adopted)
     } else {
         Management::Unmanaged
     }
+}
+
+/// Whether `observed` has the partitions and replication factor this resource asks for, as a
+/// topic its own request created has. A creation mark whose answer was lost (a timeout, the
+/// operator stopped) cannot say who created the topic Kafka now reports: someone else may have
+/// created it first, and Kafka refused this resource's request. A topic of another shape is
+/// certainly not this resource's, so the mark does not claim it. One of the same shape still
+/// can be someone else's: that risk is left.
+pub fn made_as_asked(topic: &KafkaTopic, observed: &TopicDescription) -> bool {
+    observed.partition_count() == topic.spec.partitions
+        && observed.replication_factor() == topic.spec.replication_factor
 }
 
 /// What deleting the resource removes from Kafka.
@@ -271,10 +283,17 @@ pub struct Cleanup {
 /// Deleting the resource removes only what it manages: its ACLs when it managed the topic, and
 /// with `deletionPolicy: Delete` the topic itself when it is the same topic (same id), no other
 /// resource owns it, and this resource created it or `deleteAdopted` says to delete it.
-pub fn cleanup(topic: &KafkaTopic, kafka_id: Option<&str>, owned_elsewhere: bool) -> Cleanup {
+pub fn cleanup(
+    topic: &KafkaTopic,
+    observed: Option<&TopicDescription>,
+    owned_elsewhere: bool,
+) -> Cleanup {
     let status = topic.status.clone().unwrap_or_default();
+    let kafka_id = observed.map(|d| d.id.as_str());
     // Asked Kafka to create it, and stopped before recording its id (see `management`).
-    let asked = status.creating && status.topic_id.is_none();
+    let asked = status.creating
+        && status.topic_id.is_none()
+        && observed.is_none_or(|d| made_as_asked(topic, d));
     let origin = status.origin.or(asked.then_some(TopicOrigin::Created));
     let managed =
         !owned_elsewhere && !tenancy::is_internal_topic(topic.topic_name()) && origin.is_some();
@@ -578,6 +597,22 @@ spec:
             Management::Create,
             "stopped before Kafka created it: asked again"
         );
+        assert_eq!(
+            management(
+                &with_status(ORDERS, "{creating: true}"),
+                Some(&described(2, 1))
+            ),
+            Management::Unmanaged,
+            "a topic of another shape was not made by this resource's request"
+        );
+        assert_eq!(
+            management(
+                &with_status(ORDERS, "{creating: true}"),
+                Some(&described(6, 3))
+            ),
+            Management::Unmanaged,
+            "nor one of another replication factor"
+        );
         let other = with_status(ORDERS, "{topicId: xyz, origin: Created, creating: true}");
         assert_eq!(
             management(&other, Some(&fresh)),
@@ -620,8 +655,24 @@ spec:
             (delete.as_str(), asked, Some("new"), false, true, true),
             (ORDERS, asked, Some("new"), false, true, false),
             (delete.as_str(), asked, Some("new"), true, false, false),
+            // Asked, but Kafka holds a topic of another shape: someone else's.
+            (
+                delete.as_str(),
+                asked,
+                Some("other-shape"),
+                false,
+                false,
+                false,
+            ),
         ] {
-            let steps = cleanup(&with_status(spec, status), kafka_id, elsewhere);
+            let observed = kafka_id.map(|id| {
+                let (partitions, replication) = if id == "other-shape" { (2, 1) } else { (6, 1) };
+                TopicDescription {
+                    id: id.to_owned(),
+                    ..described(partitions, replication)
+                }
+            });
+            let steps = cleanup(&with_status(spec, status), observed.as_ref(), elsewhere);
             assert_eq!(
                 (steps.remove_acls, steps.delete_topic),
                 (acls, deleted),
