@@ -59,9 +59,10 @@ pub fn idempotent_producer(
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")
-        // Kafka's own producer default since 4.0: half the gateway's CPU per request of 2 ms
-        // (fewer, fuller batches and broker-thread wake-ups) for at most 3 ms more latency.
-        .set("linger.ms", "5")
+        // A request waits for its ack, so a client's throughput is its concurrency over this
+        // wait: at 5 ms (Kafka's own default) 256 connections reached 36,700 orders/s with the
+        // machine 25% idle, at 2 ms 42,000-45,800 for the same CPU per order at full load.
+        .set("linger.ms", "2")
         .set("batch.num.messages", "10000")
         .set("retry.backoff.ms", "100")
         .set("retry.backoff.max.ms", "1000")
