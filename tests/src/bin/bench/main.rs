@@ -22,6 +22,7 @@ mod producer;
 mod rebalance;
 mod sink;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -444,6 +445,9 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
     }
     let (mut proc_, port) = spawn_worker(kafka, worker_bin, dir, &m.label, config);
     let mut first: Option<(Instant, f64)> = None;
+    // PSK_BENCH_TIMELINE=1 prints each run's records/s per 100 ms to stderr (for diagnosis).
+    let trace = std::env::var_os("PSK_BENCH_TIMELINE").is_some();
+    let mut timeline = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         assert!(Instant::now() < deadline, "the worker did not finish");
@@ -458,12 +462,34 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
         if done > 0.0 && first.is_none() {
             first = Some((now, done));
         }
+        if trace {
+            timeline.push((now, done));
+        }
         if done >= m.records as f64 {
+            if trace {
+                print_timeline(&m.label, &timeline);
+            }
             let (t0, n0) = first.expect("seen");
             return (done - n0) / (now - t0).as_secs_f64().max(1e-6);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Records/s per 100 ms of a run, from its (instant, records so far) samples.
+fn print_timeline(label: &str, samples: &[(Instant, f64)]) {
+    let Some(&(start, _)) = samples.iter().find(|(_, n)| *n > 0.0) else {
+        return;
+    };
+    let mut line = format!("timeline {label} (records/s per 100 ms):");
+    let (mut t0, mut n0) = (start, 0.0);
+    for &(t, n) in samples.iter().filter(|(t, _)| *t >= start) {
+        if t - t0 >= Duration::from_millis(100) {
+            let _ = write!(line, " {:.0}k", (n - n0) / (t - t0).as_secs_f64() / 1000.0);
+            (t0, n0) = (t, n);
+        }
+    }
+    eprintln!("{line}");
 }
 
 /// A worker process consuming over PLAINTEXT with `config`, its files named after `label`:
