@@ -15,6 +15,9 @@
 //!   the longest time a partition went without progress.
 //! - The controller: N KafkaTopic resources applied at once, time until all Ready, memory at
 //!   rest, API requests per resource.
+//!
+//! `PSK_BENCH_TIMELINE=1` also prints each worker run's records/s per 100 ms to stderr, to tell a
+//! stall from a run that is slower throughout.
 
 mod controller;
 mod ordering;
@@ -478,11 +481,13 @@ async fn worker_rate(kafka: &KafkaInfo, worker_bin: &Path, dir: &Path, m: &Measu
 
 /// Records/s per 100 ms of a run, from its (instant, records so far) samples.
 fn print_timeline(label: &str, samples: &[(Instant, f64)]) {
-    let Some(&(start, _)) = samples.iter().find(|(_, n)| *n > 0.0) else {
+    // From the first sample that saw records, as the measured rate starts: the records before
+    // it belong to no interval.
+    let Some(&(start, seen)) = samples.iter().find(|(_, n)| *n > 0.0) else {
         return;
     };
     let mut line = format!("timeline {label} (records/s per 100 ms):");
-    let (mut t0, mut n0) = (start, 0.0);
+    let (mut t0, mut n0) = (start, seen);
     for &(t, n) in samples.iter().filter(|(t, _)| *t >= start) {
         if t - t0 >= Duration::from_millis(100) {
             let _ = write!(line, " {:.0}k", (n - n0) / (t - t0).as_secs_f64() / 1000.0);
