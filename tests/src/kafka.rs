@@ -562,6 +562,27 @@ pub async fn principal_gone(admin: &pubsubkafka_controller::kafka::KafkaAdmin, u
     .await
 }
 
+/// Waits until `topic` shows in Kafka's metadata, and returns it: a topic created a moment ago
+/// may not show yet, as [`principal_gone`] explains for deletions. Absent after 30 s fails the
+/// test.
+pub async fn topic_shown(
+    admin: &pubsubkafka_controller::kafka::KafkaAdmin,
+    topic: &str,
+) -> pubsubkafka_controller::kafka::TopicDescription {
+    crate::eventually(
+        &format!("topic {topic} in Kafka"),
+        Duration::from_secs(30),
+        || async {
+            admin
+                .describe_topic(topic)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "absent".to_owned())
+        },
+    )
+    .await
+}
+
 /// Waits until `topic` is gone from Kafka: a deletion shows in the broker's metadata a moment
 /// after it returns, as [`principal_gone`] explains. A topic still there after 30 s fails the
 /// test.

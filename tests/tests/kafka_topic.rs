@@ -267,14 +267,7 @@ async fn an_existing_topic_is_adopted_on_request_and_a_second_claim_is_refused()
         .create_topic(&name, 2, 1, &BTreeMap::new())
         .await
         .unwrap();
-    let existing = eventually("the topic", WAIT, || async {
-        env.admin
-            .describe_topic(&name)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent".to_owned())
-    })
-    .await;
+    let existing = testenv::kafka::topic_shown(&env.admin, &name).await;
 
     // Never silently: without the opt-in the status says how to adopt, and nothing changes.
     env.apply_ok(&topic_yaml(
@@ -530,15 +523,7 @@ async fn a_creation_mark_never_claims_a_topic_of_another_shape() {
         .create_topic(&name, 3, 1, &BTreeMap::new())
         .await
         .unwrap();
-    let id = eventually("the topic", WAIT, || async {
-        env.admin
-            .describe_topic(&name)
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|d| d.id)
-            .ok_or("absent".to_owned())
-    })
-    .await;
+    let id = testenv::kafka::topic_shown(&env.admin, &name).await.id;
 
     let _operator = Operator::start(
         &env.kube,

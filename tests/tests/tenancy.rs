@@ -577,14 +577,7 @@ async fn an_unmanaged_topic_is_adopted_only_on_request_and_kept_unless_asked() {
         .create_topic(&topic, 2, 1, &BTreeMap::new())
         .await
         .unwrap();
-    let before = eventually("the topic", WAIT, || async {
-        t.admin
-            .describe_topic(&topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent".to_owned())
-    })
-    .await;
+    let before = testenv::kafka::topic_shown(&t.admin, &topic).await;
     assert_eq!(before.partition_count(), 2);
     let before = t.fill(&topic).await;
     let acls = t.acls_on(&topic).await;
