@@ -40,18 +40,23 @@ pub const DLQ_INCOMING_CONTENT_SHA256: &str = "x-dlq-incoming-content-sha256";
 /// How many times the record was replayed from the dead-letter topic (decimal).
 pub const DLQ_REPLAY_COUNT: &str = "x-dlq-replay-count";
 
-/// Failed attempts so far, on a record in a retry topic (decimal).
-pub const RETRY_ATTEMPTS: &str = "x-retry-attempts";
-/// When the record may be tried again, milliseconds since the Unix epoch (decimal).
-pub const RETRY_DUE_AT: &str = "x-retry-due-at";
-/// Topic the record was first consumed from.
-pub const RETRY_ORIGINAL_TOPIC: &str = "x-retry-original-topic";
-/// Partition it was consumed from (decimal); the retry record keeps the same partition.
-pub const RETRY_ORIGINAL_PARTITION: &str = "x-retry-original-partition";
-/// Its offset there (decimal).
-pub const RETRY_ORIGINAL_OFFSET: &str = "x-retry-original-offset";
-/// Its record timestamp, milliseconds since the Unix epoch (decimal).
-pub const RETRY_ORIGINAL_TIMESTAMP: &str = "x-retry-original-timestamp";
+/// Where a record in a retry topic was first consumed, how often it failed and when it is due,
+/// in one header: `attempts=2;due-at=1764600000000;partition=1;offset=4711;timestamp=1764599990000;topic=orders`
+/// (numbers in decimal, times in milliseconds since the Unix epoch; `timestamp` absent when the
+/// source record had none; a topic name holds no `;`). One header rather than
+/// six: each header of a copy costs librdkafka an allocation when it is produced and again when
+/// it is consumed.
+pub const RETRY_STATE: &str = "x-retry-state";
+/// The six headers that carried [`RETRY_STATE`]'s fields before it: copies written by an earlier
+/// version are still read.
+pub const LEGACY_RETRY_STATE: [&str; 6] = [
+    "x-retry-original-topic",
+    "x-retry-original-partition",
+    "x-retry-original-offset",
+    "x-retry-original-timestamp",
+    "x-retry-attempts",
+    "x-retry-due-at",
+];
 /// The class of the last failure.
 pub const RETRY_ERROR_CLASS: &str = "x-retry-error-class";
 /// The last failure, human readable (truncated to 1 KiB).
@@ -237,19 +242,24 @@ pub struct RetryState<'a> {
 }
 
 impl<'a> RetryState<'a> {
-    /// Reads the `x-retry-*` headers; `None` when they are missing or malformed.
+    /// Reads [`RETRY_STATE`] (or, on a copy of an earlier version, its six headers); `None`
+    /// when it is missing or malformed.
     pub fn parse<H: Headers>(headers: Option<&'a H>) -> Option<Self> {
-        let [topic, partition, offset, timestamp, attempts, due_at] = get_all(
+        let [state, topic, partition, offset, timestamp, attempts, due_at] = get_all(
             headers,
             [
-                RETRY_ORIGINAL_TOPIC,
-                RETRY_ORIGINAL_PARTITION,
-                RETRY_ORIGINAL_OFFSET,
-                RETRY_ORIGINAL_TIMESTAMP,
-                RETRY_ATTEMPTS,
-                RETRY_DUE_AT,
+                RETRY_STATE,
+                LEGACY_RETRY_STATE[0],
+                LEGACY_RETRY_STATE[1],
+                LEGACY_RETRY_STATE[2],
+                LEGACY_RETRY_STATE[3],
+                LEGACY_RETRY_STATE[4],
+                LEGACY_RETRY_STATE[5],
             ],
         );
+        if let Some(state) = state {
+            return Self::parse_value(state);
+        }
         let number = |value: Option<&str>| value?.parse::<i64>().ok();
         Some(Self {
             topic: topic?,
@@ -259,6 +269,59 @@ impl<'a> RetryState<'a> {
             attempts: u32::try_from(number(attempts)?).ok()?,
             due_at_ms: number(due_at)?,
         })
+    }
+
+    /// Reads the value of a [`RETRY_STATE`] header: every field once, unknown ones skipped.
+    fn parse_value(value: &'a str) -> Option<Self> {
+        let (mut attempts, mut due_at, mut partition, mut offset, mut timestamp, mut topic) =
+            (None, None, None, None, None, None);
+        let mut rest = value;
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once('=')?;
+            let field;
+            (field, rest) = after.split_once(';').unwrap_or((after, ""));
+            let slot = match name {
+                "attempts" => &mut attempts,
+                "due-at" => &mut due_at,
+                "partition" => &mut partition,
+                "offset" => &mut offset,
+                "timestamp" => &mut timestamp,
+                "topic" => &mut topic,
+                _ => continue,
+            };
+            if slot.replace(field).is_some() {
+                return None;
+            }
+        }
+        let number = |value: Option<&str>| value?.parse::<i64>().ok();
+        Some(Self {
+            topic: topic.filter(|t| !t.is_empty())?,
+            partition: partition?.parse().ok()?,
+            offset: number(offset)?,
+            timestamp_ms: match timestamp {
+                Some(t) => Some(t.parse().ok()?),
+                None => None,
+            },
+            attempts: attempts?.parse().ok()?,
+            due_at_ms: number(due_at)?,
+        })
+    }
+
+    /// The value of its [`RETRY_STATE`] header.
+    fn value(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(96 + self.topic.len());
+        let _ = write!(
+            out,
+            "attempts={};due-at={};partition={};offset={};",
+            self.attempts, self.due_at_ms, self.partition, self.offset
+        );
+        if let Some(t) = self.timestamp_ms {
+            let _ = write!(out, "timestamp={t};");
+        }
+        out.push_str("topic=");
+        out.push_str(self.topic);
+        out
     }
 }
 
@@ -270,32 +333,19 @@ pub fn retry_headers<H: Headers>(
     error_class: &str,
     error_message: &str,
 ) -> OwnedHeaders {
-    let mut out = original_headers(original, 8);
-    let partition = state.partition.to_string();
-    let offset = state.offset.to_string();
-    let attempts = state.attempts.to_string();
-    let due = state.due_at_ms.to_string();
-    let timestamp = state.timestamp_ms.map(|t| t.to_string());
-    let message = truncated(error_message);
-    let mut fields: Vec<(&str, &str)> = vec![
-        (RETRY_ORIGINAL_TOPIC, state.topic),
-        (RETRY_ORIGINAL_PARTITION, &partition),
-        (RETRY_ORIGINAL_OFFSET, &offset),
-        (RETRY_ATTEMPTS, &attempts),
-        (RETRY_DUE_AT, &due),
-        (RETRY_ERROR_CLASS, error_class),
-        (RETRY_ERROR_MESSAGE, &message),
-    ];
-    if let Some(t) = &timestamp {
-        fields.push((RETRY_ORIGINAL_TIMESTAMP, t));
-    }
-    for (key, value) in fields {
-        out = out.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
-    out
+    original_headers(original, 3)
+        .insert(Header {
+            key: RETRY_STATE,
+            value: Some(&state.value()),
+        })
+        .insert(Header {
+            key: RETRY_ERROR_CLASS,
+            value: Some(error_class),
+        })
+        .insert(Header {
+            key: RETRY_ERROR_MESSAGE,
+            value: Some(&truncated(error_message)),
+        })
 }
 
 #[cfg(test)]
@@ -473,10 +523,117 @@ mod tests {
         };
         let twice = retry_headers(Some(&once), &second, "Transient", "HTTP 500");
         assert_eq!(RetryState::parse(Some(&twice)), Some(second));
-        assert_eq!(twice.iter().filter(|h| h.key == RETRY_ATTEMPTS).count(), 1);
+        assert_eq!(twice.iter().filter(|h| h.key == RETRY_STATE).count(), 1);
+        assert_eq!(
+            twice.iter().map(|h| h.key).collect::<Vec<_>>(),
+            [
+                CONTENT_TYPE,
+                RETRY_STATE,
+                RETRY_ERROR_CLASS,
+                RETRY_ERROR_MESSAGE
+            ],
+            "the original headers, then three of ours"
+        );
         assert_eq!(get(Some(&twice), RETRY_ERROR_MESSAGE), Some("HTTP 500"));
         assert_eq!(twice.iter().next().unwrap().key, CONTENT_TYPE);
         assert_eq!(RetryState::parse(Some(&original)), None);
+    }
+
+    #[test]
+    fn the_retry_state_is_one_readable_header() {
+        let state = RetryState {
+            topic: "shop.orders-v2",
+            partition: 11,
+            offset: 4711,
+            timestamp_ms: Some(1_764_599_990_000),
+            attempts: 2,
+            due_at_ms: 1_764_600_000_000,
+        };
+        let headers = retry_headers(None::<&OwnedHeaders>, &state, "Transient", "HTTP 503");
+        assert_eq!(
+            get(Some(&headers), RETRY_STATE),
+            Some(
+                "attempts=2;due-at=1764600000000;partition=11;offset=4711;\
+                 timestamp=1764599990000;topic=shop.orders-v2"
+            )
+        );
+        let untimed = RetryState {
+            timestamp_ms: None,
+            ..state.clone()
+        };
+        let headers = retry_headers(None::<&OwnedHeaders>, &untimed, "Transient", "x");
+        assert_eq!(RetryState::parse(Some(&headers)), Some(untimed));
+    }
+
+    #[test]
+    fn a_retry_state_in_any_field_order_parses_and_a_malformed_one_does_not() {
+        let parse = |value: &str| {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "X-Retry-State",
+                value: Some(value),
+            });
+            RetryState::parse(Some(&headers)).map(|s| {
+                (
+                    s.topic.to_owned(),
+                    s.partition,
+                    s.offset,
+                    s.timestamp_ms,
+                    s.attempts,
+                    s.due_at_ms,
+                )
+            })
+        };
+        assert_eq!(
+            parse("topic=o;offset=7;partition=1;due-at=9;attempts=3;later=ignored"),
+            Some(("o".to_owned(), 1, 7, None, 3, 9))
+        );
+        for bad in [
+            "",
+            "attempts=3;due-at=9;partition=1;offset=7",
+            "attempts=3;due-at=9;partition=1;offset=7;topic=",
+            "attempts=3;attempts=4;due-at=9;partition=1;offset=7;topic=o",
+            "attempts=-1;due-at=9;partition=1;offset=7;topic=o",
+            "attempts=3;due-at=9;partition=4294967296;offset=7;topic=o",
+            "attempts=3;due-at=soon;partition=1;offset=7;topic=o",
+            "attempts=3;due-at=9;partition=1;offset=7;timestamp=;topic=o",
+            "attempts=3;due-at=9;partition=1;offset=7;topic",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_copy_written_by_an_earlier_version_is_still_read() {
+        let mut legacy = OwnedHeaders::new();
+        for (key, value) in LEGACY_RETRY_STATE.iter().zip([
+            "orders",
+            "2",
+            "41",
+            "1700000000000",
+            "1",
+            "1700000001000",
+        ]) {
+            legacy = legacy.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        assert_eq!(
+            RetryState::parse(Some(&legacy)),
+            Some(RetryState {
+                topic: "orders",
+                partition: 2,
+                offset: 41,
+                timestamp_ms: Some(1_700_000_000_000),
+                attempts: 1,
+                due_at_ms: 1_700_000_001_000,
+            })
+        );
+        // Its next copy carries the one header, and none of the six.
+        let state = RetryState::parse(Some(&legacy)).unwrap();
+        let next = retry_headers(Some(&legacy), &state, "Transient", "x");
+        assert!(next.iter().all(|h| !LEGACY_RETRY_STATE.contains(&h.key)));
+        assert_eq!(RetryState::parse(Some(&next)), Some(state));
     }
 
     #[test]

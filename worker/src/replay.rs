@@ -296,7 +296,7 @@ pub async fn run(args: ReplayArgs) -> Result<Summary, ReplayError> {
                         .unwrap_or_default(),
                 );
                 crate::tracing_ctx::set_parent_from_headers(&span, hs);
-                let out_headers = crate::tracing_ctx::with_span_context(Some(&out_headers), &span);
+                let out_headers = crate::tracing_ctx::with_span_context(out_headers, &span);
                 let mut record = FutureRecord::<[u8], [u8]>::to(&target).headers(out_headers);
                 if let Some(k) = message.key() {
                     record = record.key(k);

@@ -81,6 +81,10 @@ pub fn remote_span_context<H: Headers>(headers: Option<&H>) -> Option<SpanContex
 /// remote parent was found and set; false without one (the span starts a trace of its own) or
 /// when trace export is off.
 pub fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option<&H>) -> bool {
+    // With export off the span is disabled: not even a walk of the headers.
+    if span.is_disabled() {
+        return false;
+    }
     match headers.and_then(|h| remote_context(&KafkaCarrier(h))) {
         Some(cx) => span.set_parent(cx).is_ok(),
         None => false,
@@ -90,6 +94,9 @@ pub fn set_parent_from_headers<H: Headers>(span: &tracing::Span, headers: Option
 /// Makes `span` a child of the caller's `traceparent` in an HTTP request (the gateway). Same
 /// rules as [`set_parent_from_headers`].
 pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) -> bool {
+    if span.is_disabled() {
+        return false;
+    }
     match remote_context(&HttpCarrier(headers)) {
         Some(cx) => span.set_parent(cx).is_ok(),
         None => false,
@@ -111,8 +118,11 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 }
 
 fn collect(span: &tracing::Span) -> Collected {
-    let cx = span.context();
     let mut out = Collected::default();
+    if span.is_disabled() {
+        return out;
+    }
+    let cx = span.context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut out);
     }
@@ -121,6 +131,9 @@ fn collect(span: &tracing::Span) -> Collected {
 
 /// The 32-hex-digit trace id of `span`, when it has an OpenTelemetry context.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
@@ -128,6 +141,9 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 
 /// The 16-hex-digit span id of `span`, when it has an OpenTelemetry context.
 pub fn span_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.span_id().to_string())
@@ -137,34 +153,30 @@ pub fn span_id(span: &tracing::Span) -> Option<String> {
 /// every other header unchanged and in order: for a record this process publishes on behalf of
 /// another (a retry-topic hop, a dead letter), so the next consumer continues from `span`.
 /// Without a span context (export off) the headers are returned unchanged.
-pub fn with_span_context<H: Headers>(headers: Option<&H>, span: &tracing::Span) -> OwnedHeaders {
+pub fn with_span_context(headers: OwnedHeaders, span: &tracing::Span) -> OwnedHeaders {
     let ours = collect(span);
-    let count = headers.map_or(0, |h| h.count());
-    let mut out = OwnedHeaders::new_with_capacity(count + 2);
-    let replace = ours.traceparent.is_some();
-    if let Some(headers) = headers {
-        for h in headers.iter() {
-            let context_header =
-                h.key.eq_ignore_ascii_case(TRACEPARENT) || h.key.eq_ignore_ascii_case(TRACESTATE);
-            if !(replace && context_header) {
-                out = out.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-    }
-    if let Some(tp) = &ours.traceparent {
-        out = out.insert(Header {
-            key: TRACEPARENT,
-            value: Some(tp.as_str()),
-        });
-        if let Some(ts) = &ours.tracestate {
+    let Some(tp) = &ours.traceparent else {
+        // No copy: each header of an OwnedHeaders is an allocation in librdkafka.
+        return headers;
+    };
+    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 2);
+    for h in headers.iter() {
+        if !(h.key.eq_ignore_ascii_case(TRACEPARENT) || h.key.eq_ignore_ascii_case(TRACESTATE)) {
             out = out.insert(Header {
-                key: TRACESTATE,
-                value: Some(ts.as_str()),
+                key: h.key,
+                value: h.value,
             });
         }
+    }
+    out = out.insert(Header {
+        key: TRACEPARENT,
+        value: Some(tp.as_str()),
+    });
+    if let Some(ts) = &ours.tracestate {
+        out = out.insert(Header {
+            key: TRACESTATE,
+            value: Some(ts.as_str()),
+        });
     }
     out
 }
@@ -216,7 +228,7 @@ mod tests {
         let span = tracing::Span::none();
         assert!(!set_parent_from_headers(&span, Some(&headers)));
         assert_eq!(traceparent(&span), None);
-        let out = with_span_context(Some(&headers), &span);
+        let out = with_span_context(headers.clone(), &span);
         let pairs: Vec<(&str, Option<&[u8]>)> = out.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(
             pairs,
@@ -259,7 +271,7 @@ mod tests {
             // Once started, the parent is fixed.
             assert!(!set_parent_from_headers(&span, Some(&headers)));
 
-            let out = with_span_context(Some(&headers), &span);
+            let out = with_span_context(headers.clone(), &span);
             let keys: Vec<&str> = out.iter().map(|h| h.key).collect();
             assert_eq!(keys, ["x-correlation-id", "traceparent"]);
             assert_eq!(

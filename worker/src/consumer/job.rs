@@ -404,9 +404,12 @@ impl<'a> InFlight<'a> {
                 timestamp_ms: message.timestamp().to_millis(),
             },
         };
-        let correlation_id = headers::get(headers, headers::CORRELATION_ID)
-            .or_else(|| order.map(|e| e.metadata.correlation_id.as_str()));
-        let trace_id = headers::get(headers, headers::TRACEPARENT)
+        // One walk of the headers for both (they are read through FFI).
+        let [correlation_id, traceparent] =
+            headers::get_all(headers, [headers::CORRELATION_ID, headers::TRACEPARENT]);
+        let correlation_id =
+            correlation_id.or_else(|| order.map(|e| e.metadata.correlation_id.as_str()));
+        let trace_id = traceparent
             .and_then(headers::parse_traceparent)
             .map(|t| t.trace_id)
             .or_else(|| order.map(|e| e.metadata.trace_id.as_str()));
@@ -484,12 +487,12 @@ async fn forward(
     );
     // The next attempt's span continues from this hop.
     let record_headers = crate::tracing_ctx::with_span_context(
-        Some(&headers::retry_headers(
+        headers::retry_headers(
             record.message.headers(),
             &state,
             failure.class.as_str(),
             &failure.message,
-        )),
+        ),
         &hop,
     );
     publish(
