@@ -1,7 +1,8 @@
 //! The worker's order decoder (`order::decode`, `order::check_encoding`) on arbitrary record
 //! values and content types. Whatever the bytes, decoding returns an error or an order, never
-//! panics; an order it accepts is valid and survives a JSON and a Protobuf round trip; and its
-//! fast JSON parser agrees with serde_json alone on every input.
+//! panics; an order it accepts is valid and survives a JSON and a Protobuf round trip; its fast
+//! JSON parser agrees with serde_json alone on every input, and so do the gateway's fast request
+//! parser and its JSON encoder.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -43,7 +44,24 @@ fuzz_target!(|data: &[u8]| {
             .expect("serde_json accepts what the fast parser accepts");
         assert_eq!(fast, serde, "fast parser and serde_json disagree");
     }
+    // The gateway's request parser: whatever it accepts, serde_json accepts as the same request.
+    if let Some(v) = value
+        && let Some((order_id, customer_info, items, inventory_status)) =
+            order::parse_request_fast(v)
+    {
+        let serde = serde_json::from_slice::<pubsubkafka_worker::gateway::OrderRequest>(v)
+            .expect("serde_json accepts what the fast request parser accepts");
+        assert_eq!(order_id, serde.order_id, "request order_id");
+        assert_eq!(customer_info, serde.customer_info, "request customer_info");
+        assert_eq!(items, serde.items, "request items");
+        assert_eq!(inventory_status, serde.inventory_status, "request inventory_status");
+    }
     if let Ok(event) = decoded {
+        assert_eq!(
+            order::encode_json(&event),
+            serde_json::to_vec(&event).expect("an order serializes"),
+            "the gateway's JSON encoder differs from serde_json"
+        );
         assert!(
             encoding.is_ok(),
             "decode accepted what check_encoding refused"

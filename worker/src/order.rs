@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 mod fast;
 pub mod proto;
+mod write;
 
 /// Text fields of an event: short strings (ids, SKUs, codes) are stored inline, so decoding a
 /// record allocates for its long strings only.
@@ -154,6 +155,18 @@ pub fn decode_with_serde(
 #[doc(hidden)]
 pub fn parse_json_fast(text: &str) -> Option<OrderEvent> {
     fast::parse(text)
+}
+
+/// The event as compact JSON, byte for byte what `serde_json::to_vec` writes, faster (see
+/// `order/write.rs`): the gateway's encoding of every JSON order.
+pub fn encode_json(event: &OrderEvent) -> Vec<u8> {
+    write::event_json(event)
+}
+
+/// The fast JSON parser on a client's order request (the gateway's `POST /orders` body): its
+/// parts, or `None` where it leaves the decision to serde_json, which words the refusal.
+pub fn parse_request_fast(body: &[u8]) -> Option<proto::RequestParts> {
+    fast::parse_request(body)
 }
 
 fn decode_with(

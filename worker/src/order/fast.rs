@@ -14,6 +14,7 @@
 //! Numbers agree with serde_json because the workspace enables serde_json's `float_roundtrip`:
 //! both sides then round a decimal to the nearest double (this side with `str::parse::<f64>`).
 
+use super::proto::RequestParts;
 use super::{Address, CustomerInfo, InventoryStatus, Item, Metadata, OrderEvent, Text};
 
 /// Longest number text parsed here (bytes); longer ones are left to serde_json.
@@ -27,12 +28,25 @@ pub(crate) fn parse(text: &str) -> Option<OrderEvent> {
     (parser.pos == text.len()).then_some(event)
 }
 
+/// A client's order request in `body` (the gateway's `POST /orders`: an order without its
+/// metadata, `order_id` optional, `inventory_status` empty when absent), or `None` when this
+/// parser is not sure. The gateway then asks serde_json, which decides and names the field.
+pub(crate) fn parse_request(body: &[u8]) -> Option<RequestParts> {
+    let mut parser = Parser {
+        text: std::str::from_utf8(body).ok()?,
+        pos: 0,
+    };
+    let request = parser.order_request()?;
+    parser.skip_whitespace();
+    (parser.pos == parser.text.len()).then_some(request)
+}
+
 /// The index of the first byte that ends a string without escapes: a quote, a backslash or a
 /// control character (below 0x20, forbidden in a JSON string).
 ///
 /// Order strings are short (ids, names, SKUs), too short for `memchr`'s vector set-up to pay;
 /// this looks at 8 bytes at a time in a u64 (SWAR) and finds all three kinds in one pass.
-fn string_end(bytes: &[u8]) -> Option<usize> {
+pub(super) fn string_end(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     /// The high bit of every byte below `n` (n <= 0x80). A borrow can also mark a byte after a
@@ -336,6 +350,25 @@ impl<'a> Parser<'a> {
             inventory_status: inventory_status?,
             metadata: metadata?,
         })
+    }
+
+    fn order_request(&mut self) -> Option<RequestParts> {
+        let (mut order_id, mut customer_info, mut items, mut inventory_status) =
+            (None, None, None, None);
+        const KEYS: [&str; 4] = ["order_id", "customer_info", "items", "inventory_status"];
+        self.object(&KEYS, |p, key| match key {
+            0 => set(&mut order_id, p.optional_text()?),
+            1 => set(&mut customer_info, p.customer_info()?),
+            2 => set(&mut items, p.array(Self::item)?),
+            _ => set(&mut inventory_status, p.array(Self::inventory_status)?),
+        })?;
+        Some((
+            // `#[serde(default)]`: absent is None, like null.
+            order_id.flatten().map(String::from),
+            customer_info?,
+            items?,
+            inventory_status.unwrap_or_default(),
+        ))
     }
 
     fn customer_info(&mut self) -> Option<CustomerInfo> {
@@ -739,6 +772,122 @@ mod tests {
             }
         }
         // Edits inside strings keep a valid order: the fast path must take some.
+        assert!(accepted > 1000, "{accepted}");
+    }
+
+    /// A client's request for `event`, as serde writes an `OrderRequest`: no metadata.
+    fn request_json(event: &OrderEvent, order_id: Option<&str>) -> String {
+        serde_json::to_string(&crate::gateway::OrderRequest {
+            order_id: order_id.map(str::to_owned),
+            customer_info: event.customer_info.clone(),
+            items: event.items.clone(),
+            inventory_status: event.inventory_status.clone(),
+        })
+        .unwrap()
+    }
+
+    /// Whatever the request parser accepts, serde_json accepts as the same request (what the
+    /// gateway would parse without it). Returns whether the fast parser accepted.
+    fn request_agrees(text: &str) -> bool {
+        let fast = parse_request(text.as_bytes());
+        if let Some((order_id, customer_info, items, inventory_status)) = &fast {
+            let serde: crate::gateway::OrderRequest = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("fast path accepted what serde refuses ({e}): {text}"));
+            assert_eq!(order_id, &serde.order_id, "{text}");
+            assert_eq!(customer_info, &serde.customer_info, "{text}");
+            assert_eq!(items, &serde.items, "{text}");
+            assert_eq!(inventory_status, &serde.inventory_status, "{text}");
+            for (a, b) in items.iter().zip(&serde.items) {
+                assert_eq!(a.unit_price.to_bits(), b.unit_price.to_bits(), "{text}");
+            }
+        }
+        fast.is_some()
+    }
+
+    #[test]
+    fn client_requests_take_the_fast_path() {
+        let event = sample("ord-1", 1024);
+        for order_id in [None, Some("ord-7")] {
+            let json = request_json(&event, order_id);
+            assert!(request_agrees(&json), "{json}");
+            let (id, customer, items, inventory) = parse_request(json.as_bytes()).unwrap();
+            assert_eq!(id.as_deref(), order_id);
+            assert_eq!(customer, event.customer_info);
+            assert_eq!(
+                (items, inventory),
+                (event.items.clone(), event.inventory_status.clone())
+            );
+            let pretty = serde_json::to_string_pretty(
+                &serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+            )
+            .unwrap();
+            assert!(request_agrees(&pretty), "keys sorted, whitespace: {pretty}");
+        }
+        // `order_id` null or absent, `inventory_status` absent: the serde defaults.
+        let json = request_json(&event, None);
+        assert!(json.starts_with(r#"{"order_id":null,"#), "{json}");
+        assert!(request_agrees(&json.replacen(r#""order_id":null,"#, "", 1)));
+        let without_inventory = json.replacen(
+            &format!(
+                r#","inventory_status":{}"#,
+                serde_json::to_string(&event.inventory_status).unwrap()
+            ),
+            "",
+            1,
+        );
+        assert!(!without_inventory.contains("inventory_status"));
+        assert!(request_agrees(&without_inventory));
+        assert_eq!(
+            parse_request(without_inventory.as_bytes()).unwrap().3,
+            Vec::new()
+        );
+    }
+
+    #[test]
+    fn requests_serde_refuses_are_left_to_serde() {
+        let event = sample("ord-1", 0);
+        let json = request_json(&event, Some("ord-1"));
+        let bails = |text: &str| assert!(!request_agrees(text), "fast path accepted {text}");
+        // A whole event is not a request: `metadata` is an unknown field.
+        bails(&gateway_json(&event));
+        bails(&json.replacen(
+            r#""order_id":"ord-1""#,
+            r#""order_id":"ord-1","order_id":null"#,
+            1,
+        ));
+        let inventory = serde_json::to_string(&event.inventory_status).unwrap();
+        let null_inventory = json.replacen(&inventory, "null", 1);
+        assert!(
+            null_inventory.ends_with(r#""inventory_status":null}"#),
+            "{null_inventory}"
+        );
+        bails(&null_inventory);
+        bails(&json.replacen(r#""order_id":"ord-1""#, r#""order_id":7"#, 1));
+        bails(&format!("{json}{{}}"));
+        bails(&json.replacen(r#","items":"#, r#","things":"#, 1));
+        let mut not_utf8 = json.clone().into_bytes();
+        let at = json.find("Ada").unwrap();
+        not_utf8[at] = 0xff;
+        assert_eq!(parse_request(&not_utf8), None);
+        assert!(serde_json::from_slice::<crate::gateway::OrderRequest>(&not_utf8).is_err());
+        for end in 0..json.len() {
+            bails(&json[..end]);
+        }
+    }
+
+    #[test]
+    fn every_single_byte_edit_of_a_request_agrees_with_serde_json() {
+        let json = request_json(&sample("ord-1", 0), Some("ord-1"));
+        let mut accepted = 0;
+        for at in 0..json.len() {
+            for byte in *b"\"\\{}[],: \t0-9.eExn\x01\x7f" {
+                let mut edited = json.clone().into_bytes();
+                edited[at] = byte;
+                if let Ok(text) = String::from_utf8(edited) {
+                    accepted += usize::from(request_agrees(&text));
+                }
+            }
+        }
         assert!(accepted > 1000, "{accepted}");
     }
 
