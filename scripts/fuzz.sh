@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cargo fuzz targets of the worker's record decoding (the order decoder and the header
 # parser), each run for a bounded time: FUZZ_SECONDS (default 60) per target. A crash leaves its
-# input in fuzz/artifacts/<target>/ and fails the run.
+# input in fuzz/artifacts/<target>/ and fails the run. FUZZ_BUILD_ONLY=1 only builds them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
@@ -15,6 +15,7 @@ seconds="${FUZZ_SECONDS:-60}"
 flags=(-O -s none)
 log "building the fuzz targets (nightly)"
 cargo +nightly fuzz build "${flags[@]}"
+[[ -n ${FUZZ_BUILD_ONLY:-} ]] && exit 0
 for target in order_decoder headers; do
   log "fuzzing $target for ${seconds}s"
   mkdir -p "corpus/$target"

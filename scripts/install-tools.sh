@@ -4,9 +4,15 @@
 # from Maven Central, and the Kubernetes node binaries, kubectl, etcd, helm, CoreDNS and Jaeger
 # built from the Go module proxy. Results are cached in
 # $PSK_CACHE (default ~/.cache/pubsubkafka), so a second run takes a second.
+#
+# `install-tools.sh packages` installs only the Debian packages (the Rust build needs some of
+# them: cmake, libssl-dev); `install-tools.sh built` only the rest, which takes minutes on a
+# fresh machine, so `make test` builds it while cargo builds the workspace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/lib.sh"
+part="${1:-all}"
+case $part in all | packages | built) ;; *) die "usage: install-tools.sh [packages|built]" ;; esac
 
 # Debian package -> a file or command that shows it is installed.
 apt_wanted=(
@@ -21,6 +27,8 @@ apt_wanted=(
   "cmake:cmake"
   "unzip:unzip"
   "curl:curl"
+  "jq:jq"
+  "procps:pgrep"
   "prometheus:/usr/bin/prometheus"
   "wrk:wrk"
   # The local Kubernetes node: container runtime, CNI plugins, kube-proxy's iptables, and the
@@ -34,6 +42,7 @@ apt_wanted=(
   "skopeo:skopeo"
 )
 missing=()
+[[ $part == built ]] && apt_wanted=()
 for entry in "${apt_wanted[@]}"; do
   pkg="${entry%%:*}" probe="${entry#*:}"
   if [[ $probe == /* ]]; then [[ -e $probe ]] && continue; else command -v "$probe" >/dev/null && continue; fi
@@ -46,6 +55,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+[[ $part == packages ]] && exit 0
 
 command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || die "Go is required to build kube-apiserver, etcd and helm (this machine kind ships it in /usr/local/go)"
 command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"

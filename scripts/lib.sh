@@ -22,11 +22,19 @@ PAUSE_IMAGE=localhost/pubsubkafka/pause:$KUBERNETES_VERSION
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Commands the calling script runs when it exits, in the order they were added (`at_exit CMD`),
+# each whether or not the one before it failed.
+psk_at_exit=()
+at_exit() {
+  psk_at_exit+=("$1")
+  trap 'for psk_cmd in "${psk_at_exit[@]}"; do eval "$psk_cmd" || true; done' EXIT
+}
+
 # Starts a fresh local stack in a temporary directory for the calling script's tests, exports
 # PSK_STACK_DIR, and stops the stack when the script exits (whether its tests pass or not).
 start_stack() {
   stack_dir="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-stack.XXXXXX")"
-  trap 'cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir" || true' EXIT
+  at_exit 'cargo run -q --locked -p pubsubkafka-tests --bin stack -- down --dir "$stack_dir"'
   log "starting the local stack in $stack_dir"
   cargo run -q --locked -p pubsubkafka-tests --bin stack -- up --quiet --dir "$stack_dir" >/dev/null
   export PSK_STACK_DIR="$stack_dir"

@@ -8,14 +8,48 @@ root="$(dirname "$here")"
 cd "$root"
 
 start=$SECONDS
-"$here/install-tools.sh"
+work="$(mktemp -d "${TMPDIR:-/tmp}/pubsubkafka-test.XXXXXX")"
+at_exit 'rm -rf "$work"'
+
+# background NAME CMD...: runs CMD in the background with its output in $work/NAME.log, and
+# stops it (with its children) if the script exits first. `finish NAME` waits for it, prints
+# its output, and fails the script if it failed.
+declare -A background_pid
+background() {
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  background_pid[$name]=$!
+  at_exit "stop_background $name"
+}
+stop_background() {
+  local pid=${background_pid[$1]:-}
+  [[ -n $pid ]] && kill_tree "$pid"
+}
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+finish() {
+  local name=$1 status=0
+  wait "${background_pid[$name]}" || status=$?
+  unset "background_pid[$name]"
+  cat "$work/$name.log" >&2
+  ((status == 0)) || die "$name failed (exit status $status)"
+}
+
+# Debian packages first: the Rust build needs some of them. The other tools (Go builds of the
+# Kubernetes binaries, etcd, helm, CoreDNS, Jaeger and Prometheus; two cargo installs) take
+# about 20 minutes on a fresh machine, much of it downloads and single-threaded links, so they
+# build while cargo checks and builds the workspace.
+"$here/install-tools.sh" packages
+log "building the tools in the background (output when they are ready)"
+background tools "$here/install-tools.sh" built
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-log "cargo machete (unused dependencies)"
-"$PSK_CACHE/cargo-machete-$CARGO_MACHETE_VERSION/bin/cargo-machete"
 log "promtool check rules / test rules (deploy/prometheus)"
 promtool check rules deploy/prometheus/rules.yml
 promtool test rules deploy/prometheus/rules.test.yml
@@ -27,13 +61,25 @@ cargo build --workspace --locked --bins
 # The images the node runs (operator and workers), from the release binaries.
 "$here/images.sh"
 
+finish tools
+log "cargo machete (unused dependencies)"
+"$PSK_CACHE/cargo-machete-$CARGO_MACHETE_VERSION/bin/cargo-machete"
+
+fuzz=""
+if [[ $# -eq 0 && -z ${PSK_SKIP_FUZZ:-} ]]; then
+  # The fuzz targets, shorter than `make test-faults` runs them. Their nightly build takes
+  # minutes of CPU that the tests, mostly waiting on Kafka and the node, leave idle: it runs
+  # beside them at the lowest priority. PSK_SKIP_FUZZ=1 leaves them out.
+  fuzz=1
+  background fuzz-build env FUZZ_BUILD_ONLY=1 nice -n 19 "$here/fuzz.sh"
+fi
+
 start_stack
 
 log "running the tests"
 "$here/run-tests.sh" "$@"
-if [[ $# -eq 0 && -z ${PSK_SKIP_FUZZ:-} ]]; then
-  # The fuzz targets, shorter than `make test-faults` runs them. The first run builds them with
-  # the nightly toolchain (minutes); PSK_SKIP_FUZZ=1 leaves them out.
+if [[ -n $fuzz ]]; then
+  finish fuzz-build
   FUZZ_SECONDS="${FUZZ_SECONDS:-30}" "$here/fuzz.sh"
 fi
 log "all tests passed in $((SECONDS - start))s"
