@@ -22,12 +22,12 @@ PAUSE_IMAGE=localhost/pubsubkafka/pause:$KUBERNETES_VERSION
 log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Commands the calling script runs when it exits, in the order they were added (`at_exit CMD`),
-# each whether or not the one before it failed.
+# Commands the calling script runs when it exits (`at_exit CMD`), the last added first, as
+# teardown undoes setup; each runs whether or not the one before it failed.
 psk_at_exit=()
 at_exit() {
   psk_at_exit+=("$1")
-  trap 'for psk_cmd in "${psk_at_exit[@]}"; do eval "$psk_cmd" || true; done' EXIT
+  trap 'for ((psk_i = ${#psk_at_exit[@]} - 1; psk_i >= 0; psk_i--)); do eval "${psk_at_exit[psk_i]}" || true; done' EXIT
 }
 
 # Starts a fresh local stack in a temporary directory for the calling script's tests, exports
